@@ -1,0 +1,218 @@
+//! Catalog mutations: the deterministic changes the WAL records and replay
+//! re-applies. A mutation is built only after validation succeeded against
+//! the current state, so applying it cannot fail.
+
+use serde::{Deserialize, Serialize};
+
+use super::state::CatalogState;
+use crate::model::{Experiment, ExperimentId, LifecycleStage, RUN_NAME_TAG, Run, RunId, RunStatus};
+
+/// One change to experiments, runs, params or tags.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum CatalogMutation {
+    /// A new experiment.
+    CreateExperiment(Experiment),
+    /// A new name for an experiment.
+    RenameExperiment {
+        /// The experiment.
+        experiment_id: ExperimentId,
+        /// Its new name.
+        name: String,
+        /// When, ms since the epoch.
+        time: i64,
+    },
+    /// Soft-delete or restore an experiment.
+    SetExperimentLifecycle {
+        /// The experiment.
+        experiment_id: ExperimentId,
+        /// The new stage.
+        stage: LifecycleStage,
+        /// When, ms since the epoch.
+        time: i64,
+    },
+    /// Set experiment tags.
+    SetExperimentTags {
+        /// The experiment.
+        experiment_id: ExperimentId,
+        /// Tags to set.
+        tags: Vec<(String, String)>,
+        /// When, ms since the epoch.
+        time: i64,
+    },
+    /// Delete an experiment tag.
+    DeleteExperimentTag {
+        /// The experiment.
+        experiment_id: ExperimentId,
+        /// The tag key.
+        key: String,
+        /// When, ms since the epoch.
+        time: i64,
+    },
+    /// A new run.
+    CreateRun(Box<Run>),
+    /// Change a run's status, end time or name.
+    UpdateRun {
+        /// The run.
+        run_id: RunId,
+        /// New status.
+        status: Option<RunStatus>,
+        /// New end time.
+        end_time: Option<i64>,
+        /// New name.
+        run_name: Option<String>,
+    },
+    /// Soft-delete or restore a run.
+    SetRunLifecycle {
+        /// The run.
+        run_id: RunId,
+        /// The new stage.
+        stage: LifecycleStage,
+    },
+    /// Log params (only keys not yet present).
+    LogParams {
+        /// The run.
+        run_id: RunId,
+        /// New params.
+        params: Vec<(String, String)>,
+    },
+    /// Set run tags.
+    SetRunTags {
+        /// The run.
+        run_id: RunId,
+        /// Tags to set.
+        tags: Vec<(String, String)>,
+    },
+    /// Delete a run tag.
+    DeleteRunTag {
+        /// The run.
+        run_id: RunId,
+        /// The tag key.
+        key: String,
+    },
+}
+
+impl CatalogMutation {
+    /// Applies the mutation. Entities it names are expected to exist (the
+    /// mutation was validated); a missing one is logged and skipped so that
+    /// replay never stops on it.
+    pub fn apply(&self, state: &mut CatalogState) {
+        match self {
+            CatalogMutation::CreateExperiment(experiment) => {
+                state.insert_experiment(experiment.clone());
+            }
+            CatalogMutation::RenameExperiment {
+                experiment_id,
+                name,
+                time,
+            } => state.rename_experiment(*experiment_id, name, *time),
+            CatalogMutation::SetExperimentLifecycle {
+                experiment_id,
+                stage,
+                time,
+            } => {
+                if let Some(experiment) = experiment_mut(state, *experiment_id) {
+                    experiment.lifecycle_stage = *stage;
+                    experiment.last_update_time = *time;
+                }
+            }
+            CatalogMutation::SetExperimentTags {
+                experiment_id,
+                tags,
+                time,
+            } => {
+                if let Some(experiment) = experiment_mut(state, *experiment_id) {
+                    for (key, value) in tags {
+                        experiment.tags.insert(key.clone(), value.clone());
+                    }
+                    experiment.last_update_time = *time;
+                }
+            }
+            CatalogMutation::DeleteExperimentTag {
+                experiment_id,
+                key,
+                time,
+            } => {
+                if let Some(experiment) = experiment_mut(state, *experiment_id) {
+                    experiment.tags.remove(key);
+                    experiment.last_update_time = *time;
+                }
+            }
+            CatalogMutation::CreateRun(run) => state.insert_run(run.as_ref().clone()),
+            CatalogMutation::UpdateRun {
+                run_id,
+                status,
+                end_time,
+                run_name,
+            } => {
+                if let Some(run) = run_mut(state, *run_id) {
+                    apply_run_update(run, *status, *end_time, run_name.as_deref());
+                }
+            }
+            CatalogMutation::SetRunLifecycle { run_id, stage } => {
+                if let Some(run) = run_mut(state, *run_id) {
+                    run.lifecycle_stage = *stage;
+                }
+            }
+            CatalogMutation::LogParams { run_id, params } => {
+                if let Some(run) = run_mut(state, *run_id) {
+                    for (key, value) in params {
+                        run.params
+                            .entry(key.clone())
+                            .or_insert_with(|| value.clone());
+                    }
+                }
+            }
+            CatalogMutation::SetRunTags { run_id, tags } => {
+                if let Some(run) = run_mut(state, *run_id) {
+                    for (key, value) in tags {
+                        if key == RUN_NAME_TAG {
+                            run.run_name = value.clone();
+                        }
+                        run.tags.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+            CatalogMutation::DeleteRunTag { run_id, key } => {
+                if let Some(run) = run_mut(state, *run_id) {
+                    run.tags.remove(key);
+                }
+            }
+        }
+    }
+}
+
+/// Applies a status, end time or name change to a run (the name also goes
+/// to the `mlflow.runName` tag).
+pub(crate) fn apply_run_update(
+    run: &mut Run,
+    status: Option<RunStatus>,
+    end_time: Option<i64>,
+    run_name: Option<&str>,
+) {
+    if let Some(status) = status {
+        run.status = status;
+    }
+    if let Some(end_time) = end_time {
+        run.end_time = Some(end_time);
+    }
+    if let Some(name) = run_name {
+        run.run_name = name.to_string();
+        run.tags.insert(RUN_NAME_TAG.to_string(), name.to_string());
+    }
+}
+
+fn experiment_mut(state: &mut CatalogState, id: ExperimentId) -> Option<&mut Experiment> {
+    let found = state.experiment_mut(id);
+    if found.is_none() {
+        tracing::warn!(experiment_id = %id, "catalog mutation names an unknown experiment; skipped");
+    }
+    found
+}
+
+fn run_mut(state: &mut CatalogState, id: RunId) -> Option<&mut Run> {
+    let found = state.run_mut(id);
+    if found.is_none() {
+        tracing::warn!(run_id = %id, "catalog mutation names an unknown run; skipped");
+    }
+    found
+}

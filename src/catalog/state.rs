@@ -1,0 +1,123 @@
+//! The in-memory catalog: experiments and runs (with their params and
+//! tags), plus the indexes derived from them.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{DEFAULT_EXPERIMENT_NAME, Experiment, ExperimentId, LifecycleStage, Run, RunId};
+use crate::wal::Lsn;
+
+/// Everything the catalog knows. Serialised whole into snapshots.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CatalogState {
+    /// LSN of the last mutation applied.
+    pub applied_lsn: Lsn,
+    next_experiment_id: u64,
+    experiments: BTreeMap<ExperimentId, Experiment>,
+    runs: HashMap<RunId, Run>,
+    #[serde(skip)]
+    experiment_names: HashMap<String, ExperimentId>,
+}
+
+impl CatalogState {
+    /// A fresh catalog holding only the `Default` experiment.
+    pub fn new(default_artifact_root: &str, creation_time: i64) -> Self {
+        let mut state = CatalogState {
+            applied_lsn: 0,
+            next_experiment_id: 1,
+            experiments: BTreeMap::new(),
+            runs: HashMap::new(),
+            experiment_names: HashMap::new(),
+        };
+        state.insert_experiment(Experiment {
+            experiment_id: ExperimentId::DEFAULT,
+            name: DEFAULT_EXPERIMENT_NAME.to_string(),
+            artifact_location: format!("{default_artifact_root}/0"),
+            lifecycle_stage: LifecycleStage::Active,
+            creation_time,
+            last_update_time: creation_time,
+            tags: BTreeMap::new(),
+        });
+        state
+    }
+
+    /// Rebuilds derived indexes after deserialisation.
+    pub(crate) fn rebuild_indexes(&mut self) {
+        self.experiment_names = self
+            .experiments
+            .values()
+            .map(|experiment| (experiment.name.clone(), experiment.experiment_id))
+            .collect();
+    }
+
+    /// The id the next experiment gets.
+    pub fn next_experiment_id(&self) -> ExperimentId {
+        ExperimentId::new(self.next_experiment_id)
+    }
+
+    /// An experiment by id.
+    pub fn experiment(&self, id: ExperimentId) -> Option<&Experiment> {
+        self.experiments.get(&id)
+    }
+
+    /// An experiment by name.
+    pub fn experiment_by_name(&self, name: &str) -> Option<&Experiment> {
+        self.experiment_names
+            .get(name)
+            .and_then(|id| self.experiments.get(id))
+    }
+
+    /// Every experiment, by id.
+    pub fn experiments(&self) -> impl Iterator<Item = &Experiment> {
+        self.experiments.values()
+    }
+
+    /// A run by id.
+    pub fn run(&self, id: RunId) -> Option<&Run> {
+        self.runs.get(&id)
+    }
+
+    /// Every run, in no particular order.
+    pub fn runs(&self) -> impl Iterator<Item = &Run> {
+        self.runs.values()
+    }
+
+    /// Number of runs.
+    pub fn run_count(&self) -> usize {
+        self.runs.len()
+    }
+
+    pub(crate) fn experiment_mut(&mut self, id: ExperimentId) -> Option<&mut Experiment> {
+        self.experiments.get_mut(&id)
+    }
+
+    pub(crate) fn run_mut(&mut self, id: RunId) -> Option<&mut Run> {
+        self.runs.get_mut(&id)
+    }
+
+    pub(crate) fn insert_experiment(&mut self, experiment: Experiment) {
+        self.next_experiment_id = self
+            .next_experiment_id
+            .max(experiment.experiment_id.value() + 1);
+        self.experiment_names
+            .insert(experiment.name.clone(), experiment.experiment_id);
+        self.experiments
+            .insert(experiment.experiment_id, experiment);
+    }
+
+    pub(crate) fn rename_experiment(&mut self, id: ExperimentId, name: &str, time: i64) {
+        let Some(experiment) = self.experiments.get_mut(&id) else {
+            tracing::warn!(experiment_id = %id, "rename of an unknown experiment skipped");
+            return;
+        };
+        self.experiment_names.remove(&experiment.name);
+        experiment.name = name.to_string();
+        experiment.last_update_time = time;
+        self.experiment_names.insert(name.to_string(), id);
+    }
+
+    pub(crate) fn insert_run(&mut self, run: Run) {
+        self.runs.insert(run.run_id, run);
+    }
+}

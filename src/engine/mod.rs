@@ -1,0 +1,742 @@
+//! The engine: the one value that owns the catalog, the WAL, the ingester
+//! and the background maintenance, and that the HTTP layer, the CLI and the
+//! tests talk to.
+//!
+//! Writes follow one path: validate, append to the WAL, wait until durable,
+//! apply (catalog in memory, or points into the run's buffer), answer. Reads
+//! see every acknowledged write.
+
+mod maintenance;
+mod recovery;
+pub mod wal_record;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tokio::sync::oneshot;
+
+use crate::catalog::{
+    Catalog, CatalogError, CatalogMutation, MutationLog, NewExperiment, NewRun, RunUpdate,
+    ensure_run_active, snapshot,
+};
+use crate::error_kind::{Classify, ErrorKind};
+use crate::ingest::{BYTES_PER_POINT, IngestConfig, IngestError, Ingester};
+use crate::model::validation::{KeyKind, validate_key};
+use crate::model::{
+    Experiment, ExperimentId, KeySummary, LifecycleStage, MetricBatch, MetricSeries, Run, RunId,
+    ValidationError, now_millis,
+};
+use crate::storage::{MetricsLayout, StorageError};
+use crate::wal::{Lsn, SyncPolicy, Wal, WalConfig, WalError};
+use wal_record::WalRecordRef;
+
+/// Settings of the engine.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// When the WAL syncs.
+    pub wal_sync: SyncPolicy,
+    /// Size at which a WAL segment is closed.
+    pub wal_segment_bytes: u64,
+    /// Ingester settings.
+    pub ingest: IngestConfig,
+    /// Metric writes are refused (503) while buffered and in-flight points
+    /// pass this many bytes.
+    pub buffer_reject_bytes: u64,
+    /// How often maintenance checkpoints (removes persisted WAL segments).
+    pub checkpoint_interval: Duration,
+    /// Least time between two catalog snapshots.
+    pub snapshot_interval: Duration,
+    /// Root of experiments' artifact locations; `file://<data-dir>/artifacts`
+    /// when absent.
+    pub artifact_root: Option<String>,
+}
+
+impl EngineConfig {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let ingest = IngestConfig::default();
+        EngineConfig {
+            data_dir: data_dir.into(),
+            wal_sync: SyncPolicy::Always,
+            wal_segment_bytes: 64 << 20,
+            buffer_reject_bytes: ingest.buffer_budget_bytes * 2,
+            ingest,
+            checkpoint_interval: Duration::from_secs(1),
+            snapshot_interval: Duration::from_secs(30),
+            artifact_root: None,
+        }
+    }
+}
+
+/// Errors of the engine.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    /// Bad input.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// A catalog operation failed.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// The WAL failed.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// The ingester failed.
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    /// Metric file storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Buffers are over the reject threshold.
+    #[error(
+        "the server is over its metric buffer limit ({buffered} bytes buffered, limit {limit}); \
+         retry shortly"
+    )]
+    Overloaded {
+        /// Bytes buffered or in flight.
+        buffered: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The engine is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// Another process holds the data directory.
+    #[error("the data directory {0} is in use by another stepstore process")]
+    DataDirInUse(String),
+    /// A file operation failed.
+    #[error("{operation} failed for {path}: {source}")]
+    Io {
+        /// What was being done.
+        operation: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A background task failed.
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+impl EngineError {
+    pub(crate) fn io(operation: &'static str, path: &Path, source: std::io::Error) -> Self {
+        EngineError::Io {
+            operation,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+impl Classify for EngineError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            EngineError::Invalid(_) => ErrorKind::InvalidParameter,
+            EngineError::Catalog(error) => error.kind(),
+            EngineError::Ingest(error) => error.kind(),
+            EngineError::Storage(error) => error.kind(),
+            EngineError::Overloaded { .. } | EngineError::ShuttingDown => ErrorKind::Overloaded,
+            EngineError::Wal(_)
+            | EngineError::DataDirInUse(_)
+            | EngineError::Io { .. }
+            | EngineError::Task(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+/// Which experiments or runs a listing includes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ViewType {
+    /// Only active ones (the default).
+    #[default]
+    ActiveOnly,
+    /// Only soft-deleted ones.
+    DeletedOnly,
+    /// Both.
+    All,
+}
+
+impl ViewType {
+    /// Whether an entity in `stage` is included.
+    pub fn includes(self, stage: LifecycleStage) -> bool {
+        match self {
+            ViewType::ActiveOnly => stage == LifecycleStage::Active,
+            ViewType::DeletedOnly => stage == LifecycleStage::Deleted,
+            ViewType::All => true,
+        }
+    }
+}
+
+/// Values for `/metrics`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TelemetrySnapshot {
+    /// Points applied to buffers since start.
+    pub points_ingested: u64,
+    /// Bytes of buffered points.
+    pub buffer_bytes: u64,
+    /// Bytes of points accepted by the WAL but not yet buffered.
+    pub in_flight_bytes: u64,
+    /// Bytes of metric files written since start.
+    pub bytes_persisted: u64,
+    /// Metric files written since start.
+    pub files_persisted: u64,
+    /// Compactions since start.
+    pub compactions: u64,
+    /// Failed file writes since start.
+    pub persist_failures: u64,
+    /// Bytes of WAL segments still needed or not yet removed.
+    pub wal_unpersisted_bytes: u64,
+    /// WAL segment files on disk.
+    pub wal_segments: u64,
+    /// WAL syncs since start.
+    pub wal_fsyncs: u64,
+    /// WAL bytes written since start.
+    pub wal_bytes_written: u64,
+    /// Experiments in the catalog.
+    pub experiments: u64,
+    /// Runs in the catalog.
+    pub runs: u64,
+}
+
+/// The WAL as the catalog's mutation log.
+struct WalMutationLog<'a> {
+    wal: &'a Wal,
+}
+
+type DurableTicket = oneshot::Receiver<Result<(), WalError>>;
+
+impl MutationLog for WalMutationLog<'_> {
+    type Ticket = DurableTicket;
+
+    fn record(&self, mutation: &CatalogMutation) -> Result<(Lsn, DurableTicket), CatalogError> {
+        let body = WalRecordRef::Catalog(mutation).encode()?;
+        let (sender, receiver) = oneshot::channel();
+        let lsn = self.wal.append(
+            body,
+            Box::new(move |_, result| {
+                let _ = sender.send(result);
+            }),
+        )?;
+        Ok((lsn, receiver))
+    }
+}
+
+async fn wait_durable(ticket: Option<DurableTicket>) -> Result<(), EngineError> {
+    match ticket {
+        Some(ticket) => Ok(ticket.await.map_err(|_| EngineError::ShuttingDown)??),
+        None => Ok(()),
+    }
+}
+
+/// Subtracts in-flight bytes when a metric write completes or is abandoned.
+struct InFlightGuard {
+    counter: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// The engine.
+pub struct Engine {
+    config: EngineConfig,
+    catalog: Catalog,
+    wal: Wal,
+    ingester: Arc<Ingester>,
+    in_flight_bytes: Arc<AtomicU64>,
+    snapshot_lsn: AtomicU64,
+    last_snapshot: Mutex<Instant>,
+    accepting: AtomicBool,
+    shut_down: AtomicBool,
+    maintenance: Mutex<Option<maintenance::MaintenanceHandle>>,
+    _lock: File,
+}
+
+impl Engine {
+    /// Opens (or creates) the data directory, recovers its state and starts
+    /// the background threads.
+    pub fn open(config: EngineConfig) -> Result<Arc<Engine>, EngineError> {
+        let started = Instant::now();
+        let lock = recovery::lock_data_dir(&config.data_dir)?;
+        let data_dir = config.data_dir.clone();
+        let artifact_root = config.artifact_root.clone().unwrap_or_else(|| {
+            let absolute = std::path::absolute(&data_dir).unwrap_or_else(|_| data_dir.clone());
+            format!("file://{}", absolute.join("artifacts").display())
+        });
+        let layout = MetricsLayout::new(data_dir.join(recovery::METRICS_DIR));
+        let files = recovery::load_metric_files(&layout)?;
+        let catalog_dir = data_dir.join(recovery::CATALOG_DIR);
+        let catalog_state = recovery::load_catalog(&catalog_dir, &artifact_root)?;
+        let snapshot_lsn = catalog_state.applied_lsn;
+        if snapshot_lsn == 0 {
+            // A new data directory: fix the Default experiment's creation time.
+            snapshot::write(&catalog_dir, &catalog_state)?;
+        }
+        let catalog = Catalog::new(catalog_state, artifact_root);
+        let file_count: usize = files.runs.iter().map(|run| run.files.len()).sum();
+        let ingester = Arc::new(Ingester::start(config.ingest.clone(), layout, files.runs)?);
+        let wal_dir = data_dir.join(recovery::WAL_DIR);
+        let replayed = recovery::replay_wal(&wal_dir, &catalog, &ingester, &files.covered)?;
+        let last_lsn = replayed
+            .last_lsn
+            .max(files.max_lsn)
+            .max(catalog.read().applied_lsn);
+        // Runs that ended before the restart still get compacted.
+        let ended: Vec<RunId> = catalog
+            .read()
+            .runs()
+            .filter(|run| run.status.is_terminal())
+            .map(|run| run.run_id)
+            .collect();
+        for run_id in ended {
+            ingester.run_ended(run_id);
+        }
+        let wal = Wal::open(
+            WalConfig {
+                dir: wal_dir,
+                sync: config.wal_sync,
+                segment_bytes: config.wal_segment_bytes,
+            },
+            last_lsn,
+        )?;
+        tracing::info!(
+            data_dir = %data_dir.display(),
+            metric_files = file_count,
+            runs = catalog.read().run_count(),
+            wal_catalog_records = replayed.catalog_records,
+            wal_metric_records = replayed.metric_records,
+            wal_records_already_persisted = replayed.skipped_metric_records,
+            wal_torn_bytes = replayed.truncated_bytes,
+            last_lsn,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "recovered"
+        );
+        let engine = Arc::new(Engine {
+            config,
+            catalog,
+            wal,
+            ingester,
+            in_flight_bytes: Arc::new(AtomicU64::new(0)),
+            snapshot_lsn: AtomicU64::new(snapshot_lsn),
+            last_snapshot: Mutex::new(Instant::now()),
+            accepting: AtomicBool::new(true),
+            shut_down: AtomicBool::new(false),
+            maintenance: Mutex::new(None),
+            _lock: lock,
+        });
+        let handle =
+            maintenance::start(Arc::downgrade(&engine), engine.config.checkpoint_interval)?;
+        *engine
+            .maintenance
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(handle);
+        Ok(engine)
+    }
+
+    /// The settings it runs with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    fn log(&self) -> WalMutationLog<'_> {
+        WalMutationLog { wal: &self.wal }
+    }
+
+    fn ensure_accepting(&self) -> Result<(), EngineError> {
+        if self.accepting.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(EngineError::ShuttingDown)
+        }
+    }
+
+    // ---- experiments -------------------------------------------------
+
+    /// Creates an experiment.
+    pub async fn create_experiment(
+        &self,
+        request: NewExperiment,
+    ) -> Result<ExperimentId, EngineError> {
+        self.ensure_accepting()?;
+        let (id, ticket) = self
+            .catalog
+            .create_experiment(&self.log(), request, now_millis())?;
+        wait_durable(ticket).await?;
+        Ok(id)
+    }
+
+    /// An experiment by id.
+    pub fn experiment(&self, experiment_id: ExperimentId) -> Result<Experiment, EngineError> {
+        Ok(self.catalog.experiment(experiment_id)?)
+    }
+
+    /// An experiment by name.
+    pub fn experiment_by_name(&self, name: &str) -> Result<Experiment, EngineError> {
+        Ok(self.catalog.experiment_by_name(name)?)
+    }
+
+    /// Experiments in the view, by id.
+    pub fn experiments(&self, view: ViewType) -> Vec<Experiment> {
+        self.catalog
+            .read()
+            .experiments()
+            .filter(|experiment| view.includes(experiment.lifecycle_stage))
+            .cloned()
+            .collect()
+    }
+
+    /// Renames an experiment.
+    pub async fn rename_experiment(
+        &self,
+        experiment_id: ExperimentId,
+        name: String,
+    ) -> Result<(), EngineError> {
+        self.ensure_accepting()?;
+        let ((), ticket) =
+            self.catalog
+                .rename_experiment(&self.log(), experiment_id, name, now_millis())?;
+        wait_durable(ticket).await
+    }
+
+    /// Soft-deletes or restores an experiment.
+    pub async fn set_experiment_lifecycle(
+        &self,
+        experiment_id: ExperimentId,
+        stage: LifecycleStage,
+    ) -> Result<(), EngineError> {
+        self.ensure_accepting()?;
+        let ((), ticket) = self.catalog.set_experiment_lifecycle(
+            &self.log(),
+            experiment_id,
+            stage,
+            now_millis(),
+        )?;
+        wait_durable(ticket).await
+    }
+
+    /// Sets experiment tags.
+    pub async fn set_experiment_tags(
+        &self,
+        experiment_id: ExperimentId,
+        tags: Vec<(String, String)>,
+    ) -> Result<(), EngineError> {
+        self.ensure_accepting()?;
+        let ((), ticket) =
+            self.catalog
+                .set_experiment_tags(&self.log(), experiment_id, tags, now_millis())?;
+        wait_durable(ticket).await
+    }
+
+    /// Deletes an experiment tag.
+    pub async fn delete_experiment_tag(
+        &self,
+        experiment_id: ExperimentId,
+        key: String,
+    ) -> Result<(), EngineError> {
+        self.ensure_accepting()?;
+        let ((), ticket) =
+            self.catalog
+                .delete_experiment_tag(&self.log(), experiment_id, key, now_millis())?;
+        wait_durable(ticket).await
+    }
+
+    // ---- runs --------------------------------------------------------
+
+    /// Creates a run.
+    pub async fn create_run(&self, request: NewRun) -> Result<Run, EngineError> {
+        self.ensure_accepting()?;
+        let (run, ticket) = self.catalog.create_run(&self.log(), request)?;
+        wait_durable(ticket).await?;
+        Ok(run)
+    }
+
+    /// A run by id.
+    pub fn run(&self, run_id: RunId) -> Result<Run, EngineError> {
+        Ok(self.catalog.run(run_id)?)
+    }
+
+    /// Runs of an experiment in the view, newest first.
+    pub fn runs_of_experiment(&self, experiment_id: ExperimentId, view: ViewType) -> Vec<Run> {
+        let mut runs: Vec<Run> = self
+            .catalog
+            .read()
+            .runs()
+            .filter(|run| run.experiment_id == experiment_id && view.includes(run.lifecycle_stage))
+            .cloned()
+            .collect();
+        runs.sort_by(|a, b| {
+            b.start_time
+                .cmp(&a.start_time)
+                .then(a.run_id.cmp(&b.run_id))
+        });
+        runs
+    }
+
+    /// The summary (latest value, min, max, count, step range) of every
+    /// metric key of a run, in key order.
+    pub async fn run_metric_summaries(
+        &self,
+        run_id: RunId,
+    ) -> Result<Vec<(String, KeySummary)>, EngineError> {
+        self.catalog.run(run_id)?;
+        Ok(self.ingester.run_summaries(run_id).await?)
+    }
+
+    /// Changes a run's status, end time or name. A run that reaches a
+    /// terminal status without an end time gets the current time; its
+    /// buffers are persisted and its files compacted.
+    pub async fn update_run(
+        &self,
+        run_id: RunId,
+        mut update: RunUpdate,
+    ) -> Result<Run, EngineError> {
+        self.ensure_accepting()?;
+        let ends = update.status.is_some_and(|status| status.is_terminal());
+        if ends && update.end_time.is_none() {
+            update.end_time = Some(now_millis());
+        }
+        let (run, ticket) = self.catalog.update_run(&self.log(), run_id, update)?;
+        wait_durable(ticket).await?;
+        if ends {
+            self.ingester.run_ended(run_id);
+        }
+        Ok(run)
+    }
+
+    /// Soft-deletes or restores a run.
+    pub async fn set_run_lifecycle(
+        &self,
+        run_id: RunId,
+        stage: LifecycleStage,
+    ) -> Result<(), EngineError> {
+        self.ensure_accepting()?;
+        let ((), ticket) = self.catalog.set_run_lifecycle(&self.log(), run_id, stage)?;
+        wait_durable(ticket).await
+    }
+
+    /// Logs params (immutable: a different value for a logged key is refused).
+    pub async fn log_params(
+        &self,
+        run_id: RunId,
+        params: Vec<(String, String)>,
+    ) -> Result<(), EngineError> {
+        self.ensure_accepting()?;
+        let ((), ticket) = self.catalog.log_params(&self.log(), run_id, params)?;
+        wait_durable(ticket).await
+    }
+
+    /// Sets run tags.
+    pub async fn set_run_tags(
+        &self,
+        run_id: RunId,
+        tags: Vec<(String, String)>,
+    ) -> Result<(), EngineError> {
+        self.ensure_accepting()?;
+        let ((), ticket) = self.catalog.set_run_tags(&self.log(), run_id, tags)?;
+        wait_durable(ticket).await
+    }
+
+    /// Deletes a run tag.
+    pub async fn delete_run_tag(&self, run_id: RunId, key: String) -> Result<(), EngineError> {
+        self.ensure_accepting()?;
+        let ((), ticket) = self.catalog.delete_run_tag(&self.log(), run_id, key)?;
+        wait_durable(ticket).await
+    }
+
+    // ---- metrics -----------------------------------------------------
+
+    /// Logs metric points; returns once they are durable and visible to
+    /// reads. Refused with `Overloaded` while buffers are over the limit.
+    pub async fn log_metrics(
+        &self,
+        run_id: RunId,
+        batch: MetricBatch,
+    ) -> Result<usize, EngineError> {
+        self.ensure_accepting()?;
+        batch.validate()?;
+        let experiment_id = {
+            let state = self.catalog.read();
+            let run = state.run(run_id).ok_or(CatalogError::RunNotFound(run_id))?;
+            ensure_run_active(run)?;
+            run.experiment_id
+        };
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let bytes = batch.len() as u64 * BYTES_PER_POINT;
+        let buffered =
+            self.ingester.stats().buffer_bytes() + self.in_flight_bytes.load(Ordering::Relaxed);
+        if buffered + bytes > self.config.buffer_reject_bytes {
+            return Err(EngineError::Overloaded {
+                buffered,
+                limit: self.config.buffer_reject_bytes,
+            });
+        }
+        let body = WalRecordRef::Metrics {
+            run_id,
+            batch: &batch,
+        }
+        .encode()?;
+        self.in_flight_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let _guard = InFlightGuard {
+            counter: Arc::clone(&self.in_flight_bytes),
+            bytes,
+        };
+        let (applied, response) = oneshot::channel();
+        let ingester = Arc::clone(&self.ingester);
+        self.wal.append(
+            body,
+            Box::new(move |lsn, result| match result {
+                Ok(()) => ingester.apply(run_id, experiment_id, lsn, batch, Some(applied)),
+                Err(error) => {
+                    let _ = applied.send(Err(IngestError::Wal(error)));
+                }
+            }),
+        )?;
+        Ok(response.await.map_err(|_| EngineError::ShuttingDown)??)
+    }
+
+    /// The full series of one key of a run, in step order, buffered points
+    /// included.
+    pub async fn metric_series(
+        &self,
+        run_id: RunId,
+        key: &str,
+    ) -> Result<MetricSeries, EngineError> {
+        validate_key(KeyKind::Metric, key)?;
+        self.catalog.run(run_id)?;
+        let sources = self.ingester.series_sources(run_id, key).await?;
+        let key = key.to_string();
+        tokio::task::spawn_blocking(move || sources.collect(&key))
+            .await
+            .map_err(|error| EngineError::Task(error.to_string()))?
+            .map_err(EngineError::from)
+    }
+
+    // ---- operations --------------------------------------------------
+
+    /// Values for `/metrics`.
+    pub fn telemetry(&self) -> TelemetrySnapshot {
+        let ingest = self.ingester.stats();
+        let wal = self.wal.stats();
+        let state = self.catalog.read();
+        TelemetrySnapshot {
+            points_ingested: ingest.points_ingested(),
+            buffer_bytes: ingest.buffer_bytes(),
+            in_flight_bytes: self.in_flight_bytes.load(Ordering::Relaxed),
+            bytes_persisted: ingest.bytes_persisted(),
+            files_persisted: ingest.files_persisted(),
+            compactions: ingest.compactions(),
+            persist_failures: ingest.persist_failures(),
+            wal_unpersisted_bytes: wal.live_bytes,
+            wal_segments: wal.segments as u64,
+            wal_fsyncs: wal.fsyncs,
+            wal_bytes_written: wal.bytes_written,
+            experiments: state.experiments().count() as u64,
+            runs: state.run_count() as u64,
+        }
+    }
+
+    /// Removes WAL segments whose records are all persisted elsewhere,
+    /// writing a catalog snapshot first when one is due (or `force`d).
+    /// Blocking.
+    pub fn checkpoint(&self, force_snapshot: bool) -> Result<(), EngineError> {
+        // Read first: every record up to it has been handed to a shard or
+        // applied to the catalog by the time the bounds below are taken.
+        let completed = self.wal.completed_lsn();
+        let oldest_buffered = self.ingester.oldest_unpersisted_lsn()?;
+        let oldest_catalog = self.snapshot_catalog_if_due(force_snapshot)?;
+        let min_needed = [Some(completed + 1), oldest_buffered, oldest_catalog]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(completed + 1);
+        let removed = self.wal.remove_segments_before(min_needed)?;
+        if removed > 0 {
+            tracing::debug!(removed, min_needed, "removed persisted WAL segments");
+        }
+        Ok(())
+    }
+
+    /// Writes a catalog snapshot when the catalog changed since the last one
+    /// and the snapshot interval passed (or `force`). Returns the oldest LSN
+    /// of a catalog record the newest snapshot lacks, if any.
+    fn snapshot_catalog_if_due(&self, force: bool) -> Result<Option<Lsn>, EngineError> {
+        let mut last = self
+            .last_snapshot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let state = self.catalog.read();
+        let current = self.snapshot_lsn.load(Ordering::SeqCst);
+        if state.applied_lsn == current {
+            return Ok(None);
+        }
+        if !force && last.elapsed() < self.config.snapshot_interval {
+            return Ok(Some(current + 1));
+        }
+        let bytes = snapshot::write(&self.config.data_dir.join(recovery::CATALOG_DIR), &state)?;
+        let lsn = state.applied_lsn;
+        drop(state);
+        self.snapshot_lsn.store(lsn, Ordering::SeqCst);
+        *last = Instant::now();
+        tracing::debug!(lsn, bytes, "wrote catalog snapshot");
+        Ok(None)
+    }
+
+    /// Stops taking writes, persists every buffer, snapshots the catalog,
+    /// removes the WAL segments that are no longer needed and stops the
+    /// background threads. Blocking; safe to call more than once.
+    pub fn shutdown(&self) -> Result<(), EngineError> {
+        self.accepting.store(false, Ordering::SeqCst);
+        if self.shut_down.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        if let Some(handle) = self
+            .maintenance
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+        {
+            handle.stop();
+        }
+        // Every queued record is written and handed on once rotation returns.
+        let outcome = self
+            .wal
+            .rotate()
+            .map_err(EngineError::from)
+            .and_then(|()| Ok(self.ingester.flush_all()?))
+            .and_then(|()| self.checkpoint(true));
+        self.wal.shutdown();
+        self.ingester.shutdown();
+        match &outcome {
+            Ok(()) => tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "engine stopped; buffers persisted"
+            ),
+            Err(error) => {
+                tracing::error!(%error, "engine stopped without persisting everything; the WAL keeps it")
+            }
+        }
+        outcome
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if !self.shut_down.load(Ordering::SeqCst)
+            && let Err(error) = self.shutdown()
+        {
+            tracing::error!(%error, "shutdown on drop failed");
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Per-run metric buffers: the active buffer (Arrow builders that take new
+//! points) and frozen chunks (its finished arrays, immutable, waiting to be
+//! persisted). Key ids are the run's own dictionary ids.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{
+    ArrayBuilder, Float64Array, Float64Builder, Int64Array, Int64Builder, UInt32Array,
+    UInt32Builder,
+};
+
+use crate::model::MetricSeries;
+use crate::storage::SortedColumns;
+use crate::wal::Lsn;
+
+/// Bytes one buffered point costs (key id, step, timestamp, value).
+pub const BYTES_PER_POINT: u64 = 4 + 8 + 8 + 8;
+
+/// The buffer new points of a run go to.
+pub struct ActiveBuffer {
+    key_ids: UInt32Builder,
+    steps: Int64Builder,
+    timestamps: Int64Builder,
+    values: Float64Builder,
+    first_lsn: Option<Lsn>,
+    last_lsn: Lsn,
+    opened_at: Option<Instant>,
+}
+
+impl Default for ActiveBuffer {
+    fn default() -> Self {
+        ActiveBuffer {
+            key_ids: UInt32Builder::new(),
+            steps: Int64Builder::new(),
+            timestamps: Int64Builder::new(),
+            values: Float64Builder::new(),
+            first_lsn: None,
+            last_lsn: 0,
+            opened_at: None,
+        }
+    }
+}
+
+impl ActiveBuffer {
+    /// Appends the points of WAL record `lsn`; `key_ids` are run key ids.
+    pub fn append(
+        &mut self,
+        lsn: Lsn,
+        key_ids: impl Iterator<Item = u32>,
+        steps: &[i64],
+        timestamps: &[i64],
+        values: &[f64],
+    ) {
+        if self.first_lsn.is_none() {
+            self.first_lsn = Some(lsn);
+            self.opened_at = Some(Instant::now());
+        }
+        self.last_lsn = lsn;
+        for id in key_ids {
+            self.key_ids.append_value(id);
+        }
+        self.steps.append_slice(steps);
+        self.timestamps.append_slice(timestamps);
+        self.values.append_slice(values);
+    }
+
+    /// Buffered points.
+    pub fn rows(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Bytes the buffered points count for.
+    pub fn bytes(&self) -> u64 {
+        self.rows() as u64 * BYTES_PER_POINT
+    }
+
+    /// LSN of the oldest record buffered, if any.
+    pub fn first_lsn(&self) -> Option<Lsn> {
+        self.first_lsn
+    }
+
+    /// When the first buffered point arrived.
+    pub fn opened_at(&self) -> Option<Instant> {
+        self.opened_at
+    }
+
+    /// Copies the points of run key `key_id` into `out`.
+    pub fn collect_key(&self, key_id: u32, out: &mut MetricSeries) {
+        let steps = self.steps.values_slice();
+        let timestamps = self.timestamps.values_slice();
+        let values = self.values.values_slice();
+        for (row, &id) in self.key_ids.values_slice().iter().enumerate() {
+            if id == key_id {
+                out.push(steps[row], timestamps[row], values[row]);
+            }
+        }
+    }
+
+    /// Finishes the builders into an immutable chunk and empties the buffer.
+    /// `key_names` is the run's dictionary at this moment.
+    pub fn freeze(&mut self, chunk_id: u64, key_names: Arc<Vec<String>>) -> Option<FrozenChunk> {
+        let first_lsn = self.first_lsn.take()?;
+        self.opened_at = None;
+        Some(FrozenChunk {
+            id: chunk_id,
+            key_names,
+            key_ids: self.key_ids.finish(),
+            steps: self.steps.finish(),
+            timestamps: self.timestamps.finish(),
+            values: self.values.finish(),
+            lsn_range: (first_lsn, self.last_lsn),
+        })
+    }
+}
+
+/// A frozen buffer: immutable arrays waiting to be written to a file.
+#[derive(Debug)]
+pub struct FrozenChunk {
+    id: u64,
+    key_names: Arc<Vec<String>>,
+    key_ids: UInt32Array,
+    steps: Int64Array,
+    timestamps: Int64Array,
+    values: Float64Array,
+    lsn_range: (Lsn, Lsn),
+}
+
+impl FrozenChunk {
+    /// Its id within the shard.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Number of points.
+    pub fn rows(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Bytes its points count for.
+    pub fn bytes(&self) -> u64 {
+        self.rows() as u64 * BYTES_PER_POINT
+    }
+
+    /// First and last LSN of the records it holds.
+    pub fn lsn_range(&self) -> (Lsn, Lsn) {
+        self.lsn_range
+    }
+
+    /// Copies the points of run key `key_id` into `out`.
+    pub fn collect_key(&self, key_id: u32, out: &mut MetricSeries) {
+        let steps = self.steps.values();
+        let timestamps = self.timestamps.values();
+        let values = self.values.values();
+        for (row, &id) in self.key_ids.values().iter().enumerate() {
+            if id == key_id {
+                out.push(steps[row], timestamps[row], values[row]);
+            }
+        }
+    }
+
+    /// The points in file order.
+    pub fn to_sorted_columns(&self) -> SortedColumns {
+        SortedColumns::from_logged_order(
+            &self.key_names,
+            self.key_ids.values(),
+            self.steps.values(),
+            self.timestamps.values(),
+            self.values.values(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freeze_moves_points_into_a_chunk_and_empties_the_buffer() {
+        let mut buffer = ActiveBuffer::default();
+        buffer.append(7, [0, 1].into_iter(), &[1, 1], &[10, 10], &[0.5, 0.25]);
+        buffer.append(9, [0].into_iter(), &[0], &[11], &[f64::NAN]);
+        assert_eq!(buffer.rows(), 3);
+        assert_eq!(buffer.first_lsn(), Some(7));
+        let mut loss = MetricSeries::default();
+        buffer.collect_key(0, &mut loss);
+        assert_eq!(loss.steps, vec![1, 0]);
+
+        let names = Arc::new(vec!["loss".to_string(), "acc".to_string()]);
+        let chunk = buffer.freeze(1, names).unwrap();
+        assert_eq!(buffer.rows(), 0);
+        assert_eq!(buffer.first_lsn(), None);
+        assert!(buffer.freeze(2, Arc::new(vec![])).is_none());
+        assert_eq!(chunk.lsn_range(), (7, 9));
+        assert_eq!(chunk.bytes(), 3 * BYTES_PER_POINT);
+        let sorted = chunk.to_sorted_columns();
+        assert_eq!(sorted.keys, vec!["acc", "loss"]);
+        assert_eq!(sorted.steps, vec![1, 0, 1]);
+    }
+}

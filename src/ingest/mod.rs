@@ -1,0 +1,441 @@
+//! The metric ingester: shard threads that own per-run Arrow buffers, and a
+//! persister pool that turns frozen buffers into Parquet files and compacts
+//! finished runs.
+//!
+//! Runs are sharded by run id; each shard thread owns its runs' buffers and
+//! file lists without locks. Metric batches arrive (in WAL order) on a
+//! bounded data channel, so a slow shard pushes back on the WAL writer and
+//! from there on clients; reads and persister replies use an unbounded
+//! control channel so they never wait behind a full data channel.
+
+mod buffer;
+mod persister;
+mod run_state;
+mod shard;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Sender, bounded, unbounded};
+use thiserror::Error;
+use tokio::sync::oneshot;
+
+use crate::error_kind::{Classify, ErrorKind};
+use crate::model::{ExperimentId, KeySummary, MetricBatch, MetricSeries, RunId};
+use crate::storage::{MetricsLayout, PersistedFile, StorageError};
+use crate::wal::{Lsn, WalError};
+
+pub use buffer::{BYTES_PER_POINT, FrozenChunk};
+
+/// Errors of the ingester.
+#[derive(Debug, Error)]
+pub enum IngestError {
+    /// The ingester is stopping or stopped.
+    #[error("the ingester is shut down")]
+    ShutDown,
+    /// The WAL could not make the batch durable.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// Reading or writing a metric file failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A thread could not be started.
+    #[error("cannot start ingester thread: {0}")]
+    Spawn(String),
+    /// Buffers could not all be persisted.
+    #[error("persisting buffers failed: {0}")]
+    Flush(String),
+}
+
+impl Classify for IngestError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            IngestError::ShutDown => ErrorKind::Overloaded,
+            IngestError::Wal(_)
+            | IngestError::Storage(_)
+            | IngestError::Spawn(_)
+            | IngestError::Flush(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+/// Settings of the ingester.
+#[derive(Clone, Debug)]
+pub struct IngestConfig {
+    /// Number of shard threads.
+    pub shards: usize,
+    /// Number of persister threads.
+    pub persist_threads: usize,
+    /// A run's active buffer is persisted once it holds this many points.
+    pub flush_rows: usize,
+    /// ... or once its oldest point is this old.
+    pub flush_age: Duration,
+    /// When all buffers together pass this many bytes, the largest are
+    /// persisted first.
+    pub buffer_budget_bytes: u64,
+    /// A running run with this many files is compacted.
+    pub compact_after_files: usize,
+    /// Capacity, in messages, of each shard's data channel.
+    pub channel_capacity: usize,
+    /// How often shards check buffer ages and retry failed writes.
+    pub tick: Duration,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            shards: 2,
+            persist_threads: 1,
+            flush_rows: 1_000_000,
+            flush_age: Duration::from_secs(300),
+            buffer_budget_bytes: 512 << 20,
+            compact_after_files: 16,
+            channel_capacity: 256,
+            tick: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Counters of the ingester, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    points_ingested: AtomicU64,
+    buffer_bytes: AtomicU64,
+    bytes_persisted: AtomicU64,
+    files_persisted: AtomicU64,
+    compactions: AtomicU64,
+    persist_failures: AtomicU64,
+}
+
+impl IngestStats {
+    /// Points applied to buffers since start (replayed ones included).
+    pub fn points_ingested(&self) -> u64 {
+        self.points_ingested.load(Ordering::Relaxed)
+    }
+    /// Bytes of points in buffers (active and frozen).
+    pub fn buffer_bytes(&self) -> u64 {
+        self.buffer_bytes.load(Ordering::Relaxed)
+    }
+    /// Bytes of metric files written since start (compaction included).
+    pub fn bytes_persisted(&self) -> u64 {
+        self.bytes_persisted.load(Ordering::Relaxed)
+    }
+    /// Metric files written since start (compaction included).
+    pub fn files_persisted(&self) -> u64 {
+        self.files_persisted.load(Ordering::Relaxed)
+    }
+    /// Compactions completed since start.
+    pub fn compactions(&self) -> u64 {
+        self.compactions.load(Ordering::Relaxed)
+    }
+    /// Failed file writes since start (each is retried).
+    pub fn persist_failures(&self) -> u64 {
+        self.persist_failures.load(Ordering::Relaxed)
+    }
+}
+
+/// Tells a writer its points are applied (or why not).
+pub type AppliedSignal = oneshot::Sender<Result<usize, IngestError>>;
+
+/// A run's persisted state found at start.
+pub struct LoadedRun {
+    /// The run.
+    pub run_id: RunId,
+    /// Its experiment.
+    pub experiment_id: ExperimentId,
+    /// Its files, in sequence order.
+    pub files: Vec<Arc<PersistedFile>>,
+    /// Key summaries merged from the files' footers.
+    pub summaries: Vec<(String, KeySummary)>,
+}
+
+/// Where one key's points of one run are, captured atomically by its shard.
+pub struct SeriesSources {
+    files: Vec<Arc<PersistedFile>>,
+    frozen: Vec<Arc<FrozenChunk>>,
+    key_id: Option<u32>,
+    active: MetricSeries,
+}
+
+impl SeriesSources {
+    /// Reads every source (files, then frozen chunks, then the active
+    /// buffer: oldest first) and returns the series in step order. Blocking.
+    pub fn collect(self, key: &str) -> Result<MetricSeries, StorageError> {
+        let mut series = MetricSeries::default();
+        for file in &self.files {
+            file.read_key(key, &mut series)?;
+        }
+        if let Some(id) = self.key_id {
+            for chunk in &self.frozen {
+                chunk.collect_key(id, &mut series);
+            }
+        }
+        series.extend(&self.active);
+        series.sort_by_step_and_time();
+        Ok(series)
+    }
+}
+
+/// Messages in WAL order, on the bounded data channel.
+pub(crate) enum DataMessage {
+    Apply {
+        run_id: RunId,
+        experiment_id: ExperimentId,
+        lsn: Lsn,
+        batch: MetricBatch,
+        applied: Option<AppliedSignal>,
+    },
+    Checkpoint(Sender<Option<Lsn>>),
+    FlushAll(Sender<Result<(), String>>),
+}
+
+/// Reads, notices and persister replies, on the unbounded control channel.
+pub(crate) enum ControlMessage {
+    ReadSeries {
+        run_id: RunId,
+        key: String,
+        reply: oneshot::Sender<SeriesSources>,
+    },
+    RunSummaries {
+        run_id: RunId,
+        reply: oneshot::Sender<Vec<(String, KeySummary)>>,
+    },
+    RunEnded(RunId),
+    Persisted {
+        run_id: RunId,
+        chunk_id: u64,
+        outcome: Result<Arc<PersistedFile>, StorageError>,
+    },
+    Compacted {
+        run_id: RunId,
+        replaced: Vec<u64>,
+        outcome: Result<Arc<PersistedFile>, StorageError>,
+    },
+    Shutdown,
+}
+
+struct ShardHandle {
+    data: Sender<DataMessage>,
+    control: Sender<ControlMessage>,
+}
+
+/// The ingester handle.
+pub struct Ingester {
+    shards: Vec<ShardHandle>,
+    persist_jobs: Mutex<Option<Sender<persister::PersistJob>>>,
+    stats: Arc<IngestStats>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Ingester {
+    /// Starts shard and persister threads with the runs found on disk.
+    pub fn start(
+        config: IngestConfig,
+        layout: MetricsLayout,
+        loaded: Vec<LoadedRun>,
+    ) -> Result<Ingester, IngestError> {
+        let shard_count = config.shards.max(1);
+        let stats = Arc::new(IngestStats::default());
+        let (job_sender, job_receiver) = unbounded();
+        let mut threads = Vec::new();
+        for index in 0..config.persist_threads.max(1) {
+            let jobs = job_receiver.clone();
+            let layout = layout.clone();
+            threads.push(spawn(format!("stepstore-persist-{index}"), move || {
+                persister::run(jobs, layout)
+            })?);
+        }
+        let mut per_shard: Vec<Vec<LoadedRun>> = (0..shard_count).map(|_| Vec::new()).collect();
+        for run in loaded {
+            per_shard[run.run_id.shard(shard_count)].push(run);
+        }
+        let mut shards = Vec::with_capacity(shard_count);
+        for (index, runs) in per_shard.into_iter().enumerate() {
+            let (data_sender, data_receiver) = bounded(config.channel_capacity.max(1));
+            let (control_sender, control_receiver) = unbounded();
+            let shard = shard::Shard::new(
+                index,
+                shard_count,
+                config.clone(),
+                Arc::clone(&stats),
+                job_sender.clone(),
+                control_sender.clone(),
+                runs,
+            );
+            threads.push(spawn(format!("stepstore-shard-{index}"), move || {
+                shard.run(data_receiver, control_receiver)
+            })?);
+            shards.push(ShardHandle {
+                data: data_sender,
+                control: control_sender,
+            });
+        }
+        Ok(Ingester {
+            shards,
+            persist_jobs: Mutex::new(Some(job_sender)),
+            stats,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    fn shard_of(&self, run_id: RunId) -> &ShardHandle {
+        &self.shards[run_id.shard(self.shards.len())]
+    }
+
+    /// Hands the points of WAL record `lsn` to the run's shard. Blocks while
+    /// the shard's data channel is full. `applied` is told when the points
+    /// are in the buffer (visible to reads).
+    pub fn apply(
+        &self,
+        run_id: RunId,
+        experiment_id: ExperimentId,
+        lsn: Lsn,
+        batch: MetricBatch,
+        applied: Option<AppliedSignal>,
+    ) {
+        let message = DataMessage::Apply {
+            run_id,
+            experiment_id,
+            lsn,
+            batch,
+            applied,
+        };
+        if let Err(crossbeam_channel::SendError(DataMessage::Apply {
+            applied: Some(applied),
+            ..
+        })) = self.shard_of(run_id).data.send(message)
+        {
+            let _ = applied.send(Err(IngestError::ShutDown));
+        }
+    }
+
+    /// Where the points of `key` of a run are.
+    pub async fn series_sources(
+        &self,
+        run_id: RunId,
+        key: &str,
+    ) -> Result<SeriesSources, IngestError> {
+        let (reply, response) = oneshot::channel();
+        self.shard_of(run_id)
+            .control
+            .send(ControlMessage::ReadSeries {
+                run_id,
+                key: key.to_string(),
+                reply,
+            })
+            .map_err(|_| IngestError::ShutDown)?;
+        response.await.map_err(|_| IngestError::ShutDown)
+    }
+
+    /// The summary of every key of a run, in key order.
+    pub async fn run_summaries(
+        &self,
+        run_id: RunId,
+    ) -> Result<Vec<(String, KeySummary)>, IngestError> {
+        let (reply, response) = oneshot::channel();
+        self.shard_of(run_id)
+            .control
+            .send(ControlMessage::RunSummaries { run_id, reply })
+            .map_err(|_| IngestError::ShutDown)?;
+        response.await.map_err(|_| IngestError::ShutDown)
+    }
+
+    /// Tells the run's shard it ended: its buffer is persisted and its files
+    /// compacted into one.
+    pub fn run_ended(&self, run_id: RunId) {
+        let _ = self
+            .shard_of(run_id)
+            .control
+            .send(ControlMessage::RunEnded(run_id));
+    }
+
+    /// The oldest LSN some buffer still needs, counting every record handed
+    /// to [`Self::apply`] before this call; `None` when nothing is buffered.
+    /// Blocking.
+    pub fn oldest_unpersisted_lsn(&self) -> Result<Option<Lsn>, IngestError> {
+        let mut replies = Vec::with_capacity(self.shards.len());
+        for shard in &self.shards {
+            let (reply, response) = bounded(1);
+            shard
+                .data
+                .send(DataMessage::Checkpoint(reply))
+                .map_err(|_| IngestError::ShutDown)?;
+            replies.push(response);
+        }
+        let mut oldest: Option<Lsn> = None;
+        for response in replies {
+            let shard_oldest = response.recv().map_err(|_| IngestError::ShutDown)?;
+            oldest = match (oldest, shard_oldest) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(oldest)
+    }
+
+    /// Persists every buffer and waits until all are written. Blocking.
+    pub fn flush_all(&self) -> Result<(), IngestError> {
+        let mut replies = Vec::with_capacity(self.shards.len());
+        for shard in &self.shards {
+            let (reply, response) = bounded(1);
+            shard
+                .data
+                .send(DataMessage::FlushAll(reply))
+                .map_err(|_| IngestError::ShutDown)?;
+            replies.push(response);
+        }
+        for response in replies {
+            response
+                .recv()
+                .map_err(|_| IngestError::ShutDown)?
+                .map_err(IngestError::Flush)?;
+        }
+        Ok(())
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &IngestStats {
+        &self.stats
+    }
+
+    /// Stops every thread (buffers are not persisted: call
+    /// [`Self::flush_all`] first). Blocking.
+    pub fn shutdown(&self) {
+        for shard in &self.shards {
+            let _ = shard.control.send(ControlMessage::Shutdown);
+        }
+        self.persist_jobs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        let threads = std::mem::take(
+            &mut *self
+                .threads
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for thread in threads {
+            if thread.join().is_err() {
+                tracing::error!("an ingester thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Ingester {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn spawn<F: FnOnce() + Send + 'static>(
+    name: String,
+    body: F,
+) -> Result<JoinHandle<()>, IngestError> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(body)
+        .map_err(|error| IngestError::Spawn(error.to_string()))
+}

@@ -1,0 +1,105 @@
+//! Persister threads: write frozen chunks to Parquet files and compact runs,
+//! then report back to the owning shard.
+
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::ControlMessage;
+use super::buffer::FrozenChunk;
+use crate::model::{ExperimentId, RunId};
+use crate::storage::compaction::compact_files;
+use crate::storage::{MetricFileWriter, MetricsLayout, PersistedFile, StorageError};
+
+/// Work for a persister thread.
+pub(crate) enum PersistJob {
+    /// Write a frozen chunk as file `seq` of the run.
+    Chunk {
+        run_id: RunId,
+        experiment_id: ExperimentId,
+        seq: u64,
+        chunk: Arc<FrozenChunk>,
+        reply: Sender<ControlMessage>,
+    },
+    /// Merge `inputs` into file `seq` of the run.
+    Compact {
+        run_id: RunId,
+        experiment_id: ExperimentId,
+        seq: u64,
+        inputs: Vec<Arc<PersistedFile>>,
+        reply: Sender<ControlMessage>,
+    },
+}
+
+/// The persister loop; returns when every job sender is gone.
+pub(crate) fn run(jobs: Receiver<PersistJob>, layout: MetricsLayout) {
+    for job in jobs {
+        match job {
+            PersistJob::Chunk {
+                run_id,
+                experiment_id,
+                seq,
+                chunk,
+                reply,
+            } => {
+                let path = layout.file_path(experiment_id, run_id, seq);
+                let outcome = write_chunk(&chunk, &path, seq);
+                if let Err(error) = &outcome {
+                    tracing::error!(%run_id, seq, %error, "persisting a buffer failed; it stays in memory and is retried");
+                }
+                let _ = reply.send(ControlMessage::Persisted {
+                    run_id,
+                    chunk_id: chunk.id(),
+                    outcome,
+                });
+            }
+            PersistJob::Compact {
+                run_id,
+                experiment_id,
+                seq,
+                inputs,
+                reply,
+            } => {
+                let path = layout.file_path(experiment_id, run_id, seq);
+                let started = std::time::Instant::now();
+                let outcome = compact_files(&inputs, &path)
+                    .and_then(|written| PersistedFile::open(seq, &written.path))
+                    .map(|(file, _)| Arc::new(file));
+                match &outcome {
+                    Ok(file) => tracing::info!(
+                        %run_id,
+                        inputs = inputs.len(),
+                        rows = file.rows(),
+                        bytes = file.bytes(),
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "compacted run files"
+                    ),
+                    Err(error) => {
+                        tracing::error!(%run_id, %error, "compaction failed; the input files stay")
+                    }
+                }
+                let replaced = inputs.iter().map(|input| input.seq()).collect();
+                drop(inputs);
+                let _ = reply.send(ControlMessage::Compacted {
+                    run_id,
+                    replaced,
+                    outcome,
+                });
+            }
+        }
+    }
+}
+
+fn write_chunk(
+    chunk: &FrozenChunk,
+    path: &std::path::Path,
+    seq: u64,
+) -> Result<Arc<PersistedFile>, StorageError> {
+    let columns = chunk.to_sorted_columns();
+    let mut writer = MetricFileWriter::create(path)?;
+    writer.write(&columns)?;
+    let (first, last) = chunk.lsn_range();
+    let written = writer.finish(vec![(first, last)], Vec::new())?;
+    let (file, _) = PersistedFile::open(seq, &written.path)?;
+    Ok(Arc::new(file))
+}

@@ -1,0 +1,423 @@
+//! A shard thread: applies metric batches to the buffers of the runs it
+//! owns, decides when buffers are frozen and persisted (row threshold, age,
+//! run end, memory budget) and when runs are compacted, and answers reads
+//! with a consistent view of buffers and files.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::persister::PersistJob;
+use super::run_state::RunState;
+use super::{ControlMessage, DataMessage, IngestConfig, IngestStats, LoadedRun, SeriesSources};
+use crate::model::{MetricSeries, RunId};
+use crate::storage::{PersistedFile, StorageError};
+
+/// How long a failed file write or compaction waits before it is retried.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// Under memory pressure, buffers smaller than this are left alone.
+const MIN_SHED_BYTES: u64 = 64 * 1024;
+
+/// A frozen chunk handed to the persister and not yet reported written.
+struct PendingChunk {
+    run_id: RunId,
+    seq: u64,
+    failed_at: Option<Instant>,
+}
+
+/// State owned by one shard thread.
+pub(crate) struct Shard {
+    index: usize,
+    config: IngestConfig,
+    stats: Arc<IngestStats>,
+    jobs: Sender<PersistJob>,
+    replies: Sender<ControlMessage>,
+    runs: HashMap<RunId, RunState>,
+    pending: HashMap<u64, PendingChunk>,
+    next_chunk_id: u64,
+    flush_waiters: Vec<Sender<Result<(), String>>>,
+    last_tick: Instant,
+}
+
+impl Shard {
+    pub(crate) fn new(
+        index: usize,
+        _shard_count: usize,
+        config: IngestConfig,
+        stats: Arc<IngestStats>,
+        jobs: Sender<PersistJob>,
+        replies: Sender<ControlMessage>,
+        loaded: Vec<LoadedRun>,
+    ) -> Self {
+        let runs = loaded
+            .into_iter()
+            .map(|run| {
+                (
+                    run.run_id,
+                    RunState::new(run.experiment_id, run.files, run.summaries),
+                )
+            })
+            .collect();
+        Shard {
+            index,
+            config,
+            stats,
+            jobs,
+            replies,
+            runs,
+            pending: HashMap::new(),
+            next_chunk_id: 1,
+            flush_waiters: Vec::new(),
+            last_tick: Instant::now(),
+        }
+    }
+
+    /// The shard loop; returns on `Shutdown`.
+    pub(crate) fn run(mut self, data: Receiver<DataMessage>, control: Receiver<ControlMessage>) {
+        tracing::debug!(shard = self.index, runs = self.runs.len(), "shard started");
+        loop {
+            crossbeam_channel::select! {
+                recv(control) -> message => match message {
+                    Ok(ControlMessage::Shutdown) | Err(_) => break,
+                    Ok(message) => self.on_control(message),
+                },
+                recv(data) -> message => match message {
+                    Ok(message) => self.on_data(message),
+                    Err(_) => break,
+                },
+                default(self.config.tick) => {}
+            }
+            if self.last_tick.elapsed() >= self.config.tick {
+                self.on_tick();
+            }
+        }
+        tracing::debug!(shard = self.index, "shard stopped");
+    }
+
+    fn on_data(&mut self, message: DataMessage) {
+        match message {
+            DataMessage::Apply {
+                run_id,
+                experiment_id,
+                lsn,
+                batch,
+                applied,
+            } => {
+                let points = batch.len();
+                let run = self
+                    .runs
+                    .entry(run_id)
+                    .or_insert_with(|| RunState::new(experiment_id, Vec::new(), Vec::new()));
+                run.apply(lsn, &batch);
+                let full = run.active.rows() >= self.config.flush_rows;
+                self.stats
+                    .points_ingested
+                    .fetch_add(points as u64, Ordering::Relaxed);
+                self.stats
+                    .buffer_bytes
+                    .fetch_add(points as u64 * super::BYTES_PER_POINT, Ordering::Relaxed);
+                if let Some(applied) = applied {
+                    let _ = applied.send(Ok(points));
+                }
+                if full {
+                    self.freeze(run_id);
+                }
+                self.shed_if_over_budget();
+            }
+            DataMessage::Checkpoint(reply) => {
+                let oldest = self
+                    .runs
+                    .values()
+                    .filter_map(RunState::min_unpersisted_lsn)
+                    .min();
+                let _ = reply.send(oldest);
+            }
+            DataMessage::FlushAll(reply) => {
+                let run_ids: Vec<RunId> = self.runs.keys().copied().collect();
+                for run_id in run_ids {
+                    self.freeze(run_id);
+                }
+                self.flush_waiters.push(reply);
+                self.answer_flush_waiters(None);
+            }
+        }
+    }
+
+    fn on_control(&mut self, message: ControlMessage) {
+        match message {
+            ControlMessage::ReadSeries { run_id, key, reply } => {
+                let sources = match self.runs.get(&run_id) {
+                    Some(run) => run.sources_for(&key),
+                    None => SeriesSources {
+                        files: Vec::new(),
+                        frozen: Vec::new(),
+                        key_id: None,
+                        active: MetricSeries::default(),
+                    },
+                };
+                let _ = reply.send(sources);
+            }
+            ControlMessage::RunSummaries { run_id, reply } => {
+                let summaries = self
+                    .runs
+                    .get(&run_id)
+                    .map(RunState::summaries)
+                    .unwrap_or_default();
+                let _ = reply.send(summaries);
+            }
+            ControlMessage::RunEnded(run_id) => {
+                if let Some(run) = self.runs.get_mut(&run_id) {
+                    run.ended = true;
+                    self.freeze(run_id);
+                    self.maybe_compact(run_id);
+                }
+            }
+            ControlMessage::Persisted {
+                run_id,
+                chunk_id,
+                outcome,
+            } => self.on_persisted(run_id, chunk_id, outcome),
+            ControlMessage::Compacted {
+                run_id,
+                replaced,
+                outcome,
+            } => self.on_compacted(run_id, replaced, outcome),
+            ControlMessage::Shutdown => {}
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.last_tick = Instant::now();
+        let due: Vec<RunId> = self
+            .runs
+            .iter()
+            .filter(|(_, run)| {
+                run.active
+                    .opened_at()
+                    .is_some_and(|opened| run.ended || opened.elapsed() >= self.config.flush_age)
+            })
+            .map(|(run_id, _)| *run_id)
+            .collect();
+        for run_id in due {
+            self.freeze(run_id);
+        }
+        let retries: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, pending)| {
+                pending
+                    .failed_at
+                    .is_some_and(|at| at.elapsed() >= RETRY_AFTER)
+            })
+            .map(|(chunk_id, _)| *chunk_id)
+            .collect();
+        for chunk_id in retries {
+            self.submit_chunk(chunk_id);
+        }
+        let compactable: Vec<RunId> = self
+            .runs
+            .iter()
+            .filter(|(_, run)| !run.compacting && run.frozen.is_empty() && run.files.len() > 1)
+            .map(|(run_id, _)| *run_id)
+            .collect();
+        for run_id in compactable {
+            self.maybe_compact(run_id);
+        }
+        self.shed_if_over_budget();
+    }
+
+    /// Freezes the run's active buffer (if it holds points) and hands it to
+    /// the persister.
+    fn freeze(&mut self, run_id: RunId) {
+        let Some(run) = self.runs.get_mut(&run_id) else {
+            return;
+        };
+        if run.active.rows() == 0 {
+            return;
+        }
+        let chunk_id = self.next_chunk_id;
+        let names = run.key_names();
+        let Some(chunk) = run.active.freeze(chunk_id, names) else {
+            return;
+        };
+        self.next_chunk_id += 1;
+        let seq = run.next_seq;
+        run.next_seq += 1;
+        run.frozen.push(Arc::new(chunk));
+        self.pending.insert(
+            chunk_id,
+            PendingChunk {
+                run_id,
+                seq,
+                failed_at: None,
+            },
+        );
+        self.submit_chunk(chunk_id);
+    }
+
+    fn submit_chunk(&mut self, chunk_id: u64) {
+        let Some(pending) = self.pending.get_mut(&chunk_id) else {
+            return;
+        };
+        pending.failed_at = None;
+        let Some(run) = self.runs.get(&pending.run_id) else {
+            return;
+        };
+        let Some(chunk) = run.frozen.iter().find(|chunk| chunk.id() == chunk_id) else {
+            return;
+        };
+        let job = PersistJob::Chunk {
+            run_id: pending.run_id,
+            experiment_id: run.experiment_id,
+            seq: pending.seq,
+            chunk: Arc::clone(chunk),
+            reply: self.replies.clone(),
+        };
+        if self.jobs.send(job).is_err() {
+            tracing::error!(
+                shard = self.index,
+                "persister pool is gone; buffer not persisted"
+            );
+        }
+    }
+
+    fn on_persisted(
+        &mut self,
+        run_id: RunId,
+        chunk_id: u64,
+        outcome: Result<Arc<PersistedFile>, StorageError>,
+    ) {
+        match outcome {
+            Ok(file) => {
+                self.pending.remove(&chunk_id);
+                if let Some(run) = self.runs.get_mut(&run_id) {
+                    if let Some(position) =
+                        run.frozen.iter().position(|chunk| chunk.id() == chunk_id)
+                    {
+                        let chunk = run.frozen.remove(position);
+                        self.stats
+                            .buffer_bytes
+                            .fetch_sub(chunk.bytes(), Ordering::Relaxed);
+                    }
+                    self.stats.files_persisted.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .bytes_persisted
+                        .fetch_add(file.bytes(), Ordering::Relaxed);
+                    tracing::debug!(%run_id, seq = file.seq(), rows = file.rows(), bytes = file.bytes(), "persisted buffer");
+                    run.add_file(file);
+                }
+                self.maybe_compact(run_id);
+                self.answer_flush_waiters(None);
+            }
+            Err(error) => {
+                self.stats.persist_failures.fetch_add(1, Ordering::Relaxed);
+                if let Some(pending) = self.pending.get_mut(&chunk_id) {
+                    pending.failed_at = Some(Instant::now());
+                }
+                self.answer_flush_waiters(Some(error.to_string()));
+            }
+        }
+    }
+
+    fn on_compacted(
+        &mut self,
+        run_id: RunId,
+        replaced: Vec<u64>,
+        outcome: Result<Arc<PersistedFile>, StorageError>,
+    ) {
+        let Some(run) = self.runs.get_mut(&run_id) else {
+            return;
+        };
+        run.compacting = false;
+        match outcome {
+            Ok(file) => {
+                run.files.retain(|existing| {
+                    let gone = replaced.contains(&existing.seq());
+                    if gone {
+                        existing.mark_obsolete();
+                    }
+                    !gone
+                });
+                self.stats.compactions.fetch_add(1, Ordering::Relaxed);
+                self.stats.files_persisted.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .bytes_persisted
+                    .fetch_add(file.bytes(), Ordering::Relaxed);
+                run.add_file(file);
+            }
+            Err(_) => {
+                run.compaction_retry_at = Some(Instant::now() + RETRY_AFTER);
+            }
+        }
+    }
+
+    /// Compacts a run's files when it has ended (into one file) or when a
+    /// running run has accumulated many.
+    fn maybe_compact(&mut self, run_id: RunId) {
+        let Some(run) = self.runs.get_mut(&run_id) else {
+            return;
+        };
+        if run.compacting || !run.frozen.is_empty() || run.files.len() < 2 {
+            return;
+        }
+        if run
+            .compaction_retry_at
+            .is_some_and(|retry_at| Instant::now() < retry_at)
+        {
+            return;
+        }
+        let finished = run.ended && run.active.rows() == 0;
+        if !finished && run.files.len() < self.config.compact_after_files {
+            return;
+        }
+        let seq = run.next_seq;
+        run.next_seq += 1;
+        run.compacting = true;
+        let job = PersistJob::Compact {
+            run_id,
+            experiment_id: run.experiment_id,
+            seq,
+            inputs: run.files.clone(),
+            reply: self.replies.clone(),
+        };
+        if self.jobs.send(job).is_err() {
+            run.compacting = false;
+        }
+    }
+
+    /// Over the memory budget, freezes this shard's largest active buffer.
+    fn shed_if_over_budget(&mut self) {
+        if self.stats.buffer_bytes.load(Ordering::Relaxed) <= self.config.buffer_budget_bytes {
+            return;
+        }
+        let largest = self
+            .runs
+            .iter()
+            .map(|(run_id, run)| (run.active.bytes(), *run_id))
+            .filter(|(bytes, _)| *bytes >= MIN_SHED_BYTES)
+            .max();
+        if let Some((bytes, run_id)) = largest {
+            tracing::debug!(shard = self.index, %run_id, bytes, "over the buffer budget: persisting the largest buffer");
+            self.freeze(run_id);
+        }
+    }
+
+    /// Answers `FlushAll` waiters once nothing is pending (or with the
+    /// failure that stopped a write).
+    fn answer_flush_waiters(&mut self, failure: Option<String>) {
+        if self.flush_waiters.is_empty() {
+            return;
+        }
+        let result = match failure {
+            Some(message) => Err(message),
+            None if self.pending.is_empty() => Ok(()),
+            None => return,
+        };
+        for waiter in self.flush_waiters.drain(..) {
+            let _ = waiter.send(result.clone());
+        }
+    }
+}

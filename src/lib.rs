@@ -1,0 +1,16 @@
+//! stepstore: an experiment-tracking metrics engine.
+//!
+//! Trainers stream `(run, key, step, timestamp, value)` points; the engine
+//! makes them durable in a write-ahead log, batches them into per-run Arrow
+//! buffers and persists them as Parquet files per run. A context store keeps
+//! experiments, runs, params and tags. See `DESIGN.md` for the whole picture.
+
+pub mod catalog;
+pub mod engine;
+pub mod error_kind;
+pub mod ingest;
+pub mod model;
+pub mod observability;
+pub mod server;
+pub mod storage;
+pub mod wal;

@@ -1,0 +1,85 @@
+//! The HTTP server (axum): routes, operational endpoints, and serving with
+//! graceful shutdown. Handlers only translate requests for the engine.
+
+pub mod error;
+pub mod extract;
+pub mod native;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::engine::Engine;
+use error::ApiError;
+
+/// Server settings that are not the engine's.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Largest request body accepted, in bytes.
+    pub max_request_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_request_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Every route of the server.
+pub fn router(engine: Arc<Engine>, config: &ServerConfig) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(prometheus_metrics))
+        .merge(native::routes())
+        .fallback(unknown_endpoint)
+        .layer(DefaultBodyLimit::max(config.max_request_bytes))
+        .with_state(engine)
+}
+
+/// Serves until `shutdown` resolves, then lets in-flight requests finish.
+pub async fn serve(
+    engine: Arc<Engine>,
+    listener: TcpListener,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(engine, &config))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn health() -> impl IntoResponse {
+    axum::Json(json!({ "status": "ok" }))
+}
+
+async fn prometheus_metrics(State(engine): State<Arc<Engine>>) -> Response {
+    match crate::observability::render(engine.telemetry()) {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL_ERROR",
+            "cannot render metrics",
+        )
+        .into_response(),
+    }
+}
+
+async fn unknown_endpoint(uri: Uri) -> ApiError {
+    ApiError::endpoint_not_found(format!("no endpoint at {}", uri.path()))
+}

@@ -1,0 +1,160 @@
+//! Where metric files live:
+//! `<data-dir>/metrics/experiment_id=<e>/run_id=<r>/<seq>.parquet`
+//! (Hive partitioning, so Spark, DuckDB or DataFusion read it in place).
+//! All file paths are built here from validated ids; this is the one module
+//! to change to move storage to object stores.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::StorageError;
+use crate::model::{ExperimentId, RunId};
+
+const EXPERIMENT_PREFIX: &str = "experiment_id=";
+const RUN_PREFIX: &str = "run_id=";
+const FILE_SUFFIX: &str = ".parquet";
+const TEMP_SUFFIX: &str = ".parquet.tmp";
+
+/// The metric files of one run found on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunDirectory {
+    /// The experiment directory it is under.
+    pub experiment_id: ExperimentId,
+    /// The run.
+    pub run_id: RunId,
+    /// Its files as `(sequence number, path)`, in sequence order.
+    pub files: Vec<(u64, PathBuf)>,
+}
+
+/// The metrics directory tree.
+#[derive(Clone, Debug)]
+pub struct MetricsLayout {
+    root: PathBuf,
+}
+
+impl MetricsLayout {
+    /// The tree under `root` (normally `<data-dir>/metrics`).
+    pub fn new(root: PathBuf) -> Self {
+        MetricsLayout { root }
+    }
+
+    /// Its root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory of one run's files.
+    pub fn run_dir(&self, experiment_id: ExperimentId, run_id: RunId) -> PathBuf {
+        self.root
+            .join(format!("{EXPERIMENT_PREFIX}{experiment_id}"))
+            .join(format!("{RUN_PREFIX}{run_id}"))
+    }
+
+    /// The path of file `seq` of a run.
+    pub fn file_path(&self, experiment_id: ExperimentId, run_id: RunId, seq: u64) -> PathBuf {
+        self.run_dir(experiment_id, run_id)
+            .join(format!("{seq:08}{FILE_SUFFIX}"))
+    }
+
+    /// Where a file is written before it is renamed into place.
+    pub fn temp_path(final_path: &Path) -> PathBuf {
+        final_path.with_extension("parquet.tmp")
+    }
+
+    /// Lists every run directory and its files. Leftover temporary files
+    /// (from a crash mid-write) are removed; unknown names are ignored.
+    pub fn scan(&self) -> Result<Vec<RunDirectory>, StorageError> {
+        fs::create_dir_all(&self.root)
+            .map_err(|source| StorageError::io("create", &self.root, source))?;
+        let mut found = Vec::new();
+        for experiment_dir in read_dir_paths(&self.root)? {
+            let Some(experiment_id) = parse_component(&experiment_dir, EXPERIMENT_PREFIX)
+                .and_then(|text| ExperimentId::parse(&text).ok())
+            else {
+                continue;
+            };
+            for run_dir in read_dir_paths(&experiment_dir)? {
+                let Some(run_id) =
+                    parse_component(&run_dir, RUN_PREFIX).and_then(|text| RunId::parse(&text).ok())
+                else {
+                    continue;
+                };
+                let mut files = Vec::new();
+                for file in read_dir_paths(&run_dir)? {
+                    let Some(name) = file.file_name().and_then(|name| name.to_str()) else {
+                        continue;
+                    };
+                    if name.ends_with(TEMP_SUFFIX) {
+                        tracing::info!(path = %file.display(), "removing unfinished metric file");
+                        fs::remove_file(&file)
+                            .map_err(|source| StorageError::io("remove", &file, source))?;
+                        continue;
+                    }
+                    let seq = name
+                        .strip_suffix(FILE_SUFFIX)
+                        .filter(|stem| stem.bytes().all(|b| b.is_ascii_digit()))
+                        .and_then(|stem| stem.parse::<u64>().ok());
+                    if let Some(seq) = seq {
+                        files.push((seq, file));
+                    }
+                }
+                files.sort();
+                found.push(RunDirectory {
+                    experiment_id,
+                    run_id,
+                    files,
+                });
+            }
+        }
+        Ok(found)
+    }
+}
+
+fn parse_component(path: &Path, prefix: &str) -> Option<String> {
+    path.file_name()?
+        .to_str()?
+        .strip_prefix(prefix)
+        .map(str::to_string)
+}
+
+fn read_dir_paths(dir: &Path) -> Result<Vec<PathBuf>, StorageError> {
+    let entries = fs::read_dir(dir).map_err(|source| StorageError::io("list", dir, source))?;
+    let mut paths = Vec::new();
+    for entry in entries {
+        paths.push(
+            entry
+                .map_err(|source| StorageError::io("list", dir, source))?
+                .path(),
+        );
+    }
+    paths.sort();
+    Ok(paths)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_hive_partitioned_and_scan_finds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = MetricsLayout::new(dir.path().join("metrics"));
+        let run = RunId::new_random();
+        let experiment = ExperimentId::new(3);
+        let path = layout.file_path(experiment, run, 7);
+        assert!(path.ends_with(format!("experiment_id=3/run_id={run}/00000007.parquet")));
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, b"x").unwrap();
+        let temp = MetricsLayout::temp_path(&layout.file_path(experiment, run, 8));
+        fs::write(&temp, b"partial").unwrap();
+        fs::write(path.parent().unwrap().join("README"), b"ignored").unwrap();
+        fs::create_dir_all(layout.root().join("experiment_id=x/run_id=bad")).unwrap();
+
+        let runs = layout.scan().unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].run_id, run);
+        assert_eq!(runs[0].experiment_id, experiment);
+        assert_eq!(runs[0].files, vec![(7, path)]);
+        assert!(!temp.exists(), "leftover temp file removed");
+    }
+}

@@ -1,0 +1,185 @@
+//! Metric files: layout on disk, schema and encodings, writing, reading and
+//! compaction. Every file access of the metric data goes through here.
+
+pub mod columns;
+pub mod compaction;
+pub mod file_meta;
+pub mod layout;
+pub mod persisted;
+pub mod reader;
+pub mod schema;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::error_kind::{Classify, ErrorKind};
+
+pub use columns::SortedColumns;
+pub use file_meta::FileMetadata;
+pub use layout::{MetricsLayout, RunDirectory};
+pub use persisted::PersistedFile;
+pub use writer::{MetricFileWriter, WrittenFile};
+
+/// Errors of metric file storage.
+#[derive(Debug, Error)]
+pub enum StorageError {
+    /// A file operation failed.
+    #[error("{operation} failed for {path}: {source}")]
+    Io {
+        /// What was being done.
+        operation: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The Parquet library refused to read or write.
+    #[error("parquet error in {path}: {message}")]
+    Parquet {
+        /// The file.
+        path: PathBuf,
+        /// The library's message.
+        message: String,
+    },
+    /// Arrow refused a batch.
+    #[error("arrow error: {0}")]
+    Arrow(String),
+    /// A file's contents are not what stepstore writes.
+    #[error("metric file {path} is not valid: {reason}")]
+    Metadata {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl StorageError {
+    pub(crate) fn io(operation: &'static str, path: &Path, source: std::io::Error) -> Self {
+        StorageError::Io {
+            operation,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub(crate) fn parquet(path: &Path, source: parquet::errors::ParquetError) -> Self {
+        StorageError::Parquet {
+            path: path.to_path_buf(),
+            message: source.to_string(),
+        }
+    }
+}
+
+impl Classify for StorageError {
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Internal
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::MetricSeries;
+    use std::sync::Arc;
+
+    fn write_file(path: &Path, points: &[(&str, i64, i64, f64)], lsn: (u64, u64)) -> WrittenFile {
+        let dictionary: Vec<String> = {
+            let mut keys: Vec<String> = points.iter().map(|p| p.0.to_string()).collect();
+            keys.dedup();
+            keys.sort();
+            keys.dedup();
+            keys
+        };
+        let key_ids: Vec<u32> = points
+            .iter()
+            .map(|p| dictionary.iter().position(|k| k == p.0).unwrap() as u32)
+            .collect();
+        let steps: Vec<i64> = points.iter().map(|p| p.1).collect();
+        let times: Vec<i64> = points.iter().map(|p| p.2).collect();
+        let values: Vec<f64> = points.iter().map(|p| p.3).collect();
+        let columns =
+            SortedColumns::from_logged_order(&dictionary, &key_ids, &steps, &times, &values);
+        let mut writer = MetricFileWriter::create(path).unwrap();
+        writer.write(&columns).unwrap();
+        writer.finish(vec![lsn], vec![]).unwrap()
+    }
+
+    fn series_of(file: &PersistedFile, key: &str) -> MetricSeries {
+        let mut series = MetricSeries::default();
+        file.read_key(key, &mut series).unwrap();
+        series
+    }
+
+    #[test]
+    fn written_files_read_back_per_key_with_footer_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/00000001.parquet");
+        let written = write_file(
+            &path,
+            &[
+                ("loss", 1, 10, 0.5),
+                ("acc", 0, 10, f64::NAN),
+                ("loss", 0, 9, f64::INFINITY),
+                ("acc", 1, 11, 0.75),
+            ],
+            (4, 7),
+        );
+        assert_eq!(written.rows, 4);
+        assert!(path.exists());
+        assert!(!MetricsLayout::temp_path(&path).exists());
+        let (file, metadata) = PersistedFile::open(1, &path).unwrap();
+        assert_eq!(metadata.lsn_ranges, vec![(4, 7)]);
+        assert_eq!(metadata.keys.len(), 2);
+        assert_eq!(metadata.keys[1].0, "loss");
+        assert_eq!(metadata.keys[1].1.latest_value, 0.5);
+        let loss = series_of(&file, "loss");
+        assert_eq!(loss.steps, vec![0, 1]);
+        assert_eq!(loss.values[0], f64::INFINITY);
+        let acc = series_of(&file, "acc");
+        assert!(acc.values[0].is_nan());
+        assert!(series_of(&file, "missing").is_empty());
+    }
+
+    #[test]
+    fn compaction_merges_files_and_obsolete_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join("00000001.parquet");
+        let second = dir.path().join("00000002.parquet");
+        write_file(
+            &first,
+            &[("a", 0, 0, 1.0), ("b", 5, 0, 2.0), ("a", 2, 0, 3.0)],
+            (1, 3),
+        );
+        write_file(
+            &second,
+            &[("a", 1, 0, 4.0), ("c", 0, 0, 5.0), ("a", 2, 0, 6.0)],
+            (8, 9),
+        );
+        let inputs: Vec<Arc<PersistedFile>> = [(1, &first), (2, &second)]
+            .into_iter()
+            .map(|(seq, path)| Arc::new(PersistedFile::open(seq, path).unwrap().0))
+            .collect();
+        let output = dir.path().join("00000003.parquet");
+        let written = compaction::compact_files(&inputs, &output).unwrap();
+        assert_eq!(written.rows, 6);
+        assert_eq!(written.metadata.compacted_from, vec![1, 2]);
+        assert_eq!(written.metadata.lsn_ranges, vec![(1, 3), (8, 9)]);
+        let (merged, _) = PersistedFile::open(3, &output).unwrap();
+        let a = series_of(&merged, "a");
+        assert_eq!(a.steps, vec![0, 1, 2, 2]);
+        assert_eq!(a.values, vec![1.0, 4.0, 3.0, 6.0], "ties keep file order");
+        assert_eq!(series_of(&merged, "c").values, vec![5.0]);
+        let latest_a = &written.metadata.keys[0].1;
+        assert_eq!(latest_a.latest_value, 6.0);
+
+        for input in &inputs {
+            input.mark_obsolete();
+        }
+        drop(inputs);
+        assert!(!first.exists() && !second.exists());
+        assert!(output.exists());
+    }
+}

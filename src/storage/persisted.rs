@@ -1,0 +1,101 @@
+//! A metric file on disk as the engine tracks it: its sequence number, the
+//! WAL ranges it covers and its cached footer. Readers hold it by `Arc`; a
+//! file replaced by compaction is deleted when the last holder lets go.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parquet::arrow::arrow_reader::ArrowReaderMetadata;
+
+use super::StorageError;
+use super::file_meta::FileMetadata;
+use super::reader;
+use crate::model::MetricSeries;
+use crate::wal::Lsn;
+
+/// One persisted metric file of a run.
+#[derive(Debug)]
+pub struct PersistedFile {
+    seq: u64,
+    path: PathBuf,
+    rows: u64,
+    bytes: u64,
+    lsn_ranges: Vec<(Lsn, Lsn)>,
+    footer: ArrowReaderMetadata,
+    obsolete: AtomicBool,
+}
+
+impl PersistedFile {
+    /// Opens file `seq` at `path`, reading its footer. Returns the file and
+    /// stepstore's metadata from the footer.
+    pub fn open(seq: u64, path: &Path) -> Result<(PersistedFile, FileMetadata), StorageError> {
+        let (footer, metadata) = reader::load_footer(path)?;
+        let bytes = std::fs::metadata(path)
+            .map_err(|source| StorageError::io("stat", path, source))?
+            .len();
+        let rows = footer.metadata().file_metadata().num_rows().max(0) as u64;
+        Ok((
+            PersistedFile {
+                seq,
+                path: path.to_path_buf(),
+                rows,
+                bytes,
+                lsn_ranges: metadata.lsn_ranges.clone(),
+                footer,
+                obsolete: AtomicBool::new(false),
+            },
+            metadata,
+        ))
+    }
+
+    /// Sequence number within the run (file name).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Path on disk.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Rows in the file.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Size in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// WAL ranges whose points the file holds.
+    pub fn lsn_ranges(&self) -> &[(Lsn, Lsn)] {
+        &self.lsn_ranges
+    }
+
+    /// The cached footer.
+    pub fn footer(&self) -> &ArrowReaderMetadata {
+        &self.footer
+    }
+
+    /// Appends the points of `key` to `out`.
+    pub fn read_key(&self, key: &str, out: &mut MetricSeries) -> Result<(), StorageError> {
+        reader::read_key(&self.path, &self.footer, key, out)
+    }
+
+    /// Marks the file as replaced: it is deleted once no one holds it.
+    pub fn mark_obsolete(&self) {
+        self.obsolete.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for PersistedFile {
+    fn drop(&mut self) {
+        if self.obsolete.load(Ordering::SeqCst)
+            && let Err(error) = std::fs::remove_file(&self.path)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %self.path.display(), %error, "could not remove a compacted-away metric file");
+        }
+    }
+}

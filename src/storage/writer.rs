@@ -1,0 +1,143 @@
+//! Writes one metric file: sorted columns in, a complete Parquet file out,
+//! made durable and renamed into place only when whole.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use parquet::arrow::ArrowWriter;
+
+use super::StorageError;
+use super::columns::SortedColumns;
+use super::file_meta::{FORMAT_VERSION, FileMetadata, normalise_ranges};
+use super::layout::MetricsLayout;
+use super::schema::{metric_file_schema, writer_properties};
+use crate::model::KeySummary;
+use crate::wal::Lsn;
+
+/// A metric file that was written and renamed into place.
+#[derive(Clone, Debug)]
+pub struct WrittenFile {
+    /// Its final path.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Rows it holds.
+    pub rows: u64,
+    /// Its footer metadata.
+    pub metadata: FileMetadata,
+}
+
+/// Streams sorted columns into a temporary file; [`Self::finish`] seals it.
+pub struct MetricFileWriter {
+    writer: ArrowWriter<File>,
+    final_path: PathBuf,
+    temp_path: PathBuf,
+    rows: u64,
+    keys: Vec<(String, KeySummary)>,
+}
+
+impl MetricFileWriter {
+    /// Starts the file that will end up at `final_path`.
+    pub fn create(final_path: &Path) -> Result<Self, StorageError> {
+        if let Some(parent) = final_path.parent() {
+            fs::create_dir_all(parent)
+                .map_err(|source| StorageError::io("create directory", parent, source))?;
+        }
+        let temp_path = MetricsLayout::temp_path(final_path);
+        let file = File::create(&temp_path)
+            .map_err(|source| StorageError::io("create", &temp_path, source))?;
+        let writer = ArrowWriter::try_new(file, metric_file_schema(), Some(writer_properties()))
+            .map_err(|source| StorageError::parquet(&temp_path, source))?;
+        Ok(MetricFileWriter {
+            writer,
+            final_path: final_path.to_path_buf(),
+            temp_path,
+            rows: 0,
+            keys: Vec::new(),
+        })
+    }
+
+    /// Appends rows. Across calls, rows must continue the file's
+    /// `(key, step, timestamp)` order.
+    pub fn write(&mut self, columns: &SortedColumns) -> Result<(), StorageError> {
+        if columns.is_empty() {
+            return Ok(());
+        }
+        let batch = columns
+            .to_record_batch()
+            .map_err(|source| StorageError::Arrow(source.to_string()))?;
+        self.writer
+            .write(&batch)
+            .map_err(|source| StorageError::parquet(&self.temp_path, source))?;
+        self.rows += columns.len() as u64;
+        for (key, summary) in columns.summaries() {
+            match self.keys.last_mut() {
+                Some((last_key, last)) if *last_key == key => last.merge_newer(&summary),
+                _ => self.keys.push((key, summary)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Writes the footer with `lsn_ranges` and `compacted_from`, syncs the
+    /// file, renames it into place and syncs the directory.
+    pub fn finish(
+        mut self,
+        lsn_ranges: Vec<(Lsn, Lsn)>,
+        compacted_from: Vec<u64>,
+    ) -> Result<WrittenFile, StorageError> {
+        let metadata = FileMetadata {
+            format_version: FORMAT_VERSION,
+            lsn_ranges: normalise_ranges(lsn_ranges),
+            keys: std::mem::take(&mut self.keys),
+            compacted_from,
+        };
+        let entry = metadata
+            .to_key_value()
+            .map_err(|error| StorageError::Metadata {
+                path: self.temp_path.clone(),
+                reason: error.to_string(),
+            })?;
+        self.writer.append_key_value_metadata(entry);
+        self.writer
+            .finish()
+            .map_err(|source| StorageError::parquet(&self.temp_path, source))?;
+        self.writer
+            .sync()
+            .and_then(|()| self.writer.inner().sync_all())
+            .map_err(|source| StorageError::io("sync", &self.temp_path, source))?;
+        let bytes = self
+            .writer
+            .inner()
+            .metadata()
+            .map_err(|source| StorageError::io("stat", &self.temp_path, source))?
+            .len();
+        fs::rename(&self.temp_path, &self.final_path)
+            .map_err(|source| StorageError::io("rename", &self.temp_path, source))?;
+        if let Some(parent) = self.final_path.parent() {
+            File::open(parent)
+                .and_then(|handle| handle.sync_all())
+                .map_err(|source| StorageError::io("sync directory", parent, source))?;
+        }
+        Ok(WrittenFile {
+            path: self.final_path.clone(),
+            bytes,
+            rows: self.rows,
+            metadata,
+        })
+    }
+}
+
+impl Drop for MetricFileWriter {
+    fn drop(&mut self) {
+        // An unfinished file never gets its final name; remove the remains.
+        if self.temp_path.exists() {
+            let _ = fs::remove_file(&self.temp_path);
+        }
+    }
+}

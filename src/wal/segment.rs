@@ -1,0 +1,336 @@
+//! WAL segment files: naming, listing and replay.
+//!
+//! A segment is named after the LSN of its first record
+//! (`00000000000000000042.wal`) and holds frames in increasing LSN order.
+//! Replay tolerates a frame cut short at the very end of the newest segment
+//! (a crash mid-write: it is truncated away with a warning) and refuses any
+//! other damage with an error that names the file and offset.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use super::WalError;
+use super::frame::{self, HEADER_LEN, HeaderProblem};
+
+const SEGMENT_SUFFIX: &str = ".wal";
+
+/// One segment file on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentFile {
+    /// LSN of the first record it holds (or will hold).
+    pub first_lsn: u64,
+    /// Its path.
+    pub path: PathBuf,
+}
+
+/// The file name of the segment starting at `first_lsn`.
+pub fn segment_path(dir: &Path, first_lsn: u64) -> PathBuf {
+    dir.join(format!("{first_lsn:020}{SEGMENT_SUFFIX}"))
+}
+
+/// Lists the segments in `dir`, oldest first. Other files are ignored.
+pub fn list_segments(dir: &Path) -> Result<Vec<SegmentFile>, WalError> {
+    let mut segments = Vec::new();
+    let entries = fs::read_dir(dir).map_err(|source| WalError::io("list", dir, source))?;
+    for entry in entries {
+        let entry = entry.map_err(|source| WalError::io("list", dir, source))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(stem) = name.strip_suffix(SEGMENT_SUFFIX) else {
+            continue;
+        };
+        if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(first_lsn) = stem.parse::<u64>() {
+            segments.push(SegmentFile {
+                first_lsn,
+                path: entry.path(),
+            });
+        }
+    }
+    segments.sort_by_key(|segment| segment.first_lsn);
+    Ok(segments)
+}
+
+/// What replaying the log found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplaySummary {
+    /// Highest LSN read (0 when the log is empty).
+    pub last_lsn: u64,
+    /// Records handed to the callback.
+    pub records: u64,
+    /// Bytes of a torn final frame that were cut off, if any.
+    pub truncated_bytes: u64,
+    /// Segments read.
+    pub segments: usize,
+}
+
+/// Reads every record of every segment in `dir` in LSN order and hands it
+/// to `apply`. A torn tail of the newest segment is truncated; any other
+/// damage stops replay with [`WalError::Corrupt`].
+pub fn replay<F>(dir: &Path, mut apply: F) -> Result<ReplaySummary, WalError>
+where
+    F: FnMut(u64, &[u8]) -> Result<(), WalError>,
+{
+    let segments = list_segments(dir)?;
+    let mut summary = ReplaySummary {
+        segments: segments.len(),
+        ..ReplaySummary::default()
+    };
+    for (index, segment) in segments.iter().enumerate() {
+        let is_newest = index + 1 == segments.len();
+        replay_segment(segment, is_newest, &mut summary, &mut apply)?;
+    }
+    Ok(summary)
+}
+
+fn replay_segment<F>(
+    segment: &SegmentFile,
+    is_newest: bool,
+    summary: &mut ReplaySummary,
+    apply: &mut F,
+) -> Result<(), WalError>
+where
+    F: FnMut(u64, &[u8]) -> Result<(), WalError>,
+{
+    let path = &segment.path;
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut file| file.read_to_end(&mut bytes))
+        .map_err(|source| WalError::io("read", path, source))?;
+
+    let mut offset = 0usize;
+    while offset < bytes.len() {
+        match next_frame(&bytes, offset) {
+            Ok((lsn, body_range)) => {
+                if lsn <= summary.last_lsn || lsn < segment.first_lsn {
+                    return Err(WalError::Corrupt {
+                        path: path.clone(),
+                        offset: offset as u64,
+                        reason: format!(
+                            "LSN {lsn} is out of order (previous {})",
+                            summary.last_lsn
+                        ),
+                    });
+                }
+                apply(lsn, &bytes[body_range.clone()])?;
+                summary.last_lsn = lsn;
+                summary.records += 1;
+                offset = body_range.end;
+            }
+            Err(damage) => {
+                let torn = is_newest && damage.may_be_torn_write(&bytes[offset..]);
+                if !torn {
+                    return Err(WalError::Corrupt {
+                        path: path.clone(),
+                        offset: offset as u64,
+                        reason: damage.describe().to_string(),
+                    });
+                }
+                let cut = (bytes.len() - offset) as u64;
+                tracing::warn!(
+                    path = %path.display(),
+                    offset,
+                    bytes_cut = cut,
+                    reason = damage.describe(),
+                    "WAL ends with a torn frame from an interrupted write; truncating it"
+                );
+                truncate_file(path, offset as u64)?;
+                summary.truncated_bytes += cut;
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What is wrong with the bytes at some offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FrameDamage {
+    /// Fewer bytes than a header remain.
+    ShortHeader,
+    /// The header checksum does not match.
+    BadHeader,
+    /// The header is intact but its length is impossible.
+    BadLength,
+    /// The header is intact but the body runs past the end of the file.
+    ShortBody,
+    /// The body checksum does not match, and the frame ends the file.
+    BadBodyAtEnd,
+    /// The body checksum does not match, and more data follows.
+    BadBody,
+}
+
+impl FrameDamage {
+    fn describe(self) -> &'static str {
+        match self {
+            FrameDamage::ShortHeader => "the file ends inside a frame header",
+            FrameDamage::BadHeader => "frame header checksum mismatch",
+            FrameDamage::BadLength => "frame length is impossible",
+            FrameDamage::ShortBody => "the file ends inside a frame body",
+            FrameDamage::BadBodyAtEnd => "checksum mismatch in the final frame",
+            FrameDamage::BadBody => "frame body checksum mismatch",
+        }
+    }
+
+    /// Whether this damage looks like a write cut short by a crash: an
+    /// incomplete frame at the end, or a final frame whose bytes did not all
+    /// reach the disk (a zero-filled header included).
+    fn may_be_torn_write(self, rest: &[u8]) -> bool {
+        match self {
+            FrameDamage::ShortHeader | FrameDamage::ShortBody | FrameDamage::BadBodyAtEnd => true,
+            FrameDamage::BadHeader => rest.iter().all(|&byte| byte == 0),
+            FrameDamage::BadLength | FrameDamage::BadBody => false,
+        }
+    }
+}
+
+/// Parses the frame at `offset`: its LSN and the byte range of its body.
+fn next_frame(bytes: &[u8], offset: usize) -> Result<(u64, std::ops::Range<usize>), FrameDamage> {
+    let rest = &bytes[offset..];
+    let Some(header_bytes) = rest.get(..HEADER_LEN) else {
+        return Err(FrameDamage::ShortHeader);
+    };
+    let mut header_array = [0u8; HEADER_LEN];
+    header_array.copy_from_slice(header_bytes);
+    let header = frame::decode_header(&header_array).map_err(|problem| match problem {
+        HeaderProblem::BadChecksum => FrameDamage::BadHeader,
+        HeaderProblem::BadLength => FrameDamage::BadLength,
+    })?;
+    let body_start = offset + HEADER_LEN;
+    let body_end = body_start + header.body_len;
+    if body_end > bytes.len() {
+        return Err(FrameDamage::ShortBody);
+    }
+    if frame::body_checksum(&bytes[body_start..body_end]) != header.body_crc {
+        return Err(if body_end == bytes.len() {
+            FrameDamage::BadBodyAtEnd
+        } else {
+            FrameDamage::BadBody
+        });
+    }
+    Ok((header.lsn, body_start..body_end))
+}
+
+fn truncate_file(path: &Path, length: u64) -> Result<(), WalError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|source| WalError::io("open for truncation", path, source))?;
+    file.set_len(length)
+        .and_then(|()| file.sync_all())
+        .map_err(|source| WalError::io("truncate", path, source))
+}
+
+/// Makes a directory entry change (a new or renamed file) durable.
+pub fn sync_directory(dir: &Path) -> Result<(), WalError> {
+    File::open(dir)
+        .and_then(|handle| handle.sync_all())
+        .map_err(|source| WalError::io("sync directory", dir, source))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::frame::{body_checksum, encode_frame_into};
+
+    fn write_segment(dir: &Path, first_lsn: u64, bodies: &[&[u8]]) -> PathBuf {
+        let mut bytes = Vec::new();
+        for (index, body) in bodies.iter().enumerate() {
+            encode_frame_into(
+                &mut bytes,
+                first_lsn + index as u64,
+                body,
+                body_checksum(body),
+            );
+        }
+        let path = segment_path(dir, first_lsn);
+        fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    type Records = Vec<(u64, Vec<u8>)>;
+
+    fn collect(dir: &Path) -> Result<(Records, ReplaySummary), WalError> {
+        let mut records = Vec::new();
+        let summary = replay(dir, |lsn, body| {
+            records.push((lsn, body.to_vec()));
+            Ok(())
+        })?;
+        Ok((records, summary))
+    }
+
+    #[test]
+    fn replays_all_segments_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), 1, &[b"a", b"b"]);
+        write_segment(dir.path(), 3, &[b"c"]);
+        fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+        let (records, summary) = collect(dir.path()).unwrap();
+        assert_eq!(
+            records,
+            vec![(1, b"a".to_vec()), (2, b"b".to_vec()), (3, b"c".to_vec())]
+        );
+        assert_eq!(summary.last_lsn, 3);
+        assert_eq!(summary.truncated_bytes, 0);
+    }
+
+    #[test]
+    fn torn_tail_of_newest_segment_is_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_segment(dir.path(), 1, &[b"first", b"second record"]);
+        let full = fs::metadata(&path).unwrap().len();
+        for cut in [1u64, 5, 13, 20, 25] {
+            let copy = tempfile::tempdir().unwrap();
+            let copy_path = segment_path(copy.path(), 1);
+            let bytes = fs::read(&path).unwrap();
+            fs::write(&copy_path, &bytes[..(full - cut) as usize]).unwrap();
+            let (records, summary) = collect(copy.path()).unwrap();
+            assert_eq!(records, vec![(1, b"first".to_vec())], "cut {cut}");
+            assert!(summary.truncated_bytes > 0);
+            let first_frame = (HEADER_LEN + 5) as u64;
+            assert_eq!(fs::metadata(&copy_path).unwrap().len(), first_frame);
+            // Replaying again is clean.
+            let (_, again) = collect(copy.path()).unwrap();
+            assert_eq!(again.truncated_bytes, 0);
+        }
+    }
+
+    #[test]
+    fn damage_in_the_middle_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_segment(dir.path(), 1, &[b"first", b"second", b"third"]);
+        let mut bytes = fs::read(&path).unwrap();
+        // Flip a byte of the second frame's body.
+        let second_body = 2 * HEADER_LEN + 5;
+        bytes[second_body] ^= 0x40;
+        fs::write(&path, &bytes).unwrap();
+        let error = collect(dir.path()).unwrap_err();
+        assert!(matches!(error, WalError::Corrupt { .. }), "{error}");
+        // Nothing was truncated.
+        assert_eq!(fs::metadata(&path).unwrap().len(), bytes.len() as u64);
+    }
+
+    #[test]
+    fn damaged_length_is_not_mistaken_for_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_segment(dir.path(), 1, &[b"first", b"second", b"third"]);
+        let mut bytes = fs::read(&path).unwrap();
+        let second_header = HEADER_LEN + 5;
+        bytes[second_header + 1] ^= 0x01; // length grows past the end of the file
+        fs::write(&path, &bytes).unwrap();
+        assert!(matches!(collect(dir.path()), Err(WalError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn damage_in_an_older_segment_is_an_error_even_at_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = write_segment(dir.path(), 1, &[b"first"]);
+        write_segment(dir.path(), 2, &[b"second"]);
+        let bytes = fs::read(&old).unwrap();
+        fs::write(&old, &bytes[..bytes.len() - 2]).unwrap();
+        assert!(matches!(collect(dir.path()), Err(WalError::Corrupt { .. })));
+    }
+}

@@ -1,0 +1,229 @@
+//! The WAL writer thread: group commit, syncing and segment rotation.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+
+use super::frame::encode_frame_into;
+use super::segment::{segment_path, sync_directory};
+use super::{
+    AppendRequest, Lsn, SegmentState, SyncPolicy, WalConfig, WalError, WalShared, WriterCommand,
+};
+
+/// A group is written as soon as it holds this many bytes.
+const MAX_GROUP_BYTES: usize = 16 << 20;
+
+/// The segment new records go to.
+pub(crate) struct ActiveSegment {
+    file: File,
+    bytes: u64,
+    path: std::path::PathBuf,
+}
+
+impl ActiveSegment {
+    /// Creates the segment that starts at `first_lsn` and registers it.
+    pub(crate) fn create(dir: &Path, first_lsn: Lsn, shared: &WalShared) -> Result<Self, WalError> {
+        let path = segment_path(dir, first_lsn);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|source| WalError::io("create segment", &path, source))?;
+        let bytes = file
+            .metadata()
+            .map_err(|source| WalError::io("stat", &path, source))?
+            .len();
+        sync_directory(dir)?;
+        let mut segments = shared.segments();
+        if !segments.iter().any(|segment| segment.path == path) {
+            segments.push(SegmentState {
+                first_lsn,
+                last_lsn: None,
+                bytes,
+                path: path.clone(),
+            });
+        }
+        Ok(ActiveSegment { file, bytes, path })
+    }
+}
+
+struct Writer {
+    shared: Arc<WalShared>,
+    config: WalConfig,
+    active: ActiveSegment,
+    /// Highest LSN written to the active segment or any before it.
+    written_lsn: Lsn,
+    unsynced: bool,
+    last_sync: Instant,
+    frames: Vec<u8>,
+}
+
+/// The writer thread's loop; returns when every sender is gone.
+pub(crate) fn run(
+    receiver: Receiver<WriterCommand>,
+    shared: Arc<WalShared>,
+    config: WalConfig,
+    active: ActiveSegment,
+) {
+    let written_lsn = shared.completed_lsn.load(Ordering::SeqCst);
+    let mut writer = Writer {
+        shared,
+        config,
+        active,
+        written_lsn,
+        unsynced: false,
+        last_sync: Instant::now(),
+        frames: Vec::with_capacity(1 << 20),
+    };
+    let mut group: Vec<AppendRequest> = Vec::new();
+    loop {
+        let command = match receiver.recv_timeout(writer.idle_timeout()) {
+            Ok(command) => command,
+            Err(RecvTimeoutError::Timeout) => {
+                writer.sync_if_due(true);
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut deferred = None;
+        match command {
+            WriterCommand::Append(request) => {
+                let mut group_bytes = request.body.len();
+                group.push(request);
+                while group_bytes < MAX_GROUP_BYTES {
+                    match receiver.try_recv() {
+                        Ok(WriterCommand::Append(request)) => {
+                            group_bytes += request.body.len();
+                            group.push(request);
+                        }
+                        Ok(WriterCommand::Rotate(reply)) => {
+                            deferred = Some(reply);
+                            break;
+                        }
+                        Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                    }
+                }
+                writer.commit(&mut group);
+            }
+            WriterCommand::Rotate(reply) => deferred = Some(reply),
+        }
+        if let Some(reply) = deferred {
+            let _ = reply.send(writer.rotate());
+        }
+    }
+    writer.sync_if_due(true);
+}
+
+impl Writer {
+    fn idle_timeout(&self) -> Duration {
+        match self.config.sync {
+            SyncPolicy::Interval(period) if self.unsynced => {
+                period.saturating_sub(self.last_sync.elapsed())
+            }
+            _ => Duration::from_secs(3600),
+        }
+    }
+
+    /// Writes one group of records, syncs per policy, then completes them.
+    fn commit(&mut self, group: &mut Vec<AppendRequest>) {
+        let result = self.write_group(group);
+        if let Err(error) = &result {
+            tracing::error!(%error, "WAL write failed; refusing further writes");
+            self.shared.poison(error.to_string());
+        }
+        let mut last = self.written_lsn;
+        for request in group.drain(..) {
+            last = request.lsn;
+            (request.on_complete)(request.lsn, result.clone());
+        }
+        if result.is_ok() {
+            self.shared.completed_lsn.store(last, Ordering::SeqCst);
+        }
+    }
+
+    fn write_group(&mut self, group: &[AppendRequest]) -> Result<(), WalError> {
+        if self.shared.poisoned.load(Ordering::SeqCst) {
+            return Err(self.shared.poison_error());
+        }
+        if self.active.bytes >= self.config.segment_bytes {
+            self.rotate()?;
+        }
+        self.frames.clear();
+        for request in group {
+            encode_frame_into(
+                &mut self.frames,
+                request.lsn,
+                &request.body,
+                request.body_crc,
+            );
+        }
+        self.active
+            .file
+            .write_all(&self.frames)
+            .map_err(|source| WalError::io("write", &self.active.path, source))?;
+        self.unsynced = true;
+        match self.config.sync {
+            SyncPolicy::Always => self.sync()?,
+            SyncPolicy::Interval(_) => self.sync_if_due(false),
+            SyncPolicy::Off => {}
+        }
+        let written = self.frames.len() as u64;
+        self.active.bytes += written;
+        self.shared
+            .bytes_written
+            .fetch_add(written, Ordering::Relaxed);
+        if let Some(last) = group.last() {
+            self.written_lsn = last.lsn;
+        }
+        let mut segments = self.shared.segments();
+        if let Some(active) = segments.last_mut() {
+            active.bytes = self.active.bytes;
+            active.last_lsn = Some(self.written_lsn);
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), WalError> {
+        self.active
+            .file
+            .sync_data()
+            .map_err(|source| WalError::io("sync", &self.active.path, source))?;
+        self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.unsynced = false;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// Syncs when the interval policy's period has passed (or `force`).
+    fn sync_if_due(&mut self, force: bool) {
+        if !self.unsynced {
+            return;
+        }
+        let due = match self.config.sync {
+            SyncPolicy::Interval(period) => force || self.last_sync.elapsed() >= period,
+            SyncPolicy::Always => true,
+            SyncPolicy::Off => force,
+        };
+        if due && let Err(error) = self.sync() {
+            tracing::error!(%error, "WAL sync failed; refusing further writes");
+            self.shared.poison(error.to_string());
+        }
+    }
+
+    /// Syncs and closes the active segment and starts the next one.
+    fn rotate(&mut self) -> Result<(), WalError> {
+        if self.active.bytes == 0 {
+            return Ok(());
+        }
+        if self.unsynced {
+            self.sync()?;
+        }
+        self.active = ActiveSegment::create(&self.config.dir, self.written_lsn + 1, &self.shared)?;
+        Ok(())
+    }
+}
