@@ -692,6 +692,14 @@ impl Engine {
         Ok(None)
     }
 
+    /// Persists every buffered point to Parquet files and waits for it.
+    /// Blocking.
+    pub fn flush_buffers(&self) -> Result<(), EngineError> {
+        // Once rotation returns, every queued record has been handed on.
+        self.wal.rotate()?;
+        Ok(self.ingester.flush_all()?)
+    }
+
     /// Stops taking writes, persists every buffer, snapshots the catalog,
     /// removes the WAL segments that are no longer needed and stops the
     /// background threads. Blocking; safe to call more than once.
@@ -709,13 +717,7 @@ impl Engine {
         {
             handle.stop();
         }
-        // Every queued record is written and handed on once rotation returns.
-        let outcome = self
-            .wal
-            .rotate()
-            .map_err(EngineError::from)
-            .and_then(|()| Ok(self.ingester.flush_all()?))
-            .and_then(|()| self.checkpoint(true));
+        let outcome = self.flush_buffers().and_then(|()| self.checkpoint(true));
         self.wal.shutdown();
         self.ingester.shutdown();
         match &outcome {

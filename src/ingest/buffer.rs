@@ -47,7 +47,7 @@ impl ActiveBuffer {
     pub fn append(
         &mut self,
         lsn: Lsn,
-        key_ids: impl Iterator<Item = u32>,
+        key_ids: &[u32],
         steps: &[i64],
         timestamps: &[i64],
         values: &[f64],
@@ -57,9 +57,7 @@ impl ActiveBuffer {
             self.opened_at = Some(Instant::now());
         }
         self.last_lsn = lsn;
-        for id in key_ids {
-            self.key_ids.append_value(id);
-        }
+        self.key_ids.append_slice(key_ids);
         self.steps.append_slice(steps);
         self.timestamps.append_slice(timestamps);
         self.values.append_slice(values);
@@ -178,8 +176,8 @@ mod tests {
     #[test]
     fn freeze_moves_points_into_a_chunk_and_empties_the_buffer() {
         let mut buffer = ActiveBuffer::default();
-        buffer.append(7, [0, 1].into_iter(), &[1, 1], &[10, 10], &[0.5, 0.25]);
-        buffer.append(9, [0].into_iter(), &[0], &[11], &[f64::NAN]);
+        buffer.append(7, &[0, 1], &[1, 1], &[10, 10], &[0.5, 0.25]);
+        buffer.append(9, &[0], &[0], &[11], &[f64::NAN]);
         assert_eq!(buffer.rows(), 3);
         assert_eq!(buffer.first_lsn(), Some(7));
         let mut loss = MetricSeries::default();

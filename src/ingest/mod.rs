@@ -439,3 +439,149 @@ fn spawn<F: FnOnce() + Send + 'static>(
         .spawn(body)
         .map_err(|error| IngestError::Spawn(error.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::MetricBatchBuilder;
+    use std::time::Instant;
+
+    fn batch(key: &str, steps: std::ops::Range<i64>) -> MetricBatch {
+        let mut builder = MetricBatchBuilder::new();
+        for step in steps {
+            builder.push(key, step, step * 10, step as f64);
+        }
+        builder.finish()
+    }
+
+    fn start(dir: &std::path::Path, config: IngestConfig) -> Ingester {
+        Ingester::start(config, MetricsLayout::new(dir.join("metrics")), Vec::new()).unwrap()
+    }
+
+    fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !condition() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    async fn read(ingester: &Ingester, run_id: RunId, key: &str) -> MetricSeries {
+        ingester
+            .series_sources(run_id, key)
+            .await
+            .unwrap()
+            .collect(key)
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn old_buffers_are_persisted_and_reads_stay_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = IngestConfig {
+            flush_age: Duration::from_millis(100),
+            tick: Duration::from_millis(10),
+            ..IngestConfig::default()
+        };
+        let ingester = start(dir.path(), config);
+        let run_id = RunId::new_random();
+        ingester.apply(run_id, ExperimentId::DEFAULT, 1, batch("loss", 0..50), None);
+        assert_eq!(read(&ingester, run_id, "loss").await.len(), 50);
+        wait_until("the age flush", || ingester.stats().files_persisted() == 1);
+        ingester.apply(
+            run_id,
+            ExperimentId::DEFAULT,
+            2,
+            batch("loss", 50..80),
+            None,
+        );
+        let series = read(&ingester, run_id, "loss").await;
+        assert_eq!(
+            series.steps,
+            (0..80).collect::<Vec<_>>(),
+            "file and buffer, nothing missing or doubled"
+        );
+        assert_eq!(ingester.oldest_unpersisted_lsn().unwrap(), Some(2));
+        ingester.flush_all().unwrap();
+        assert_eq!(ingester.oldest_unpersisted_lsn().unwrap(), None);
+        assert_eq!(ingester.stats().buffer_bytes(), 0);
+        let summaries = ingester.run_summaries(run_id).await.unwrap();
+        assert_eq!(summaries[0].1.count, 80);
+        assert_eq!(summaries[0].1.latest_step, 79);
+        ingester.shutdown();
+    }
+
+    #[tokio::test]
+    async fn over_the_budget_the_largest_buffer_goes_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = IngestConfig {
+            shards: 1,
+            buffer_budget_bytes: 2 << 20,
+            ..IngestConfig::default()
+        };
+        let ingester = start(dir.path(), config);
+        let (large, small) = (RunId::new_random(), RunId::new_random());
+        ingester.apply(small, ExperimentId::DEFAULT, 1, batch("a", 0..10_000), None);
+        ingester.apply(
+            large,
+            ExperimentId::DEFAULT,
+            2,
+            batch("a", 0..100_000),
+            None,
+        );
+        ingester.apply(
+            small,
+            ExperimentId::DEFAULT,
+            3,
+            batch("a", 10_000..20_000),
+            None,
+        );
+        wait_until("the large buffer to be persisted", || {
+            ingester.stats().files_persisted() == 1
+        });
+        let layout = MetricsLayout::new(dir.path().join("metrics"));
+        let runs = layout.scan().unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].run_id, large, "the largest buffer was persisted");
+        assert!(ingester.stats().buffer_bytes() <= 2 << 20);
+        assert_eq!(read(&ingester, small, "a").await.len(), 20_000);
+        assert_eq!(read(&ingester, large, "a").await.len(), 100_000);
+        ingester.shutdown();
+    }
+
+    #[tokio::test]
+    async fn ended_runs_are_compacted_into_one_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = IngestConfig {
+            flush_rows: 1000,
+            ..IngestConfig::default()
+        };
+        let ingester = start(dir.path(), config);
+        let run_id = RunId::new_random();
+        for part in 0..5 {
+            ingester.apply(
+                run_id,
+                ExperimentId::DEFAULT,
+                part + 1,
+                batch("k", (part as i64 * 1000)..(part as i64 + 1) * 1000),
+                None,
+            );
+        }
+        ingester.apply(
+            run_id,
+            ExperimentId::DEFAULT,
+            9,
+            batch("k", 5000..5010),
+            None,
+        );
+        ingester.run_ended(run_id);
+        wait_until("compaction", || ingester.stats().compactions() == 1);
+        let layout = MetricsLayout::new(dir.path().join("metrics"));
+        wait_until("old files to go", || {
+            layout.scan().unwrap()[0].files.len() == 1
+        });
+        let series = read(&ingester, run_id, "k").await;
+        assert_eq!(series.steps, (0..5010).collect::<Vec<_>>());
+        ingester.shutdown();
+    }
+}

@@ -97,7 +97,7 @@ fn write_chunk(
 ) -> Result<Arc<PersistedFile>, StorageError> {
     let columns = chunk.to_sorted_columns();
     let mut writer = MetricFileWriter::create(path)?;
-    writer.write(&columns)?;
+    writer.write(columns)?;
     let (first, last) = chunk.lsn_range();
     let written = writer.finish(vec![(first, last)], Vec::new())?;
     let (file, _) = PersistedFile::open(seq, &written.path)?;

@@ -86,24 +86,25 @@ impl RunState {
     /// Buffers the points of WAL record `lsn` and updates the summaries.
     pub(crate) fn apply(&mut self, lsn: Lsn, batch: &MetricBatch) {
         let mapping: Vec<u32> = batch.keys.iter().map(|key| self.intern(key)).collect();
-        for (point, &batch_key) in batch.key_indices.iter().enumerate() {
-            let id = mapping[batch_key as usize] as usize;
+        let key_ids: Vec<u32> = batch
+            .key_indices
+            .iter()
+            .map(|&batch_key| mapping[batch_key as usize])
+            .collect();
+        for (point, &id) in key_ids.iter().enumerate() {
             let (step, timestamp, value) = (
                 batch.steps[point],
                 batch.timestamps[point],
                 batch.values[point],
             );
-            match &mut self.summaries[id] {
+            match &mut self.summaries[id as usize] {
                 Some(summary) => summary.add_point(step, timestamp, value),
                 slot @ None => *slot = Some(KeySummary::of_point(step, timestamp, value)),
             }
         }
         self.active.append(
             lsn,
-            batch
-                .key_indices
-                .iter()
-                .map(|&batch_key| mapping[batch_key as usize]),
+            &key_ids,
             &batch.steps,
             &batch.timestamps,
             &batch.values,

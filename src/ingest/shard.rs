@@ -311,6 +311,7 @@ impl Shard {
                 }
                 self.maybe_compact(run_id);
                 self.answer_flush_waiters(None);
+                self.shed_if_over_budget();
             }
             Err(error) => {
                 self.stats.persist_failures.fetch_add(1, Ordering::Relaxed);
@@ -388,9 +389,13 @@ impl Shard {
         }
     }
 
-    /// Over the memory budget, freezes this shard's largest active buffer.
+    /// Over the memory budget, freezes this shard's largest active buffer;
+    /// one at a time, since memory is only released once a frozen buffer is
+    /// written (freezing more meanwhile would only make smaller files).
     fn shed_if_over_budget(&mut self) {
-        if self.stats.buffer_bytes.load(Ordering::Relaxed) <= self.config.buffer_budget_bytes {
+        if !self.pending.is_empty()
+            || self.stats.buffer_bytes.load(Ordering::Relaxed) <= self.config.buffer_budget_bytes
+        {
             return;
         }
         let largest = self

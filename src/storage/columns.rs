@@ -22,7 +22,7 @@ pub struct SortedColumns {
     /// Distinct keys present, in ascending order.
     pub keys: Vec<String>,
     /// Per row: index into `keys` (non-decreasing).
-    pub key_ids: Vec<u32>,
+    pub key_ids: Vec<i32>,
     /// Per row: step.
     pub steps: Vec<i64>,
     /// Per row: timestamp, ms since the epoch.
@@ -34,6 +34,10 @@ pub struct SortedColumns {
 impl SortedColumns {
     /// Sorts rows given in logged order. `dictionary` maps `key_ids` to
     /// names; keys without rows are dropped.
+    ///
+    /// A counting sort groups rows by key in one pass (stable, so each key
+    /// keeps its logged order); a key's rows are sorted by step and time only
+    /// when they are not in order already, which trainers rarely cause.
     pub fn from_logged_order(
         dictionary: &[String],
         key_ids: &[u32],
@@ -50,48 +54,54 @@ impl SortedColumns {
             .filter(|&id| counts[id as usize] > 0)
             .collect();
         present.sort_unstable_by(|&a, &b| dictionary[a as usize].cmp(&dictionary[b as usize]));
-        let mut rank = vec![u32::MAX; dictionary.len()];
-        let mut starts = vec![0usize; present.len() + 1];
-        for (position, &id) in present.iter().enumerate() {
-            rank[id as usize] = position as u32;
-            starts[position + 1] = starts[position] + counts[id as usize];
+        let mut cursor = vec![0usize; dictionary.len()];
+        let mut starts = Vec::with_capacity(present.len() + 1);
+        let mut next_start = 0;
+        for &id in &present {
+            cursor[id as usize] = next_start;
+            starts.push(next_start);
+            next_start += counts[id as usize];
         }
-        // Counting sort by key: stable, so each key keeps its logged order.
-        let mut cursor = starts.clone();
-        let mut order = vec![0usize; rows];
+        starts.push(next_start);
+        let mut order = vec![0u32; rows];
         for (row, &id) in key_ids.iter().enumerate() {
-            let slot = &mut cursor[rank[id as usize] as usize];
-            order[*slot] = row;
+            let slot = &mut cursor[id as usize];
+            order[*slot] = row as u32;
             *slot += 1;
         }
-        let mut sorted = SortedColumns {
+        let mut sorted_key_ids = Vec::with_capacity(rows);
+        for (position, bounds) in starts.windows(2).enumerate() {
+            let segment = &mut order[bounds[0]..bounds[1]];
+            let in_order = segment.windows(2).all(|pair| {
+                let (a, b) = (pair[0] as usize, pair[1] as usize);
+                (steps[a], timestamps[a]) <= (steps[b], timestamps[b])
+            });
+            if !in_order {
+                segment.sort_unstable_by_key(|&row| {
+                    (steps[row as usize], timestamps[row as usize], row)
+                });
+            }
+            sorted_key_ids.extend(std::iter::repeat_n(position as i32, segment.len()));
+        }
+        let mut sorted_steps = Vec::with_capacity(rows);
+        let mut sorted_timestamps = Vec::with_capacity(rows);
+        let mut sorted_values = Vec::with_capacity(rows);
+        for &row in &order {
+            let row = row as usize;
+            sorted_steps.push(steps[row]);
+            sorted_timestamps.push(timestamps[row]);
+            sorted_values.push(values[row]);
+        }
+        SortedColumns {
             keys: present
                 .iter()
                 .map(|&id| dictionary[id as usize].clone())
                 .collect(),
-            key_ids: Vec::with_capacity(rows),
-            steps: Vec::with_capacity(rows),
-            timestamps: Vec::with_capacity(rows),
-            values: Vec::with_capacity(rows),
-        };
-        for position in 0..present.len() {
-            let segment = &mut order[starts[position]..starts[position + 1]];
-            let segment_steps: Vec<i64> = segment.iter().map(|&row| steps[row]).collect();
-            let segment_times: Vec<i64> = segment.iter().map(|&row| timestamps[row]).collect();
-            if let Some(within) = order_by_step_and_time(&segment_steps, &segment_times) {
-                let reordered: Vec<usize> = within.iter().map(|&index| segment[index]).collect();
-                segment.copy_from_slice(&reordered);
-            }
-            sorted
-                .key_ids
-                .extend(std::iter::repeat_n(position as u32, segment.len()));
+            key_ids: sorted_key_ids,
+            steps: sorted_steps,
+            timestamps: sorted_timestamps,
+            values: sorted_values,
         }
-        sorted.steps.extend(order.iter().map(|&row| steps[row]));
-        sorted
-            .timestamps
-            .extend(order.iter().map(|&row| timestamps[row]));
-        sorted.values.extend(order.iter().map(|&row| values[row]));
-        sorted
     }
 
     /// Number of rows.
@@ -111,10 +121,10 @@ impl SortedColumns {
             return;
         }
         let id = match self.keys.last() {
-            Some(last) if last == key => self.keys.len() as u32 - 1,
+            Some(last) if last == key => self.keys.len() as i32 - 1,
             _ => {
                 self.keys.push(key.to_string());
-                self.keys.len() as u32 - 1
+                self.keys.len() as i32 - 1
             }
         };
         self.key_ids.extend(std::iter::repeat_n(id, steps.len()));
@@ -154,21 +164,21 @@ impl SortedColumns {
             .collect()
     }
 
-    /// The rows as a record batch in the metric file schema.
-    pub fn to_record_batch(&self) -> Result<RecordBatch, ArrowError> {
+    /// The rows as a record batch in the metric file schema (no copy).
+    pub fn into_record_batch(self) -> Result<RecordBatch, ArrowError> {
         let key_values: ArrayRef = Arc::new(StringArray::from_iter_values(self.keys.iter()));
-        let key_indices = Int32Array::from_iter_values(self.key_ids.iter().map(|&id| id as i32));
-        let keys = DictionaryArray::<Int32Type>::try_new(key_indices, key_values)?;
+        let keys =
+            DictionaryArray::<Int32Type>::try_new(Int32Array::from(self.key_ids), key_values)?;
         RecordBatch::try_new(
             metric_file_schema(),
             vec![
                 Arc::new(keys),
-                Arc::new(Int64Array::from(self.steps.clone())),
+                Arc::new(Int64Array::from(self.steps)),
                 Arc::new(
-                    TimestampMillisecondArray::from(self.timestamps.clone())
+                    TimestampMillisecondArray::from(self.timestamps)
                         .with_timezone(super::schema::TIMEZONE),
                 ),
-                Arc::new(Float64Array::from(self.values.clone())),
+                Arc::new(Float64Array::from(self.values)),
             ],
         )
     }
@@ -196,7 +206,7 @@ mod tests {
         assert_eq!(summaries[1].0, "loss");
         assert_eq!(summaries[1].1.latest_value, 10.0);
         assert_eq!(summaries[1].1.count, 3);
-        let batch = sorted.to_record_batch().unwrap();
+        let batch = sorted.into_record_batch().unwrap();
         assert_eq!(batch.num_rows(), 5);
     }
 

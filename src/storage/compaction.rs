@@ -41,11 +41,10 @@ pub fn compact_files(
         merged.sort_by_step_and_time();
         pending.push_key_rows(&key, &merged.steps, &merged.timestamps, &merged.values);
         if pending.len() >= ROW_GROUP_ROWS {
-            writer.write(&pending)?;
-            pending = SortedColumns::default();
+            writer.write(std::mem::take(&mut pending))?;
         }
     }
-    writer.write(&pending)?;
+    writer.write(pending)?;
     let lsn_ranges = inputs
         .iter()
         .flat_map(|input| input.lsn_ranges().iter().copied())

@@ -103,7 +103,7 @@ mod tests {
         let columns =
             SortedColumns::from_logged_order(&dictionary, &key_ids, &steps, &times, &values);
         let mut writer = MetricFileWriter::create(path).unwrap();
-        writer.write(&columns).unwrap();
+        writer.write(columns).unwrap();
         writer.finish(vec![lsn], vec![]).unwrap()
     }
 

@@ -59,16 +59,10 @@ impl MetricFileWriter {
 
     /// Appends rows. Across calls, rows must continue the file's
     /// `(key, step, timestamp)` order.
-    pub fn write(&mut self, columns: &SortedColumns) -> Result<(), StorageError> {
+    pub fn write(&mut self, columns: SortedColumns) -> Result<(), StorageError> {
         if columns.is_empty() {
             return Ok(());
         }
-        let batch = columns
-            .to_record_batch()
-            .map_err(|source| StorageError::Arrow(source.to_string()))?;
-        self.writer
-            .write(&batch)
-            .map_err(|source| StorageError::parquet(&self.temp_path, source))?;
         self.rows += columns.len() as u64;
         for (key, summary) in columns.summaries() {
             match self.keys.last_mut() {
@@ -76,7 +70,12 @@ impl MetricFileWriter {
                 _ => self.keys.push((key, summary)),
             }
         }
-        Ok(())
+        let batch = columns
+            .into_record_batch()
+            .map_err(|source| StorageError::Arrow(source.to_string()))?;
+        self.writer
+            .write(&batch)
+            .map_err(|source| StorageError::parquet(&self.temp_path, source))
     }
 
     /// Rows written so far.

@@ -1,0 +1,349 @@
+//! Shared helpers for end-to-end tests: start the real `stepstore` binary
+//! on a free loopback port with a temporary data directory, talk HTTP to
+//! it, stop it cleanly (SIGTERM) or kill it (SIGKILL).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// A running server process.
+pub struct TestServer {
+    child: Option<Child>,
+    pub base_url: String,
+    pub data_dir: PathBuf,
+    extra_args: Vec<String>,
+    client: reqwest::blocking::Client,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+/// How a server process ended.
+pub struct Exit {
+    pub success: bool,
+    pub stderr: String,
+}
+
+impl TestServer {
+    /// Starts a server on `data_dir` with extra CLI arguments.
+    pub fn start(data_dir: &Path, extra_args: &[&str]) -> TestServer {
+        let extra_args: Vec<String> = extra_args.iter().map(|arg| arg.to_string()).collect();
+        let mut server = TestServer {
+            child: None,
+            base_url: String::new(),
+            data_dir: data_dir.to_path_buf(),
+            extra_args,
+            client: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .expect("http client"),
+            stderr: None,
+        };
+        server.launch().unwrap_or_else(|exit| {
+            panic!("server did not start:\n{}", exit.stderr);
+        });
+        server
+    }
+
+    /// Starts the binary and waits for its "listening" line. On failure,
+    /// returns how it exited.
+    fn launch(&mut self) -> Result<(), Exit> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_stepstore"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn stepstore");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut stderr = child.stderr.take().expect("stderr");
+        self.stderr = Some(std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        }));
+        let (sender, receiver) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(url) = line.strip_prefix("stepstore listening on ") {
+                    let _ = sender.send(url.trim().to_string());
+                }
+            }
+        });
+        match receiver.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => {
+                self.base_url = url;
+                self.child = Some(child);
+                Ok(())
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().expect("wait");
+                Err(Exit {
+                    success: status.success(),
+                    stderr: self
+                        .stderr
+                        .take()
+                        .map(|h| h.join().unwrap_or_default())
+                        .unwrap_or_default(),
+                })
+            }
+        }
+    }
+
+    /// Runs the binary on the data directory expecting it to fail to start.
+    pub fn start_expecting_failure(data_dir: &Path, extra_args: &[&str]) -> Exit {
+        let mut server = TestServer {
+            child: None,
+            base_url: String::new(),
+            data_dir: data_dir.to_path_buf(),
+            extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
+            client: reqwest::blocking::Client::new(),
+            stderr: None,
+        };
+        match server.launch() {
+            Ok(()) => {
+                server.kill();
+                panic!("the server started but was expected to refuse");
+            }
+            Err(exit) => exit,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path)
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns its stderr.
+    pub fn stop(&mut self) -> String {
+        let Some(mut child) = self.child.take() else {
+            return String::new();
+        };
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let exit = loop {
+            if let Some(exit) = child.try_wait().expect("try_wait") {
+                break exit;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stderr = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        assert!(exit.success(), "server exited with {exit}:\n{stderr}");
+        stderr
+    }
+
+    /// Kills the process with SIGKILL (no shutdown work at all).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("wait");
+        }
+        if let Some(handle) = self.stderr.take() {
+            let _ = handle.join();
+        }
+    }
+
+    /// Stops (cleanly) and starts again on the same data directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch()
+            .unwrap_or_else(|exit| panic!("restart failed:\n{}", exit.stderr));
+    }
+
+    /// Starts again after a kill.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.launch()
+            .unwrap_or_else(|exit| panic!("restart failed:\n{}", exit.stderr));
+    }
+
+    /// Sends a request and returns (status, JSON body).
+    pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().expect("request");
+        let status = response.status().as_u16();
+        let text = response.text().expect("body");
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    /// Sends raw bytes as the body.
+    pub fn request_raw(&self, method: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let response = self
+            .client
+            .request(method, self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .expect("request");
+        let status = response.status().as_u16();
+        let text = response.text().expect("body");
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        let (status, body) = self.request("GET", path, None);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Value {
+        let (status, response) = self.request("POST", path, Some(body));
+        assert_eq!(status, 200, "POST {path}: {response}");
+        response
+    }
+
+    /// Creates a run in the experiment named `experiment`; returns its id.
+    pub fn create_run(&self, experiment: &str, name: &str) -> String {
+        let run = self.post(
+            "/api/v1/runs",
+            &json!({"experiment_name": experiment, "run_name": name}),
+        );
+        run["run_id"].as_str().expect("run_id").to_string()
+    }
+
+    /// Reads one series as (steps, timestamps, values).
+    pub fn series(&self, run_id: &str, key: &str) -> (Vec<i64>, Vec<i64>, Vec<f64>) {
+        let body = self.get(&format!("/api/v1/runs/{run_id}/metrics/{key}"));
+        let steps = body["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .map(|v| v.as_i64().expect("i64"))
+            .collect();
+        let timestamps = body["timestamps"]
+            .as_array()
+            .expect("timestamps")
+            .iter()
+            .map(|v| v.as_i64().expect("i64"))
+            .collect();
+        let values = body["values"]
+            .as_array()
+            .expect("values")
+            .iter()
+            .map(json_to_f64)
+            .collect();
+        (steps, timestamps, values)
+    }
+
+    /// The value of a counter or gauge on `/metrics`.
+    pub fn metric(&self, name: &str) -> f64 {
+        let response = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .expect("metrics");
+        let text = response.text().expect("text");
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Decodes a value written as a number or as "NaN"/"Infinity"/"-Infinity".
+pub fn json_to_f64(value: &Value) -> f64 {
+    match value {
+        Value::Number(number) => number.as_f64().expect("f64"),
+        Value::String(text) => match text.as_str() {
+            "NaN" => f64::NAN,
+            "Infinity" => f64::INFINITY,
+            "-Infinity" => f64::NEG_INFINITY,
+            other => panic!("unexpected value {other}"),
+        },
+        other => panic!("unexpected value {other}"),
+    }
+}
+
+/// Encodes a value the way the API expects non-finite values.
+pub fn f64_to_json(value: f64) -> Value {
+    if value.is_nan() {
+        json!("NaN")
+    } else if value == f64::INFINITY {
+        json!("Infinity")
+    } else if value == f64::NEG_INFINITY {
+        json!("-Infinity")
+    } else {
+        json!(value)
+    }
+}
+
+/// Bitwise equality that treats every NaN as equal.
+pub fn same_value(a: f64, b: f64) -> bool {
+    (a.is_nan() && b.is_nan()) || a.to_bits() == b.to_bits()
+}
+
+/// The newest WAL segment with content.
+pub fn newest_wal_segment(data_dir: &Path) -> PathBuf {
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(data_dir.join("wal"))
+        .expect("wal dir")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "wal"))
+        .filter(|path| {
+            std::fs::metadata(path)
+                .map(|m| m.len() > 0)
+                .unwrap_or(false)
+        })
+        .collect();
+    segments.sort();
+    segments.pop().expect("a non-empty WAL segment")
+}
+
+/// Every Parquet file under the data directory's metrics tree.
+pub fn parquet_files(data_dir: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|ext| ext == "parquet") {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&data_dir.join("metrics"), &mut files);
+    files.sort();
+    files
+}
