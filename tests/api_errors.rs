@@ -229,13 +229,27 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
 #[test]
 fn writes_past_the_buffer_limit_get_503_and_smaller_ones_still_pass() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), &["--buffer-budget-mb", "1", "--buffer-reject-mb", "1"]);
+    let server = TestServer::start(
+        dir.path(),
+        &["--buffer-budget-mb", "1", "--buffer-reject-mb", "1"],
+    );
     let run_id = server.create_run("limits", "busy");
     let path = format!("/api/v1/runs/{run_id}/metrics");
-    let too_many: Vec<Value> = (0..40_000).map(|step| json!({"key": "loss", "value": 0.5, "step": step})).collect();
-    assert_error(server.request("POST", &path, Some(&json!({"points": too_many}))), 503, "TEMPORARILY_UNAVAILABLE");
-    assert!(server.series(&run_id, "loss").0.is_empty(), "a refused write stores nothing");
-    let fine: Vec<Value> = (0..1000).map(|step| json!({"key": "loss", "value": 0.5, "step": step})).collect();
+    let too_many: Vec<Value> = (0..40_000)
+        .map(|step| json!({"key": "loss", "value": 0.5, "step": step}))
+        .collect();
+    assert_error(
+        server.request("POST", &path, Some(&json!({"points": too_many}))),
+        503,
+        "TEMPORARILY_UNAVAILABLE",
+    );
+    assert!(
+        server.series(&run_id, "loss").0.is_empty(),
+        "a refused write stores nothing"
+    );
+    let fine: Vec<Value> = (0..1000)
+        .map(|step| json!({"key": "loss", "value": 0.5, "step": step}))
+        .collect();
     server.post(&path, &json!({"points": fine}));
     assert_eq!(server.series(&run_id, "loss").0.len(), 1000);
 }
