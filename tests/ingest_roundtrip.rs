@@ -16,7 +16,7 @@ const STEPS: i64 = 1000;
 const STEPS_PER_REQUEST: i64 = 100;
 
 fn key_name(key: usize) -> String {
-    if key % 2 == 0 {
+    if key.is_multiple_of(2) {
         format!("train/metric_{key}")
     } else {
         format!("eval metric.{key}")

@@ -14,7 +14,6 @@ use arrow::record_batch::RecordBatch;
 
 use super::schema::metric_file_schema;
 use crate::model::KeySummary;
-use crate::model::series::order_by_step_and_time;
 
 /// Points sorted by `(key, step, timestamp)`; ties keep their logged order.
 #[derive(Clone, Debug, Default, PartialEq)]
