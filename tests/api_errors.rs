@@ -128,7 +128,7 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
         server.request(
             "POST",
             &format!("{run_path}/tags"),
-            Some(&json!({"long": "v".repeat(5001)})),
+            Some(&json!({"long": "v".repeat(8001)})),
         ),
         400,
         "INVALID_PARAMETER_VALUE",

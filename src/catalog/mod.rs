@@ -21,8 +21,8 @@ use crate::model::validation::{
     self, KeyKind, validate_experiment_name, validate_key, validate_param_value, validate_tag_value,
 };
 use crate::model::{
-    Experiment, ExperimentId, LifecycleStage, RUN_NAME_TAG, Run, RunId, RunStatus, USER_TAG,
-    ValidationError,
+    DatasetInput, Experiment, ExperimentId, LifecycleStage, RUN_NAME_TAG, Run, RunId, RunStatus,
+    USER_TAG, ValidationError,
 };
 use crate::wal::{Lsn, WalError};
 
@@ -36,10 +36,10 @@ pub enum CatalogError {
     #[error(transparent)]
     Invalid(#[from] ValidationError),
     /// No experiment with this id or name.
-    #[error("no experiment with {0}")]
+    #[error("{0}")]
     ExperimentNotFound(String),
     /// No run with this id.
-    #[error("no run with id {0}")]
+    #[error("Run with id={0} not found")]
     RunNotFound(RunId),
     /// No tag with this key.
     #[error("no tag '{key}' on {owner}")]
@@ -50,7 +50,7 @@ pub enum CatalogError {
         owner: String,
     },
     /// The experiment name is taken.
-    #[error("an experiment named '{name}' already exists{state}")]
+    #[error("Experiment(name={name}) already exists{state}")]
     ExperimentNameTaken {
         /// The name.
         name: String,
@@ -59,8 +59,8 @@ pub enum CatalogError {
     },
     /// A param was logged again with another value.
     #[error(
-        "changing param values is not allowed: param '{key}' of run {run_id} was logged with \
-         value '{old}', and cannot be changed to '{new}'"
+        "Changing param values is not allowed. Param with key='{key}' was already logged with \
+         value='{old}' for run ID='{run_id}'. Attempted logging new value '{new}'."
     )]
     ParamConflict {
         /// The run.
@@ -422,7 +422,7 @@ impl Catalog {
             let experiment = find_experiment(state, request.experiment_id)?;
             if experiment.lifecycle_stage != LifecycleStage::Active {
                 return Err(CatalogError::InvalidState(format!(
-                    "cannot create a run in experiment {}: it is deleted",
+                    "The experiment {} must be in the 'active' state. Current state is deleted.",
                     request.experiment_id
                 )));
             }
@@ -435,9 +435,11 @@ impl Catalog {
                 start_time: request.start_time,
                 end_time: None,
                 lifecycle_stage: LifecycleStage::Active,
+                deleted_time: None,
                 artifact_uri: format!("{}/{run_id}/artifacts", experiment.artifact_location),
                 params: param_map,
                 tags,
+                inputs: Vec::new(),
             };
             Ok((run.clone(), Some(CatalogMutation::CreateRun(Box::new(run)))))
         })
@@ -479,13 +481,21 @@ impl Catalog {
         log: &L,
         run_id: RunId,
         stage: LifecycleStage,
+        now: i64,
     ) -> Result<((), Option<L::Ticket>), CatalogError> {
         self.commit(log, |state| {
             let run = find_run(state, run_id)?;
             if run.lifecycle_stage == stage {
                 return Ok(((), None));
             }
-            Ok(((), Some(CatalogMutation::SetRunLifecycle { run_id, stage })))
+            Ok((
+                (),
+                Some(CatalogMutation::SetRunLifecycle {
+                    run_id,
+                    stage,
+                    time: now,
+                }),
+            ))
         })
     }
 
@@ -555,6 +565,43 @@ impl Catalog {
         })
     }
 
+    /// Records datasets a run used. A dataset already recorded for the run
+    /// (same name and digest) is kept as it was, as MLflow does.
+    pub fn log_inputs<L: MutationLog>(
+        &self,
+        log: &L,
+        run_id: RunId,
+        inputs: Vec<DatasetInput>,
+    ) -> Result<((), Option<L::Ticket>), CatalogError> {
+        for input in &inputs {
+            validation::validate_dataset_input(input)?;
+        }
+        self.commit(log, |state| {
+            let run = find_run(state, run_id)?;
+            ensure_run_active(run)?;
+            let mut fresh: Vec<DatasetInput> = Vec::new();
+            for input in inputs {
+                let known = |existing: &DatasetInput| {
+                    existing.dataset.name == input.dataset.name
+                        && existing.dataset.digest == input.dataset.digest
+                };
+                if !run.inputs.iter().any(known) && !fresh.iter().any(known) {
+                    fresh.push(input);
+                }
+            }
+            if fresh.is_empty() {
+                return Ok(((), None));
+            }
+            Ok((
+                (),
+                Some(CatalogMutation::LogInputs {
+                    run_id,
+                    inputs: fresh,
+                }),
+            ))
+        })
+    }
+
     /// Deletes a run tag; an unknown key is `NotFound`.
     pub fn delete_run_tag<L: MutationLog>(
         &self,
@@ -588,7 +635,11 @@ impl Catalog {
         self.read()
             .experiment(experiment_id)
             .cloned()
-            .ok_or_else(|| CatalogError::ExperimentNotFound(format!("id {experiment_id}")))
+            .ok_or_else(|| {
+                CatalogError::ExperimentNotFound(format!(
+                    "No Experiment with id={experiment_id} exists"
+                ))
+            })
     }
 
     /// A copy of an experiment found by name, or `ExperimentNotFound`.
@@ -598,7 +649,7 @@ impl Catalog {
             .cloned()
             .ok_or_else(|| {
                 CatalogError::ExperimentNotFound(format!(
-                    "name '{}'",
+                    "Could not find experiment with name '{}'",
                     crate::model::ids::truncate_for_message(name)
                 ))
             })
@@ -606,9 +657,9 @@ impl Catalog {
 }
 
 fn find_experiment(state: &CatalogState, id: ExperimentId) -> Result<&Experiment, CatalogError> {
-    state
-        .experiment(id)
-        .ok_or_else(|| CatalogError::ExperimentNotFound(format!("id {id}")))
+    state.experiment(id).ok_or_else(|| {
+        CatalogError::ExperimentNotFound(format!("No Experiment with id={id} exists"))
+    })
 }
 
 fn find_run(state: &CatalogState, id: RunId) -> Result<&Run, CatalogError> {
@@ -632,7 +683,7 @@ fn ensure_name_free(state: &CatalogState, name: &str) -> Result<(), CatalogError
 fn ensure_experiment_active(experiment: &Experiment) -> Result<(), CatalogError> {
     if experiment.lifecycle_stage != LifecycleStage::Active {
         return Err(CatalogError::InvalidState(format!(
-            "experiment {} must be active; it is deleted",
+            "The experiment {} must be in the 'active' state. Current state is deleted.",
             experiment.experiment_id
         )));
     }
@@ -643,7 +694,7 @@ fn ensure_experiment_active(experiment: &Experiment) -> Result<(), CatalogError>
 pub fn ensure_run_active(run: &Run) -> Result<(), CatalogError> {
     if run.lifecycle_stage != LifecycleStage::Active {
         return Err(CatalogError::InvalidState(format!(
-            "the run {} must be in the 'active' state; it is deleted",
+            "The run {} must be in the 'active' state. Current state is deleted.",
             run.run_id
         )));
     }
@@ -849,7 +900,7 @@ mod tests {
             .unwrap();
         let (run, _) = catalog.create_run(&log, new_run(experiment)).unwrap();
         catalog
-            .set_run_lifecycle(&log, run.run_id, LifecycleStage::Deleted)
+            .set_run_lifecycle(&log, run.run_id, LifecycleStage::Deleted, 5)
             .unwrap();
         assert!(
             catalog
@@ -857,7 +908,7 @@ mod tests {
                 .is_err()
         );
         catalog
-            .set_run_lifecycle(&log, run.run_id, LifecycleStage::Active)
+            .set_run_lifecycle(&log, run.run_id, LifecycleStage::Active, 6)
             .unwrap();
 
         let rebuilt = catalog_from(&log);

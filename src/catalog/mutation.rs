@@ -5,7 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::state::CatalogState;
-use crate::model::{Experiment, ExperimentId, LifecycleStage, RUN_NAME_TAG, Run, RunId, RunStatus};
+use crate::model::{
+    DatasetInput, Experiment, ExperimentId, LifecycleStage, RUN_NAME_TAG, Run, RunId, RunStatus,
+};
 
 /// One change to experiments, runs, params or tags.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -67,6 +69,8 @@ pub enum CatalogMutation {
         run_id: RunId,
         /// The new stage.
         stage: LifecycleStage,
+        /// When, ms since the epoch.
+        time: i64,
     },
     /// Log params (only keys not yet present).
     LogParams {
@@ -81,6 +85,13 @@ pub enum CatalogMutation {
         run_id: RunId,
         /// Tags to set.
         tags: Vec<(String, String)>,
+    },
+    /// Record datasets a run used (only ones not yet recorded).
+    LogInputs {
+        /// The run.
+        run_id: RunId,
+        /// The new inputs.
+        inputs: Vec<DatasetInput>,
     },
     /// Delete a run tag.
     DeleteRunTag {
@@ -110,10 +121,29 @@ impl CatalogMutation {
                 stage,
                 time,
             } => {
-                if let Some(experiment) = experiment_mut(state, *experiment_id) {
-                    experiment.lifecycle_stage = *stage;
-                    experiment.last_update_time = *time;
-                }
+                let Some(experiment) = experiment_mut(state, *experiment_id) else {
+                    return;
+                };
+                let deleted_at = experiment.last_update_time;
+                experiment.lifecycle_stage = *stage;
+                experiment.last_update_time = *time;
+                // As MLflow does: deleting an experiment deletes its live runs;
+                // restoring it restores the runs deleted with it (at or after
+                // the experiment's deletion), not ones deleted before.
+                state.for_each_run_of(*experiment_id, |run| match stage {
+                    LifecycleStage::Deleted if run.lifecycle_stage == LifecycleStage::Active => {
+                        run.lifecycle_stage = LifecycleStage::Deleted;
+                        run.deleted_time = Some(*time);
+                    }
+                    LifecycleStage::Active
+                        if run.lifecycle_stage == LifecycleStage::Deleted
+                            && run.deleted_time.is_none_or(|deleted| deleted >= deleted_at) =>
+                    {
+                        run.lifecycle_stage = LifecycleStage::Active;
+                        run.deleted_time = None;
+                    }
+                    _ => {}
+                });
             }
             CatalogMutation::SetExperimentTags {
                 experiment_id,
@@ -148,9 +178,14 @@ impl CatalogMutation {
                     apply_run_update(run, *status, *end_time, run_name.as_deref());
                 }
             }
-            CatalogMutation::SetRunLifecycle { run_id, stage } => {
+            CatalogMutation::SetRunLifecycle {
+                run_id,
+                stage,
+                time,
+            } => {
                 if let Some(run) = run_mut(state, *run_id) {
                     run.lifecycle_stage = *stage;
+                    run.deleted_time = (*stage == LifecycleStage::Deleted).then_some(*time);
                 }
             }
             CatalogMutation::LogParams { run_id, params } => {
@@ -170,6 +205,11 @@ impl CatalogMutation {
                         }
                         run.tags.insert(key.clone(), value.clone());
                     }
+                }
+            }
+            CatalogMutation::LogInputs { run_id, inputs } => {
+                if let Some(run) = run_mut(state, *run_id) {
+                    run.inputs.extend(inputs.iter().cloned());
                 }
             }
             CatalogMutation::DeleteRunTag { run_id, key } => {

@@ -1,7 +1,7 @@
 //! Catalog snapshots: the whole catalog state written atomically (temp file,
 //! fsync, rename, directory fsync) so that the WAL before it can go.
 //!
-//! File layout: magic `STEPCAT1`, u32 LE CRC32C of the body, bincode body.
+//! File layout: magic `STEPCAT2`, u32 LE CRC32C of the body, bincode body.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -11,7 +11,7 @@ use super::CatalogError;
 use super::state::CatalogState;
 use crate::wal::Lsn;
 
-const MAGIC: &[u8; 8] = b"STEPCAT1";
+const MAGIC: &[u8; 8] = b"STEPCAT2";
 const PREFIX: &str = "snapshot-";
 const SUFFIX: &str = ".bin";
 

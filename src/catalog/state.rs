@@ -56,6 +56,19 @@ impl CatalogState {
         ExperimentId::new(self.next_experiment_id)
     }
 
+    /// Calls `change` on every run of an experiment.
+    pub(crate) fn for_each_run_of(
+        &mut self,
+        experiment_id: ExperimentId,
+        mut change: impl FnMut(&mut Run),
+    ) {
+        for run in self.runs.values_mut() {
+            if run.experiment_id == experiment_id {
+                change(run);
+            }
+        }
+    }
+
     /// An experiment by id.
     pub fn experiment(&self, id: ExperimentId) -> Option<&Experiment> {
         self.experiments.get(&id)

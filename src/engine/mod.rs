@@ -27,8 +27,8 @@ use crate::error_kind::{Classify, ErrorKind};
 use crate::ingest::{BYTES_PER_POINT, IngestConfig, IngestError, Ingester};
 use crate::model::validation::{KeyKind, validate_key};
 use crate::model::{
-    Experiment, ExperimentId, KeySummary, LifecycleStage, MetricBatch, MetricSeries, Run, RunId,
-    ValidationError, now_millis,
+    DatasetInput, Experiment, ExperimentId, KeySummary, LifecycleStage, MetricBatch, MetricSeries,
+    Run, RunId, ValidationError, now_millis,
 };
 use crate::storage::{MetricsLayout, StorageError};
 use crate::wal::{Lsn, SyncPolicy, Wal, WalConfig, WalError};
@@ -491,6 +491,29 @@ impl Engine {
         Ok(self.ingester.run_summaries(run_id).await?)
     }
 
+    /// The metric summaries of many runs, in the order given (runs are not
+    /// checked for existence: an unknown run has no keys).
+    pub async fn runs_metric_summaries(
+        &self,
+        run_ids: &[RunId],
+    ) -> Result<Vec<Vec<(String, KeySummary)>>, EngineError> {
+        Ok(self.ingester.runs_summaries(run_ids).await?)
+    }
+
+    /// Runs in the given experiments (all experiments when empty) in the
+    /// view, in no particular order.
+    pub fn runs_in(&self, experiment_ids: &[ExperimentId], view: ViewType) -> Vec<Run> {
+        self.catalog
+            .read()
+            .runs()
+            .filter(|run| {
+                (experiment_ids.is_empty() || experiment_ids.contains(&run.experiment_id))
+                    && view.includes(run.lifecycle_stage)
+            })
+            .cloned()
+            .collect()
+    }
+
     /// Changes a run's status, end time or name. A run that reaches a
     /// terminal status without an end time gets the current time; its
     /// buffers are persisted and its files compacted.
@@ -519,7 +542,9 @@ impl Engine {
         stage: LifecycleStage,
     ) -> Result<(), EngineError> {
         self.ensure_accepting()?;
-        let ((), ticket) = self.catalog.set_run_lifecycle(&self.log(), run_id, stage)?;
+        let ((), ticket) =
+            self.catalog
+                .set_run_lifecycle(&self.log(), run_id, stage, now_millis())?;
         wait_durable(ticket).await
     }
 
@@ -542,6 +567,17 @@ impl Engine {
     ) -> Result<(), EngineError> {
         self.ensure_accepting()?;
         let ((), ticket) = self.catalog.set_run_tags(&self.log(), run_id, tags)?;
+        wait_durable(ticket).await
+    }
+
+    /// Records datasets a run used.
+    pub async fn log_inputs(
+        &self,
+        run_id: RunId,
+        inputs: Vec<DatasetInput>,
+    ) -> Result<(), EngineError> {
+        self.ensure_accepting()?;
+        let ((), ticket) = self.catalog.log_inputs(&self.log(), run_id, inputs)?;
         wait_durable(ticket).await
     }
 

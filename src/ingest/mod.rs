@@ -334,12 +334,37 @@ impl Ingester {
         &self,
         run_id: RunId,
     ) -> Result<Vec<(String, KeySummary)>, IngestError> {
+        let response = self.request_run_summaries(run_id)?;
+        response.await.map_err(|_| IngestError::ShutDown)
+    }
+
+    /// The summaries of many runs, in the order given. Every request is
+    /// sent before any answer is awaited, so the shards work in parallel.
+    pub async fn runs_summaries(
+        &self,
+        run_ids: &[RunId],
+    ) -> Result<Vec<Vec<(String, KeySummary)>>, IngestError> {
+        let responses = run_ids
+            .iter()
+            .map(|&run_id| self.request_run_summaries(run_id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut summaries = Vec::with_capacity(responses.len());
+        for response in responses {
+            summaries.push(response.await.map_err(|_| IngestError::ShutDown)?);
+        }
+        Ok(summaries)
+    }
+
+    fn request_run_summaries(
+        &self,
+        run_id: RunId,
+    ) -> Result<oneshot::Receiver<Vec<(String, KeySummary)>>, IngestError> {
         let (reply, response) = oneshot::channel();
         self.shard_of(run_id)
             .control
             .send(ControlMessage::RunSummaries { run_id, reply })
             .map_err(|_| IngestError::ShutDown)?;
-        response.await.map_err(|_| IngestError::ShutDown)
+        Ok(response)
     }
 
     /// Tells the run's shard it ended: its buffer is persisted and its files

@@ -156,11 +156,44 @@ pub struct Run {
     pub end_time: Option<i64>,
     /// Live or soft-deleted.
     pub lifecycle_stage: LifecycleStage,
+    /// When it was soft-deleted, ms since the epoch (restoring an
+    /// experiment restores the runs deleted with it).
+    pub deleted_time: Option<i64>,
     /// Where its artifacts would live.
     pub artifact_uri: String,
     /// Params: immutable once logged.
     pub params: BTreeMap<String, String>,
     /// Tags: mutable and deletable.
+    pub tags: BTreeMap<String, String>,
+    /// Datasets the run used (MLflow's `log_inputs`), in logging order.
+    pub inputs: Vec<DatasetInput>,
+}
+
+/// A dataset as MLflow describes it: identity (`name`, `digest`), where it
+/// came from, and optional schema and profile documents.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dataset {
+    /// Its name.
+    pub name: String,
+    /// A short fingerprint of its content.
+    pub digest: String,
+    /// The kind of source (`local`, `s3`, `hugging_face`, ...).
+    pub source_type: String,
+    /// The source, as a JSON document.
+    pub source: String,
+    /// Its schema, as a JSON document.
+    pub schema: Option<String>,
+    /// Its profile (row counts and the like), as a JSON document.
+    pub profile: Option<String>,
+}
+
+/// A dataset used by a run, with the input's own tags (such as
+/// `mlflow.data.context = training`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetInput {
+    /// The dataset.
+    pub dataset: Dataset,
+    /// Tags of this use of the dataset.
     pub tags: BTreeMap<String, String>,
 }
 

@@ -11,9 +11,24 @@ pub const MAX_KEY_LENGTH: usize = 250;
 /// Longest param value.
 pub const MAX_PARAM_VALUE_LENGTH: usize = 6000;
 /// Longest tag value.
-pub const MAX_TAG_VALUE_LENGTH: usize = 5000;
+pub const MAX_TAG_VALUE_LENGTH: usize = 8000;
 /// Longest experiment name.
-pub const MAX_EXPERIMENT_NAME_LENGTH: usize = 256;
+pub const MAX_EXPERIMENT_NAME_LENGTH: usize = 500;
+
+/// Longest dataset name.
+pub const MAX_DATASET_NAME_LENGTH: usize = 500;
+/// Longest dataset digest.
+pub const MAX_DATASET_DIGEST_LENGTH: usize = 36;
+/// Longest dataset source document.
+pub const MAX_DATASET_SOURCE_LENGTH: usize = 65535;
+/// Longest dataset schema document.
+pub const MAX_DATASET_SCHEMA_LENGTH: usize = 1_048_575;
+/// Longest dataset profile document.
+pub const MAX_DATASET_PROFILE_LENGTH: usize = 16_777_215;
+/// Longest key of a dataset input tag.
+pub const MAX_INPUT_TAG_KEY_LENGTH: usize = 255;
+/// Longest value of a dataset input tag.
+pub const MAX_INPUT_TAG_VALUE_LENGTH: usize = 500;
 
 /// What a key names, for error messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +93,12 @@ pub enum ValidationError {
     },
 }
 
+impl crate::error_kind::Classify for ValidationError {
+    fn kind(&self) -> crate::error_kind::ErrorKind {
+        crate::error_kind::ErrorKind::InvalidParameter
+    }
+}
+
 /// Checks a metric, param or tag key against MLflow's rules: non-empty, at
 /// most 250 characters, only `^[/\w.\- :]*$`, and unchanged by path
 /// normalisation (no `..` segments, no leading or doubled `/`).
@@ -113,6 +134,79 @@ pub fn validate_key(kind: KeyKind, key: &str) -> Result<(), ValidationError> {
             "names may be treated as files, and must not resolve to other names when treated as \
              such; this name would resolve to '{normalised}'"
         )));
+    }
+    Ok(())
+}
+
+/// Checks a dataset input against MLflow's limits: name, digest, source
+/// type and source present; every field and input tag within its length.
+pub fn validate_dataset_input(input: &super::DatasetInput) -> Result<(), ValidationError> {
+    let dataset = &input.dataset;
+    let required = [
+        ("dataset.name", &dataset.name),
+        ("dataset.digest", &dataset.digest),
+        ("dataset.source_type", &dataset.source_type),
+        ("dataset.source", &dataset.source),
+    ];
+    for (field, value) in required {
+        if value.is_empty() {
+            return Err(ValidationError::InvalidField {
+                field,
+                reason: "missing value".to_string(),
+            });
+        }
+    }
+    let limited = [
+        ("dataset.name", Some(&dataset.name), MAX_DATASET_NAME_LENGTH),
+        (
+            "dataset.digest",
+            Some(&dataset.digest),
+            MAX_DATASET_DIGEST_LENGTH,
+        ),
+        (
+            "dataset.source",
+            Some(&dataset.source),
+            MAX_DATASET_SOURCE_LENGTH,
+        ),
+        (
+            "dataset.schema",
+            dataset.schema.as_ref(),
+            MAX_DATASET_SCHEMA_LENGTH,
+        ),
+        (
+            "dataset.profile",
+            dataset.profile.as_ref(),
+            MAX_DATASET_PROFILE_LENGTH,
+        ),
+    ];
+    for (field, value, limit) in limited {
+        let length = value.map_or(0, |value| value.chars().count());
+        if length > limit {
+            return Err(ValidationError::InvalidField {
+                field,
+                reason: format!("{length} characters, longer than the limit of {limit}"),
+            });
+        }
+    }
+    for (key, value) in &input.tags {
+        if key.is_empty() || key.chars().count() > MAX_INPUT_TAG_KEY_LENGTH {
+            return Err(ValidationError::InvalidField {
+                field: "input tag key",
+                reason: format!(
+                    "'{}' must have 1 to {MAX_INPUT_TAG_KEY_LENGTH} characters",
+                    truncate_for_message(key)
+                ),
+            });
+        }
+        if value.chars().count() > MAX_INPUT_TAG_VALUE_LENGTH {
+            return Err(ValidationError::InvalidField {
+                field: "input tag value",
+                reason: format!(
+                    "the value of '{}' is longer than the limit of {MAX_INPUT_TAG_VALUE_LENGTH}",
+                    truncate_for_message(key)
+                ),
+            });
+        }
     }
     Ok(())
 }
@@ -262,10 +356,10 @@ mod tests {
     fn value_lengths_are_limited() {
         validate_param_value("p", &"v".repeat(6000)).unwrap();
         assert!(validate_param_value("p", &"v".repeat(6001)).is_err());
-        validate_tag_value("t", &"v".repeat(5000)).unwrap();
-        assert!(validate_tag_value("t", &"v".repeat(5001)).is_err());
+        validate_tag_value("t", &"v".repeat(8000)).unwrap();
+        assert!(validate_tag_value("t", &"v".repeat(8001)).is_err());
         // Multi-byte characters count as one character each.
-        validate_tag_value("t", &"é".repeat(5000)).unwrap();
+        validate_tag_value("t", &"é".repeat(8000)).unwrap();
     }
 
     #[test]
@@ -273,6 +367,6 @@ mod tests {
         validate_experiment_name("mnist").unwrap();
         assert!(validate_experiment_name("").is_err());
         assert!(validate_experiment_name("   ").is_err());
-        assert!(validate_experiment_name(&"n".repeat(257)).is_err());
+        assert!(validate_experiment_name(&"n".repeat(501)).is_err());
     }
 }

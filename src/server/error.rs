@@ -67,6 +67,26 @@ impl ApiError {
         }
         ApiError::new(status, code, error.to_string())
     }
+
+    /// MLflow's mapping of an error class to status and code: an existing
+    /// entity and a changed param are 400s there, and a request over a
+    /// limit is `INVALID_PARAMETER_VALUE`.
+    pub fn mlflow(error: &(impl Classify + std::fmt::Display)) -> Self {
+        let (status, code) = match error.kind() {
+            ErrorKind::InvalidParameter | ErrorKind::ParamConflict | ErrorKind::TooLarge => {
+                (StatusCode::BAD_REQUEST, "INVALID_PARAMETER_VALUE")
+            }
+            ErrorKind::MalformedRequest => (StatusCode::BAD_REQUEST, "MALFORMED_REQUEST"),
+            ErrorKind::NotFound => (StatusCode::NOT_FOUND, "RESOURCE_DOES_NOT_EXIST"),
+            ErrorKind::AlreadyExists => (StatusCode::BAD_REQUEST, "RESOURCE_ALREADY_EXISTS"),
+            ErrorKind::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "TEMPORARILY_UNAVAILABLE"),
+            ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(%error, "request failed");
+        }
+        ApiError::new(status, code, error.to_string())
+    }
 }
 
 impl<E: Classify + std::fmt::Display> From<E> for ApiError {

@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod mlflow;
 pub mod native;
 
 use std::future::Future;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{StatusCode, Uri, header};
+use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
@@ -40,7 +41,9 @@ pub fn router(engine: Arc<Engine>, config: &ServerConfig) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(prometheus_metrics))
         .merge(native::routes())
+        .merge(mlflow::routes())
         .fallback(unknown_endpoint)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_request_bytes))
         .with_state(engine)
 }
@@ -78,6 +81,14 @@ async fn prometheus_metrics(State(engine): State<Arc<Engine>>) -> Response {
         )
         .into_response(),
     }
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "ENDPOINT_NOT_FOUND",
+        format!("{} does not accept {method}", uri.path()),
+    )
 }
 
 async fn unknown_endpoint(uri: Uri) -> ApiError {

@@ -1,0 +1,199 @@
+//! MLflow experiment endpoints: create, get, get-by-name, search, update,
+//! delete, restore, and experiment tags.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::Uri;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::request::{
+    MlflowResult, body, parse_experiment_id, query, required, required_experiment_id,
+};
+use super::wire::{ExperimentJson, KeyValue, optional_i64};
+use super::{empty, page_response, view_type};
+use crate::catalog::NewExperiment;
+use crate::engine::{Engine, ViewType};
+use crate::model::LifecycleStage;
+use crate::search::experiments::{
+    parse_experiment_filter, parse_experiment_order, select_experiments,
+};
+use crate::search::{page_size, paginate};
+
+type EngineState = State<Arc<Engine>>;
+
+#[derive(Deserialize)]
+pub(super) struct CreateExperiment {
+    name: Option<String>,
+    artifact_location: Option<String>,
+    #[serde(default)]
+    tags: Vec<KeyValue>,
+}
+
+pub(super) async fn create(
+    State(engine): EngineState,
+    request: Result<Bytes, BytesRejection>,
+) -> MlflowResult<Json<Value>> {
+    let request: CreateExperiment = body(request)?;
+    let name = required(&request.name, "name")?.to_string();
+    let id = engine
+        .create_experiment(NewExperiment {
+            name,
+            artifact_location: request.artifact_location.filter(|text| !text.is_empty()),
+            tags: request
+                .tags
+                .into_iter()
+                .map(|tag| (tag.key, tag.value))
+                .collect(),
+        })
+        .await?;
+    Ok(Json(json!({ "experiment_id": id.to_string() })))
+}
+
+#[derive(Deserialize)]
+pub(super) struct GetExperiment {
+    experiment_id: Option<String>,
+}
+
+pub(super) async fn get(State(engine): EngineState, uri: Uri) -> MlflowResult<Json<Value>> {
+    let request: GetExperiment = query(&uri)?;
+    let id = required_experiment_id(&request.experiment_id)?;
+    let experiment = engine.experiment(id)?;
+    Ok(Json(
+        json!({ "experiment": ExperimentJson::from(&experiment) }),
+    ))
+}
+
+#[derive(Deserialize)]
+pub(super) struct GetExperimentByName {
+    experiment_name: Option<String>,
+}
+
+pub(super) async fn get_by_name(State(engine): EngineState, uri: Uri) -> MlflowResult<Json<Value>> {
+    let request: GetExperimentByName = query(&uri)?;
+    let name = required(&request.experiment_name, "experiment_name")?;
+    let experiment = engine.experiment_by_name(name)?;
+    Ok(Json(
+        json!({ "experiment": ExperimentJson::from(&experiment) }),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct SearchExperiments {
+    #[serde(default, deserialize_with = "optional_i64")]
+    max_results: Option<i64>,
+    page_token: Option<String>,
+    filter: Option<String>,
+    #[serde(default)]
+    order_by: Vec<String>,
+    view_type: Option<String>,
+}
+
+fn search_experiments(engine: &Engine, request: SearchExperiments) -> MlflowResult<Json<Value>> {
+    let size = page_size(request.max_results)?;
+    let filter = parse_experiment_filter(request.filter.as_deref().unwrap_or(""))?;
+    let order = parse_experiment_order(&request.order_by)?;
+    let view = view_type(request.view_type.as_deref(), ViewType::ActiveOnly)?;
+    let selected = select_experiments(engine.experiments(view), &filter, &order);
+    let page = paginate(selected, request.page_token.as_deref(), size)?;
+    let experiments: Vec<ExperimentJson> = page.items.iter().map(ExperimentJson::from).collect();
+    Ok(page_response(
+        "experiments",
+        &experiments,
+        page.next_page_token,
+    ))
+}
+
+pub(super) async fn search_post(
+    State(engine): EngineState,
+    request: Result<Bytes, BytesRejection>,
+) -> MlflowResult<Json<Value>> {
+    search_experiments(&engine, body(request)?)
+}
+
+pub(super) async fn search_get(State(engine): EngineState, uri: Uri) -> MlflowResult<Json<Value>> {
+    search_experiments(&engine, query(&uri)?)
+}
+
+#[derive(Deserialize)]
+pub(super) struct UpdateExperiment {
+    experiment_id: Option<String>,
+    new_name: Option<String>,
+}
+
+pub(super) async fn update(
+    State(engine): EngineState,
+    request: Result<Bytes, BytesRejection>,
+) -> MlflowResult<Json<Value>> {
+    let request: UpdateExperiment = body(request)?;
+    let id = required_experiment_id(&request.experiment_id)?;
+    let name = required(&request.new_name, "new_name")?.to_string();
+    engine.rename_experiment(id, name).await?;
+    Ok(empty())
+}
+
+#[derive(Deserialize)]
+pub(super) struct ExperimentIdOnly {
+    experiment_id: Option<String>,
+}
+
+async fn set_lifecycle(
+    engine: &Engine,
+    request: Result<Bytes, BytesRejection>,
+    stage: LifecycleStage,
+) -> MlflowResult<Json<Value>> {
+    let request: ExperimentIdOnly = body(request)?;
+    let id = required_experiment_id(&request.experiment_id)?;
+    engine.set_experiment_lifecycle(id, stage).await?;
+    Ok(empty())
+}
+
+pub(super) async fn delete(
+    State(engine): EngineState,
+    request: Result<Bytes, BytesRejection>,
+) -> MlflowResult<Json<Value>> {
+    set_lifecycle(&engine, request, LifecycleStage::Deleted).await
+}
+
+pub(super) async fn restore(
+    State(engine): EngineState,
+    request: Result<Bytes, BytesRejection>,
+) -> MlflowResult<Json<Value>> {
+    set_lifecycle(&engine, request, LifecycleStage::Active).await
+}
+
+#[derive(Deserialize)]
+pub(super) struct ExperimentTag {
+    experiment_id: Option<String>,
+    key: Option<String>,
+    #[serde(default)]
+    value: String,
+}
+
+pub(super) async fn set_tag(
+    State(engine): EngineState,
+    request: Result<Bytes, BytesRejection>,
+) -> MlflowResult<Json<Value>> {
+    let request: ExperimentTag = body(request)?;
+    let id = required_experiment_id(&request.experiment_id)?;
+    let key = required(&request.key, "key")?.to_string();
+    engine
+        .set_experiment_tags(id, vec![(key, request.value)])
+        .await?;
+    Ok(empty())
+}
+
+pub(super) async fn delete_tag(
+    State(engine): EngineState,
+    request: Result<Bytes, BytesRejection>,
+) -> MlflowResult<Json<Value>> {
+    let request: ExperimentTag = body(request)?;
+    let id = parse_experiment_id(required(&request.experiment_id, "experiment_id")?)?;
+    let key = required(&request.key, "key")?.to_string();
+    engine.delete_experiment_tag(id, key).await?;
+    Ok(empty())
+}

@@ -1,0 +1,448 @@
+//! MLflow run endpoints: create, get, update, delete, restore, search, tags,
+//! and the logging calls (`log-metric`, `log-parameter`, `log-batch`,
+//! `log-inputs`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::Uri;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::request::{
+    MlflowResult, body, invalid, missing, parse_experiment_id, query, required, required_run_id,
+};
+use super::wire::{DatasetInputJson, KeyValue, RunInfoJson, RunJson, optional_i64};
+use super::{empty, page_response, view_type};
+use crate::catalog::{NewRun, RunUpdate};
+use crate::engine::{Engine, ViewType};
+use crate::model::float_json::JsonF64;
+use crate::model::{
+    ExperimentId, KeySummary, LifecycleStage, MetricBatchBuilder, Run, RunStatus, USER_TAG,
+    now_millis,
+};
+use crate::search::runs::{SearchableRun, parse_run_filter, parse_run_order, select_runs};
+use crate::search::{page_size, paginate};
+
+type EngineState = State<Arc<Engine>>;
+
+/// Most metrics one `log-batch` request may carry (MLflow's limit).
+pub const MAX_BATCH_METRICS: usize = 1000;
+/// Most params one `log-batch` request may carry.
+pub const MAX_BATCH_PARAMS: usize = 100;
+/// Most tags one `log-batch` request may carry.
+pub const MAX_BATCH_TAGS: usize = 100;
+/// Most entities (metrics + params + tags) in one `log-batch` request.
+pub const MAX_BATCH_ENTITIES: usize = 1000;
+
+async fn run_json(engine: &Engine, run: &Run) -> MlflowResult<RunJson> {
+    let summaries = engine.run_metric_summaries(run.run_id).await?;
+    Ok(RunJson::new(run, &summaries))
+}
+
+#[derive(Deserialize)]
+pub(super) struct CreateRun {
+    experiment_id: Option<String>,
+    user_id: Option<String>,
+    run_name: Option<String>,
+    #[serde(default, deserialize_with = "optional_i64")]
+    start_time: Option<i64>,
+    #[serde(default)]
+    tags: Vec<KeyValue>,
+}
+
+pub(super) async fn create(
+    State(engine): EngineState,
+    request: Result<Bytes, BytesRejection>,
+) -> MlflowResult<Json<Value>> {
+    let request: CreateRun = body(request)?;
+    let experiment_id = match request.experiment_id.as_deref() {
+        None | Some("") => ExperimentId::DEFAULT,
+        Some(text) => parse_experiment_id(text)?,
+    };
+    let mut user_id = request.user_id.unwrap_or_default();
+    if user_id.is_empty()
+        && let Some(tag) = request.tags.iter().find(|tag| tag.key == USER_TAG)
+    {
+        user_id = tag.value.clone();
+    }
+    let run = engine
+        .create_run(NewRun {
+            experiment_id,
+            run_name: request.run_name.filter(|name| !name.is_empty()),
+            user_id,
+            start_time: request.start_time.unwrap_or_else(now_millis),
+            params: Vec::new(),
+            tags: request
+                .tags
+                .into_iter()
+                .map(|tag| (tag.key, tag.value))
+                .collect(),
+        })
+        .await?;
+    Ok(Json(json!({ "run": RunJson::new(&run, &[]) })))
+}
+
+#[derive(Deserialize)]
+pub(super) struct GetRun {
+    run_id: Option<String>,
+    run_uuid: Option<String>,
+}
+
+pub(super) async fn get(State(engine): EngineState, uri: Uri) -> MlflowResult<Json<Value>> {
+    let request: GetRun = query(&uri)?;
+    let run_id = required_run_id(&request.run_id, &request.run_uuid)?;
+    let run = engine.run(run_id)?;
+    Ok(Json(json!({ "run": run_json(&engine, &run).await? })))
+}
+
+#[derive(Deserialize)]
+pub(super) struct UpdateRun {
+    run_id: Option<String>,
+    run_uuid: Option<String>,
+    status: Option<String>,
+    #[serde(default, deserialize_with = "optional_i64")]
+    end_time: Option<i64>,
+    run_name: Option<String>,
+}
+
+pub(super) async fn update(
+    State(engine): EngineState,
+    request: Result<Bytes, BytesRejection>,
+) -> MlflowResult<Json<Value>> {
+    let request: UpdateRun = body(request)?;
+    let run_id = required_run_id(&request.run_id, &request.run_uuid)?;
+    let status = request
+        .status
+        .as_deref()
+        .filter(|status| !status.is_empty())
+        .map(str::parse::<RunStatus>)
+        .transpose()?;
+    let run = engine
+        .update_run(
+            run_id,
+            RunUpdate {
+                status,
+                end_time: request.end_time,
+                run_name: request.run_name.filter(|name| !name.is_empty()),
+            },
+        )
+        .await?;
+    Ok(Json(json!({ "run_info": RunInfoJson::from(&run) })))
+}
+
+#[derive(Deserialize)]
+pub(super) struct RunIdOnly {
+    run_id: Option<String>,
+    run_uuid: Option<String>,
+}
+
+async fn set_lifecycle(
+    engine: &Engine,
+    request: Result<Bytes, BytesRejection>,
+    stage: LifecycleStage,
+) -> MlflowResult<Json<Value>> {
+    let request: RunIdOnly = body(request)?;
+    let run_id = required_run_id(&request.run_id, &request.run_uuid)?;
+    engine.set_run_lifecycle(run_id, stage).await?;
+    Ok(empty())
+}
+
+pub(super) async fn delete(
+    State(engine): EngineState,
+    request: Result<Bytes, BytesRejection>,
+) -> MlflowResult<Json<Value>> {
+    set_lifecycle(&engine, request, LifecycleStage::Deleted).await
+}
+
+pub(super) async fn restore(
+    State(engine): EngineState,
+    request: Result<Bytes, BytesRejection>,
+) -> MlflowResult<Json<Value>> {
+    set_lifecycle(&engine, request, LifecycleStage::Active).await
+}
+
+#[derive(Deserialize)]
+pub(super) struct SetTag {
+    run_id: Option<String>,
+    run_uuid: Option<String>,
+    key: Option<String>,
+    #[serde(default)]
+    value: String,
+}
+
+pub(super) async fn set_tag(
+    State(engine): EngineState,
+    request: Result<Bytes, BytesRejection>,
+) -> MlflowResult<Json<Value>> {
+    let request: SetTag = body(request)?;
+    let run_id = required_run_id(&request.run_id, &request.run_uuid)?;
+    let key = required(&request.key, "key")?.to_string();
+    engine
+        .set_run_tags(run_id, vec![(key, request.value)])
+        .await?;
+    Ok(empty())
+}
+
+pub(super) async fn delete_tag(
+    State(engine): EngineState,
+    request: Result<Bytes, BytesRejection>,
+) -> MlflowResult<Json<Value>> {
+    let request: SetTag = body(request)?;
+    let run_id = required_run_id(&request.run_id, &request.run_uuid)?;
+    let key = required(&request.key, "key")?.to_string();
+    engine.delete_run_tag(run_id, key).await?;
+    Ok(empty())
+}
+
+#[derive(Deserialize)]
+pub(super) struct LogParam {
+    run_id: Option<String>,
+    run_uuid: Option<String>,
+    key: Option<String>,
+    value: Option<String>,
+}
+
+pub(super) async fn log_parameter(
+    State(engine): EngineState,
+    request: Result<Bytes, BytesRejection>,
+) -> MlflowResult<Json<Value>> {
+    let request: LogParam = body(request)?;
+    let run_id = required_run_id(&request.run_id, &request.run_uuid)?;
+    let key = required(&request.key, "key")?.to_string();
+    let value = request.value.ok_or_else(|| missing("value"))?;
+    engine.log_params(run_id, vec![(key, value)]).await?;
+    Ok(empty())
+}
+
+/// A metric point as MLflow sends it.
+#[derive(Deserialize)]
+pub(super) struct MetricIn {
+    key: Option<String>,
+    value: Option<JsonF64>,
+    #[serde(default, deserialize_with = "optional_i64")]
+    timestamp: Option<i64>,
+    #[serde(default, deserialize_with = "optional_i64")]
+    step: Option<i64>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct LogMetric {
+    run_id: Option<String>,
+    run_uuid: Option<String>,
+    #[serde(flatten)]
+    metric: MetricIn,
+}
+
+fn push_metric(builder: &mut MetricBatchBuilder, metric: &MetricIn) -> MlflowResult<()> {
+    let key = required(&metric.key, "key")?;
+    let value = metric.value.ok_or_else(|| missing("value"))?;
+    let timestamp = metric.timestamp.ok_or_else(|| missing("timestamp"))?;
+    if timestamp < 0 {
+        return Err(invalid(format!(
+            "Invalid value {timestamp} for parameter 'timestamp' supplied: metric '{key}' \
+             (value={}). Timestamp must be a nonnegative long (64-bit integer)",
+            value.0
+        )));
+    }
+    builder.push(key, metric.step.unwrap_or(0), timestamp, value.0);
+    Ok(())
+}
+
+pub(super) async fn log_metric(
+    State(engine): EngineState,
+    request: Result<Bytes, BytesRejection>,
+) -> MlflowResult<Json<Value>> {
+    let request: LogMetric = body(request)?;
+    let run_id = required_run_id(&request.run_id, &request.run_uuid)?;
+    let mut builder = MetricBatchBuilder::with_capacity(1);
+    push_metric(&mut builder, &request.metric)?;
+    engine.log_metrics(run_id, builder.finish()).await?;
+    Ok(empty())
+}
+
+#[derive(Deserialize)]
+pub(super) struct LogBatch {
+    run_id: Option<String>,
+    #[serde(default)]
+    metrics: Vec<MetricIn>,
+    #[serde(default)]
+    params: Vec<KeyValue>,
+    #[serde(default)]
+    tags: Vec<KeyValue>,
+}
+
+fn check_batch_limits(request: &LogBatch) -> MlflowResult<()> {
+    let limits = [
+        ("metrics", request.metrics.len(), MAX_BATCH_METRICS),
+        ("params", request.params.len(), MAX_BATCH_PARAMS),
+        ("tags", request.tags.len(), MAX_BATCH_TAGS),
+    ];
+    for (what, count, limit) in limits {
+        if count > limit {
+            return Err(invalid(format!(
+                "A batch logging request can contain at most {limit} {what}. Got {count} \
+                 {what}. Please split up {what} across multiple requests and try again."
+            )));
+        }
+    }
+    let total = request.metrics.len() + request.params.len() + request.tags.len();
+    if total > MAX_BATCH_ENTITIES {
+        return Err(invalid(format!(
+            "A batch logging request can contain at most {MAX_BATCH_ENTITIES} metrics, params, \
+             and tags in total. Got {total} entities. Please split up entities across multiple \
+             requests and try again."
+        )));
+    }
+    Ok(())
+}
+
+/// Params of one batch: a key given twice must have one value.
+fn batch_params(params: Vec<KeyValue>) -> MlflowResult<Vec<(String, String)>> {
+    let mut seen: HashMap<String, String> = HashMap::with_capacity(params.len());
+    let mut unique = Vec::with_capacity(params.len());
+    for param in params {
+        match seen.get(&param.key) {
+            Some(value) if *value != param.value => {
+                return Err(invalid(format!(
+                    "Duplicate parameter keys have been submitted: ['{}']. Please ensure the \
+                     request contains only one param value per param key.",
+                    param.key
+                )));
+            }
+            Some(_) => {}
+            None => {
+                seen.insert(param.key.clone(), param.value.clone());
+                unique.push((param.key, param.value));
+            }
+        }
+    }
+    Ok(unique)
+}
+
+pub(super) async fn log_batch(
+    State(engine): EngineState,
+    request: Result<Bytes, BytesRejection>,
+) -> MlflowResult<Json<Value>> {
+    let request: LogBatch = body(request)?;
+    let run_id = required_run_id(&request.run_id, &None)?;
+    check_batch_limits(&request)?;
+    let mut builder = MetricBatchBuilder::with_capacity(request.metrics.len());
+    for metric in &request.metrics {
+        push_metric(&mut builder, metric)?;
+    }
+    let batch = builder.finish();
+    // Everything is validated before anything is written: a bad metric key
+    // or a changed param leaves the run as it was.
+    batch.validate()?;
+    let params = batch_params(request.params)?;
+    let tags: Vec<(String, String)> = request
+        .tags
+        .into_iter()
+        .map(|tag| (tag.key, tag.value))
+        .collect();
+    engine.run(run_id)?;
+    // MLflow's order: params (where a conflict stops the request), then
+    // metrics, then tags.
+    if !params.is_empty() {
+        engine.log_params(run_id, params).await?;
+    }
+    if !batch.is_empty() {
+        engine.log_metrics(run_id, batch).await?;
+    }
+    if !tags.is_empty() {
+        engine.set_run_tags(run_id, tags).await?;
+    }
+    Ok(empty())
+}
+
+#[derive(Deserialize)]
+pub(super) struct LogInputs {
+    run_id: Option<String>,
+    #[serde(default)]
+    datasets: Vec<DatasetInputJson>,
+}
+
+pub(super) async fn log_inputs(
+    State(engine): EngineState,
+    request: Result<Bytes, BytesRejection>,
+) -> MlflowResult<Json<Value>> {
+    let request: LogInputs = body(request)?;
+    let run_id = required_run_id(&request.run_id, &None)?;
+    let inputs = request
+        .datasets
+        .into_iter()
+        .map(|input| input.into_model().ok_or_else(|| missing("dataset")))
+        .collect::<Result<Vec<_>, _>>()?;
+    engine.run(run_id)?;
+    if !inputs.is_empty() {
+        engine.log_inputs(run_id, inputs).await?;
+    }
+    Ok(empty())
+}
+
+#[derive(Deserialize)]
+pub(super) struct SearchRuns {
+    #[serde(default)]
+    experiment_ids: Vec<String>,
+    filter: Option<String>,
+    run_view_type: Option<String>,
+    #[serde(default, deserialize_with = "optional_i64")]
+    max_results: Option<i64>,
+    #[serde(default)]
+    order_by: Vec<String>,
+    page_token: Option<String>,
+}
+
+pub(super) async fn search(
+    State(engine): EngineState,
+    request: Result<Bytes, BytesRejection>,
+) -> MlflowResult<Json<Value>> {
+    let request: SearchRuns = body(request)?;
+    let size = page_size(request.max_results)?;
+    let filter = parse_run_filter(request.filter.as_deref().unwrap_or(""))?;
+    let order = parse_run_order(&request.order_by)?;
+    let view = view_type(request.run_view_type.as_deref(), ViewType::ActiveOnly)?;
+    let experiment_ids = request
+        .experiment_ids
+        .iter()
+        .map(|text| parse_experiment_id(text))
+        .collect::<Result<Vec<_>, _>>()?;
+    if experiment_ids.is_empty() {
+        return Ok(empty());
+    }
+    let runs = engine.runs_in(&experiment_ids, view);
+    let run_ids: Vec<_> = runs.iter().map(|run| run.run_id).collect();
+    let summaries = engine.runs_metric_summaries(&run_ids).await?;
+    let candidates: Vec<SearchableRun> = runs
+        .into_iter()
+        .zip(summaries.iter())
+        .map(|(run, summaries)| SearchableRun {
+            run,
+            latest_metrics: summaries
+                .iter()
+                .map(|(key, summary)| (key.clone(), summary.latest_value))
+                .collect(),
+        })
+        .collect();
+    let summary_of: HashMap<_, &Vec<(String, KeySummary)>> =
+        run_ids.iter().copied().zip(summaries.iter()).collect();
+    let selected = select_runs(candidates, &filter, &order);
+    let page = paginate(selected, request.page_token.as_deref(), size)?;
+    let runs: Vec<RunJson> = page
+        .items
+        .iter()
+        .map(|candidate| {
+            let summaries = summary_of
+                .get(&candidate.run.run_id)
+                .map(|summaries| summaries.as_slice())
+                .unwrap_or(&[]);
+            RunJson::new(&candidate.run, summaries)
+        })
+        .collect();
+    Ok(page_response("runs", &runs, page.next_page_token))
+}

@@ -1,0 +1,339 @@
+//! MLflow's JSON shapes (protobuf JSON as MLflow's server writes it): int64
+//! fields as numbers, doubles with `"NaN"`/`"Infinity"`/`"-Infinity"`, and
+//! empty repeated fields left out. Requests accept int64 fields as numbers
+//! or strings, as protobuf's JSON parser does.
+
+use std::collections::BTreeMap;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize};
+
+use crate::model::float_json;
+use crate::model::{Dataset, DatasetInput, Experiment, KeySummary, Run};
+
+/// A key-value pair (`ExperimentTag`, `RunTag`, `Param`, `InputTag`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct KeyValue {
+    /// The key.
+    #[serde(default)]
+    pub key: String,
+    /// The value.
+    #[serde(default)]
+    pub value: String,
+}
+
+fn pairs(map: &BTreeMap<String, String>) -> Vec<KeyValue> {
+    map.iter()
+        .map(|(key, value)| KeyValue {
+            key: key.clone(),
+            value: value.clone(),
+        })
+        .collect()
+}
+
+/// `Experiment`.
+#[derive(Serialize)]
+pub struct ExperimentJson {
+    experiment_id: String,
+    name: String,
+    artifact_location: String,
+    lifecycle_stage: &'static str,
+    last_update_time: i64,
+    creation_time: i64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tags: Vec<KeyValue>,
+}
+
+impl From<&Experiment> for ExperimentJson {
+    fn from(experiment: &Experiment) -> Self {
+        ExperimentJson {
+            experiment_id: experiment.experiment_id.to_string(),
+            name: experiment.name.clone(),
+            artifact_location: experiment.artifact_location.clone(),
+            lifecycle_stage: experiment.lifecycle_stage.as_str(),
+            last_update_time: experiment.last_update_time,
+            creation_time: experiment.creation_time,
+            tags: pairs(&experiment.tags),
+        }
+    }
+}
+
+/// `RunInfo`.
+#[derive(Serialize)]
+pub struct RunInfoJson {
+    run_id: String,
+    run_uuid: String,
+    run_name: String,
+    experiment_id: String,
+    user_id: String,
+    status: &'static str,
+    start_time: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end_time: Option<i64>,
+    artifact_uri: String,
+    lifecycle_stage: &'static str,
+}
+
+impl From<&Run> for RunInfoJson {
+    fn from(run: &Run) -> Self {
+        RunInfoJson {
+            run_id: run.run_id.to_string(),
+            run_uuid: run.run_id.to_string(),
+            run_name: run.run_name.clone(),
+            experiment_id: run.experiment_id.to_string(),
+            user_id: run.user_id.clone(),
+            status: run.status.as_str(),
+            start_time: run.start_time,
+            end_time: run.end_time,
+            artifact_uri: run.artifact_uri.clone(),
+            lifecycle_stage: run.lifecycle_stage.as_str(),
+        }
+    }
+}
+
+/// `Metric`: one point (with `run_id` in bulk reads).
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct MetricJson {
+    /// The key.
+    pub key: String,
+    /// The value (NaN and infinities as strings).
+    #[serde(serialize_with = "float_json::serialize")]
+    pub value: f64,
+    /// Wall-clock time, ms since the epoch.
+    pub timestamp: i64,
+    /// The step.
+    pub step: i64,
+    /// The run, in multi-run reads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+}
+
+/// `Dataset`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct DatasetJson {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    digest: String,
+    #[serde(default)]
+    source_type: String,
+    #[serde(default)]
+    source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    schema: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    profile: Option<String>,
+}
+
+/// `DatasetInput`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct DatasetInputJson {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tags: Vec<KeyValue>,
+    #[serde(default)]
+    dataset: Option<DatasetJson>,
+}
+
+impl DatasetInputJson {
+    /// The model's form; `None` when the dataset is missing.
+    pub fn into_model(self) -> Option<DatasetInput> {
+        let dataset = self.dataset?;
+        Some(DatasetInput {
+            dataset: Dataset {
+                name: dataset.name,
+                digest: dataset.digest,
+                source_type: dataset.source_type,
+                source: dataset.source,
+                schema: dataset.schema.filter(|schema| !schema.is_empty()),
+                profile: dataset.profile.filter(|profile| !profile.is_empty()),
+            },
+            tags: self
+                .tags
+                .into_iter()
+                .map(|tag| (tag.key, tag.value))
+                .collect(),
+        })
+    }
+}
+
+impl From<&DatasetInput> for DatasetInputJson {
+    fn from(input: &DatasetInput) -> Self {
+        DatasetInputJson {
+            tags: pairs(&input.tags),
+            dataset: Some(DatasetJson {
+                name: input.dataset.name.clone(),
+                digest: input.dataset.digest.clone(),
+                source_type: input.dataset.source_type.clone(),
+                source: input.dataset.source.clone(),
+                schema: input.dataset.schema.clone(),
+                profile: input.dataset.profile.clone(),
+            }),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct RunDataJson {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    metrics: Vec<MetricJson>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    params: Vec<KeyValue>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tags: Vec<KeyValue>,
+}
+
+#[derive(Serialize)]
+struct RunInputsJson {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    dataset_inputs: Vec<DatasetInputJson>,
+}
+
+/// `Run`: info, data (latest metrics, params, tags) and inputs.
+#[derive(Serialize)]
+pub struct RunJson {
+    info: RunInfoJson,
+    data: RunDataJson,
+    inputs: RunInputsJson,
+}
+
+impl RunJson {
+    /// A run with the latest point of each of its metric keys.
+    pub fn new(run: &Run, summaries: &[(String, KeySummary)]) -> Self {
+        RunJson {
+            info: RunInfoJson::from(run),
+            data: RunDataJson {
+                metrics: summaries
+                    .iter()
+                    .map(|(key, summary)| MetricJson {
+                        key: key.clone(),
+                        value: summary.latest_value,
+                        timestamp: summary.latest_timestamp,
+                        step: summary.latest_step,
+                        run_id: None,
+                    })
+                    .collect(),
+                params: pairs(&run.params),
+                tags: pairs(&run.tags),
+            },
+            inputs: RunInputsJson {
+                dataset_inputs: run.inputs.iter().map(DatasetInputJson::from).collect(),
+            },
+        }
+    }
+}
+
+struct LenientI64;
+
+impl Visitor<'_> for LenientI64 {
+    type Value = i64;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("an integer, as a number or a string")
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<i64, E> {
+        Ok(value)
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<i64, E> {
+        i64::try_from(value).map_err(|_| E::custom(format!("{value} is out of range for int64")))
+    }
+
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<i64, E> {
+        if value.fract() == 0.0 && value.abs() < 9.2e18 {
+            Ok(value as i64)
+        } else {
+            Err(E::custom(format!("{value} is not an integer")))
+        }
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<i64, E> {
+        value
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| E::custom(format!("'{value}' is not an integer")))
+    }
+}
+
+/// Deserializes an optional int64 given as a number or a string.
+pub fn optional_i64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    struct Optional;
+    impl<'de> Visitor<'de> for Optional {
+        type Value = Option<i64>;
+        fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            formatter.write_str("an integer or null")
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Option<i64>, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Option<i64>, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, inner: D) -> Result<Option<i64>, D::Error> {
+            inner.deserialize_any(LenientI64).map(Some)
+        }
+        fn visit_i64<E: de::Error>(self, value: i64) -> Result<Option<i64>, E> {
+            LenientI64.visit_i64(value).map(Some)
+        }
+        fn visit_u64<E: de::Error>(self, value: u64) -> Result<Option<i64>, E> {
+            LenientI64.visit_u64(value).map(Some)
+        }
+        fn visit_f64<E: de::Error>(self, value: f64) -> Result<Option<i64>, E> {
+            LenientI64.visit_f64(value).map(Some)
+        }
+        fn visit_str<E: de::Error>(self, value: &str) -> Result<Option<i64>, E> {
+            LenientI64.visit_str(value).map(Some)
+        }
+    }
+    deserializer.deserialize_option(Optional)
+}
+
+/// Deserializes a list of strings that a query string may give as one
+/// value or several, and JSON as an array.
+pub fn string_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(deserializer)? {
+        None => Vec::new(),
+        Some(OneOrMany::One(value)) => vec![value],
+        Some(OneOrMany::Many(values)) => values,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct Request {
+        #[serde(default, deserialize_with = "optional_i64")]
+        start_time: Option<i64>,
+        #[serde(default, deserialize_with = "string_list")]
+        run_ids: Vec<String>,
+    }
+
+    #[test]
+    fn int64_fields_accept_numbers_and_strings() {
+        let parse = |text: &str| serde_json::from_str::<Request>(text).unwrap().start_time;
+        assert_eq!(parse(r#"{"start_time": 17}"#), Some(17));
+        assert_eq!(parse(r#"{"start_time": "17"}"#), Some(17));
+        assert_eq!(parse(r#"{"start_time": null}"#), None);
+        assert_eq!(parse("{}"), None);
+        assert!(serde_json::from_str::<Request>(r#"{"start_time": "x"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"start_time": 1.5}"#).is_err());
+    }
+
+    #[test]
+    fn query_strings_give_lists_and_numbers() {
+        let request: Request =
+            serde_html_form::from_str("run_ids=a&run_ids=b&start_time=5").unwrap();
+        assert_eq!(request.run_ids, ["a", "b"]);
+        assert_eq!(request.start_time, Some(5));
+        let single: Request = serde_html_form::from_str("run_ids=a").unwrap();
+        assert_eq!(single.run_ids, ["a"]);
+    }
+}
