@@ -626,3 +626,51 @@ fn native_and_mlflow_apis_share_one_store() {
     assert_eq!(native_view["metrics"]["loss"]["value"], 0.25);
     assert_eq!(native_view["metrics"]["loss"]["step"], 7);
 }
+
+#[test]
+fn long_values_are_truncated_and_enums_accepted_by_number_as_mlflow_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let run = server.post(
+        &format!("{API}/runs/create"),
+        &json!({"experiment_id": "0", "start_time": 1}),
+    );
+    let run_id = run["run"]["info"]["run_id"].as_str().unwrap().to_string();
+    server.post(
+        &format!("{API}/runs/log-parameter"),
+        &json!({"run_id": run_id, "key": "long", "value": "p".repeat(6001)}),
+    );
+    server.post(
+        &format!("{API}/runs/set-tag"),
+        &json!({"run_id": run_id, "key": "long", "value": "t".repeat(8001)}),
+    );
+    let updated = server.post(
+        &format!("{API}/runs/update"),
+        &json!({"run_id": run_id, "status": 4}),
+    );
+    assert_eq!(updated["run_info"]["status"], "FAILED");
+    let fetched = server.get(&format!("{API}/runs/get?run_id={run_id}"));
+    let value_of = |list: &str, key: &str| {
+        fetched["run"]["data"][list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|pair| pair["key"] == key)
+            .map(|pair| pair["value"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert_eq!(value_of("params", "long"), "p".repeat(6000));
+    assert_eq!(value_of("tags", "long"), "t".repeat(8000));
+    // The native API refuses what is over the limit instead.
+    let (status, _) = server.request(
+        "POST",
+        &format!("/api/v1/runs/{run_id}/params"),
+        Some(&json!({"other": "p".repeat(6001)})),
+    );
+    assert_eq!(status, 400);
+    let found = server.post(
+        &format!("{API}/runs/search"),
+        &json!({"experiment_ids": ["0"], "run_view_type": 3, "filter": "attributes.status = 'FAILED'"}),
+    );
+    assert_eq!(found["runs"][0]["info"]["run_id"], run_id.as_str());
+}

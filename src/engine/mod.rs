@@ -597,18 +597,43 @@ impl Engine {
         run_id: RunId,
         batch: MetricBatch,
     ) -> Result<usize, EngineError> {
+        self.log_metric_batches(vec![(run_id, batch)]).await
+    }
+
+    /// Logs metric points of several runs as one durable write (one WAL
+    /// record): every run must exist and be active and every batch be
+    /// valid, or nothing is written. Returns the number of points once all
+    /// are durable and visible to reads.
+    pub async fn log_metric_batches(
+        &self,
+        batches: Vec<(RunId, MetricBatch)>,
+    ) -> Result<usize, EngineError> {
         self.ensure_accepting()?;
-        batch.validate()?;
-        let experiment_id = {
+        let mut experiments = Vec::with_capacity(batches.len());
+        {
             let state = self.catalog.read();
-            let run = state.run(run_id).ok_or(CatalogError::RunNotFound(run_id))?;
-            ensure_run_active(run)?;
-            run.experiment_id
-        };
-        if batch.is_empty() {
+            for (run_id, batch) in &batches {
+                batch.validate()?;
+                let run = state
+                    .run(*run_id)
+                    .ok_or(CatalogError::RunNotFound(*run_id))?;
+                ensure_run_active(run)?;
+                experiments.push(run.experiment_id);
+            }
+        }
+        let mut routed: Vec<(RunId, MetricBatch)> = Vec::with_capacity(batches.len());
+        let mut experiment_ids = Vec::with_capacity(batches.len());
+        for ((run_id, batch), experiment_id) in batches.into_iter().zip(experiments) {
+            if !batch.is_empty() {
+                routed.push((run_id, batch));
+                experiment_ids.push(experiment_id);
+            }
+        }
+        let points: usize = routed.iter().map(|(_, batch)| batch.len()).sum();
+        if points == 0 {
             return Ok(0);
         }
-        let bytes = batch.len() as u64 * BYTES_PER_POINT;
+        let bytes = points as u64 * BYTES_PER_POINT;
         let buffered =
             self.ingester.stats().buffer_bytes() + self.in_flight_bytes.load(Ordering::Relaxed);
         if buffered + bytes > self.config.buffer_reject_bytes {
@@ -617,28 +642,42 @@ impl Engine {
                 limit: self.config.buffer_reject_bytes,
             });
         }
-        let body = WalRecordRef::Metrics {
-            run_id,
-            batch: &batch,
-        }
-        .encode()?;
+        let body = WalRecordRef::Metrics(&routed).encode()?;
         self.in_flight_bytes.fetch_add(bytes, Ordering::Relaxed);
         let _guard = InFlightGuard {
             counter: Arc::clone(&self.in_flight_bytes),
             bytes,
         };
-        let (applied, response) = oneshot::channel();
+        let mut signals = Vec::with_capacity(routed.len());
+        let mut responses = Vec::with_capacity(routed.len());
+        for _ in 0..routed.len() {
+            let (applied, response) = oneshot::channel();
+            signals.push(applied);
+            responses.push(response);
+        }
         let ingester = Arc::clone(&self.ingester);
         self.wal.append(
             body,
             Box::new(move |lsn, result| match result {
-                Ok(()) => ingester.apply(run_id, experiment_id, lsn, batch, Some(applied)),
+                Ok(()) => {
+                    for (((run_id, batch), experiment_id), applied) in
+                        routed.into_iter().zip(experiment_ids).zip(signals)
+                    {
+                        ingester.apply(run_id, experiment_id, lsn, batch, Some(applied));
+                    }
+                }
                 Err(error) => {
-                    let _ = applied.send(Err(IngestError::Wal(error)));
+                    for applied in signals {
+                        let _ = applied.send(Err(IngestError::Wal(error.clone())));
+                    }
                 }
             }),
         )?;
-        Ok(response.await.map_err(|_| EngineError::ShuttingDown)??)
+        let mut accepted = 0;
+        for response in responses {
+            accepted += response.await.map_err(|_| EngineError::ShuttingDown)??;
+        }
+        Ok(accepted)
     }
 
     /// The full series of one key of a run, in step order, buffered points

@@ -132,21 +132,25 @@ pub(crate) fn replay_wal(
                 catalog.replay(lsn, &mutation);
                 outcome.catalog_records += 1;
             }
-            WalRecord::Metrics { run_id, batch } => {
-                let persisted = covered
-                    .get(&run_id)
-                    .is_some_and(|ranges| ranges_contain(ranges, lsn));
-                if persisted {
-                    outcome.skipped_metric_records += 1;
-                    return Ok(());
-                }
-                match catalog.read().run(run_id).map(|run| run.experiment_id) {
-                    Some(experiment_id) => {
-                        ingester.apply(run_id, experiment_id, lsn, batch, None);
-                        outcome.metric_records += 1;
+            WalRecord::Metrics(runs) => {
+                for (run_id, batch) in runs {
+                    // Coverage is per run: a record of several runs may be
+                    // in one run's files and still only in another's WAL.
+                    let persisted = covered
+                        .get(&run_id)
+                        .is_some_and(|ranges| ranges_contain(ranges, lsn));
+                    if persisted {
+                        outcome.skipped_metric_records += 1;
+                        continue;
                     }
-                    None => {
-                        tracing::warn!(%run_id, lsn, "WAL holds metrics of an unknown run; skipped");
+                    match catalog.read().run(run_id).map(|run| run.experiment_id) {
+                        Some(experiment_id) => {
+                            ingester.apply(run_id, experiment_id, lsn, batch, None);
+                            outcome.metric_records += 1;
+                        }
+                        None => {
+                            tracing::warn!(%run_id, lsn, "WAL holds metrics of an unknown run; skipped");
+                        }
                     }
                 }
             }

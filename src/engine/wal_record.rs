@@ -15,13 +15,8 @@ const RECORD_VERSION: u8 = 2;
 pub enum WalRecord {
     /// A change to experiments, runs, params or tags.
     Catalog(CatalogMutation),
-    /// Metric points of one run.
-    Metrics {
-        /// The run.
-        run_id: RunId,
-        /// Its points.
-        batch: MetricBatch,
-    },
+    /// Metric points of one or more runs, written together.
+    Metrics(Vec<(RunId, MetricBatch)>),
 }
 
 /// The same record, borrowed, for encoding without copying a batch.
@@ -29,13 +24,8 @@ pub enum WalRecord {
 pub enum WalRecordRef<'a> {
     /// A change to experiments, runs, params or tags.
     Catalog(&'a CatalogMutation),
-    /// Metric points of one run.
-    Metrics {
-        /// The run.
-        run_id: RunId,
-        /// Its points.
-        batch: &'a MetricBatch,
-    },
+    /// Metric points of one or more runs, written together.
+    Metrics(&'a [(RunId, MetricBatch)]),
 }
 
 impl WalRecordRef<'_> {
@@ -85,17 +75,13 @@ mod tests {
         builder.push("acc", -1, 1001, f64::NEG_INFINITY);
         let batch = builder.finish();
         let run_id = RunId::new_random();
-        let body = WalRecordRef::Metrics {
-            run_id,
-            batch: &batch,
-        }
-        .encode()
-        .unwrap();
+        let body = WalRecordRef::Metrics(&[(run_id, batch.clone())])
+            .encode()
+            .unwrap();
         match WalRecord::decode(1, &body).unwrap() {
-            WalRecord::Metrics {
-                run_id: decoded_run,
-                batch: decoded,
-            } => {
+            WalRecord::Metrics(mut runs) => {
+                assert_eq!(runs.len(), 1);
+                let (decoded_run, decoded) = runs.remove(0);
                 assert_eq!(decoded_run, run_id);
                 assert_eq!(decoded.keys, batch.keys);
                 assert_eq!(decoded.steps, batch.steps);

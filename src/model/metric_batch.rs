@@ -94,6 +94,17 @@ impl MetricBatchBuilder {
         builder
     }
 
+    /// A builder that continues an existing batch.
+    pub fn from_batch(batch: MetricBatch) -> Self {
+        let key_lookup = batch
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(index, key)| (key.clone(), index as u32))
+            .collect();
+        MetricBatchBuilder { batch, key_lookup }
+    }
+
     /// Appends one point.
     pub fn push(&mut self, key: &str, step: i64, timestamp: i64, value: f64) {
         let index = self.intern(key);
@@ -122,6 +133,11 @@ impl MetricBatchBuilder {
     /// Number of points so far.
     pub fn len(&self) -> usize {
         self.batch.len()
+    }
+
+    /// Number of distinct keys so far.
+    pub fn key_count(&self) -> usize {
+        self.batch.keys.len()
     }
 
     /// Whether no point was pushed.

@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod ingest;
 pub mod mlflow;
 pub mod native;
 
@@ -41,6 +42,7 @@ pub fn router(engine: Arc<Engine>, config: &ServerConfig) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(prometheus_metrics))
         .merge(native::routes())
+        .merge(ingest::routes())
         .merge(mlflow::routes())
         .fallback(unknown_endpoint)
         .method_not_allowed_fallback(method_not_allowed)

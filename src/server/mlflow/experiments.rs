@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::request::{
     MlflowResult, body, parse_experiment_id, query, required, required_experiment_id,
 };
-use super::wire::{ExperimentJson, KeyValue, optional_i64};
+use super::wire::{self, ExperimentJson, KeyValue, optional_i64};
 use super::{empty, page_response, view_type};
 use crate::catalog::NewExperiment;
 use crate::engine::{Engine, ViewType};
@@ -90,6 +90,7 @@ pub(super) struct SearchExperiments {
     filter: Option<String>,
     #[serde(default)]
     order_by: Vec<String>,
+    #[serde(default, deserialize_with = "wire::view_type")]
     view_type: Option<String>,
 }
 

@@ -93,7 +93,7 @@ fn api() -> Router<Arc<Engine>> {
     }
     router
         .route("/runs/log-model", any(unsupported))
-        .route("/runs/log-outputs", any(unsupported))
+        .route("/runs/outputs", any(unsupported))
         .fallback(unknown)
 }
 

@@ -16,11 +16,12 @@ use serde_json::{Value, json};
 use super::request::{
     MlflowResult, body, invalid, missing, parse_experiment_id, query, required, required_run_id,
 };
-use super::wire::{DatasetInputJson, KeyValue, RunInfoJson, RunJson, optional_i64};
+use super::wire::{self, DatasetInputJson, KeyValue, RunInfoJson, RunJson, optional_i64};
 use super::{empty, page_response, view_type};
 use crate::catalog::{NewRun, RunUpdate};
 use crate::engine::{Engine, ViewType};
 use crate::model::float_json::JsonF64;
+use crate::model::validation::{KeyKind, MAX_PARAM_VALUE_LENGTH, MAX_TAG_VALUE_LENGTH};
 use crate::model::{
     ExperimentId, KeySummary, LifecycleStage, MetricBatchBuilder, Run, RunStatus, USER_TAG,
     now_millis,
@@ -38,6 +39,36 @@ pub const MAX_BATCH_PARAMS: usize = 100;
 pub const MAX_BATCH_TAGS: usize = 100;
 /// Most entities (metrics + params + tags) in one `log-batch` request.
 pub const MAX_BATCH_ENTITIES: usize = 1000;
+
+/// MLflow's server cuts param and tag values that are over its limits
+/// (with a warning) instead of refusing them (`MLFLOW_TRUNCATE_LONG_VALUES`,
+/// on by default), so a script that works against MLflow works here: the
+/// MLflow endpoints do the same. The native API refuses them instead.
+fn truncated(kind: KeyKind, key: &str, mut value: String) -> String {
+    let limit = match kind {
+        KeyKind::Param => MAX_PARAM_VALUE_LENGTH,
+        _ => MAX_TAG_VALUE_LENGTH,
+    };
+    if let Some((cut, _)) = value.char_indices().nth(limit) {
+        tracing::warn!(
+            key,
+            limit,
+            kind = ?kind,
+            "value over MLflow's length limit truncated, as MLflow's server does"
+        );
+        value.truncate(cut);
+    }
+    value
+}
+
+fn truncated_tags(tags: Vec<KeyValue>) -> Vec<(String, String)> {
+    tags.into_iter()
+        .map(|tag| {
+            let value = truncated(KeyKind::Tag, &tag.key, tag.value);
+            (tag.key, value)
+        })
+        .collect()
+}
 
 async fn run_json(engine: &Engine, run: &Run) -> MlflowResult<RunJson> {
     let summaries = engine.run_metric_summaries(run.run_id).await?;
@@ -77,11 +108,7 @@ pub(super) async fn create(
             user_id,
             start_time: request.start_time.unwrap_or_else(now_millis),
             params: Vec::new(),
-            tags: request
-                .tags
-                .into_iter()
-                .map(|tag| (tag.key, tag.value))
-                .collect(),
+            tags: truncated_tags(request.tags),
         })
         .await?;
     Ok(Json(json!({ "run": RunJson::new(&run, &[]) })))
@@ -104,6 +131,7 @@ pub(super) async fn get(State(engine): EngineState, uri: Uri) -> MlflowResult<Js
 pub(super) struct UpdateRun {
     run_id: Option<String>,
     run_uuid: Option<String>,
+    #[serde(default, deserialize_with = "wire::run_status")]
     status: Option<String>,
     #[serde(default, deserialize_with = "optional_i64")]
     end_time: Option<i64>,
@@ -182,9 +210,8 @@ pub(super) async fn set_tag(
     let request: SetTag = body(request)?;
     let run_id = required_run_id(&request.run_id, &request.run_uuid)?;
     let key = required(&request.key, "key")?.to_string();
-    engine
-        .set_run_tags(run_id, vec![(key, request.value)])
-        .await?;
+    let value = truncated(KeyKind::Tag, &key, request.value);
+    engine.set_run_tags(run_id, vec![(key, value)]).await?;
     Ok(empty())
 }
 
@@ -214,7 +241,11 @@ pub(super) async fn log_parameter(
     let request: LogParam = body(request)?;
     let run_id = required_run_id(&request.run_id, &request.run_uuid)?;
     let key = required(&request.key, "key")?.to_string();
-    let value = request.value.ok_or_else(|| missing("value"))?;
+    let value = truncated(
+        KeyKind::Param,
+        &key,
+        request.value.ok_or_else(|| missing("value"))?,
+    );
     engine.log_params(run_id, vec![(key, value)]).await?;
     Ok(empty())
 }
@@ -305,7 +336,8 @@ fn check_batch_limits(request: &LogBatch) -> MlflowResult<()> {
 fn batch_params(params: Vec<KeyValue>) -> MlflowResult<Vec<(String, String)>> {
     let mut seen: HashMap<String, String> = HashMap::with_capacity(params.len());
     let mut unique = Vec::with_capacity(params.len());
-    for param in params {
+    for mut param in params {
+        param.value = truncated(KeyKind::Param, &param.key, param.value);
         match seen.get(&param.key) {
             Some(value) if *value != param.value => {
                 return Err(invalid(format!(
@@ -340,11 +372,7 @@ pub(super) async fn log_batch(
     // or a changed param leaves the run as it was.
     batch.validate()?;
     let params = batch_params(request.params)?;
-    let tags: Vec<(String, String)> = request
-        .tags
-        .into_iter()
-        .map(|tag| (tag.key, tag.value))
-        .collect();
+    let tags = truncated_tags(request.tags);
     engine.run(run_id)?;
     // MLflow's order: params (where a conflict stops the request), then
     // metrics, then tags.
@@ -390,6 +418,7 @@ pub(super) struct SearchRuns {
     #[serde(default)]
     experiment_ids: Vec<String>,
     filter: Option<String>,
+    #[serde(default, deserialize_with = "wire::view_type")]
     run_view_type: Option<String>,
     #[serde(default, deserialize_with = "optional_i64")]
     max_results: Option<i64>,

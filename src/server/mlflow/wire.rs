@@ -288,6 +288,44 @@ pub fn optional_i64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option
     deserializer.deserialize_option(Optional)
 }
 
+/// Names of MLflow's `RunStatus` values, by number (1-based).
+pub const RUN_STATUS_NAMES: [&str; 5] = ["RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED"];
+/// Names of MLflow's `ViewType` values, by number (1-based).
+pub const VIEW_TYPE_NAMES: [&str; 3] = ["ACTIVE_ONLY", "DELETED_ONLY", "ALL"];
+
+fn enum_name<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    names: &'static [&'static str],
+) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NameOrNumber {
+        Name(String),
+        Number(i64),
+    }
+    match Option::<NameOrNumber>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(NameOrNumber::Name(name)) => Ok(Some(name)),
+        Some(NameOrNumber::Number(number)) => usize::try_from(number)
+            .ok()
+            .and_then(|number| number.checked_sub(1))
+            .and_then(|index| names.get(index))
+            .map(|name| Some(name.to_string()))
+            .ok_or_else(|| de::Error::custom(format!("{number} is not a valid enum value"))),
+    }
+}
+
+/// Deserializes a `RunStatus` given by name or by number, as protobuf's
+/// JSON parser accepts.
+pub fn run_status<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    enum_name(deserializer, &RUN_STATUS_NAMES)
+}
+
+/// Deserializes a `ViewType` given by name or by number.
+pub fn view_type<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    enum_name(deserializer, &VIEW_TYPE_NAMES)
+}
+
 /// Deserializes a list of strings that a query string may give as one
 /// value or several, and JSON as an array.
 pub fn string_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
@@ -325,6 +363,26 @@ mod tests {
         assert_eq!(parse("{}"), None);
         assert!(serde_json::from_str::<Request>(r#"{"start_time": "x"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"start_time": 1.5}"#).is_err());
+    }
+
+    #[test]
+    fn enums_by_name_or_number() {
+        #[derive(Deserialize)]
+        struct Update {
+            #[serde(default, deserialize_with = "run_status")]
+            status: Option<String>,
+        }
+        let parse = |text: &str| serde_json::from_str::<Update>(text).map(|update| update.status);
+        assert_eq!(
+            parse(r#"{"status": 3}"#).unwrap().as_deref(),
+            Some("FINISHED")
+        );
+        assert_eq!(
+            parse(r#"{"status": "KILLED"}"#).unwrap().as_deref(),
+            Some("KILLED")
+        );
+        assert_eq!(parse("{}").unwrap(), None);
+        assert!(parse(r#"{"status": 9}"#).is_err());
     }
 
     #[test]
