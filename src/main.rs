@@ -1,5 +1,5 @@
 //! The `stepstore` command line: `serve` runs the server on a data
-//! directory.
+//! directory; `bench` drives load against a server.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -12,6 +12,9 @@ use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
+use std::sync::atomic::Ordering;
+
+use stepstore::bench::BenchConfig;
 use stepstore::engine::{Engine, EngineConfig};
 use stepstore::ingest::IngestConfig;
 use stepstore::server::{self, ServerConfig};
@@ -29,6 +32,51 @@ struct Cli {
 enum Command {
     /// Run the server on a data directory.
     Serve(ServeArgs),
+    /// Drive ingest load against stepstore or any MLflow-compatible server
+    /// and report throughput and latency.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Base URL of the server.
+    #[arg(
+        long,
+        env = "STEPSTORE_BENCH_TARGET",
+        default_value = "http://127.0.0.1:5000"
+    )]
+    target: String,
+    /// mlflow (runs/log-batch, any MLflow-compatible server), or one of
+    /// stepstore's bulk paths: columnar, ndjson, arrow.
+    #[arg(long, default_value = "mlflow")]
+    protocol: String,
+    /// Runs to log to (at least --concurrency).
+    #[arg(long, default_value_t = 4)]
+    runs: usize,
+    /// Metric keys per run.
+    #[arg(long, default_value_t = 100)]
+    keys: usize,
+    /// Steps of every key per request (mlflow: keys x steps <= 1000).
+    #[arg(long, default_value_t = 10)]
+    steps_per_request: usize,
+    /// Runs per request (bulk protocols).
+    #[arg(long, default_value_t = 1)]
+    runs_per_request: usize,
+    /// Connections sending at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// How long to send, e.g. 30s, 2m.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Only generate request bodies (shows the generator's own ceiling).
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Threads of the generator's async runtime.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
 }
 
 #[derive(Args)]
@@ -80,7 +128,49 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => serve(args),
+        Command::Bench(args) => bench(args),
     }
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let config = BenchConfig {
+        target: args.target.trim_end_matches('/').to_string(),
+        protocol: args.protocol.parse()?,
+        runs: args.runs,
+        keys: args.keys,
+        steps_per_request: args.steps_per_request,
+        runs_per_request: args.runs_per_request,
+        concurrency: args.concurrency,
+        duration: args.duration,
+        dry_run: args.dry_run,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .thread_name("stepstore-bench")
+        .build()
+        .context("cannot start the async runtime")?;
+    let quiet = args.json;
+    let report = runtime.block_on(stepstore::bench::run(config, move |progress, elapsed| {
+        if quiet {
+            return;
+        }
+        let seconds = elapsed.as_secs_f64().max(1e-9);
+        let points = progress.points.load(Ordering::Relaxed);
+        eprintln!(
+            "  {:>5.1} s  {:>12.0} points/s  {:>9} requests  {} errors",
+            seconds,
+            points as f64 / seconds,
+            progress.requests.load(Ordering::Relaxed),
+            progress.errors.load(Ordering::Relaxed)
+        );
+    }))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

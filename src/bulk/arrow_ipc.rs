@@ -4,13 +4,14 @@
 //! timestamp). Dictionary-encoded `run_id` and `key` columns are the fast
 //! path: each distinct value is checked once, then rows are routed by index.
 
-use std::io::Cursor;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, DictionaryArray, RecordBatch, StringArray};
+use arrow::buffer::Buffer;
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type};
-use arrow::ipc::reader::StreamReader;
+use arrow::ipc::reader::StreamDecoder;
+use bytes::Bytes;
 
 use super::{BulkError, RunBatches, check_key, parse_run_id};
 use crate::model::{MetricBatchBuilder, RunId};
@@ -73,14 +74,19 @@ fn first_row_of(indices: &[i32], index: usize) -> usize {
 }
 
 /// Decodes an Arrow IPC stream; `now` stands in for missing timestamps.
-pub fn decode(body: &[u8], now: i64, max_points: usize) -> Result<RunBatches, BulkError> {
-    let reader = StreamReader::try_new(Cursor::new(body), None)
-        .map_err(|error| BulkError::Malformed(format!("not an Arrow IPC stream: {error}")))?;
+/// The body's buffers are used in place (no copy) where they are aligned.
+pub fn decode(body: Bytes, now: i64, max_points: usize) -> Result<RunBatches, BulkError> {
+    let malformed = |error: arrow::error::ArrowError| {
+        BulkError::Malformed(format!("bad Arrow IPC stream: {error}"))
+    };
+    let mut buffer = Buffer::from(body);
+    let mut decoder = StreamDecoder::new();
     let mut runs = RunBatches::new();
     let mut first_row = 0usize;
-    for batch in reader {
-        let batch = batch
-            .map_err(|error| BulkError::Malformed(format!("bad Arrow IPC stream: {error}")))?;
+    while !buffer.is_empty() {
+        let Some(batch) = decoder.decode(&mut buffer).map_err(malformed)? else {
+            continue;
+        };
         let rows = batch.num_rows();
         if runs.points() + rows > max_points {
             return Err(BulkError::TooManyPoints { limit: max_points });
@@ -89,6 +95,7 @@ pub fn decode(body: &[u8], now: i64, max_points: usize) -> Result<RunBatches, Bu
         runs.count(rows);
         first_row += rows;
     }
+    decoder.finish().map_err(malformed)?;
     Ok(runs)
 }
 
@@ -147,29 +154,45 @@ fn decode_batch(
         }
     }
 
-    // Route rows to their runs; per run, map dictionary keys to batch keys.
-    let mut key_maps: Vec<Vec<Option<u32>>> = vec![Vec::new(); run_texts.len()];
-    for row in 0..batch.num_rows() {
-        let run_index = run_indices[row] as usize;
-        let Some(run_id) = run_ids[run_index] else {
-            continue;
-        };
-        let key_index = key_indices[row] as usize;
-        let builder: &mut MetricBatchBuilder = runs.builder(run_id);
-        let key_map = &mut key_maps[run_index];
-        if key_map.is_empty() {
-            key_map.resize(key_texts.len(), None);
+    // Route rows to their runs, one run at a time (one builder lookup per
+    // run, not per row); per run, map dictionary keys to batch keys once.
+    let mut rows_of_run: Vec<Vec<u32>> = vec![Vec::new(); run_texts.len()];
+    let single_run = run_indices.iter().all(|&index| index == run_indices[0]);
+    if !single_run {
+        for (row, &run_index) in run_indices.iter().enumerate() {
+            rows_of_run[run_index as usize].push(row as u32);
         }
-        let batch_key = match key_map[key_index] {
-            Some(batch_key) => batch_key,
-            None => {
-                let batch_key = builder.intern(key_texts.value(key_index));
-                key_map[key_index] = Some(batch_key);
-                batch_key
-            }
+    }
+    let mut key_map: Vec<Option<u32>> = vec![None; key_texts.len()];
+    for (run_index, run_id) in run_ids.iter().enumerate() {
+        let Some(run_id) = *run_id else { continue };
+        let builder: &mut MetricBatchBuilder = runs.builder(run_id);
+        builder.reserve(if single_run {
+            batch.num_rows()
+        } else {
+            rows_of_run[run_index].len()
+        });
+        key_map.iter_mut().for_each(|slot| *slot = None);
+        let mut push = |row: usize| {
+            let key_index = key_indices[row] as usize;
+            let batch_key = match key_map[key_index] {
+                Some(batch_key) => batch_key,
+                None => {
+                    let batch_key = builder.intern(key_texts.value(key_index));
+                    key_map[key_index] = Some(batch_key);
+                    batch_key
+                }
+            };
+            let timestamp = timestamps.map_or(now, |timestamps| timestamps[row]);
+            builder.push_indexed(batch_key, steps[row], timestamp, values[row]);
         };
-        let timestamp = timestamps.map_or(now, |timestamps| timestamps[row]);
-        builder.push_indexed(batch_key, steps[row], timestamp, values[row]);
+        if single_run {
+            (0..batch.num_rows()).for_each(&mut push);
+        } else {
+            rows_of_run[run_index]
+                .iter()
+                .for_each(|&row| push(row as usize));
+        }
     }
     Ok(())
 }
@@ -233,7 +256,7 @@ mod tests {
             true,
         );
         let second = plain_batch(vec![RUN_B], vec!["acc"], vec![4], true);
-        let runs = decode(&stream(&[first, second]), 0, 100).unwrap();
+        let runs = decode(Bytes::from(stream(&[first, second])), 0, 100).unwrap();
         assert_eq!(runs.points(), 4);
         let batches = runs.finish();
         assert_eq!(batches.len(), 2);
@@ -251,12 +274,16 @@ mod tests {
     #[test]
     fn errors_name_the_row() {
         let bad_run = plain_batch(vec![RUN_A, "nope"], vec!["a", "b"], vec![1, 2], false);
-        let error = decode(&stream(&[bad_run]), 0, 100).err().unwrap();
+        let error = decode(Bytes::from(stream(&[bad_run])), 0, 100)
+            .err()
+            .unwrap();
         assert!(error.to_string().starts_with("row 1:"), "{error}");
 
         let first = plain_batch(vec![RUN_A], vec!["a"], vec![1], false);
         let bad_key = plain_batch(vec![RUN_A, RUN_A], vec!["ok", "../x"], vec![1, 2], false);
-        let error = decode(&stream(&[first, bad_key]), 0, 100).err().unwrap();
+        let error = decode(Bytes::from(stream(&[first, bad_key])), 0, 100)
+            .err()
+            .unwrap();
         assert!(error.to_string().starts_with("row 2:"), "{error}");
 
         let schema = Arc::new(Schema::new(vec![
@@ -275,16 +302,18 @@ mod tests {
             ],
         )
         .unwrap();
-        let error = decode(&stream(&[null_key]), 0, 100).err().unwrap();
+        let error = decode(Bytes::from(stream(&[null_key])), 0, 100)
+            .err()
+            .unwrap();
         assert_eq!(error.to_string(), "row 1: 'key' is null");
 
         assert!(matches!(
-            decode(b"not arrow", 0, 100),
+            decode(Bytes::from_static(b"not arrow"), 0, 100),
             Err(BulkError::Malformed(_))
         ));
         let many = plain_batch(vec![RUN_A; 3], vec!["a"; 3], vec![1, 2, 3], false);
         assert!(matches!(
-            decode(&stream(&[many]), 0, 2),
+            decode(Bytes::from(stream(&[many])), 0, 2),
             Err(BulkError::TooManyPoints { .. })
         ));
     }

@@ -8,7 +8,7 @@ use crate::model::{MetricBatch, RunId};
 use crate::wal::{Lsn, WalError};
 
 /// Version byte at the start of every record body.
-const RECORD_VERSION: u8 = 2;
+const RECORD_VERSION: u8 = 3;
 
 /// A decoded WAL record.
 #[derive(Debug, Deserialize)]

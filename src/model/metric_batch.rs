@@ -6,10 +6,14 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+pub mod codec;
+
 use super::validation::{KeyKind, ValidationError, validate_key};
 
-/// Metric points of one run, column by column.
+/// Metric points of one run, column by column. Serialised compactly (see
+/// [`codec`]): the WAL writes every point through this form.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(into = "codec::EncodedBatch", try_from = "codec::EncodedBatch")]
 pub struct MetricBatch {
     /// The distinct keys of the batch.
     pub keys: Vec<String>,
@@ -133,6 +137,14 @@ impl MetricBatchBuilder {
     /// Number of points so far.
     pub fn len(&self) -> usize {
         self.batch.len()
+    }
+
+    /// Makes room for `points` more points.
+    pub fn reserve(&mut self, points: usize) {
+        self.batch.key_indices.reserve(points);
+        self.batch.steps.reserve(points);
+        self.batch.timestamps.reserve(points);
+        self.batch.values.reserve(points);
     }
 
     /// Number of distinct keys so far.

@@ -63,7 +63,7 @@ async fn ingest(
             // Decoding a large body is CPU work: keep it off the I/O threads.
             tokio::task::spawn_blocking(move || {
                 if arrow {
-                    bulk::arrow_ipc::decode(&body, now, MAX_POINTS_PER_REQUEST)
+                    bulk::arrow_ipc::decode(body, now, MAX_POINTS_PER_REQUEST)
                 } else {
                     bulk::columnar::decode(&body, now, MAX_POINTS_PER_REQUEST)
                 }

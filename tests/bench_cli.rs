@@ -1,0 +1,96 @@
+//! `stepstore bench` against a real server, for each protocol: it sets up
+//! its experiment and runs, every point it counts as acknowledged is in the
+//! server (the server's own counter agrees), and there are no errors.
+
+mod common;
+
+use std::process::Command;
+
+use common::TestServer;
+use serde_json::Value;
+
+fn bench(server: &TestServer, protocol: &str, extra: &[&str]) -> Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_stepstore"))
+        .args([
+            "bench",
+            "--target",
+            &server.base_url,
+            "--protocol",
+            protocol,
+            "--runs",
+            "4",
+            "--keys",
+            "20",
+            "--steps-per-request",
+            "10",
+            "--concurrency",
+            "2",
+            "--duration",
+            "1s",
+            "--json",
+        ])
+        .args(extra)
+        .output()
+        .expect("run stepstore bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench {protocol} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|error| panic!("{error}: {stdout}"))
+}
+
+#[test]
+fn every_protocol_delivers_what_it_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    for (protocol, extra) in [
+        ("mlflow", &[][..]),
+        ("columnar", &["--runs-per-request", "2"][..]),
+        ("ndjson", &[][..]),
+        ("arrow", &["--runs-per-request", "2"][..]),
+    ] {
+        let before = server.metric("stepstore_points_ingested_total");
+        let report = bench(&server, protocol, extra);
+        let after = server.metric("stepstore_points_ingested_total");
+        let points = report["points"].as_f64().unwrap();
+        assert!(points > 0.0, "{protocol}: {report}");
+        assert_eq!(report["errors"], 0, "{protocol}: {report}");
+        assert_eq!(after - before, points, "{protocol}: {report}");
+        assert_eq!(
+            report["server_counter_deltas"]["stepstore_points_ingested_total"]
+                .as_f64()
+                .unwrap(),
+            points,
+            "{protocol}: {report}"
+        );
+        assert!(report["latency"]["p99_ms"].as_f64().unwrap() > 0.0);
+        // The points are readable: the first run has every key's first steps.
+        let experiment = report["experiment"].as_str().unwrap();
+        let found = server.get(&format!(
+            "/api/2.0/mlflow/experiments/get-by-name?experiment_name={experiment}"
+        ));
+        assert_eq!(found["experiment"]["name"], experiment);
+    }
+}
+
+#[test]
+fn refuses_settings_mlflow_cannot_take() {
+    let output = Command::new(env!("CARGO_BIN_EXE_stepstore"))
+        .args([
+            "bench",
+            "--protocol",
+            "mlflow",
+            "--keys",
+            "200",
+            "--steps-per-request",
+            "10",
+            "--dry-run",
+        ])
+        .output()
+        .expect("run stepstore bench");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("at most 1000 metrics"), "{stderr}");
+}
