@@ -97,8 +97,9 @@ struct ServeArgs {
     /// Ingest shard threads (default: one per CPU).
     #[arg(long, env = "STEPSTORE_SHARDS")]
     shards: Option<usize>,
-    /// Threads that write Parquet files.
-    #[arg(long, env = "STEPSTORE_PERSIST_THREADS", default_value_t = 1)]
+    /// Threads that write Parquet files (each file write waits on fsync,
+    /// so several overlap even on few cores: many small runs need them).
+    #[arg(long, env = "STEPSTORE_PERSIST_THREADS", default_value_t = 4)]
     persist_threads: usize,
     /// A run's buffer is persisted once it holds this many points.
     #[arg(long, env = "STEPSTORE_FLUSH_ROWS", default_value_t = 1_000_000)]

@@ -87,7 +87,7 @@ impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
             shards: 2,
-            persist_threads: 1,
+            persist_threads: 4,
             flush_rows: 1_000_000,
             flush_age: Duration::from_secs(300),
             buffer_budget_bytes: 512 << 20,
@@ -571,6 +571,36 @@ mod tests {
         assert!(ingester.stats().buffer_bytes() <= 2 << 20);
         assert_eq!(read(&ingester, small, "a").await.len(), 20_000);
         assert_eq!(read(&ingester, large, "a").await.len(), 100_000);
+        ingester.shutdown();
+    }
+
+    #[tokio::test]
+    async fn many_small_buffers_are_shed_together() {
+        // 400 runs of 500 points: no buffer is large, all together pass the
+        // budget; several must go at once or memory would never come back.
+        let dir = tempfile::tempdir().unwrap();
+        let config = IngestConfig {
+            shards: 1,
+            buffer_budget_bytes: 4 << 20,
+            ..IngestConfig::default()
+        };
+        let ingester = start(dir.path(), config);
+        let runs: Vec<RunId> = (0..400).map(|_| RunId::new_random()).collect();
+        for (index, run_id) in runs.iter().enumerate() {
+            ingester.apply(
+                *run_id,
+                ExperimentId::DEFAULT,
+                index as u64 + 1,
+                batch("a", 0..500),
+                None,
+            );
+        }
+        wait_until("buffers to drop under the budget", || {
+            ingester.stats().buffer_bytes() <= 4 << 20 && ingester.stats().files_persisted() > 1
+        });
+        for run_id in runs.iter().step_by(37) {
+            assert_eq!(read(&ingester, *run_id, "a").await.len(), 500);
+        }
         ingester.shutdown();
     }
 

@@ -18,8 +18,8 @@ use crate::storage::{PersistedFile, StorageError};
 
 /// How long a failed file write or compaction waits before it is retried.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
-/// Under memory pressure, buffers smaller than this are left alone.
-const MIN_SHED_BYTES: u64 = 64 * 1024;
+/// Under memory pressure, at least this much is frozen at a time.
+const MIN_SHED_BYTES: u64 = 1 << 20;
 
 /// A frozen chunk handed to the persister and not yet reported written.
 struct PendingChunk {
@@ -389,24 +389,44 @@ impl Shard {
         }
     }
 
-    /// Over the memory budget, freezes this shard's largest active buffer;
-    /// one at a time, since memory is only released once a frozen buffer is
-    /// written (freezing more meanwhile would only make smaller files).
+    /// Over the memory budget, freezes this shard's largest active buffers,
+    /// largest first, until a slice of the budget is freed (with many small
+    /// runs no single buffer may be large, so several go at once). Waits
+    /// for those writes before shedding again, since memory is only
+    /// released once a frozen buffer is written (freezing more meanwhile
+    /// would only make smaller files).
     fn shed_if_over_budget(&mut self) {
         if !self.pending.is_empty()
             || self.stats.buffer_bytes.load(Ordering::Relaxed) <= self.config.buffer_budget_bytes
         {
             return;
         }
-        let largest = self
+        let target = (self.config.buffer_budget_bytes / (16 * self.config.shards.max(1) as u64))
+            .max(MIN_SHED_BYTES);
+        let mut candidates: Vec<(u64, RunId)> = self
             .runs
             .iter()
             .map(|(run_id, run)| (run.active.bytes(), *run_id))
-            .filter(|(bytes, _)| *bytes >= MIN_SHED_BYTES)
-            .max();
-        if let Some((bytes, run_id)) = largest {
-            tracing::debug!(shard = self.index, %run_id, bytes, "over the buffer budget: persisting the largest buffer");
+            .filter(|(bytes, _)| *bytes > 0)
+            .collect();
+        candidates.sort_unstable_by(|a, b| b.cmp(a));
+        let mut freed = 0;
+        let mut frozen = 0;
+        for (bytes, run_id) in candidates {
+            if freed >= target {
+                break;
+            }
             self.freeze(run_id);
+            freed += bytes;
+            frozen += 1;
+        }
+        if frozen > 0 {
+            tracing::debug!(
+                shard = self.index,
+                frozen,
+                freed,
+                "over the buffer budget: persisting the largest buffers"
+            );
         }
     }
 

@@ -54,18 +54,28 @@ pub fn missing(field: &str) -> MlflowError {
 /// Parses a POST body (protobuf JSON; unknown fields are ignored). An empty
 /// body is an empty message.
 pub fn body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> MlflowResult<T> {
-    let bytes = body.map_err(|rejection| {
+    parse_body(&body_bytes(body)?)
+}
+
+/// The bytes of a POST body.
+pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> MlflowResult<Bytes> {
+    Ok(body.map_err(|rejection| {
         let error = extract::body_error(rejection);
         if error.status == StatusCode::PAYLOAD_TOO_LARGE {
             error
         } else {
             ApiError::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", error.message)
         }
-    })?;
+    })?)
+}
+
+/// Parses a POST body that may borrow from `bytes` (an empty body is an
+/// empty message).
+pub fn parse_body<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> MlflowResult<T> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return extract::parse_json(b"{}").map_err(MlflowError);
     }
-    extract::parse_json(&bytes).map_err(MlflowError)
+    extract::parse_json(bytes).map_err(MlflowError)
 }
 
 /// Parses a GET request's query string (lists as repeated keys).

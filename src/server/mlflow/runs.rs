@@ -2,6 +2,7 @@
 //! and the logging calls (`log-metric`, `log-parameter`, `log-batch`,
 //! `log-inputs`).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -14,7 +15,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::request::{
-    MlflowResult, body, invalid, missing, parse_experiment_id, query, required, required_run_id,
+    MlflowResult, body, body_bytes, invalid, missing, parse_body, parse_experiment_id, query,
+    required, required_run_id,
 };
 use super::wire::{self, DatasetInputJson, KeyValue, RunInfoJson, RunJson, optional_i64};
 use super::{empty, page_response, view_type};
@@ -250,10 +252,11 @@ pub(super) async fn log_parameter(
     Ok(empty())
 }
 
-/// A metric point as MLflow sends it.
+/// A metric point as MLflow sends it (the key borrowed from the body).
 #[derive(Deserialize)]
-pub(super) struct MetricIn {
-    key: Option<String>,
+pub(super) struct MetricIn<'a> {
+    #[serde(borrow)]
+    key: Option<Cow<'a, str>>,
     value: Option<JsonF64>,
     #[serde(default, deserialize_with = "optional_i64")]
     timestamp: Option<i64>,
@@ -262,15 +265,19 @@ pub(super) struct MetricIn {
 }
 
 #[derive(Deserialize)]
-pub(super) struct LogMetric {
+pub(super) struct LogMetric<'a> {
     run_id: Option<String>,
     run_uuid: Option<String>,
-    #[serde(flatten)]
-    metric: MetricIn,
+    #[serde(borrow, flatten)]
+    metric: MetricIn<'a>,
 }
 
-fn push_metric(builder: &mut MetricBatchBuilder, metric: &MetricIn) -> MlflowResult<()> {
-    let key = required(&metric.key, "key")?;
+fn push_metric(builder: &mut MetricBatchBuilder, metric: &MetricIn<'_>) -> MlflowResult<()> {
+    let key = metric
+        .key
+        .as_deref()
+        .filter(|key| !key.is_empty())
+        .ok_or_else(|| missing("key"))?;
     let value = metric.value.ok_or_else(|| missing("value"))?;
     let timestamp = metric.timestamp.ok_or_else(|| missing("timestamp"))?;
     if timestamp < 0 {
@@ -288,26 +295,30 @@ pub(super) async fn log_metric(
     State(engine): EngineState,
     request: Result<Bytes, BytesRejection>,
 ) -> MlflowResult<Json<Value>> {
-    let request: LogMetric = body(request)?;
-    let run_id = required_run_id(&request.run_id, &request.run_uuid)?;
-    let mut builder = MetricBatchBuilder::with_capacity(1);
-    push_metric(&mut builder, &request.metric)?;
-    engine.log_metrics(run_id, builder.finish()).await?;
+    let bytes = body_bytes(request)?;
+    let (run_id, batch) = {
+        let request: LogMetric<'_> = parse_body(&bytes)?;
+        let run_id = required_run_id(&request.run_id, &request.run_uuid)?;
+        let mut builder = MetricBatchBuilder::with_capacity(1);
+        push_metric(&mut builder, &request.metric)?;
+        (run_id, builder.finish())
+    };
+    engine.log_metrics(run_id, batch).await?;
     Ok(empty())
 }
 
 #[derive(Deserialize)]
-pub(super) struct LogBatch {
+pub(super) struct LogBatch<'a> {
     run_id: Option<String>,
-    #[serde(default)]
-    metrics: Vec<MetricIn>,
+    #[serde(default, borrow)]
+    metrics: Vec<MetricIn<'a>>,
     #[serde(default)]
     params: Vec<KeyValue>,
     #[serde(default)]
     tags: Vec<KeyValue>,
 }
 
-fn check_batch_limits(request: &LogBatch) -> MlflowResult<()> {
+fn check_batch_limits(request: &LogBatch<'_>) -> MlflowResult<()> {
     let limits = [
         ("metrics", request.metrics.len(), MAX_BATCH_METRICS),
         ("params", request.params.len(), MAX_BATCH_PARAMS),
@@ -360,19 +371,22 @@ pub(super) async fn log_batch(
     State(engine): EngineState,
     request: Result<Bytes, BytesRejection>,
 ) -> MlflowResult<Json<Value>> {
-    let request: LogBatch = body(request)?;
-    let run_id = required_run_id(&request.run_id, &None)?;
-    check_batch_limits(&request)?;
-    let mut builder = MetricBatchBuilder::with_capacity(request.metrics.len());
-    for metric in &request.metrics {
-        push_metric(&mut builder, metric)?;
-    }
-    let batch = builder.finish();
-    // Everything is validated before anything is written: a bad metric key
-    // or a changed param leaves the run as it was.
-    batch.validate()?;
-    let params = batch_params(request.params)?;
-    let tags = truncated_tags(request.tags);
+    let bytes = body_bytes(request)?;
+    let (run_id, batch, params, tags) = {
+        let request: LogBatch<'_> = parse_body(&bytes)?;
+        let run_id = required_run_id(&request.run_id, &None)?;
+        check_batch_limits(&request)?;
+        let mut builder = MetricBatchBuilder::with_capacity(request.metrics.len());
+        for metric in &request.metrics {
+            push_metric(&mut builder, metric)?;
+        }
+        let batch = builder.finish();
+        // Everything is validated before anything is written: a bad metric
+        // key or a changed param leaves the run as it was.
+        batch.validate()?;
+        let params = batch_params(request.params)?;
+        (run_id, batch, params, truncated_tags(request.tags))
+    };
     engine.run(run_id)?;
     // MLflow's order: params (where a conflict stops the request), then
     // metrics, then tags.
