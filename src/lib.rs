@@ -8,9 +8,11 @@
 pub mod catalog;
 pub mod engine;
 pub mod error_kind;
+pub mod import;
 pub mod ingest;
 pub mod model;
 pub mod observability;
+pub mod scalars;
 pub mod search;
 pub mod server;
 pub mod storage;

@@ -5,6 +5,8 @@ pub mod error;
 pub mod extract;
 pub mod mlflow;
 pub mod native;
+pub mod scalars;
+pub mod tensorboard;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -42,6 +44,8 @@ pub fn router(engine: Arc<Engine>, config: &ServerConfig) -> Router {
         .route("/metrics", get(prometheus_metrics))
         .merge(native::routes())
         .merge(mlflow::routes())
+        .merge(scalars::routes())
+        .merge(tensorboard::routes())
         .fallback(unknown_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_request_bytes))
