@@ -89,7 +89,7 @@ fn series_split_between_files_and_buffers_come_back_whole_and_downsampled_with_s
     // The default budget: at most 1,000 points, spikes, NaN, ends kept.
     let body = server.get(&format!("/api/v1/runs/{run_id}/metrics/train/loss"));
     let steps = numbers(&body, "steps");
-    assert!(steps.len() <= 1000, "{} points", steps.len() + 0);
+    assert!(steps.len() <= 1000, "{} points", steps.len());
     assert!(steps.len() >= 500);
     assert_eq!(body["total_points"], n);
     assert_eq!(body["downsampled"], true);

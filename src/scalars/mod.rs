@@ -85,9 +85,9 @@ impl KeyPattern {
     pub fn parse(text: &str) -> Result<KeyPattern, ScalarError> {
         if text.contains(['*', '?']) {
             if text.len() > 500 {
+                let start: String = text.chars().take(40).collect();
                 return Err(ScalarError::Invalid(format!(
-                    "key pattern '{}...' is longer than 500 characters",
-                    &text[..text.floor_char_boundary(40)]
+                    "key pattern '{start}...' is longer than 500 characters"
                 )));
             }
             Ok(KeyPattern::Glob(text.to_string()))

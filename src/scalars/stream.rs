@@ -37,6 +37,10 @@ use crate::storage::PersistedFile;
 /// Rows decoded per Parquet batch: bounds a file source's memory.
 const BATCH_ROWS: usize = 32 * 1024;
 
+/// Takes ordered slices of steps, timestamps and values; returns `false`
+/// to stop the read.
+pub type SliceSink<'a> = dyn FnMut(&[i64], &[i64], &[f64]) -> Result<bool, ScalarError> + 'a;
+
 /// Inclusive step bounds applied while reading (`None`: unbounded).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StepBounds {
@@ -399,7 +403,7 @@ impl SeriesSnapshot {
     pub fn for_each_slice(
         &self,
         bounds: StepBounds,
-        sink: &mut dyn FnMut(&[i64], &[i64], &[f64]) -> Result<bool, ScalarError>,
+        sink: &mut SliceSink<'_>,
     ) -> Result<(), ScalarError> {
         let mut sources: Vec<Box<dyn BlockSource>> = self
             .files
@@ -419,7 +423,7 @@ impl SeriesSnapshot {
 /// k-way merge of sorted sources; ties go to the lower source index.
 fn merge(
     mut sources: Vec<Box<dyn BlockSource>>,
-    sink: &mut dyn FnMut(&[i64], &[i64], &[f64]) -> Result<bool, ScalarError>,
+    sink: &mut SliceSink<'_>,
 ) -> Result<(), ScalarError> {
     let mut heads: Vec<Option<Block>> = Vec::with_capacity(sources.len());
     for source in &mut sources {

@@ -49,7 +49,7 @@ pub enum TfRecordError {
 /// The masked CRC32C TFRecord stores.
 pub fn masked_crc32c(data: &[u8]) -> u32 {
     let crc = crc32c::crc32c(data);
-    ((crc >> 15) | (crc << 17)).wrapping_add(0xa282_ead8)
+    crc.rotate_right(15).wrapping_add(0xa282_ead8)
 }
 
 /// Writes one record (used by tests and tools that produce event files).
