@@ -224,3 +224,76 @@ fn send_stored(
     }
     Ok((max_step, open))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::NewRun;
+    use crate::engine::EngineConfig;
+    use crate::ingest::live::CHANNEL_CAPACITY;
+    use crate::model::{ExperimentId, MetricBatchBuilder};
+    use crate::wal::SyncPolicy;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follower_that_falls_behind_is_told_where_to_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = EngineConfig::new(dir.path());
+        config.wal_sync = SyncPolicy::Off;
+        let engine = Engine::open(config).unwrap();
+        let run = engine
+            .create_run(NewRun {
+                experiment_id: ExperimentId::DEFAULT,
+                run_name: None,
+                user_id: String::new(),
+                start_time: 0,
+                params: Vec::new(),
+                tags: Vec::new(),
+            })
+            .await
+            .unwrap();
+        // A receiver that is not read: the follower blocks, then lags.
+        let (sender, mut receiver) = mpsc::channel(1);
+        let request = FollowRequest {
+            run_id: run.run_id,
+            keys: Vec::new(),
+            after_step: None,
+        };
+        let task = tokio::spawn(follow(Arc::clone(&engine), request, sender));
+        while engine.live().followers() == 0 {
+            tokio::task::yield_now().await;
+        }
+        for step in 0..(CHANNEL_CAPACITY as i64 + 100) {
+            let mut builder = MetricBatchBuilder::new();
+            builder.push("loss", step, step, step as f64);
+            engine
+                .log_metrics(run.run_id, builder.finish())
+                .await
+                .unwrap();
+        }
+        let mut steps = Vec::new();
+        let resume = loop {
+            match receiver.recv().await {
+                Some(FollowEvent::Points(points)) => {
+                    steps.extend(points.iter().map(|point| point.step))
+                }
+                Some(FollowEvent::Lagged { resume_after_step }) => break resume_after_step,
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        assert!(!steps.is_empty());
+        assert_eq!(
+            steps,
+            (0..steps.len() as i64).collect::<Vec<_>>(),
+            "no gap before the notice"
+        );
+        assert_eq!(
+            resume,
+            steps.last().copied(),
+            "resume after the last step sent"
+        );
+        assert!(receiver.recv().await.is_none(), "the stream ends");
+        task.await.unwrap();
+        assert_eq!(engine.live().followers(), 0);
+        engine.shutdown().unwrap();
+    }
+}
