@@ -205,7 +205,11 @@ impl SeriesSources {
                 chunk.collect_key(id, &mut buffered);
             }
         }
-        buffered.extend(&self.active);
+        if buffered.is_empty() {
+            buffered = self.active;
+        } else {
+            buffered.extend(&self.active);
+        }
         (self.files, buffered)
     }
 }

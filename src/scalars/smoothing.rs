@@ -34,7 +34,13 @@ impl Ema {
             return value;
         }
         self.accumulated = self.accumulated * self.weight + (1.0 - self.weight) * value;
-        self.weight_power *= self.weight;
+        // Once `1 - w^n` is 1.0 in f64, stop multiplying: `w^n` would sink
+        // into subnormal numbers, whose arithmetic is many times slower.
+        if self.weight_power > 1e-20 {
+            self.weight_power *= self.weight;
+        } else {
+            self.weight_power = 0.0;
+        }
         self.accumulated / (1.0 - self.weight_power)
     }
 }
