@@ -1,5 +1,6 @@
 //! The `stepstore` command line: `serve` runs the server on a data
-//! directory; `bench` drives load against a server.
+//! directory; `bench` drives load against a server; `import tensorboard`
+//! moves TensorBoard event files into a data directory.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -35,6 +36,10 @@ enum Command {
     /// Drive ingest load against stepstore or any MLflow-compatible server
     /// and report throughput and latency.
     Bench(BenchArgs),
+    /// Import metric history from other tools into a data directory (stop
+    /// the server on it first).
+    #[command(subcommand)]
+    Import(ImportCommand),
 }
 
 #[derive(Args)]
@@ -77,6 +82,25 @@ struct BenchArgs {
     /// Threads of the generator's async runtime.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+}
+
+#[derive(Subcommand)]
+enum ImportCommand {
+    /// TensorBoard event files: each run directory under LOGDIR becomes a
+    /// run, each scalar tag a key.
+    Tensorboard(TensorboardImportArgs),
+}
+
+#[derive(Args)]
+struct TensorboardImportArgs {
+    /// The TensorBoard log directory.
+    logdir: PathBuf,
+    /// Experiment to import into (created if missing).
+    #[arg(long)]
+    experiment: String,
+    /// Data directory (created if missing).
+    #[arg(long, env = "STEPSTORE_DATA_DIR", default_value = "./stepstore-data")]
+    data_dir: PathBuf,
 }
 
 #[derive(Args)]
@@ -130,6 +154,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(args),
         Command::Bench(args) => bench(args),
+        Command::Import(ImportCommand::Tensorboard(args)) => import_tensorboard(args),
     }
 }
 
@@ -220,6 +245,57 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let stopped = engine.shutdown();
     served?;
     stopped.context("shutdown could not persist every buffer (the WAL keeps the data)")?;
+    Ok(())
+}
+
+fn import_tensorboard(args: TensorboardImportArgs) -> anyhow::Result<()> {
+    let engine = Engine::open(EngineConfig::new(&args.data_dir))
+        .with_context(|| format!("cannot open data directory {}", args.data_dir.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let progress = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({eta}) {msg}",
+        )
+        .context("progress bar template")?,
+    );
+    let imported = runtime.block_on(stepstore::import::tensorboard::import_logdir(
+        &engine,
+        &args.logdir,
+        &args.experiment,
+        &progress,
+    ));
+    let stopped = engine.shutdown();
+    let summary =
+        imported.with_context(|| format!("import of {} failed", args.logdir.display()))?;
+    stopped.context("shutdown could not persist every buffer (the WAL keeps the data)")?;
+    println!(
+        "imported {} runs, {} points from {} event files into experiment '{}'",
+        summary.runs.len(),
+        summary.points,
+        summary.files,
+        args.experiment
+    );
+    for (name, run_id) in &summary.runs {
+        println!("  {run_id}  {name}");
+    }
+    for name in &summary.skipped_existing {
+        println!("skipped {name}: the experiment already has a run of that name");
+    }
+    for name in &summary.without_scalars {
+        println!("skipped {name}: no scalars");
+    }
+    for (tag, key) in &summary.renamed_tags {
+        println!("tag '{tag}' imported as key '{key}'");
+    }
+    for tag in &summary.skipped_tags {
+        println!("tag '{tag}' skipped: no valid key can be made of it");
+    }
+    for path in &summary.truncated_files {
+        println!("{} ends inside a record; read up to it", path.display());
+    }
     Ok(())
 }
 

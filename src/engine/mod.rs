@@ -24,7 +24,7 @@ use crate::catalog::{
     ensure_run_active, snapshot,
 };
 use crate::error_kind::{Classify, ErrorKind};
-use crate::ingest::{BYTES_PER_POINT, IngestConfig, IngestError, Ingester};
+use crate::ingest::{BYTES_PER_POINT, IngestConfig, IngestError, Ingester, LiveHub, SeriesSources};
 use crate::model::validation::{KeyKind, validate_key};
 use crate::model::{
     DatasetInput, Experiment, ExperimentId, KeySummary, LifecycleStage, MetricBatch, MetricSeries,
@@ -531,6 +531,7 @@ impl Engine {
         wait_durable(ticket).await?;
         if ends {
             self.ingester.run_ended(run_id);
+            self.ingester.live().publish_end(run_id, run.status);
         }
         Ok(run)
     }
@@ -695,6 +696,24 @@ impl Engine {
             .await
             .map_err(|error| EngineError::Task(error.to_string()))?
             .map_err(EngineError::from)
+    }
+
+    /// Where the points of one key of a run are (files, frozen chunks and
+    /// a copy of the key's points in the active buffer), captured
+    /// atomically, for readers that stream them.
+    pub async fn series_sources(
+        &self,
+        run_id: RunId,
+        key: &str,
+    ) -> Result<SeriesSources, EngineError> {
+        validate_key(KeyKind::Metric, key)?;
+        self.catalog.run(run_id)?;
+        Ok(self.ingester.series_sources(run_id, key).await?)
+    }
+
+    /// Live notifications of acknowledged points and run ends, per run.
+    pub fn live(&self) -> &Arc<LiveHub> {
+        self.ingester.live()
     }
 
     // ---- operations --------------------------------------------------

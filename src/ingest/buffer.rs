@@ -88,7 +88,14 @@ impl ActiveBuffer {
         let steps = self.steps.values_slice();
         let timestamps = self.timestamps.values_slice();
         let values = self.values.values_slice();
-        for (row, &id) in self.key_ids.values_slice().iter().enumerate() {
+        let ids = self.key_ids.values_slice();
+        // Reserve exactly: a key of a large buffer would otherwise grow
+        // its columns by doubling (twice the memory, and copies).
+        let count = ids.iter().filter(|&&id| id == key_id).count();
+        out.steps.reserve(count);
+        out.timestamps.reserve(count);
+        out.values.reserve(count);
+        for (row, &id) in ids.iter().enumerate() {
             if id == key_id {
                 out.push(steps[row], timestamps[row], values[row]);
             }

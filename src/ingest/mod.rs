@@ -9,6 +9,7 @@
 //! control channel so they never wait behind a full data channel.
 
 mod buffer;
+pub mod live;
 mod persister;
 mod run_state;
 mod shard;
@@ -28,6 +29,7 @@ use crate::storage::{MetricsLayout, PersistedFile, StorageError};
 use crate::wal::{Lsn, WalError};
 
 pub use buffer::{BYTES_PER_POINT, FrozenChunk};
+pub use live::{LiveEvent, LiveHub, LiveSubscription};
 
 /// Errors of the ingester.
 #[derive(Debug, Error)]
@@ -157,6 +159,8 @@ pub struct SeriesSources {
     frozen: Vec<Arc<FrozenChunk>>,
     key_id: Option<u32>,
     active: MetricSeries,
+    applied_lsn: Lsn,
+    summary: Option<KeySummary>,
 }
 
 impl SeriesSources {
@@ -175,6 +179,38 @@ impl SeriesSources {
         series.extend(&self.active);
         series.sort_by_step_and_time();
         Ok(series)
+    }
+
+    /// The highest WAL record applied to the run when the sources were
+    /// captured: every point of a record up to it is in the sources, none
+    /// of a later one.
+    pub fn applied_lsn(&self) -> Lsn {
+        self.applied_lsn
+    }
+
+    /// The key's summary (count, step range, ...) at capture time: it
+    /// covers exactly the captured points. `None` when the run has no
+    /// point of the key.
+    pub fn summary(&self) -> Option<KeySummary> {
+        self.summary
+    }
+
+    /// The files (in sequence order) and a copy of the key's buffered
+    /// points (frozen chunks, then the active buffer; in logged order), for
+    /// readers that stream the files themselves. Blocking.
+    pub fn into_parts(self) -> (Vec<Arc<PersistedFile>>, MetricSeries) {
+        let mut buffered = MetricSeries::default();
+        if let Some(id) = self.key_id {
+            for chunk in &self.frozen {
+                chunk.collect_key(id, &mut buffered);
+            }
+        }
+        if buffered.is_empty() {
+            buffered = self.active;
+        } else {
+            buffered.extend(&self.active);
+        }
+        (self.files, buffered)
     }
 }
 
@@ -227,6 +263,7 @@ pub struct Ingester {
     persist_jobs: Mutex<Option<Sender<persister::PersistJob>>>,
     stats: Arc<IngestStats>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    live: Arc<LiveHub>,
 }
 
 impl Ingester {
@@ -238,6 +275,7 @@ impl Ingester {
     ) -> Result<Ingester, IngestError> {
         let shard_count = config.shards.max(1);
         let stats = Arc::new(IngestStats::default());
+        let live = Arc::new(LiveHub::default());
         let (job_sender, job_receiver) = unbounded();
         let mut threads = Vec::new();
         for index in 0..config.persist_threads.max(1) {
@@ -263,7 +301,8 @@ impl Ingester {
                 job_sender.clone(),
                 control_sender.clone(),
                 runs,
-            );
+            )
+            .with_live(Arc::clone(&live));
             threads.push(spawn(format!("stepstore-shard-{index}"), move || {
                 shard.run(data_receiver, control_receiver)
             })?);
@@ -277,6 +316,7 @@ impl Ingester {
             persist_jobs: Mutex::new(Some(job_sender)),
             stats,
             threads: Mutex::new(threads),
+            live,
         })
     }
 
@@ -423,6 +463,11 @@ impl Ingester {
     /// Counters.
     pub fn stats(&self) -> &IngestStats {
         &self.stats
+    }
+
+    /// Live notifications of applied points, per run.
+    pub fn live(&self) -> &Arc<LiveHub> {
+        &self.live
     }
 
     /// Stops every thread (buffers are not persisted: call

@@ -25,6 +25,8 @@ pub(crate) struct RunState {
     pub(crate) compacting: bool,
     pub(crate) compaction_retry_at: Option<std::time::Instant>,
     pub(crate) ended: bool,
+    /// The last WAL record applied to the run by this process.
+    applied_lsn: Lsn,
 }
 
 impl RunState {
@@ -49,6 +51,7 @@ impl RunState {
             compacting: false,
             compaction_retry_at: None,
             ended: false,
+            applied_lsn: 0,
         };
         for (key, summary) in summaries {
             let id = run.intern(&key) as usize;
@@ -85,6 +88,7 @@ impl RunState {
 
     /// Buffers the points of WAL record `lsn` and updates the summaries.
     pub(crate) fn apply(&mut self, lsn: Lsn, batch: &MetricBatch) {
+        self.applied_lsn = self.applied_lsn.max(lsn);
         let mapping: Vec<u32> = batch.keys.iter().map(|key| self.intern(key)).collect();
         let key_ids: Vec<u32> = batch
             .key_indices
@@ -149,6 +153,8 @@ impl RunState {
             },
             key_id,
             active,
+            applied_lsn: self.applied_lsn,
+            summary: key_id.and_then(|id| self.summaries[id as usize]),
         }
     }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::live::LiveHub;
 use super::persister::PersistJob;
 use super::run_state::RunState;
 use super::{ControlMessage, DataMessage, IngestConfig, IngestStats, LoadedRun, SeriesSources};
@@ -40,6 +41,7 @@ pub(crate) struct Shard {
     next_chunk_id: u64,
     flush_waiters: Vec<Sender<Result<(), String>>>,
     last_tick: Instant,
+    live: Arc<LiveHub>,
 }
 
 impl Shard {
@@ -72,7 +74,14 @@ impl Shard {
             next_chunk_id: 1,
             flush_waiters: Vec::new(),
             last_tick: Instant::now(),
+            live: Arc::default(),
         }
+    }
+
+    /// Publishes applied batches to `live`'s followers.
+    pub(crate) fn with_live(mut self, live: Arc<LiveHub>) -> Self {
+        self.live = live;
+        self
     }
 
     /// The shard loop; returns on `Shutdown`.
@@ -122,6 +131,7 @@ impl Shard {
                 if let Some(applied) = applied {
                     let _ = applied.send(Ok(points));
                 }
+                self.live.publish_points(run_id, lsn, &batch);
                 if full {
                     self.freeze(run_id);
                 }
@@ -156,6 +166,8 @@ impl Shard {
                         frozen: Vec::new(),
                         key_id: None,
                         active: MetricSeries::default(),
+                        applied_lsn: 0,
+                        summary: None,
                     },
                 };
                 let _ = reply.send(sources);

@@ -6,6 +6,8 @@ pub mod extract;
 pub mod ingest;
 pub mod mlflow;
 pub mod native;
+pub mod scalars;
+pub mod tensorboard;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -44,6 +46,8 @@ pub fn router(engine: Arc<Engine>, config: &ServerConfig) -> Router {
         .merge(native::routes())
         .merge(ingest::routes())
         .merge(mlflow::routes())
+        .merge(scalars::routes())
+        .merge(tensorboard::routes())
         .fallback(unknown_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_request_bytes))

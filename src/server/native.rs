@@ -10,8 +10,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+
 use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -66,10 +65,7 @@ pub fn routes() -> Router<Arc<Engine>> {
         .route("/api/v1/runs/{run_id}/tags", post(set_run_tags))
         .route("/api/v1/runs/{run_id}/tags/{*key}", delete(delete_run_tag))
         .route("/api/v1/runs/{run_id}/metrics", post(log_metrics))
-        .route(
-            "/api/v1/runs/{run_id}/metrics/{*key}",
-            get(get_metric_series),
-        )
+    // GET .../metrics and .../metrics/{*key}: server::scalars.
 }
 
 // ---- shapes -----------------------------------------------------------
@@ -128,15 +124,6 @@ struct RunWithMetrics {
     #[serde(flatten)]
     run: Run,
     metrics: BTreeMap<String, MetricSummaryJson>,
-}
-
-#[derive(Serialize)]
-struct SeriesJson<'a> {
-    key: &'a str,
-    steps: &'a [i64],
-    timestamps: &'a [i64],
-    #[serde(serialize_with = "float_json::serialize_slice")]
-    values: &'a [f64],
 }
 
 /// Turns a JSON scalar into the string MLflow would store.
@@ -544,28 +531,6 @@ async fn log_metrics(
     };
     let accepted = engine.log_metrics(id, batch).await?;
     Ok(Json(json!({ "accepted": accepted })))
-}
-
-async fn get_metric_series(
-    State(engine): EngineState,
-    Path((id, key)): Path<(String, String)>,
-) -> ApiResult<Response> {
-    let id = run_id(&id)?;
-    let series = engine.metric_series(id, &key).await?;
-    let body = serde_json::to_vec(&SeriesJson {
-        key: &key,
-        steps: &series.steps,
-        timestamps: &series.timestamps,
-        values: &series.values,
-    })
-    .map_err(|error| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "INTERNAL_ERROR",
-            error.to_string(),
-        )
-    })?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 #[cfg(test)]

@@ -231,9 +231,10 @@ impl TestServer {
         run["run_id"].as_str().expect("run_id").to_string()
     }
 
-    /// Reads one series as (steps, timestamps, values).
+    /// Reads one whole series as (steps, timestamps, values)
+    /// (`max_points=0`: every point, no downsampling).
     pub fn series(&self, run_id: &str, key: &str) -> (Vec<i64>, Vec<i64>, Vec<f64>) {
-        let body = self.get(&format!("/api/v1/runs/{run_id}/metrics/{key}"));
+        let body = self.get(&format!("/api/v1/runs/{run_id}/metrics/{key}?max_points=0"));
         let steps = body["steps"]
             .as_array()
             .expect("steps")
