@@ -11,6 +11,7 @@ pub mod error_kind;
 pub mod ingest;
 pub mod model;
 pub mod observability;
+pub mod query;
 pub mod server;
 pub mod storage;
 pub mod wal;

@@ -1,5 +1,6 @@
 //! The `stepstore` command line: `serve` runs the server on a data
-//! directory.
+//! directory; `sql` runs one read-only SQL query against a data directory
+//! (offline) or a running server.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -17,6 +18,8 @@ use stepstore::ingest::IngestConfig;
 use stepstore::server::{self, ServerConfig};
 use stepstore::wal::SyncPolicy;
 
+mod sql_cli;
+
 /// stepstore: an experiment-tracking metrics engine.
 #[derive(Parser)]
 #[command(version, about)]
@@ -29,6 +32,8 @@ struct Cli {
 enum Command {
     /// Run the server on a data directory.
     Serve(ServeArgs),
+    /// Run one read-only SQL query against a data directory or a server.
+    Sql(sql_cli::SqlArgs),
 }
 
 #[derive(Args)]
@@ -68,6 +73,8 @@ struct ServeArgs {
     /// Largest request body in MiB.
     #[arg(long, env = "STEPSTORE_MAX_REQUEST_MB", default_value_t = 64)]
     max_request_mb: usize,
+    #[command(flatten)]
+    sql_limits: sql_cli::SqlLimits,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -80,6 +87,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => serve(args),
+        Command::Sql(args) => sql_cli::run(args),
     }
 }
 
@@ -120,6 +128,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("stepstore listening on http://{address}");
         let server_config = ServerConfig {
             max_request_bytes: args.max_request_mb.max(1) << 20,
+            sql: args.sql_limits.query_config(),
         };
         server::serve(Arc::clone(&engine), listener, server_config, shutdown_signal())
             .await

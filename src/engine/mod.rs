@@ -19,12 +19,15 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::oneshot;
 
+use crate::catalog::CatalogState;
 use crate::catalog::{
     Catalog, CatalogError, CatalogMutation, MutationLog, NewExperiment, NewRun, RunUpdate,
     ensure_run_active, snapshot,
 };
 use crate::error_kind::{Classify, ErrorKind};
-use crate::ingest::{BYTES_PER_POINT, IngestConfig, IngestError, Ingester};
+use crate::ingest::{
+    BYTES_PER_POINT, IngestConfig, IngestError, Ingester, RunPoints, RunSelection, RunSummaries,
+};
 use crate::model::validation::{KeyKind, validate_key};
 use crate::model::{
     Experiment, ExperimentId, KeySummary, LifecycleStage, MetricBatch, MetricSeries, Run, RunId,
@@ -55,6 +58,10 @@ pub struct EngineConfig {
     /// Root of experiments' artifact locations; `file://<data-dir>/artifacts`
     /// when absent.
     pub artifact_root: Option<String>,
+    /// Open for reading only (`stepstore sql --data-dir`): recovery runs as
+    /// usual, but writes are refused, no maintenance runs, and shutdown
+    /// leaves buffers to the WAL instead of writing files.
+    pub read_only: bool,
 }
 
 impl EngineConfig {
@@ -70,6 +77,7 @@ impl EngineConfig {
             checkpoint_interval: Duration::from_secs(1),
             snapshot_interval: Duration::from_secs(30),
             artifact_root: None,
+            read_only: false,
         }
     }
 }
@@ -106,6 +114,9 @@ pub enum EngineError {
     /// The engine is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The engine was opened read-only.
+    #[error("the data directory is open for reading only")]
+    ReadOnly,
     /// Another process holds the data directory.
     #[error("the data directory {0} is in use by another stepstore process")]
     DataDirInUse(String),
@@ -142,6 +153,7 @@ impl Classify for EngineError {
             EngineError::Ingest(error) => error.kind(),
             EngineError::Storage(error) => error.kind(),
             EngineError::Overloaded { .. } | EngineError::ShuttingDown => ErrorKind::Overloaded,
+            EngineError::ReadOnly => ErrorKind::InvalidParameter,
             EngineError::Wal(_)
             | EngineError::DataDirInUse(_)
             | EngineError::Io { .. }
@@ -333,6 +345,9 @@ impl Engine {
             maintenance: Mutex::new(None),
             _lock: lock,
         });
+        if engine.config.read_only {
+            return Ok(engine);
+        }
         let handle =
             maintenance::start(Arc::downgrade(&engine), engine.config.checkpoint_interval)?;
         *engine
@@ -352,7 +367,9 @@ impl Engine {
     }
 
     fn ensure_accepting(&self) -> Result<(), EngineError> {
-        if self.accepting.load(Ordering::SeqCst) {
+        if self.config.read_only {
+            Err(EngineError::ReadOnly)
+        } else if self.accepting.load(Ordering::SeqCst) {
             Ok(())
         } else {
             Err(EngineError::ShuttingDown)
@@ -622,6 +639,30 @@ impl Engine {
             .map_err(EngineError::from)
     }
 
+    // ---- snapshots for queries ----------------------------------------
+
+    /// A copy of the whole catalog (experiments, runs, params, tags) as of
+    /// now.
+    pub fn catalog_state(&self) -> CatalogState {
+        self.catalog.read().clone()
+    }
+
+    /// Every metric point of the selected runs (all runs when `None`),
+    /// captured so that each acknowledged point appears exactly once: in a
+    /// file or in a copy of a buffer (see [`RunPoints`]).
+    pub async fn metric_points(&self, runs: RunSelection) -> Result<Vec<RunPoints>, EngineError> {
+        Ok(self.ingester.points_snapshot(runs).await?)
+    }
+
+    /// The key summaries (latest value, min, max, count) of the selected
+    /// runs (all runs when `None`) that have metrics.
+    pub async fn metric_summaries(
+        &self,
+        runs: RunSelection,
+    ) -> Result<Vec<RunSummaries>, EngineError> {
+        Ok(self.ingester.summaries_snapshot(runs).await?)
+    }
+
     // ---- operations --------------------------------------------------
 
     /// Values for `/metrics`.
@@ -717,7 +758,11 @@ impl Engine {
         {
             handle.stop();
         }
-        let outcome = self.flush_buffers().and_then(|()| self.checkpoint(true));
+        let outcome = if self.config.read_only {
+            Ok(())
+        } else {
+            self.flush_buffers().and_then(|()| self.checkpoint(true))
+        };
         self.wal.shutdown();
         self.ingester.shutdown();
         match &outcome {

@@ -4,6 +4,7 @@
 pub mod error;
 pub mod extract;
 pub mod native;
+pub mod sql;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::engine::Engine;
+use crate::query::{QueryConfig, QueryService};
 use error::ApiError;
 
 /// Server settings that are not the engine's.
@@ -24,22 +26,30 @@ use error::ApiError;
 pub struct ServerConfig {
     /// Largest request body accepted, in bytes.
     pub max_request_bytes: usize,
+    /// Limits of SQL queries (`POST /api/v1/sql`).
+    pub sql: QueryConfig,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             max_request_bytes: 64 << 20,
+            sql: QueryConfig::default(),
         }
     }
 }
 
 /// Every route of the server.
 pub fn router(engine: Arc<Engine>, config: &ServerConfig) -> Router {
-    Router::new()
+    let mut routes = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(prometheus_metrics))
-        .merge(native::routes())
+        .merge(native::routes());
+    match QueryService::new(Arc::clone(&engine), config.sql.clone()) {
+        Ok(service) => routes = routes.merge(sql::routes(Arc::new(service))),
+        Err(error) => tracing::error!(%error, "SQL is unavailable: cannot start the query service"),
+    }
+    routes
         .fallback(unknown_endpoint)
         .layer(DefaultBodyLimit::max(config.max_request_bytes))
         .with_state(engine)
