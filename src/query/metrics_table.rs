@@ -9,11 +9,11 @@
 //!    chosen runs' buffers are copied);
 //! 2. the engine captures those runs' points, each acknowledged point
 //!    exactly once, in a file or in a buffer copy;
-//! 3. files are read by DataFusion's Parquet scan with the remaining
-//!    filters as a pruning predicate (`key` and `step` prune row groups by
-//!    statistics and pages by the page index, then filter rows while
-//!    decoding); buffer copies are read from memory; `LIMIT` stops both
-//!    early.
+//! 3. files are read by DataFusion's Parquet scan, to which DataFusion's
+//!    filter pushdown hands the remaining filters: `key` and `step` prune
+//!    row groups by statistics and pages by the page index, then filter
+//!    rows while decoding; buffer copies are read from memory; `LIMIT`
+//!    stops both early.
 //!
 //! `EXPLAIN` shows the chosen files and the pruning predicate; `EXPLAIN
 //! ANALYZE` counts the row groups and pages pruned. The table's file
@@ -26,7 +26,7 @@ use arrow::array::{ArrayRef, DictionaryArray, RecordBatch, StringArray, UInt16Ar
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt16Type};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
-use datafusion::common::{DFSchema, DataFusionError, Result as DfResult, ScalarValue};
+use datafusion::common::{DataFusionError, Result as DfResult, ScalarValue};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
@@ -38,7 +38,6 @@ use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::object_store::ObjectStoreUrl;
-use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
@@ -178,7 +177,7 @@ impl TableProvider for MetricsTable {
         let partitions = state.config().target_partitions().max(1);
         let batch_size = state.config().batch_size().max(1);
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
-        if let Some(files) = self.file_scan(state, &points, projection, filters, limit)? {
+        if let Some(files) = self.file_scan(state, &points, projection, limit)? {
             inputs.push(files);
         }
         let buffered = buffered_partitions(&mut points, partitions, batch_size)?;
@@ -201,7 +200,6 @@ impl MetricsTable {
         state: &dyn Session,
         points: &[RunPoints],
         projection: Option<&Vec<usize>>,
-        filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
         let mut files: Vec<(u64, PartitionedFile)> = Vec::new();
@@ -238,7 +236,7 @@ impl MetricsTable {
         let store_url = ObjectStoreUrl::local_filesystem();
         let store = state.runtime_env().object_store(&store_url)?;
         let metadata_cache = state.runtime_env().cache_manager.get_file_metadata_cache();
-        let mut source = ParquetSource::new(table_schema)
+        let source = ParquetSource::new(table_schema)
             .with_enable_page_index(true)
             .with_pushdown_filters(true)
             .with_reorder_filters(true)
@@ -246,22 +244,11 @@ impl MetricsTable {
                 store,
                 metadata_cache,
             )));
-        // Run filters are already applied by choosing runs; the rest prune
-        // row groups and pages, and filter rows while decoding.
-        let file_filters: Vec<Expr> = filters
-            .iter()
-            .filter(|filter| {
-                filter
-                    .column_refs()
-                    .iter()
-                    .all(|column| column.name != EXPERIMENT_ID && column.name != RUN_ID)
-            })
-            .cloned()
-            .collect();
-        if let Some(predicate) = conjunction(file_filters) {
-            let df_schema = DFSchema::try_from(metrics_schema())?;
-            source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
-        }
+        // Run filters are applied by choosing runs. DataFusion's filter
+        // pushdown hands the remaining filters (key, step, ...) to this
+        // source, which uses them to prune row groups (statistics) and
+        // pages (page index) and to filter rows while decoding; `EXPLAIN`
+        // shows them as `predicate` and `pruning_predicate`.
         let config = FileScanConfigBuilder::new(store_url, Arc::new(source))
             .with_file_groups(groups)
             .with_projection_indices(projection.cloned())?

@@ -198,8 +198,19 @@ pub fn assert_close(actual: f64, expected: f64, what: &str) {
 /// Runs the standard questions against the server and checks every answer
 /// against `history` (computed here, not by the server).
 pub fn check_answers(server: &TestServer, history: &History, phase: &str) {
+    // Only the logged runs (other tests add more): an IN list, which also
+    // prunes by run.
+    let in_runs = history
+        .runs
+        .keys()
+        .map(|run_id| format!("'{run_id}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
     // Total count.
-    let total = rows(server, "SELECT count(*) AS n FROM metrics");
+    let total = rows(
+        server,
+        &format!("SELECT count(*) AS n FROM metrics WHERE run_id IN ({in_runs})"),
+    );
     assert_eq!(
         i(&total[0], "n") as usize,
         history.total_points(),
@@ -209,9 +220,11 @@ pub fn check_answers(server: &TestServer, history: &History, phase: &str) {
     // Count, sum, min, max and step range per run and key.
     let aggregates = rows(
         server,
-        "SELECT run_id, key, count(*) AS n, sum(value) AS total, min(value) AS lo, \
-                max(value) AS hi, min(step) AS first_step, max(step) AS last_step \
-         FROM metrics GROUP BY run_id, key ORDER BY run_id, key",
+        &format!(
+            "SELECT run_id, key, count(*) AS n, sum(value) AS total, min(value) AS lo, \
+                    max(value) AS hi, min(step) AS first_step, max(step) AS last_step \
+             FROM metrics WHERE run_id IN ({in_runs}) GROUP BY run_id, key ORDER BY run_id, key"
+        ),
     );
     assert_eq!(aggregates.len(), history.points.len(), "{phase}: groups");
     for (row, ((run_id, key), points)) in aggregates.iter().zip(&history.points) {
@@ -248,8 +261,10 @@ pub fn check_answers(server: &TestServer, history: &History, phase: &str) {
     // latest_metrics: latest by step then timestamp, min, max, count.
     let latest = rows(
         server,
-        "SELECT run_id, key, step, value, min_value, max_value, count \
-         FROM latest_metrics ORDER BY run_id, key",
+        &format!(
+            "SELECT run_id, key, step, value, min_value, max_value, count \
+             FROM latest_metrics WHERE run_id IN ({in_runs}) ORDER BY run_id, key"
+        ),
     );
     assert_eq!(latest.len(), history.points.len(), "{phase}: latest rows");
     for (row, ((run_id, key), points)) in latest.iter().zip(&history.points) {
@@ -296,8 +311,10 @@ pub fn check_answers(server: &TestServer, history: &History, phase: &str) {
         server,
         "SELECT r.run_name, lr.value AS lr, bs.value AS batch_size \
          FROM runs r \
+         JOIN experiments e ON e.experiment_id = r.experiment_id \
          LEFT JOIN params lr ON lr.run_id = r.run_id AND lr.key = 'lr' \
          LEFT JOIN params bs ON bs.run_id = r.run_id AND bs.key = 'batch_size' \
+         WHERE e.name LIKE 'sweep-%' \
          ORDER BY r.run_name",
     );
     let mut expected: Vec<(String, &BTreeMap<String, String>)> = history
@@ -324,7 +341,7 @@ pub fn check_answers(server: &TestServer, history: &History, phase: &str) {
          FROM latest_metrics l \
          JOIN runs r ON r.run_id = l.run_id \
          JOIN experiments e ON e.experiment_id = r.experiment_id \
-         WHERE l.key = 'acc' \
+         WHERE l.key = 'acc' AND e.name LIKE 'sweep-%' \
          QUALIFY row_number() OVER (PARTITION BY e.name ORDER BY l.value DESC) = 1 \
          ORDER BY experiment",
     );
