@@ -111,7 +111,7 @@ pub fn to_json(result: &QueryResult) -> Result<Vec<u8>, QueryError> {
         let values: Vec<Vec<Value>> = batch
             .columns()
             .iter()
-            .map(|column| json_values(column))
+            .map(json_values)
             .collect::<Result<_, _>>()
             .map_err(output_error)?;
         for row in 0..batch.num_rows() {
