@@ -37,6 +37,7 @@ use datafusion::datasource::physical_plan::{
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::datasource::{TableProvider, TableType};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
@@ -45,7 +46,7 @@ use datafusion::physical_plan::union::UnionExec;
 
 use super::run_filter::{self, EXPERIMENT_ID, RUN_ID, RunList};
 use crate::engine::Engine;
-use crate::ingest::RunPoints;
+use crate::ingest::{BYTES_PER_POINT, RunPoints};
 use crate::storage::PersistedFile;
 use crate::storage::schema::metric_file_schema;
 
@@ -81,6 +82,9 @@ pub struct MetricsTable {
     runs: RunList,
     /// Files read by this query's scans, held until the query ends.
     held_files: Mutex<Vec<Arc<PersistedFile>>>,
+    /// Memory of the buffer copies, counted against the query's limit
+    /// until the query ends.
+    held_memory: Mutex<Vec<MemoryReservation>>,
 }
 
 impl MetricsTable {
@@ -91,6 +95,7 @@ impl MetricsTable {
             engine,
             runs,
             held_files: Mutex::new(Vec::new()),
+            held_memory: Mutex::new(Vec::new()),
         }
     }
 
@@ -166,11 +171,22 @@ impl TableProvider for MetricsTable {
             .map_err(|error| DataFusionError::External(Box::new(error)))?;
         points.sort_by_key(|run| (run.experiment_id, run.run_id));
         self.hold(&points);
+        // Buffer copies count against the query's memory limit.
+        let buffered_rows: usize = points.iter().map(RunPoints::buffered_rows).sum();
+        if buffered_rows > 0 {
+            let reservation = MemoryConsumer::new("metrics buffer snapshot")
+                .register(&state.runtime_env().memory_pool);
+            reservation.try_grow(buffered_rows.saturating_mul(BYTES_PER_POINT as usize))?;
+            self.held_memory
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(reservation);
+        }
         tracing::debug!(
             runs_known = self.runs.len(),
             runs_read = points.len(),
             files = points.iter().map(|run| run.files.len()).sum::<usize>(),
-            buffered_rows = points.iter().map(RunPoints::buffered_rows).sum::<usize>(),
+            buffered_rows,
             "metrics scan"
         );
 
