@@ -14,6 +14,7 @@ pub mod import;
 pub mod ingest;
 pub mod model;
 pub mod observability;
+pub mod query;
 pub mod scalars;
 pub mod search;
 pub mod server;

@@ -1,6 +1,7 @@
 //! The `stepstore` command line: `serve` runs the server on a data
 //! directory; `bench` drives load against a server; `import tensorboard`
-//! moves TensorBoard event files into a data directory.
+//! moves TensorBoard event files into a data directory; `sql` runs one
+//! read-only SQL query against a data directory (offline) or a server.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -21,6 +22,8 @@ use stepstore::ingest::IngestConfig;
 use stepstore::server::{self, ServerConfig};
 use stepstore::wal::SyncPolicy;
 
+mod sql_cli;
+
 /// stepstore: an experiment-tracking metrics engine.
 #[derive(Parser)]
 #[command(version, about)]
@@ -40,6 +43,8 @@ enum Command {
     /// the server on it first).
     #[command(subcommand)]
     Import(ImportCommand),
+    /// Run one read-only SQL query against a data directory or a server.
+    Sql(sql_cli::SqlArgs),
 }
 
 #[derive(Args)]
@@ -141,6 +146,8 @@ struct ServeArgs {
     /// Largest request body in MiB.
     #[arg(long, env = "STEPSTORE_MAX_REQUEST_MB", default_value_t = 64)]
     max_request_mb: usize,
+    #[command(flatten)]
+    sql_limits: sql_cli::SqlLimits,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -155,6 +162,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve(args),
         Command::Bench(args) => bench(args),
         Command::Import(ImportCommand::Tensorboard(args)) => import_tensorboard(args),
+        Command::Sql(args) => sql_cli::run(args),
     }
 }
 
@@ -236,6 +244,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("stepstore listening on http://{address}");
         let server_config = ServerConfig {
             max_request_bytes: args.max_request_mb.max(1) << 20,
+            sql: args.sql_limits.query_config(),
         };
         server::serve(Arc::clone(&engine), listener, server_config, shutdown_signal())
             .await

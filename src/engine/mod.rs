@@ -19,12 +19,16 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::oneshot;
 
+use crate::catalog::CatalogState;
 use crate::catalog::{
     Catalog, CatalogError, CatalogMutation, MutationLog, NewExperiment, NewRun, RunUpdate,
     ensure_run_active, snapshot,
 };
 use crate::error_kind::{Classify, ErrorKind};
-use crate::ingest::{BYTES_PER_POINT, IngestConfig, IngestError, Ingester, LiveHub, SeriesSources};
+use crate::ingest::{
+    BYTES_PER_POINT, IngestConfig, IngestError, Ingester, LiveHub, RunPoints, RunSelection,
+    RunSummaries, SeriesSources,
+};
 use crate::model::validation::{KeyKind, validate_key};
 use crate::model::{
     DatasetInput, Experiment, ExperimentId, KeySummary, LifecycleStage, MetricBatch, MetricSeries,
@@ -55,6 +59,10 @@ pub struct EngineConfig {
     /// Root of experiments' artifact locations; `file://<data-dir>/artifacts`
     /// when absent.
     pub artifact_root: Option<String>,
+    /// Open for reading only (`stepstore sql --data-dir`): recovery runs as
+    /// usual, but writes are refused, no maintenance runs, and shutdown
+    /// leaves buffers to the WAL instead of writing files.
+    pub read_only: bool,
 }
 
 impl EngineConfig {
@@ -70,6 +78,7 @@ impl EngineConfig {
             checkpoint_interval: Duration::from_secs(1),
             snapshot_interval: Duration::from_secs(30),
             artifact_root: None,
+            read_only: false,
         }
     }
 }
@@ -106,6 +115,9 @@ pub enum EngineError {
     /// The engine is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The engine was opened read-only.
+    #[error("the data directory is open for reading only")]
+    ReadOnly,
     /// Another process holds the data directory.
     #[error("the data directory {0} is in use by another stepstore process")]
     DataDirInUse(String),
@@ -142,6 +154,7 @@ impl Classify for EngineError {
             EngineError::Ingest(error) => error.kind(),
             EngineError::Storage(error) => error.kind(),
             EngineError::Overloaded { .. } | EngineError::ShuttingDown => ErrorKind::Overloaded,
+            EngineError::ReadOnly => ErrorKind::InvalidParameter,
             EngineError::Wal(_)
             | EngineError::DataDirInUse(_)
             | EngineError::Io { .. }
@@ -333,6 +346,9 @@ impl Engine {
             maintenance: Mutex::new(None),
             _lock: lock,
         });
+        if engine.config.read_only {
+            return Ok(engine);
+        }
         let handle =
             maintenance::start(Arc::downgrade(&engine), engine.config.checkpoint_interval)?;
         *engine
@@ -352,7 +368,9 @@ impl Engine {
     }
 
     fn ensure_accepting(&self) -> Result<(), EngineError> {
-        if self.accepting.load(Ordering::SeqCst) {
+        if self.config.read_only {
+            Err(EngineError::ReadOnly)
+        } else if self.accepting.load(Ordering::SeqCst) {
             Ok(())
         } else {
             Err(EngineError::ShuttingDown)
@@ -716,6 +734,30 @@ impl Engine {
         self.ingester.live()
     }
 
+    // ---- snapshots for queries ----------------------------------------
+
+    /// A copy of the whole catalog (experiments, runs, params, tags) as of
+    /// now.
+    pub fn catalog_state(&self) -> CatalogState {
+        self.catalog.read().clone()
+    }
+
+    /// Every metric point of the selected runs (all runs when `None`),
+    /// captured so that each acknowledged point appears exactly once: in a
+    /// file or in a copy of a buffer (see [`RunPoints`]).
+    pub async fn metric_points(&self, runs: RunSelection) -> Result<Vec<RunPoints>, EngineError> {
+        Ok(self.ingester.points_snapshot(runs).await?)
+    }
+
+    /// The key summaries (latest value, min, max, count) of the selected
+    /// runs (all runs when `None`) that have metrics.
+    pub async fn metric_summaries(
+        &self,
+        runs: RunSelection,
+    ) -> Result<Vec<RunSummaries>, EngineError> {
+        Ok(self.ingester.summaries_snapshot(runs).await?)
+    }
+
     // ---- operations --------------------------------------------------
 
     /// Values for `/metrics`.
@@ -811,7 +853,11 @@ impl Engine {
         {
             handle.stop();
         }
-        let outcome = self.flush_buffers().and_then(|()| self.checkpoint(true));
+        let outcome = if self.config.read_only {
+            Ok(())
+        } else {
+            self.flush_buffers().and_then(|()| self.checkpoint(true))
+        };
         self.wal.shutdown();
         self.ingester.shutdown();
         match &outcome {

@@ -6,12 +6,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{
-    ArrayBuilder, Float64Array, Float64Builder, Int64Array, Int64Builder, UInt32Array,
-    UInt32Builder,
+    ArrayBuilder, ArrayRef, DictionaryArray, Float64Array, Float64Builder, Int32Array, Int64Array,
+    Int64Builder, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array, UInt32Builder,
 };
+use arrow::buffer::ScalarBuffer;
+use arrow::datatypes::Int32Type;
+use arrow::error::ArrowError;
 
 use crate::model::MetricSeries;
 use crate::storage::SortedColumns;
+use crate::storage::schema::{TIMEZONE, metric_file_schema};
 use crate::wal::Lsn;
 
 /// Bytes one buffered point costs (key id, step, timestamp, value).
@@ -102,6 +106,17 @@ impl ActiveBuffer {
         }
     }
 
+    /// A copy of every buffered point, for a read that must see them all.
+    pub fn copy_points(&self, key_names: Arc<Vec<String>>) -> BufferedPoints {
+        BufferedPoints {
+            key_names,
+            key_ids: self.key_ids.values_slice().to_vec(),
+            steps: self.steps.values_slice().to_vec(),
+            timestamps: self.timestamps.values_slice().to_vec(),
+            values: self.values.values_slice().to_vec(),
+        }
+    }
+
     /// Finishes the builders into an immutable chunk and empties the buffer.
     /// `key_names` is the run's dictionary at this moment.
     pub fn freeze(&mut self, chunk_id: u64, key_names: Arc<Vec<String>>) -> Option<FrozenChunk> {
@@ -164,6 +179,18 @@ impl FrozenChunk {
         }
     }
 
+    /// The points, in logged order, as a batch in the metric file schema
+    /// ([`metric_file_schema`]). Shares the chunk's step and value buffers.
+    pub fn to_record_batch(&self) -> Result<RecordBatch, ArrowError> {
+        points_batch(
+            &self.key_names,
+            self.key_ids.values(),
+            self.steps.values().clone(),
+            self.timestamps.values().clone(),
+            self.values.values().clone(),
+        )
+    }
+
     /// The points in file order.
     pub fn to_sorted_columns(&self) -> SortedColumns {
         SortedColumns::from_logged_order(
@@ -174,6 +201,63 @@ impl FrozenChunk {
             self.values.values(),
         )
     }
+}
+
+/// A copy of an active buffer's points, taken on its shard thread.
+#[derive(Debug)]
+pub struct BufferedPoints {
+    key_names: Arc<Vec<String>>,
+    key_ids: Vec<u32>,
+    steps: Vec<i64>,
+    timestamps: Vec<i64>,
+    values: Vec<f64>,
+}
+
+impl BufferedPoints {
+    /// Number of points.
+    pub fn rows(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// The points, in logged order, as a batch in the metric file schema.
+    pub fn into_record_batch(self) -> Result<RecordBatch, ArrowError> {
+        points_batch(
+            &self.key_names,
+            &self.key_ids,
+            ScalarBuffer::from(self.steps),
+            ScalarBuffer::from(self.timestamps),
+            ScalarBuffer::from(self.values),
+        )
+    }
+}
+
+/// Builds a batch in the metric file schema from run key ids and the run's
+/// key dictionary.
+fn points_batch(
+    key_names: &[String],
+    key_ids: &[u32],
+    steps: ScalarBuffer<i64>,
+    timestamps: ScalarBuffer<i64>,
+    values: ScalarBuffer<f64>,
+) -> Result<RecordBatch, ArrowError> {
+    let mut keys = Vec::with_capacity(key_ids.len());
+    for &id in key_ids {
+        keys.push(i32::try_from(id).map_err(|_| {
+            ArrowError::InvalidArgumentError(format!("key id {id} does not fit a dictionary"))
+        })?);
+    }
+    let dictionary = StringArray::from_iter_values(key_names.iter());
+    let key: ArrayRef = Arc::new(DictionaryArray::<Int32Type>::try_new(
+        Int32Array::from(keys),
+        Arc::new(dictionary),
+    )?);
+    let columns: Vec<ArrayRef> = vec![
+        key,
+        Arc::new(Int64Array::new(steps, None)),
+        Arc::new(TimestampMillisecondArray::new(timestamps, None).with_timezone(TIMEZONE)),
+        Arc::new(Float64Array::new(values, None)),
+    ];
+    RecordBatch::try_new(metric_file_schema(), columns)
 }
 
 #[cfg(test)]
@@ -190,6 +274,11 @@ mod tests {
         let mut loss = MetricSeries::default();
         buffer.collect_key(0, &mut loss);
         assert_eq!(loss.steps, vec![1, 0]);
+        let copy = buffer.copy_points(Arc::new(vec!["loss".to_string(), "acc".to_string()]));
+        assert_eq!(copy.rows(), 3);
+        let copied = copy.into_record_batch().unwrap();
+        assert_eq!(copied.num_rows(), 3);
+        assert_eq!(buffer.rows(), 3, "copying leaves the buffer as it was");
 
         let names = Arc::new(vec!["loss".to_string(), "acc".to_string()]);
         let chunk = buffer.freeze(1, names).unwrap();
@@ -198,6 +287,9 @@ mod tests {
         assert!(buffer.freeze(2, Arc::new(vec![])).is_none());
         assert_eq!(chunk.lsn_range(), (7, 9));
         assert_eq!(chunk.bytes(), 3 * BYTES_PER_POINT);
+        let batch = chunk.to_record_batch().unwrap();
+        assert_eq!(batch.num_rows(), 3);
+        assert_eq!(batch.schema(), metric_file_schema());
         let sorted = chunk.to_sorted_columns();
         assert_eq!(sorted.keys, vec!["acc", "loss"]);
         assert_eq!(sorted.steps, vec![1, 0, 1]);

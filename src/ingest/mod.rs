@@ -14,6 +14,7 @@ mod persister;
 mod run_state;
 mod shard;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -28,7 +29,10 @@ use crate::model::{ExperimentId, KeySummary, MetricBatch, MetricSeries, RunId};
 use crate::storage::{MetricsLayout, PersistedFile, StorageError};
 use crate::wal::{Lsn, WalError};
 
-pub use buffer::{BYTES_PER_POINT, FrozenChunk};
+use arrow::array::RecordBatch;
+use arrow::error::ArrowError;
+
+pub use buffer::{BYTES_PER_POINT, BufferedPoints, FrozenChunk};
 pub use live::{LiveEvent, LiveHub, LiveSubscription};
 
 /// Errors of the ingester.
@@ -214,6 +218,62 @@ impl SeriesSources {
     }
 }
 
+/// Which runs a snapshot covers: every run, or only these.
+pub type RunSelection = Option<Arc<HashSet<RunId>>>;
+
+/// Every point of one run, captured atomically by its shard: the persisted
+/// files, the frozen chunks not yet written and a copy of the active
+/// buffer. Each acknowledged point is in exactly one of them. Holding it
+/// keeps the files on disk (compaction deletes a replaced file only once
+/// no one holds it).
+#[derive(Debug)]
+pub struct RunPoints {
+    /// The run.
+    pub run_id: RunId,
+    /// Its experiment.
+    pub experiment_id: ExperimentId,
+    /// Its files, in sequence order.
+    pub files: Vec<Arc<PersistedFile>>,
+    frozen: Vec<Arc<FrozenChunk>>,
+    active: Option<BufferedPoints>,
+}
+
+impl RunPoints {
+    /// Points in memory (frozen chunks and the active buffer).
+    pub fn buffered_rows(&self) -> usize {
+        self.frozen.iter().map(|chunk| chunk.rows()).sum::<usize>()
+            + self.active.as_ref().map_or(0, BufferedPoints::rows)
+    }
+
+    /// Moves the in-memory points out as batches in the metric file schema
+    /// ([`crate::storage::schema::metric_file_schema`]), oldest first.
+    pub fn take_buffered_batches(&mut self) -> Result<Vec<RecordBatch>, ArrowError> {
+        let mut batches = Vec::with_capacity(self.frozen.len() + 1);
+        for chunk in self.frozen.drain(..) {
+            if chunk.rows() > 0 {
+                batches.push(chunk.to_record_batch()?);
+            }
+        }
+        if let Some(active) = self.active.take()
+            && active.rows() > 0
+        {
+            batches.push(active.into_record_batch()?);
+        }
+        Ok(batches)
+    }
+}
+
+/// The per-key summaries of one run (every point, buffered or persisted).
+#[derive(Clone, Debug)]
+pub struct RunSummaries {
+    /// The run.
+    pub run_id: RunId,
+    /// Its experiment.
+    pub experiment_id: ExperimentId,
+    /// Summary per key, in key order.
+    pub keys: Vec<(String, KeySummary)>,
+}
+
 /// Messages in WAL order, on the bounded data channel.
 pub(crate) enum DataMessage {
     Apply {
@@ -237,6 +297,14 @@ pub(crate) enum ControlMessage {
     RunSummaries {
         run_id: RunId,
         reply: oneshot::Sender<Vec<(String, KeySummary)>>,
+    },
+    SnapshotPoints {
+        runs: RunSelection,
+        reply: oneshot::Sender<Vec<RunPoints>>,
+    },
+    SnapshotSummaries {
+        runs: RunSelection,
+        reply: oneshot::Sender<Vec<RunSummaries>>,
     },
     RunEnded(RunId),
     Persisted {
@@ -405,6 +473,70 @@ impl Ingester {
             .send(ControlMessage::RunSummaries { run_id, reply })
             .map_err(|_| IngestError::ShutDown)?;
         Ok(response)
+    }
+
+    /// The shards that own the selected runs.
+    fn shards_for(&self, runs: &RunSelection) -> Vec<&ShardHandle> {
+        match runs {
+            None => self.shards.iter().collect(),
+            Some(runs) => {
+                let mut wanted = vec![false; self.shards.len()];
+                for run_id in runs.iter() {
+                    wanted[run_id.shard(self.shards.len())] = true;
+                }
+                self.shards
+                    .iter()
+                    .zip(wanted)
+                    .filter_map(|(shard, wanted)| wanted.then_some(shard))
+                    .collect()
+            }
+        }
+    }
+
+    /// Every point of the selected runs, each exactly once (see
+    /// [`RunPoints`]). Points acknowledged before the call are included.
+    pub async fn points_snapshot(&self, runs: RunSelection) -> Result<Vec<RunPoints>, IngestError> {
+        let mut responses = Vec::new();
+        for shard in self.shards_for(&runs) {
+            let (reply, response) = oneshot::channel();
+            shard
+                .control
+                .send(ControlMessage::SnapshotPoints {
+                    runs: runs.clone(),
+                    reply,
+                })
+                .map_err(|_| IngestError::ShutDown)?;
+            responses.push(response);
+        }
+        let mut all = Vec::new();
+        for response in responses {
+            all.extend(response.await.map_err(|_| IngestError::ShutDown)?);
+        }
+        Ok(all)
+    }
+
+    /// The key summaries of the selected runs that have metrics.
+    pub async fn summaries_snapshot(
+        &self,
+        runs: RunSelection,
+    ) -> Result<Vec<RunSummaries>, IngestError> {
+        let mut responses = Vec::new();
+        for shard in self.shards_for(&runs) {
+            let (reply, response) = oneshot::channel();
+            shard
+                .control
+                .send(ControlMessage::SnapshotSummaries {
+                    runs: runs.clone(),
+                    reply,
+                })
+                .map_err(|_| IngestError::ShutDown)?;
+            responses.push(response);
+        }
+        let mut all = Vec::new();
+        for response in responses {
+            all.extend(response.await.map_err(|_| IngestError::ShutDown)?);
+        }
+        Ok(all)
     }
 
     /// Tells the run's shard it ended: its buffer is persisted and its files

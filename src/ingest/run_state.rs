@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::SeriesSources;
 use super::buffer::{ActiveBuffer, FrozenChunk};
-use crate::model::{ExperimentId, KeySummary, MetricBatch, MetricSeries};
+use super::{RunPoints, SeriesSources};
+use crate::model::{ExperimentId, KeySummary, MetricBatch, MetricSeries, RunId};
 use crate::storage::PersistedFile;
 use crate::wal::Lsn;
 
@@ -155,6 +155,24 @@ impl RunState {
             active,
             applied_lsn: self.applied_lsn,
             summary: key_id.and_then(|id| self.summaries[id as usize]),
+        }
+    }
+
+    /// Every point of the run: files and frozen chunks (shared) and a copy
+    /// of the active buffer, each point in exactly one of them.
+    pub(crate) fn points_snapshot(&mut self, run_id: RunId) -> RunPoints {
+        let active = if self.active.rows() > 0 {
+            let names = self.key_names();
+            Some(self.active.copy_points(names))
+        } else {
+            None
+        };
+        RunPoints {
+            run_id,
+            experiment_id: self.experiment_id,
+            files: self.files.clone(),
+            frozen: self.frozen.clone(),
+            active,
         }
     }
 

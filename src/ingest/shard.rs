@@ -13,7 +13,10 @@ use crossbeam_channel::{Receiver, Sender};
 use super::live::LiveHub;
 use super::persister::PersistJob;
 use super::run_state::RunState;
-use super::{ControlMessage, DataMessage, IngestConfig, IngestStats, LoadedRun, SeriesSources};
+use super::{
+    ControlMessage, DataMessage, IngestConfig, IngestStats, LoadedRun, RunSelection, RunSummaries,
+    SeriesSources,
+};
 use crate::model::{MetricSeries, RunId};
 use crate::storage::{PersistedFile, StorageError};
 
@@ -27,6 +30,11 @@ struct PendingChunk {
     run_id: RunId,
     seq: u64,
     failed_at: Option<Instant>,
+}
+
+/// Whether a run is in a selection.
+fn selected_runs(runs: &RunSelection) -> impl Fn(&RunId) -> bool + '_ {
+    move |run_id| runs.as_ref().is_none_or(|runs| runs.contains(run_id))
 }
 
 /// State owned by one shard thread.
@@ -179,6 +187,30 @@ impl Shard {
                     .map(RunState::summaries)
                     .unwrap_or_default();
                 let _ = reply.send(summaries);
+            }
+            ControlMessage::SnapshotPoints { runs, reply } => {
+                let selected = selected_runs(&runs);
+                let snapshot = self
+                    .runs
+                    .iter_mut()
+                    .filter(|(run_id, _)| selected(run_id))
+                    .map(|(run_id, run)| run.points_snapshot(*run_id))
+                    .collect();
+                let _ = reply.send(snapshot);
+            }
+            ControlMessage::SnapshotSummaries { runs, reply } => {
+                let selected = selected_runs(&runs);
+                let snapshot = self
+                    .runs
+                    .iter()
+                    .filter(|(run_id, _)| selected(run_id))
+                    .map(|(run_id, run)| RunSummaries {
+                        run_id: *run_id,
+                        experiment_id: run.experiment_id,
+                        keys: run.summaries(),
+                    })
+                    .collect();
+                let _ = reply.send(snapshot);
             }
             ControlMessage::RunEnded(run_id) => {
                 if let Some(run) = self.runs.get_mut(&run_id) {

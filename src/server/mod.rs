@@ -7,6 +7,7 @@ pub mod ingest;
 pub mod mlflow;
 pub mod native;
 pub mod scalars;
+pub mod sql;
 pub mod tensorboard;
 
 use std::future::Future;
@@ -21,6 +22,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::engine::Engine;
+use crate::query::{QueryConfig, QueryService};
 use error::ApiError;
 
 /// Server settings that are not the engine's.
@@ -28,26 +30,34 @@ use error::ApiError;
 pub struct ServerConfig {
     /// Largest request body accepted, in bytes.
     pub max_request_bytes: usize,
+    /// Limits of SQL queries (`POST /api/v1/sql`).
+    pub sql: QueryConfig,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             max_request_bytes: 64 << 20,
+            sql: QueryConfig::default(),
         }
     }
 }
 
 /// Every route of the server.
 pub fn router(engine: Arc<Engine>, config: &ServerConfig) -> Router {
-    Router::new()
+    let mut routes = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(prometheus_metrics))
         .merge(native::routes())
         .merge(ingest::routes())
         .merge(mlflow::routes())
         .merge(scalars::routes())
-        .merge(tensorboard::routes())
+        .merge(tensorboard::routes());
+    match QueryService::new(Arc::clone(&engine), config.sql.clone()) {
+        Ok(service) => routes = routes.merge(sql::routes(Arc::new(service))),
+        Err(error) => tracing::error!(%error, "SQL is unavailable: cannot start the query service"),
+    }
+    routes
         .fallback(unknown_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_request_bytes))

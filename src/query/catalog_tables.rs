@@ -1,0 +1,228 @@
+//! The catalog as tables: `experiments`, `experiment_tags`, `runs`,
+//! `params` and `tags`, built from a copy of the catalog taken when the
+//! query starts. Ids are strings, times are Arrow timestamps in ms (UTC),
+//! status and lifecycle stage are strings.
+
+use std::sync::{Arc, OnceLock};
+
+use arrow::array::{ArrayRef, RecordBatch, StringBuilder, TimestampMillisecondBuilder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::common::Result as DfResult;
+use datafusion::datasource::MemTable;
+use datafusion::prelude::SessionContext;
+
+use crate::catalog::CatalogState;
+use crate::model::{Experiment, Run};
+use crate::storage::schema::TIMEZONE;
+
+/// Tag holding a run's parent run id (MLflow's convention).
+const PARENT_RUN_TAG: &str = "mlflow.parentRunId";
+
+fn timestamp_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, Some(TIMEZONE.into()))
+}
+
+fn text(name: &str) -> Field {
+    Field::new(name, DataType::Utf8, false)
+}
+
+fn nullable_text(name: &str) -> Field {
+    Field::new(name, DataType::Utf8, true)
+}
+
+/// Schema of `experiments`.
+pub fn experiments_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    Arc::clone(SCHEMA.get_or_init(|| {
+        Arc::new(Schema::new(vec![
+            text("experiment_id"),
+            text("name"),
+            text("lifecycle_stage"),
+            text("artifact_location"),
+            Field::new("creation_time", timestamp_type(), false),
+            Field::new("last_update_time", timestamp_type(), false),
+        ]))
+    }))
+}
+
+/// Schema of `experiment_tags`.
+pub fn experiment_tags_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    Arc::clone(SCHEMA.get_or_init(|| {
+        Arc::new(Schema::new(vec![
+            text("experiment_id"),
+            text("key"),
+            text("value"),
+        ]))
+    }))
+}
+
+/// Schema of `runs`.
+pub fn runs_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    Arc::clone(SCHEMA.get_or_init(|| {
+        Arc::new(Schema::new(vec![
+            text("run_id"),
+            text("experiment_id"),
+            text("run_name"),
+            text("user_id"),
+            text("status"),
+            Field::new("start_time", timestamp_type(), false),
+            Field::new("end_time", timestamp_type(), true),
+            text("lifecycle_stage"),
+            text("artifact_uri"),
+            nullable_text("parent_run_id"),
+        ]))
+    }))
+}
+
+/// Schema of `params` and `tags`.
+pub fn run_key_value_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    Arc::clone(SCHEMA.get_or_init(|| {
+        Arc::new(Schema::new(vec![
+            text("experiment_id"),
+            text("run_id"),
+            text("key"),
+            text("value"),
+        ]))
+    }))
+}
+
+/// Registers the five catalog tables in `context`.
+pub fn register(context: &SessionContext, catalog: &CatalogState) -> DfResult<()> {
+    let experiments: Vec<&Experiment> = catalog.experiments().collect();
+    let mut runs: Vec<&Run> = catalog.runs().collect();
+    runs.sort_by(|a, b| {
+        (a.experiment_id, a.start_time, a.run_id).cmp(&(b.experiment_id, b.start_time, b.run_id))
+    });
+    let tables = [
+        ("experiments", experiments_batch(&experiments)?),
+        ("experiment_tags", experiment_tags_batch(&experiments)?),
+        ("runs", runs_batch(&runs)?),
+        (
+            "params",
+            run_key_values_batch(&runs, |run| run.params.iter())?,
+        ),
+        ("tags", run_key_values_batch(&runs, |run| run.tags.iter())?),
+    ];
+    for (name, batch) in tables {
+        let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+        context.register_table(name, Arc::new(table))?;
+    }
+    Ok(())
+}
+
+fn experiments_batch(experiments: &[&Experiment]) -> DfResult<RecordBatch> {
+    let mut ids = StringBuilder::new();
+    let mut names = StringBuilder::new();
+    let mut stages = StringBuilder::new();
+    let mut locations = StringBuilder::new();
+    let mut created = TimestampMillisecondBuilder::new().with_timezone(TIMEZONE);
+    let mut updated = TimestampMillisecondBuilder::new().with_timezone(TIMEZONE);
+    for experiment in experiments {
+        ids.append_value(experiment.experiment_id.to_string());
+        names.append_value(&experiment.name);
+        stages.append_value(experiment.lifecycle_stage.as_str());
+        locations.append_value(&experiment.artifact_location);
+        created.append_value(experiment.creation_time);
+        updated.append_value(experiment.last_update_time);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(ids.finish()),
+        Arc::new(names.finish()),
+        Arc::new(stages.finish()),
+        Arc::new(locations.finish()),
+        Arc::new(created.finish()),
+        Arc::new(updated.finish()),
+    ];
+    Ok(RecordBatch::try_new(experiments_schema(), columns)?)
+}
+
+fn experiment_tags_batch(experiments: &[&Experiment]) -> DfResult<RecordBatch> {
+    let mut ids = StringBuilder::new();
+    let mut keys = StringBuilder::new();
+    let mut values = StringBuilder::new();
+    for experiment in experiments {
+        let id = experiment.experiment_id.to_string();
+        for (key, value) in &experiment.tags {
+            ids.append_value(&id);
+            keys.append_value(key);
+            values.append_value(value);
+        }
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(ids.finish()),
+        Arc::new(keys.finish()),
+        Arc::new(values.finish()),
+    ];
+    Ok(RecordBatch::try_new(experiment_tags_schema(), columns)?)
+}
+
+fn runs_batch(runs: &[&Run]) -> DfResult<RecordBatch> {
+    let mut run_ids = StringBuilder::new();
+    let mut experiment_ids = StringBuilder::new();
+    let mut names = StringBuilder::new();
+    let mut users = StringBuilder::new();
+    let mut statuses = StringBuilder::new();
+    let mut starts = TimestampMillisecondBuilder::new().with_timezone(TIMEZONE);
+    let mut ends = TimestampMillisecondBuilder::new().with_timezone(TIMEZONE);
+    let mut stages = StringBuilder::new();
+    let mut uris = StringBuilder::new();
+    let mut parents = StringBuilder::new();
+    for run in runs {
+        run_ids.append_value(run.run_id.to_string());
+        experiment_ids.append_value(run.experiment_id.to_string());
+        names.append_value(&run.run_name);
+        users.append_value(&run.user_id);
+        statuses.append_value(run.status.as_str());
+        starts.append_value(run.start_time);
+        ends.append_option(run.end_time);
+        stages.append_value(run.lifecycle_stage.as_str());
+        uris.append_value(&run.artifact_uri);
+        parents.append_option(run.tags.get(PARENT_RUN_TAG));
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(run_ids.finish()),
+        Arc::new(experiment_ids.finish()),
+        Arc::new(names.finish()),
+        Arc::new(users.finish()),
+        Arc::new(statuses.finish()),
+        Arc::new(starts.finish()),
+        Arc::new(ends.finish()),
+        Arc::new(stages.finish()),
+        Arc::new(uris.finish()),
+        Arc::new(parents.finish()),
+    ];
+    Ok(RecordBatch::try_new(runs_schema(), columns)?)
+}
+
+fn run_key_values_batch<'a, I>(
+    runs: &[&'a Run],
+    entries: impl Fn(&'a Run) -> I,
+) -> DfResult<RecordBatch>
+where
+    I: Iterator<Item = (&'a String, &'a String)>,
+{
+    let mut experiment_ids = StringBuilder::new();
+    let mut run_ids = StringBuilder::new();
+    let mut keys = StringBuilder::new();
+    let mut values = StringBuilder::new();
+    for run in runs {
+        let experiment_id = run.experiment_id.to_string();
+        let run_id = run.run_id.to_string();
+        for (key, value) in entries(run) {
+            experiment_ids.append_value(&experiment_id);
+            run_ids.append_value(&run_id);
+            keys.append_value(key);
+            values.append_value(value);
+        }
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(experiment_ids.finish()),
+        Arc::new(run_ids.finish()),
+        Arc::new(keys.finish()),
+        Arc::new(values.finish()),
+    ];
+    Ok(RecordBatch::try_new(run_key_value_schema(), columns)?)
+}

@@ -1,0 +1,150 @@
+//! `stepstore sql "SELECT ..."`: one read-only query, offline against a
+//! data directory (`--data-dir`, no server needed) or against a running
+//! server (`--server URL`), printed as a table, CSV or JSON.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+use stepstore::engine::{Engine, EngineConfig, EngineError};
+use stepstore::query::output::{ARROW_STREAM_MEDIA_TYPE, OutputFormat, from_arrow_stream};
+use stepstore::query::{QueryConfig, QueryResult, QueryService};
+use stepstore::wal::SyncPolicy;
+
+/// Limits of SQL queries, shared by `serve` and `sql`.
+#[derive(Args, Clone, Debug)]
+pub struct SqlLimits {
+    /// Memory one SQL query may use (operators and result), in MiB.
+    #[arg(long, env = "STEPSTORE_SQL_MEMORY_MB", default_value_t = 1024)]
+    pub sql_memory_mb: usize,
+    /// Longest an SQL query may run, in seconds.
+    #[arg(long, env = "STEPSTORE_SQL_TIMEOUT_SECS", default_value_t = 60)]
+    pub sql_timeout_secs: u64,
+    /// SQL queries that run at once (more wait their turn).
+    #[arg(long, env = "STEPSTORE_SQL_MAX_CONCURRENT", default_value_t = 4)]
+    pub sql_max_concurrent: usize,
+}
+
+impl SqlLimits {
+    /// The query settings these flags give.
+    pub fn query_config(&self) -> QueryConfig {
+        QueryConfig {
+            memory_limit_bytes: self.sql_memory_mb.max(1) << 20,
+            time_limit: Duration::from_secs(self.sql_timeout_secs.max(1)),
+            max_concurrent: self.sql_max_concurrent.max(1),
+            ..QueryConfig::default()
+        }
+    }
+}
+
+/// Arguments of `stepstore sql`.
+#[derive(Args)]
+pub struct SqlArgs {
+    /// The query (one statement that reads).
+    query: String,
+    /// Data directory to query offline (default ./stepstore-data). It must
+    /// not be in use by a running server: query that one with --server.
+    #[arg(long, conflicts_with = "server")]
+    data_dir: Option<PathBuf>,
+    /// Base URL of a running server, e.g. http://127.0.0.1:5000.
+    #[arg(long, env = "STEPSTORE_SERVER")]
+    server: Option<String>,
+    /// Output: table, csv or json.
+    #[arg(long, default_value = "table")]
+    format: OutputFormat,
+    #[command(flatten)]
+    limits: SqlLimits,
+}
+
+/// Runs the query and prints its result.
+pub fn run(args: SqlArgs) -> anyhow::Result<()> {
+    let result = match &args.server {
+        Some(url) => query_server(url, &args.query)?,
+        None => query_offline(
+            args.data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("./stepstore-data")),
+            &args.query,
+            args.limits.query_config(),
+        )?,
+    };
+    let bytes = args
+        .format
+        .encode(&result)
+        .context("cannot format the result")?;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(&bytes)?;
+    if args.format == OutputFormat::Json {
+        stdout.write_all(b"\n")?;
+    }
+    stdout.flush()?;
+    Ok(())
+}
+
+fn query_offline(
+    data_dir: PathBuf,
+    query: &str,
+    config: QueryConfig,
+) -> anyhow::Result<QueryResult> {
+    if !data_dir.is_dir() {
+        bail!("no data directory at {}", data_dir.display());
+    }
+    let mut engine_config = EngineConfig::new(&data_dir);
+    engine_config.read_only = true;
+    engine_config.wal_sync = SyncPolicy::Off;
+    let engine = match Engine::open(engine_config) {
+        Ok(engine) => engine,
+        Err(EngineError::DataDirInUse(dir)) => bail!(
+            "the data directory {dir} is in use by a running stepstore server; \
+             query the server instead with --server http://<its address>"
+        ),
+        Err(error) => {
+            return Err(error)
+                .with_context(|| format!("cannot open data directory {}", data_dir.display()));
+        }
+    };
+    let service = Arc::new(QueryService::new(Arc::clone(&engine), config)?);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let outcome = runtime.block_on(service.execute(query));
+    drop(service);
+    engine.shutdown()?;
+    Ok(outcome?)
+}
+
+fn query_server(url: &str, query: &str) -> anyhow::Result<QueryResult> {
+    let endpoint = format!("{}/api/v1/sql", url.trim_end_matches('/'));
+    let client = reqwest::blocking::Client::builder()
+        .timeout(None)
+        .build()
+        .context("cannot create the HTTP client")?;
+    let response = client
+        .post(&endpoint)
+        .header(reqwest::header::ACCEPT, ARROW_STREAM_MEDIA_TYPE)
+        .json(&serde_json::json!({ "query": query }))
+        .send()
+        .with_context(|| format!("cannot reach {endpoint}"))?;
+    let status = response.status();
+    let body = response
+        .bytes()
+        .with_context(|| format!("cannot read the answer of {endpoint}"))?;
+    if !status.is_success() {
+        let message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|value| {
+                value
+                    .get("message")
+                    .and_then(|m| m.as_str())
+                    .map(String::from)
+            })
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        bail!("the server refused the query ({status}): {message}");
+    }
+    Ok(from_arrow_stream(&body)?)
+}
