@@ -114,11 +114,15 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let run_id = runtime
-        .block_on(service.execute(
-            "SELECT run_id FROM runs ORDER BY experiment_id, run_name LIMIT 1 OFFSET 123",
-        ))?
-        .batches[0]
+    let pick = format!(
+        "SELECT run_id FROM runs ORDER BY experiment_id, run_name LIMIT 1 OFFSET {}",
+        runs / 2
+    );
+    let picked = runtime.block_on(service.execute(&pick))?;
+    let run_id = picked
+        .batches
+        .first()
+        .context("no runs")?
         .column(0)
         .as_any()
         .downcast_ref::<arrow::array::StringArray>()
