@@ -23,7 +23,8 @@
 //!
 //! Environment: `STEPSTORE_BENCH_DIR` (data directory; default
 //! `target/stepstore-sql-bench`), `STEPSTORE_BENCH_RUNS`,
-//! `STEPSTORE_BENCH_STEPS` (smaller histories for a quick look).
+//! `STEPSTORE_BENCH_STEPS` (smaller histories for a quick look),
+//! `STEPSTORE_BENCH_EXPLAIN` (print `EXPLAIN ANALYZE` of each query).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -186,6 +187,10 @@ fn main() -> anyhow::Result<()> {
             "stepstore {name}: {:.1} ms ({rows} rows)",
             times[times.len() / 2]
         );
+        if std::env::var_os("STEPSTORE_BENCH_EXPLAIN").is_some() {
+            let plan = runtime.block_on(service.execute(&format!("EXPLAIN ANALYZE {sql}")))?;
+            print!("{}", stepstore::query::output::to_table(&plan)?);
+        }
     }
     drop(service);
     engine.shutdown()?;

@@ -22,18 +22,15 @@
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-use arrow::array::{ArrayRef, DictionaryArray, RecordBatch, StringArray, UInt16Array};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt16Type};
+use arrow::array::{ArrayRef, RecordBatch, StringViewBuilder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::common::{DataFusionError, Result as DfResult, ScalarValue};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
-use datafusion::datasource::physical_plan::{
-    FileGroup, FileScanConfigBuilder, ParquetSource, wrap_partition_type_in_dict,
-    wrap_partition_value_in_dict,
-};
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::datasource::{TableProvider, TableType};
@@ -50,11 +47,12 @@ use crate::ingest::{BYTES_PER_POINT, RunPoints};
 use crate::storage::PersistedFile;
 use crate::storage::schema::metric_file_schema;
 
-/// The type of the `experiment_id` and `run_id` columns: strings,
-/// dictionary-encoded (one value per file or buffer batch), as DataFusion
-/// does for Hive partition columns.
+/// The type of the `experiment_id` and `run_id` columns: string views.
+/// Every row of a file (or buffer batch) shares one value, which a view
+/// array stores once (16 bytes of view per row), and grouping and joining
+/// on views is fast.
 fn id_type() -> DataType {
-    wrap_partition_type_in_dict(DataType::Utf8)
+    DataType::Utf8View
 }
 
 /// The partition columns, in table order after the file columns.
@@ -221,10 +219,8 @@ impl MetricsTable {
         let mut files: Vec<(u64, PartitionedFile)> = Vec::new();
         for run in points {
             let values = vec![
-                wrap_partition_value_in_dict(ScalarValue::Utf8(Some(
-                    run.experiment_id.to_string(),
-                ))),
-                wrap_partition_value_in_dict(ScalarValue::Utf8(Some(run.run_id.to_string()))),
+                ScalarValue::Utf8View(Some(run.experiment_id.to_string())),
+                ScalarValue::Utf8View(Some(run.run_id.to_string())),
             ];
             for file in &run.files {
                 let path = std::path::absolute(file.path())
@@ -326,12 +322,10 @@ fn buffered_partitions(
     Ok(out)
 }
 
-/// A dictionary column holding `value` in every one of `rows` rows.
+/// A string view column holding `value` in every one of `rows` rows
+/// (stored once).
 fn constant_id(value: &str, rows: usize) -> DfResult<ArrayRef> {
-    let keys = UInt16Array::from(vec![0u16; rows]);
-    let values = StringArray::from(vec![value]);
-    Ok(Arc::new(DictionaryArray::<UInt16Type>::try_new(
-        keys,
-        Arc::new(values),
-    )?))
+    let mut builder = StringViewBuilder::with_capacity(rows);
+    builder.try_append_value_n(value, rows)?;
+    Ok(Arc::new(builder.finish()))
 }
