@@ -496,23 +496,11 @@ impl Ingester {
     /// Every point of the selected runs, each exactly once (see
     /// [`RunPoints`]). Points acknowledged before the call are included.
     pub async fn points_snapshot(&self, runs: RunSelection) -> Result<Vec<RunPoints>, IngestError> {
-        let mut responses = Vec::new();
-        for shard in self.shards_for(&runs) {
-            let (reply, response) = oneshot::channel();
-            shard
-                .control
-                .send(ControlMessage::SnapshotPoints {
-                    runs: runs.clone(),
-                    reply,
-                })
-                .map_err(|_| IngestError::ShutDown)?;
-            responses.push(response);
-        }
-        let mut all = Vec::new();
-        for response in responses {
-            all.extend(response.await.map_err(|_| IngestError::ShutDown)?);
-        }
-        Ok(all)
+        self.gather(&runs, |runs, reply| ControlMessage::SnapshotPoints {
+            runs,
+            reply,
+        })
+        .await
     }
 
     /// The key summaries of the selected runs that have metrics.
@@ -520,15 +508,26 @@ impl Ingester {
         &self,
         runs: RunSelection,
     ) -> Result<Vec<RunSummaries>, IngestError> {
+        self.gather(&runs, |runs, reply| ControlMessage::SnapshotSummaries {
+            runs,
+            reply,
+        })
+        .await
+    }
+
+    /// Asks every shard holding some of `runs` (all requests sent before
+    /// any answer is awaited) and concatenates the answers.
+    async fn gather<T>(
+        &self,
+        runs: &RunSelection,
+        message: impl Fn(RunSelection, oneshot::Sender<Vec<T>>) -> ControlMessage,
+    ) -> Result<Vec<T>, IngestError> {
         let mut responses = Vec::new();
-        for shard in self.shards_for(&runs) {
+        for shard in self.shards_for(runs) {
             let (reply, response) = oneshot::channel();
             shard
                 .control
-                .send(ControlMessage::SnapshotSummaries {
-                    runs: runs.clone(),
-                    reply,
-                })
+                .send(message(runs.clone(), reply))
                 .map_err(|_| IngestError::ShutDown)?;
             responses.push(response);
         }
