@@ -66,7 +66,6 @@ fn open(dir: &Path) -> Arc<Engine> {
         buffer_budget_bytes: 4 << 30,
         ..IngestConfig::default()
     };
-    config.buffer_reject_bytes = 8 << 30;
     Engine::open(config).expect("engine")
 }
 

@@ -136,13 +136,17 @@ struct ServeArgs {
     /// ... or once its oldest point is this many seconds old.
     #[arg(long, env = "STEPSTORE_FLUSH_AGE_SECS", default_value_t = 300)]
     flush_age_secs: u64,
-    /// Memory for buffers in MiB; past it the largest buffers are persisted.
+    /// Memory for buffers in MiB. From three quarters of it the largest
+    /// buffers are persisted; when it is full, metric writes wait for room.
     #[arg(long, env = "STEPSTORE_BUFFER_BUDGET_MB", default_value_t = 512)]
     buffer_budget_mb: u64,
-    /// Past this many MiB buffered, metric writes get 503 (default: twice
-    /// the budget).
-    #[arg(long, env = "STEPSTORE_BUFFER_REJECT_MB")]
-    buffer_reject_mb: Option<u64>,
+    /// Memory in MiB for cached metric file footers (read again from disk
+    /// when dropped).
+    #[arg(long, env = "STEPSTORE_FOOTER_CACHE_MB", default_value_t = 32)]
+    footer_cache_mb: u64,
+    /// Seconds a metric write waits for buffer room before it gets 503.
+    #[arg(long, env = "STEPSTORE_OVERLOAD_WAIT_SECS", default_value_t = 10)]
+    overload_wait_secs: u64,
     /// Largest request body in MiB.
     #[arg(long, env = "STEPSTORE_MAX_REQUEST_MB", default_value_t = 64)]
     max_request_mb: usize,
@@ -214,6 +218,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .unwrap_or(2)
     });
     let budget = args.buffer_budget_mb << 20;
+    stepstore::storage::footer_cache::configure_footer_cache(args.footer_cache_mb << 20);
     let ingest = IngestConfig {
         shards,
         persist_threads: args.persist_threads,
@@ -225,7 +230,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = EngineConfig::new(&args.data_dir);
     config.wal_sync = args.wal_sync;
     config.wal_segment_bytes = args.wal_segment_mb.max(1) << 20;
-    config.buffer_reject_bytes = args.buffer_reject_mb.map_or(budget * 2, |mb| mb << 20);
+    config.overload_wait = Duration::from_secs(args.overload_wait_secs);
     config.ingest = ingest;
     let engine = Engine::open(config)
         .with_context(|| format!("cannot open data directory {}", args.data_dir.display()))?;

@@ -66,7 +66,7 @@ impl Collector for SnapshotCollector {
                 encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric_encoder)?;
         }
-        let gauges: [(&str, &str, u64); 6] = [
+        let gauges: [(&str, &str, u64); 8] = [
             (
                 "wal_segments",
                 "WAL segment files on disk",
@@ -76,6 +76,16 @@ impl Collector for SnapshotCollector {
                 "buffer_bytes",
                 "Bytes of metric points held in memory buffers",
                 snapshot.buffer_bytes,
+            ),
+            (
+                "buffer_bytes_peak",
+                "The most bytes metric buffers have held since start",
+                snapshot.buffer_bytes_peak,
+            ),
+            (
+                "buffer_budget_bytes",
+                "Memory budget of metric buffers",
+                snapshot.buffer_budget_bytes,
             ),
             (
                 "in_flight_bytes",

@@ -231,7 +231,7 @@ fn writes_past_the_buffer_limit_get_503_and_smaller_ones_still_pass() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(
         dir.path(),
-        &["--buffer-budget-mb", "1", "--buffer-reject-mb", "1"],
+        &["--buffer-budget-mb", "1", "--overload-wait-secs", "0"],
     );
     let run_id = server.create_run("limits", "busy");
     let path = format!("/api/v1/runs/{run_id}/metrics");

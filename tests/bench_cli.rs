@@ -6,39 +6,28 @@ mod common;
 
 use std::process::Command;
 
-use common::TestServer;
+use common::{TestServer, run_bench};
 use serde_json::Value;
 
 fn bench(server: &TestServer, protocol: &str, extra: &[&str]) -> Value {
-    let output = Command::new(env!("CARGO_BIN_EXE_stepstore"))
-        .args([
-            "bench",
-            "--target",
-            &server.base_url,
-            "--protocol",
-            protocol,
-            "--runs",
-            "4",
-            "--keys",
-            "20",
-            "--steps-per-request",
-            "10",
-            "--concurrency",
-            "2",
-            "--duration",
-            "1s",
-            "--json",
-        ])
-        .args(extra)
-        .output()
-        .expect("run stepstore bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "bench {protocol} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_str(&stdout).unwrap_or_else(|error| panic!("{error}: {stdout}"))
+    let mut args = vec![
+        "--target",
+        &server.base_url,
+        "--protocol",
+        protocol,
+        "--runs",
+        "4",
+        "--keys",
+        "20",
+        "--steps-per-request",
+        "10",
+        "--concurrency",
+        "2",
+        "--duration",
+        "1s",
+    ];
+    args.extend_from_slice(extra);
+    run_bench(&args)
 }
 
 #[test]

@@ -49,9 +49,9 @@ pub struct EngineConfig {
     pub wal_segment_bytes: u64,
     /// Ingester settings.
     pub ingest: IngestConfig,
-    /// Metric writes are refused (503) while buffered and in-flight points
-    /// pass this many bytes.
-    pub buffer_reject_bytes: u64,
+    /// How long a metric write waits for room when buffers fill their
+    /// budget before it is refused (503).
+    pub overload_wait: Duration,
     /// How often maintenance checkpoints (removes persisted WAL segments).
     pub checkpoint_interval: Duration,
     /// Least time between two catalog snapshots.
@@ -73,7 +73,7 @@ impl EngineConfig {
             data_dir: data_dir.into(),
             wal_sync: SyncPolicy::Always,
             wal_segment_bytes: 64 << 20,
-            buffer_reject_bytes: ingest.buffer_budget_bytes * 2,
+            overload_wait: Duration::from_secs(10),
             ingest,
             checkpoint_interval: Duration::from_secs(1),
             snapshot_interval: Duration::from_secs(30),
@@ -193,6 +193,10 @@ pub struct TelemetrySnapshot {
     pub points_ingested: u64,
     /// Bytes of buffered points.
     pub buffer_bytes: u64,
+    /// The most `buffer_bytes` has been since start.
+    pub buffer_bytes_peak: u64,
+    /// The buffer budget.
+    pub buffer_budget_bytes: u64,
     /// Bytes of points accepted by the WAL but not yet buffered.
     pub in_flight_bytes: u64,
     /// Bytes of metric files written since start.
@@ -653,20 +657,8 @@ impl Engine {
             return Ok(0);
         }
         let bytes = points as u64 * BYTES_PER_POINT;
-        let buffered =
-            self.ingester.stats().buffer_bytes() + self.in_flight_bytes.load(Ordering::Relaxed);
-        if buffered + bytes > self.config.buffer_reject_bytes {
-            return Err(EngineError::Overloaded {
-                buffered,
-                limit: self.config.buffer_reject_bytes,
-            });
-        }
+        let _guard = self.reserve_buffer_room(bytes).await?;
         let body = WalRecordRef::Metrics(&routed).encode()?;
-        self.in_flight_bytes.fetch_add(bytes, Ordering::Relaxed);
-        let _guard = InFlightGuard {
-            counter: Arc::clone(&self.in_flight_bytes),
-            bytes,
-        };
         let mut signals = Vec::with_capacity(routed.len());
         let mut responses = Vec::with_capacity(routed.len());
         for _ in 0..routed.len() {
@@ -697,6 +689,37 @@ impl Engine {
             accepted += response.await.map_err(|_| EngineError::ShuttingDown)??;
         }
         Ok(accepted)
+    }
+
+    /// Reserves `bytes` of the buffer budget for a write on its way to the
+    /// buffers (released when the guard drops, by then the points are
+    /// buffered and counted there). While the budget is full, waits for
+    /// written buffers to give memory back, up to `overload_wait`; a write
+    /// that can never fit, or that waited in vain, is `Overloaded`.
+    async fn reserve_buffer_room(&self, bytes: u64) -> Result<InFlightGuard, EngineError> {
+        let limit = self.config.ingest.buffer_budget_bytes;
+        let stats = self.ingester.stats();
+        let deadline = tokio::time::Instant::now() + self.config.overload_wait;
+        loop {
+            let freed = stats.memory_freed().notified();
+            let in_flight = self.in_flight_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
+            let guard = InFlightGuard {
+                counter: Arc::clone(&self.in_flight_bytes),
+                bytes,
+            };
+            let buffered = stats.buffer_bytes() + in_flight;
+            if buffered <= limit {
+                return Ok(guard);
+            }
+            drop(guard);
+            if bytes > limit || tokio::time::Instant::now() >= deadline {
+                return Err(EngineError::Overloaded {
+                    buffered: buffered - bytes,
+                    limit,
+                });
+            }
+            let _ = tokio::time::timeout_at(deadline, freed).await;
+        }
     }
 
     /// The full series of one key of a run, in step order, buffered points
@@ -768,6 +791,8 @@ impl Engine {
         TelemetrySnapshot {
             points_ingested: ingest.points_ingested(),
             buffer_bytes: ingest.buffer_bytes(),
+            buffer_bytes_peak: ingest.buffer_bytes_peak(),
+            buffer_budget_bytes: self.config.ingest.buffer_budget_bytes,
             in_flight_bytes: self.in_flight_bytes.load(Ordering::Relaxed),
             bytes_persisted: ingest.bytes_persisted(),
             files_persisted: ingest.files_persisted(),

@@ -18,7 +18,8 @@ use crate::storage::SortedColumns;
 use crate::storage::schema::{TIMEZONE, metric_file_schema};
 use crate::wal::Lsn;
 
-/// Bytes one buffered point costs (key id, step, timestamp, value).
+/// Bytes one buffered point takes at least (key id, step, timestamp,
+/// value); buffers count what their columns really hold allocated.
 pub const BYTES_PER_POINT: u64 = 4 + 8 + 8 + 8;
 
 /// The buffer new points of a run go to.
@@ -33,12 +34,15 @@ pub struct ActiveBuffer {
 }
 
 impl Default for ActiveBuffer {
+    /// An empty buffer that allocates nothing until its first point (a
+    /// builder's default capacity, 1,024 rows per column, would cost 28 KiB
+    /// for each of thousands of idle runs).
     fn default() -> Self {
         ActiveBuffer {
-            key_ids: UInt32Builder::new(),
-            steps: Int64Builder::new(),
-            timestamps: Int64Builder::new(),
-            values: Float64Builder::new(),
+            key_ids: UInt32Builder::with_capacity(0),
+            steps: Int64Builder::with_capacity(0),
+            timestamps: Int64Builder::with_capacity(0),
+            values: Float64Builder::with_capacity(0),
             first_lsn: None,
             last_lsn: 0,
             opened_at: None,
@@ -72,9 +76,13 @@ impl ActiveBuffer {
         self.steps.len()
     }
 
-    /// Bytes the buffered points count for.
+    /// Bytes the columns hold allocated (capacity, not just the rows used:
+    /// builders grow by doubling).
     pub fn bytes(&self) -> u64 {
-        self.rows() as u64 * BYTES_PER_POINT
+        (self.key_ids.capacity() * 4
+            + self.steps.capacity() * 8
+            + self.timestamps.capacity() * 8
+            + self.values.capacity() * 8) as u64
     }
 
     /// LSN of the oldest record buffered, if any.
@@ -122,8 +130,10 @@ impl ActiveBuffer {
     pub fn freeze(&mut self, chunk_id: u64, key_names: Arc<Vec<String>>) -> Option<FrozenChunk> {
         let first_lsn = self.first_lsn.take()?;
         self.opened_at = None;
+        let bytes = self.bytes();
         Some(FrozenChunk {
             id: chunk_id,
+            bytes,
             key_names,
             key_ids: self.key_ids.finish(),
             steps: self.steps.finish(),
@@ -138,6 +148,7 @@ impl ActiveBuffer {
 #[derive(Debug)]
 pub struct FrozenChunk {
     id: u64,
+    bytes: u64,
     key_names: Arc<Vec<String>>,
     key_ids: UInt32Array,
     steps: Int64Array,
@@ -157,9 +168,10 @@ impl FrozenChunk {
         self.steps.len()
     }
 
-    /// Bytes its points count for.
+    /// Bytes its columns hold allocated (what the active buffer held when
+    /// it was frozen).
     pub fn bytes(&self) -> u64 {
-        self.rows() as u64 * BYTES_PER_POINT
+        self.bytes
     }
 
     /// First and last LSN of the records it holds.
@@ -265,6 +277,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_empty_buffer_allocates_nothing() {
+        let mut buffer = ActiveBuffer::default();
+        assert_eq!(buffer.bytes(), 0);
+        buffer.append(1, &[0; 100], &[1; 100], &[2; 100], &[0.5; 100]);
+        assert!(buffer.bytes() >= 100 * BYTES_PER_POINT);
+        assert!(buffer.bytes() <= 2 * 128 * BYTES_PER_POINT);
+    }
+
+    #[test]
     fn freeze_moves_points_into_a_chunk_and_empties_the_buffer() {
         let mut buffer = ActiveBuffer::default();
         buffer.append(7, &[0, 1], &[1, 1], &[10, 10], &[0.5, 0.25]);
@@ -281,12 +302,15 @@ mod tests {
         assert_eq!(buffer.rows(), 3, "copying leaves the buffer as it was");
 
         let names = Arc::new(vec!["loss".to_string(), "acc".to_string()]);
+        let held = buffer.bytes();
+        assert!(held >= 3 * BYTES_PER_POINT, "{held} bytes for 3 points");
         let chunk = buffer.freeze(1, names).unwrap();
         assert_eq!(buffer.rows(), 0);
+        assert_eq!(buffer.bytes(), 0, "a frozen buffer gives up its columns");
         assert_eq!(buffer.first_lsn(), None);
         assert!(buffer.freeze(2, Arc::new(vec![])).is_none());
         assert_eq!(chunk.lsn_range(), (7, 9));
-        assert_eq!(chunk.bytes(), 3 * BYTES_PER_POINT);
+        assert_eq!(chunk.bytes(), held, "the chunk takes over the memory");
         let batch = chunk.to_record_batch().unwrap();
         assert_eq!(batch.num_rows(), 3);
         assert_eq!(batch.schema(), metric_file_schema());

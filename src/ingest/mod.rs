@@ -78,8 +78,9 @@ pub struct IngestConfig {
     pub flush_rows: usize,
     /// ... or once its oldest point is this old.
     pub flush_age: Duration,
-    /// When all buffers together pass this many bytes, the largest are
-    /// persisted first.
+    /// Memory all buffers (active and frozen, as allocated) may hold.
+    /// From three quarters of it the largest buffers are persisted first;
+    /// at it, metric writes wait for room.
     pub buffer_budget_bytes: u64,
     /// A running run with this many files is compacted.
     pub compact_after_files: usize,
@@ -109,10 +110,12 @@ impl Default for IngestConfig {
 pub struct IngestStats {
     points_ingested: AtomicU64,
     buffer_bytes: AtomicU64,
+    buffer_bytes_peak: AtomicU64,
     bytes_persisted: AtomicU64,
     files_persisted: AtomicU64,
     compactions: AtomicU64,
     persist_failures: AtomicU64,
+    memory_freed: tokio::sync::Notify,
 }
 
 impl IngestStats {
@@ -123,6 +126,15 @@ impl IngestStats {
     /// Bytes of points in buffers (active and frozen).
     pub fn buffer_bytes(&self) -> u64 {
         self.buffer_bytes.load(Ordering::Relaxed)
+    }
+    /// The most bytes buffers have held since start.
+    pub fn buffer_bytes_peak(&self) -> u64 {
+        self.buffer_bytes_peak.load(Ordering::Relaxed)
+    }
+    /// Adds `bytes` of buffer growth, keeping the peak.
+    fn add_buffer_bytes(&self, bytes: u64) {
+        let held = self.buffer_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.buffer_bytes_peak.fetch_max(held, Ordering::Relaxed);
     }
     /// Bytes of metric files written since start (compaction included).
     pub fn bytes_persisted(&self) -> u64 {
@@ -139,6 +151,11 @@ impl IngestStats {
     /// Failed file writes since start (each is retried).
     pub fn persist_failures(&self) -> u64 {
         self.persist_failures.load(Ordering::Relaxed)
+    }
+    /// Notified (`notify_waiters`) each time written buffers give their
+    /// memory back, for writers waiting for room under the budget.
+    pub fn memory_freed(&self) -> &tokio::sync::Notify {
+        &self.memory_freed
     }
 }
 

@@ -22,14 +22,56 @@ use crate::storage::{PersistedFile, StorageError};
 
 /// How long a failed file write or compaction waits before it is retried.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
-/// Under memory pressure, at least this much is frozen at a time.
+/// Under memory pressure, at least this much is kept frozen and on its way
+/// to files.
 const MIN_SHED_BYTES: u64 = 1 << 20;
+/// Buffers start to be persisted, largest first, once all of them together
+/// hold this share (in percent) of the budget, so that writes seldom find
+/// the budget full and have to wait.
+const SHED_FROM_PERCENT: u64 = 75;
 
 /// A frozen chunk handed to the persister and not yet reported written.
 struct PendingChunk {
     run_id: RunId,
     seq: u64,
+    bytes: u64,
     failed_at: Option<Instant>,
+}
+
+/// A compaction of a running run merges at least this many of its newest
+/// files, so that the file count always comes down.
+const MIN_RUNNING_COMPACTION_INPUTS: usize = 4;
+
+/// The files (in sequence order) a compaction merges: every one once the
+/// run has ended. While it runs, the newest files by size tier: going back
+/// from the newest, an older file joins only while it holds no more rows
+/// than the newer ones together, so a long run's large early files are not
+/// rewritten each time a few small ones pile up (each point is rewritten a
+/// logarithmic number of times, not once per compaction). Always a suffix:
+/// the merged file takes a new, later sequence number, which keeps logged
+/// order for points with equal step and time.
+fn compaction_inputs(files: &[Arc<PersistedFile>], finished: bool) -> &[Arc<PersistedFile>] {
+    if finished {
+        return files;
+    }
+    let rows: Vec<u64> = files.iter().map(|file| file.rows()).collect();
+    &files[tiered_suffix_start(&rows)..]
+}
+
+/// Where the size-tiered suffix of [`compaction_inputs`] starts, given the
+/// files' row counts in sequence order.
+fn tiered_suffix_start(rows: &[u64]) -> usize {
+    let mut start = rows.len();
+    let mut newer_rows = 0u64;
+    while start > 0 {
+        let older_rows = rows[start - 1];
+        if rows.len() - start >= MIN_RUNNING_COMPACTION_INPUTS && older_rows > newer_rows {
+            break;
+        }
+        newer_rows += older_rows;
+        start -= 1;
+    }
+    start
 }
 
 /// Whether a run is in a selection.
@@ -46,6 +88,8 @@ pub(crate) struct Shard {
     replies: Sender<ControlMessage>,
     runs: HashMap<RunId, RunState>,
     pending: HashMap<u64, PendingChunk>,
+    /// Bytes of this shard's frozen chunks not yet written.
+    frozen_bytes: u64,
     next_chunk_id: u64,
     flush_waiters: Vec<Sender<Result<(), String>>>,
     last_tick: Instant,
@@ -79,6 +123,7 @@ impl Shard {
             replies,
             runs,
             pending: HashMap::new(),
+            frozen_bytes: 0,
             next_chunk_id: 1,
             flush_waiters: Vec::new(),
             last_tick: Instant::now(),
@@ -128,14 +173,14 @@ impl Shard {
                     .runs
                     .entry(run_id)
                     .or_insert_with(|| RunState::new(experiment_id, Vec::new(), Vec::new()));
+                let held_before = run.active.bytes();
                 run.apply(lsn, &batch);
+                let grown = run.active.bytes().saturating_sub(held_before);
                 let full = run.active.rows() >= self.config.flush_rows;
                 self.stats
                     .points_ingested
                     .fetch_add(points as u64, Ordering::Relaxed);
-                self.stats
-                    .buffer_bytes
-                    .fetch_add(points as u64 * super::BYTES_PER_POINT, Ordering::Relaxed);
+                self.stats.add_buffer_bytes(grown);
                 if let Some(applied) = applied {
                     let _ = applied.send(Ok(points));
                 }
@@ -290,12 +335,15 @@ impl Shard {
         self.next_chunk_id += 1;
         let seq = run.next_seq;
         run.next_seq += 1;
+        let bytes = chunk.bytes();
         run.frozen.push(Arc::new(chunk));
+        self.frozen_bytes += bytes;
         self.pending.insert(
             chunk_id,
             PendingChunk {
                 run_id,
                 seq,
+                bytes,
                 failed_at: None,
             },
         );
@@ -336,16 +384,15 @@ impl Shard {
     ) {
         match outcome {
             Ok(file) => {
-                self.pending.remove(&chunk_id);
+                if let Some(pending) = self.pending.remove(&chunk_id) {
+                    self.frozen_bytes = self.frozen_bytes.saturating_sub(pending.bytes);
+                    self.stats
+                        .buffer_bytes
+                        .fetch_sub(pending.bytes, Ordering::Relaxed);
+                    self.stats.memory_freed.notify_waiters();
+                }
                 if let Some(run) = self.runs.get_mut(&run_id) {
-                    if let Some(position) =
-                        run.frozen.iter().position(|chunk| chunk.id() == chunk_id)
-                    {
-                        let chunk = run.frozen.remove(position);
-                        self.stats
-                            .buffer_bytes
-                            .fetch_sub(chunk.bytes(), Ordering::Relaxed);
-                    }
+                    run.frozen.retain(|chunk| chunk.id() != chunk_id);
                     self.stats.files_persisted.fetch_add(1, Ordering::Relaxed);
                     self.stats
                         .bytes_persisted
@@ -418,6 +465,10 @@ impl Shard {
         if !finished && run.files.len() < self.config.compact_after_files {
             return;
         }
+        let inputs = compaction_inputs(&run.files, finished).to_vec();
+        if inputs.len() < 2 {
+            return;
+        }
         let seq = run.next_seq;
         run.next_seq += 1;
         run.compacting = true;
@@ -425,7 +476,7 @@ impl Shard {
             run_id,
             experiment_id: run.experiment_id,
             seq,
-            inputs: run.files.clone(),
+            inputs,
             reply: self.replies.clone(),
         };
         if self.jobs.send(job).is_err() {
@@ -433,20 +484,23 @@ impl Shard {
         }
     }
 
-    /// Over the memory budget, freezes this shard's largest active buffers,
-    /// largest first, until a slice of the budget is freed (with many small
-    /// runs no single buffer may be large, so several go at once). Waits
-    /// for those writes before shedding again, since memory is only
-    /// released once a frozen buffer is written (freezing more meanwhile
-    /// would only make smaller files).
+    /// Once buffers fill [`SHED_FROM_PERCENT`] of the memory budget, keeps
+    /// this shard's share of frozen chunks on their way to files: freezes
+    /// its largest active buffers, largest first, until a quarter of its
+    /// share of the budget is frozen (with many small runs no single buffer
+    /// is large, so several go at once). Memory only comes back once a
+    /// chunk is written, so freezing more than the persisters can take
+    /// would only make smaller files.
     fn shed_if_over_budget(&mut self) {
-        if !self.pending.is_empty()
-            || self.stats.buffer_bytes.load(Ordering::Relaxed) <= self.config.buffer_budget_bytes
-        {
+        let budget = self.config.buffer_budget_bytes;
+        if self.stats.buffer_bytes.load(Ordering::Relaxed) <= budget / 100 * SHED_FROM_PERCENT {
             return;
         }
-        let target = (self.config.buffer_budget_bytes / (16 * self.config.shards.max(1) as u64))
-            .max(MIN_SHED_BYTES);
+        let in_flight_share = (budget / (4 * self.config.shards.max(1) as u64)).max(MIN_SHED_BYTES);
+        if self.frozen_bytes >= in_flight_share {
+            return;
+        }
+        let target = in_flight_share - self.frozen_bytes;
         let mut candidates: Vec<(u64, RunId)> = self
             .runs
             .iter()
@@ -488,5 +542,44 @@ impl Shard {
         for waiter in self.flush_waiters.drain(..) {
             let _ = waiter.send(result.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_runs_compact_their_newest_files_by_size_tier() {
+        // Fifteen fresh buffers after one large merged file: only they merge.
+        let mut rows = vec![16_000_000];
+        rows.extend([1_000_000; 15]);
+        assert_eq!(tiered_suffix_start(&rows), 1);
+        // Once the newer files together outweigh an older one, it joins.
+        assert_eq!(tiered_suffix_start(&[12, 5, 1, 1, 1, 1, 1]), 1);
+        assert_eq!(tiered_suffix_start(&[10, 5, 1, 1, 1, 1, 1]), 0);
+        // At least a few files always merge, whatever their sizes.
+        assert_eq!(tiered_suffix_start(&[100, 90, 1, 1, 1]), 1);
+        assert_eq!(tiered_suffix_start(&[7, 7]), 0);
+        assert_eq!(tiered_suffix_start(&[]), 0);
+    }
+
+    #[test]
+    fn a_long_run_rewrites_each_point_a_few_times_not_once_per_compaction() {
+        // Simulate 300 flushes of one size with compaction at 16 files.
+        let (mut files, mut rewritten) = (Vec::<u64>::new(), 0u64);
+        for _ in 0..300 {
+            files.push(1);
+            if files.len() >= 16 {
+                let start = tiered_suffix_start(&files);
+                let merged: u64 = files[start..].iter().sum();
+                rewritten += merged;
+                files.truncate(start);
+                files.push(merged);
+            }
+            assert!(files.len() < 16 + MIN_RUNNING_COMPACTION_INPUTS);
+        }
+        // Merging everything each time would rewrite about 300 * 300 / 30.
+        assert!(rewritten < 300 * 4, "{rewritten} rows rewritten for 300");
     }
 }

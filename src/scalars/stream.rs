@@ -164,8 +164,15 @@ struct FileSource {
 }
 
 impl FileSource {
-    fn new(file: Arc<PersistedFile>, key: &str, bounds: StepBounds) -> FileSource {
-        let footer = file.footer().clone();
+    fn new(
+        file: Arc<PersistedFile>,
+        key: &str,
+        bounds: StepBounds,
+    ) -> Result<FileSource, ScalarError> {
+        let footer = file.footer().map_err(|error| ScalarError::InvalidFile {
+            path: file.path().to_path_buf(),
+            reason: error.to_string(),
+        })?;
         let wanted = key.as_bytes();
         let row_groups: Vec<(usize, bool)> = footer
             .metadata()
@@ -197,7 +204,7 @@ impl FileSource {
                 Some((index, only_key))
             })
             .collect();
-        FileSource {
+        Ok(FileSource {
             path: file.path().to_path_buf(),
             footer,
             key: key.to_string(),
@@ -206,7 +213,7 @@ impl FileSource {
             reader: None,
             done: false,
             _file: file,
-        }
+        })
     }
 
     fn open_row_group(
@@ -409,10 +416,10 @@ impl SeriesSnapshot {
             .files
             .iter()
             .map(|file| {
-                Box::new(FileSource::new(Arc::clone(file), &self.key, bounds))
-                    as Box<dyn BlockSource>
+                FileSource::new(Arc::clone(file), &self.key, bounds)
+                    .map(|source| Box::new(source) as Box<dyn BlockSource>)
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         if let (Some(block), _) = self.buffered.clone().trim(bounds) {
             sources.push(Box::new(BufferSource { block: Some(block) }));
         }

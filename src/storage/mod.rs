@@ -4,6 +4,7 @@
 pub mod columns;
 pub mod compaction;
 pub mod file_meta;
+pub mod footer_cache;
 pub mod layout;
 pub mod persisted;
 pub mod reader;

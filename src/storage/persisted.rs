@@ -1,6 +1,7 @@
-//! A metric file on disk as the engine tracks it: its sequence number, the
-//! WAL ranges it covers and its cached footer. Readers hold it by `Arc`; a
-//! file replaced by compaction is deleted when the last holder lets go.
+//! A metric file on disk as the engine tracks it: its sequence number, row
+//! count and the WAL ranges it covers; its footer goes through the bounded
+//! [`footer_cache`]. Readers hold it by `Arc`; a file replaced by
+//! compaction is deleted when the last holder lets go.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,6 +10,7 @@ use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 
 use super::StorageError;
 use super::file_meta::FileMetadata;
+use super::footer_cache::footer_cache;
 use super::reader;
 use crate::model::MetricSeries;
 use crate::wal::Lsn;
@@ -21,7 +23,6 @@ pub struct PersistedFile {
     rows: u64,
     bytes: u64,
     lsn_ranges: Vec<(Lsn, Lsn)>,
-    footer: ArrowReaderMetadata,
     obsolete: AtomicBool,
 }
 
@@ -34,6 +35,7 @@ impl PersistedFile {
             .map_err(|source| StorageError::io("stat", path, source))?
             .len();
         let rows = footer.metadata().file_metadata().num_rows().max(0) as u64;
+        footer_cache().insert(path, footer);
         Ok((
             PersistedFile {
                 seq,
@@ -41,7 +43,6 @@ impl PersistedFile {
                 rows,
                 bytes,
                 lsn_ranges: metadata.lsn_ranges.clone(),
-                footer,
                 obsolete: AtomicBool::new(false),
             },
             metadata,
@@ -73,14 +74,16 @@ impl PersistedFile {
         &self.lsn_ranges
     }
 
-    /// The cached footer.
-    pub fn footer(&self) -> &ArrowReaderMetadata {
-        &self.footer
+    /// The footer, from the cache or read again from the file.
+    pub fn footer(&self) -> Result<ArrowReaderMetadata, StorageError> {
+        footer_cache().get_or_load(&self.path, || {
+            reader::load_footer(&self.path).map(|(footer, _)| footer)
+        })
     }
 
     /// Appends the points of `key` to `out`.
     pub fn read_key(&self, key: &str, out: &mut MetricSeries) -> Result<(), StorageError> {
-        reader::read_key(&self.path, &self.footer, key, out)
+        reader::read_key(&self.path, &self.footer()?, key, out)
     }
 
     /// Marks the file as replaced: it is deleted once no one holds it.
@@ -91,8 +94,11 @@ impl PersistedFile {
 
 impl Drop for PersistedFile {
     fn drop(&mut self) {
-        if self.obsolete.load(Ordering::SeqCst)
-            && let Err(error) = std::fs::remove_file(&self.path)
+        if !self.obsolete.load(Ordering::SeqCst) {
+            return;
+        }
+        footer_cache().remove(&self.path);
+        if let Err(error) = std::fs::remove_file(&self.path)
             && error.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(path = %self.path.display(), %error, "could not remove a compacted-away metric file");

@@ -155,6 +155,23 @@ impl TestServer {
         stderr
     }
 
+    /// The server process's peak resident memory so far (`VmHWM`), in
+    /// bytes.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        let line = status
+            .lines()
+            .find(|line| line.starts_with("VmHWM:"))
+            .expect("VmHWM");
+        let kib: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|value| value.parse().ok())
+            .expect("VmHWM value");
+        kib * 1024
+    }
+
     /// Kills the process with SIGKILL (no shutdown work at all).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -347,4 +364,22 @@ pub fn parquet_files(data_dir: &Path) -> Vec<PathBuf> {
     walk(&data_dir.join("metrics"), &mut files);
     files.sort();
     files
+}
+
+/// Runs `stepstore bench --json` with `args` and returns its report,
+/// failing the test (with its output) if it fails.
+pub fn run_bench(args: &[&str]) -> Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_stepstore"))
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run stepstore bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "stepstore bench {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|error| panic!("{error}: {stdout}"))
 }
