@@ -57,7 +57,7 @@ stop_server
 
 start_server many-runs --buffer-budget-mb 256
 echo
-echo "== 10,000 runs logging at once (buffer budget 256 MiB, writes refused past 512 MiB) =="
+echo "== 10,000 runs logging at once (buffer budget 256 MiB: writes wait for room past it) =="
 peak_file="$data/peak"
 (
   peak=0
