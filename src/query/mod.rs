@@ -19,6 +19,7 @@
 
 pub mod catalog_tables;
 pub mod latest_table;
+mod local_files;
 pub mod metrics_table;
 pub mod output;
 mod run_filter;
