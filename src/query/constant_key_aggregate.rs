@@ -298,8 +298,22 @@ impl AggregateState {
             let group = self.keys.group_of(&columns, 0);
             self.group_indices.resize(rows, group);
         } else {
+            // Row by row, but a row with the same views as the row before
+            // (runs of one key, as after a join) reuses its group.
+            let mut previous: Option<(Vec<Option<u128>>, usize)> = None;
             for row in 0..rows {
-                let group = self.keys.group_of(&columns, row);
+                let views: Vec<Option<u128>> = columns
+                    .iter()
+                    .map(|column| column.is_valid(row).then(|| column.views()[row]))
+                    .collect();
+                let group = match &previous {
+                    Some((last, group)) if *last == views => *group,
+                    _ => {
+                        let group = self.keys.group_of(&columns, row);
+                        previous = Some((views, group));
+                        group
+                    }
+                };
                 self.group_indices.push(group);
             }
         }
@@ -428,6 +442,11 @@ mod tests {
                 batch(
                     vec![Some(a.clone()), Some("short".into()), None, Some(b.clone())],
                     20,
+                ),
+                // An empty string and NULL side by side, twice over.
+                batch(
+                    vec![Some(String::new()), None, None, Some(String::new())],
+                    50,
                 ),
             ],
             vec![
