@@ -18,13 +18,16 @@
 //! and the same questions in DuckDB (Python package, in a virtual
 //! environment the benchmark creates under `~/.cache/stepstore-bench-venv`;
 //! set `STEPSTORE_BENCH_PYTHON` to use another interpreter) over the same
-//! files. Each query runs once untimed, then `REPEAT` times; the median is
+//! files. Each query runs once untimed, then 5 times (`STEPSTORE_BENCH_REPEAT`); the median is
 //! reported.
 //!
 //! Environment: `STEPSTORE_BENCH_DIR` (data directory; default
 //! `target/stepstore-sql-bench`), `STEPSTORE_BENCH_RUNS`,
 //! `STEPSTORE_BENCH_STEPS` (smaller histories for a quick look),
-//! `STEPSTORE_BENCH_EXPLAIN` (print `EXPLAIN ANALYZE` of each query).
+//! `STEPSTORE_BENCH_EXPLAIN` (print `EXPLAIN ANALYZE` of each query),
+//! `STEPSTORE_BENCH_QUERIES` (comma-separated names: run only these, e.g.
+//! under a profiler), `STEPSTORE_BENCH_REPEAT` (timed runs per query,
+//! default 5), `STEPSTORE_BENCH_NO_DUCKDB` (skip the DuckDB side).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -55,7 +58,6 @@ const KEYS: [&str; 10] = [
     "train/loss",
     "weight_norm",
 ];
-const REPEAT: usize = 5;
 const LEARNING_RATES: [&str; 5] = ["0.0001", "0.0003", "0.001", "0.003", "0.01"];
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -170,12 +172,27 @@ fn main() -> anyhow::Result<()> {
                 .to_string(),
         ),
     ];
+    let repeat = env_usize("STEPSTORE_BENCH_REPEAT", 5).max(1);
+    let chosen: Option<Vec<String>> = std::env::var("STEPSTORE_BENCH_QUERIES").ok().map(|names| {
+        names
+            .split(',')
+            .map(|name| name.trim().to_string())
+            .collect()
+    });
+    let ours: Vec<(&str, String)> = ours
+        .into_iter()
+        .filter(|(name, _)| {
+            chosen
+                .as_ref()
+                .is_none_or(|chosen| chosen.iter().any(|chosen| chosen == name))
+        })
+        .collect();
     let mut stepstore_ms: BTreeMap<&str, (f64, f64, usize)> = BTreeMap::new();
     for (name, sql) in &ours {
         let result = runtime.block_on(service.execute(sql))?;
         let rows = result.num_rows();
         let mut times = Vec::new();
-        for _ in 0..REPEAT {
+        for _ in 0..repeat {
             let started = Instant::now();
             let result = runtime.block_on(service.execute(sql))?;
             times.push(started.elapsed().as_secs_f64() * 1000.0);
@@ -194,6 +211,9 @@ fn main() -> anyhow::Result<()> {
     }
     drop(service);
     engine.shutdown()?;
+    if std::env::var_os("STEPSTORE_BENCH_NO_DUCKDB").is_some() {
+        return Ok(());
+    }
 
     // --- DuckDB over the same files ---
     let files = format!(
@@ -215,7 +235,7 @@ fn main() -> anyhow::Result<()> {
              JOIN {params_sql} p ON p.run_id = l.run_id AND p.key = 'lr' GROUP BY p.value ORDER BY p.value"),
     });
     let python = bench_python()?;
-    let job = json!({"queries": duck_queries, "repeat": REPEAT, "warmup": 1});
+    let job = json!({"queries": duck_queries, "repeat": repeat, "warmup": 1});
     let duck = run_duckdb(&python, &job)?;
     let duck_results = &duck["results"];
 

@@ -9,7 +9,8 @@
 //!    chosen runs' buffers are copied);
 //! 2. the engine captures those runs' points, each acknowledged point
 //!    exactly once, in a file or in a buffer copy;
-//! 3. files are read by DataFusion's Parquet scan, to which DataFusion's
+//! 3. files are read by DataFusion's Parquet scan (byte ranges straight
+//!    from the local files, [`super::local_files`]), to which DataFusion's
 //!    filter pushdown hands the remaining filters: `key` and `step` prune
 //!    row groups by statistics and pages by the page index, then filter
 //!    rows while decoding; buffer copies are read from memory; `LIMIT`
@@ -20,6 +21,7 @@
 //! handles are held until the query ends, so compaction cannot delete a
 //! file mid-read.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arrow::array::{ArrayRef, RecordBatch, StringViewBuilder};
@@ -41,6 +43,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
 
+use super::local_files::LocalFileReaderFactory;
 use super::run_filter::{self, EXPERIMENT_ID, RUN_ID, RunList};
 use crate::engine::Engine;
 use crate::ingest::{BYTES_PER_POINT, RunPoints};
@@ -217,6 +220,7 @@ impl MetricsTable {
         limit: Option<usize>,
     ) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
         let mut files: Vec<(u64, PartitionedFile)> = Vec::new();
+        let mut paths = HashMap::new();
         for run in points {
             let values = vec![
                 ScalarValue::Utf8View(Some(run.experiment_id.to_string())),
@@ -231,10 +235,13 @@ impl MetricsTable {
                         path.display()
                     )));
                 };
-                files.push((
-                    file.bytes(),
-                    PartitionedFile::new(path, file.bytes()).with_partition_values(values.clone()),
-                ));
+                let partitioned =
+                    PartitionedFile::new(path, file.bytes()).with_partition_values(values.clone());
+                paths.insert(
+                    partitioned.object_meta.location.clone(),
+                    std::path::PathBuf::from(path),
+                );
+                files.push((file.bytes(), partitioned));
             }
         }
         if files.is_empty() {
@@ -248,13 +255,17 @@ impl MetricsTable {
         let store_url = ObjectStoreUrl::local_filesystem();
         let store = state.runtime_env().object_store(&store_url)?;
         let metadata_cache = state.runtime_env().cache_manager.get_file_metadata_cache();
+        // Byte ranges are read from the local files directly; footers go
+        // through DataFusion's cache, shared by all queries.
+        let footers = Arc::new(CachedParquetFileReaderFactory::new(store, metadata_cache));
         let source = ParquetSource::new(table_schema)
             .with_enable_page_index(true)
             .with_pushdown_filters(true)
             .with_reorder_filters(true)
-            .with_parquet_file_reader_factory(Arc::new(CachedParquetFileReaderFactory::new(
-                store,
-                metadata_cache,
+            // Metric files have no bloom filters.
+            .with_bloom_filter_on_read(false)
+            .with_parquet_file_reader_factory(Arc::new(LocalFileReaderFactory::new(
+                paths, footers,
             )));
         // Run filters are applied by choosing runs. DataFusion's filter
         // pushdown hands the remaining filters (key, step, ...) to this

@@ -18,7 +18,9 @@
 //! text table ([`output`]).
 
 pub mod catalog_tables;
+mod constant_key_aggregate;
 pub mod latest_table;
+mod local_files;
 pub mod metrics_table;
 pub mod output;
 mod run_filter;
@@ -309,6 +311,9 @@ impl QueryService {
             .with_config(config)
             .with_runtime_env(runtime)
             .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(
+                constant_key_aggregate::ConstantKeyAggregateRule,
+            ))
             .build();
         let context = SessionContext::new_with_state(state);
         let catalog = Arc::new(self.engine.catalog_state());

@@ -49,7 +49,9 @@ def main():
         assert "DELTA_BINARY_PACKED" in step.encodings, step.encodings
         assert "BYTE_STREAM_SPLIT" in value.encodings, value.encodings
         assert any("DICTIONARY" in e for e in key.encodings), key.encodings
-        assert step.compression == "ZSTD" and value.compression == "ZSTD"
+        timestamp = row_group.column(columns["timestamp"])
+        assert key.compression == "UNCOMPRESSED" and step.compression == "UNCOMPRESSED"
+        assert timestamp.compression == "ZSTD" and value.compression == "ZSTD"
         assert key.statistics is not None and key.statistics.has_min_max
 
     # The Hive-partitioned tree as any engine reads it.
