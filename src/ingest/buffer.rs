@@ -361,14 +361,6 @@ impl ActiveBuffer {
         );
     }
 
-    /// Copies every point of run key `key_id` into `out`, oldest first.
-    pub fn collect_key(&self, key_id: u32, out: &mut MetricSeries) {
-        for segment in &self.sealed {
-            segment.collect_key(key_id, out);
-        }
-        self.collect_tail_key(key_id, out);
-    }
-
     /// A copy of every buffered point, for a read that must see them all.
     pub fn copy_points(&self, key_names: Arc<Vec<String>>) -> BufferedPoints {
         let rows = self.rows();
@@ -601,7 +593,7 @@ mod tests {
         );
         assert!(segment.key_blocks(7).is_empty());
         let mut all = MetricSeries::default();
-        buffer.collect_key(0, &mut all);
+        segment.collect_key(0, &mut all);
         assert_eq!(all.len(), rows.div_ceil(2));
         let mut tail = MetricSeries::default();
         buffer.collect_tail_key(0, &mut tail);
@@ -624,7 +616,7 @@ mod tests {
         assert_eq!(buffer.rows(), 3);
         assert_eq!(buffer.first_lsn(), Some(7));
         let mut loss = MetricSeries::default();
-        buffer.collect_key(0, &mut loss);
+        buffer.collect_tail_key(0, &mut loss);
         assert_eq!(loss.steps, vec![1, 0]);
         let copy = buffer.copy_points(Arc::new(vec!["loss".to_string(), "acc".to_string()]));
         assert_eq!(copy.rows(), 3);
