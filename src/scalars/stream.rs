@@ -795,12 +795,12 @@ impl SeriesSnapshot {
         // Per file: its blocks of the key (with their first file row), or
         // `None` for a file without aggregates; and the spans of its points
         // other sources are checked against.
-        let mut files: Vec<(Option<Vec<(u64, BlockAggregate)>>, Vec<Span>)> = Vec::new();
+        let mut files: Vec<(Option<Vec<StartedBlock>>, Vec<Span>)> = Vec::new();
         for file in &self.files {
             match file.aggregates() {
                 Some(aggregates) => {
                     any_aggregates = true;
-                    let blocks: Vec<(u64, BlockAggregate)> = match aggregates.key(&self.key) {
+                    let blocks: Vec<StartedBlock> = match aggregates.key(&self.key) {
                         Some(key) => key.block_starts().zip(key.blocks.iter().copied()).collect(),
                         None => Vec::new(),
                     };
@@ -922,6 +922,9 @@ fn fold_timestamps(timestamps: &[i64], widen: &mut impl FnMut(i64, i64)) {
         widen(low, high);
     }
 }
+
+/// A file block and the file row it starts at.
+type StartedBlock = (u64, BlockAggregate);
 
 /// A closed span of `(step, timestamp)` positions.
 #[derive(Clone, Copy, Debug)]

@@ -261,7 +261,7 @@ impl FileAggregates {
                 return;
             };
             // The open block of a continued key is filled up first.
-            let open = entry.rows > 0 && row % block_rows != 0;
+            let open = entry.rows > 0 && !row.is_multiple_of(block_rows);
             match entry.blocks.last_mut() {
                 Some(last) if open => last.append(&aggregate),
                 _ => entry.blocks.push(aggregate),
