@@ -4,8 +4,10 @@
 //! A key's points of one run sit in several places: persisted Parquet files
 //! (each sorted by `(key, step, timestamp)`, so the key's rows in a file are
 //! one sorted run), frozen chunks and the active buffer (in logged order;
-//! only the requested key's points are copied out and sorted, bounded by the
-//! buffer size, not by the series length). Step ranges of these sources may
+//! their sealed segments are shared and read in place when the key's points
+//! are in step order, else the key's points are copied out and sorted,
+//! bounded by the buffer size, not by the series length). Step ranges of
+//! these sources may
 //! overlap (points logged out of order), so the reader does a k-way merge of
 //! the sorted sources: every file is read row group by row group (row groups
 //! whose key or step statistics rule them out are skipped; a row group
