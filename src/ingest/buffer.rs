@@ -1,33 +1,261 @@
 //! Per-run metric buffers: the active buffer (Arrow builders that take new
 //! points) and frozen chunks (its finished arrays, immutable, waiting to be
 //! persisted). Key ids are the run's own dictionary ids.
+//!
+//! The active buffer seals its rows into an immutable [`Segment`] every
+//! [`SEGMENT_ROWS`] rows, so a reader shares them instead of copying: only
+//! the unsealed tail is copied for a read. The first read of a segment
+//! cuts each key's points in it into blocks of up to
+//! [`BLOCK_ROWS`] points and keeps their aggregates
+//! ([`crate::storage::aggregates`]), as a file's footer does, so that a
+//! downsampled read need not visit every buffered point.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use arrow::array::{
     ArrayBuilder, ArrayRef, DictionaryArray, Float64Array, Float64Builder, Int32Array, Int64Array,
-    Int64Builder, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array, UInt32Builder,
+    Int64Builder, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Builder,
 };
 use arrow::buffer::ScalarBuffer;
 use arrow::datatypes::Int32Type;
 use arrow::error::ArrowError;
 
 use crate::model::MetricSeries;
-use crate::storage::SortedColumns;
+use crate::storage::aggregates::BLOCK_ROWS;
 use crate::storage::schema::{TIMEZONE, metric_file_schema};
+use crate::storage::{BlockAggregate, SortedColumns};
 use crate::wal::Lsn;
 
 /// Bytes one buffered point takes at least (key id, step, timestamp,
 /// value); buffers count what their columns really hold allocated.
 pub const BYTES_PER_POINT: u64 = 4 + 8 + 8 + 8;
 
-/// The buffer new points of a run go to.
+/// Rows after which the active buffer seals its rows into a segment.
+pub const SEGMENT_ROWS: usize = 64 * 1024;
+
+/// Immutable buffered rows, in logged order.
+#[derive(Debug)]
+pub struct Segment {
+    key_ids: ScalarBuffer<u32>,
+    steps: ScalarBuffer<i64>,
+    timestamps: ScalarBuffer<i64>,
+    values: ScalarBuffer<f64>,
+    blocks: OnceLock<HashMap<u32, Vec<SegmentBlock>>>,
+}
+
+/// Up to [`BLOCK_ROWS`] consecutive points of one key in a segment.
+#[derive(Clone, Copy, Debug)]
+pub struct SegmentBlock {
+    /// First segment row of the block.
+    pub start: u32,
+    /// One past its last segment row (other keys' rows may lie between).
+    pub end: u32,
+    /// Points of the key in it.
+    pub points: u32,
+    /// Their aggregate, when they are in `(step, timestamp)` order.
+    pub aggregate: Option<BlockAggregate>,
+}
+
+impl Segment {
+    fn new(
+        key_ids: ScalarBuffer<u32>,
+        steps: ScalarBuffer<i64>,
+        timestamps: ScalarBuffer<i64>,
+        values: ScalarBuffer<f64>,
+    ) -> Segment {
+        Segment {
+            key_ids,
+            steps,
+            timestamps,
+            values,
+            blocks: OnceLock::new(),
+        }
+    }
+
+    /// Rows in the segment.
+    pub fn rows(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Copies the points of run key `key_id` into `out`.
+    pub fn collect_key(&self, key_id: u32, out: &mut MetricSeries) {
+        collect_rows(
+            &self.key_ids,
+            &self.steps,
+            &self.timestamps,
+            &self.values,
+            key_id,
+            out,
+        );
+    }
+
+    /// The blocks of run key `key_id`, in logged order (computed for every
+    /// key by the first call, then kept).
+    pub fn key_blocks(&self, key_id: u32) -> &[SegmentBlock] {
+        self.blocks
+            .get_or_init(|| self.compute_blocks())
+            .get(&key_id)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// The points of `key_id` in a block's rows: `(steps, timestamps,
+    /// values)`, shared when the block's rows hold no other key, else
+    /// copied.
+    pub fn block_points(
+        &self,
+        key_id: u32,
+        block: &SegmentBlock,
+    ) -> (ScalarBuffer<i64>, ScalarBuffer<i64>, ScalarBuffer<f64>) {
+        let (start, end) = (block.start as usize, block.end as usize);
+        if end - start == block.points as usize {
+            return (
+                self.steps.slice(start, end - start),
+                self.timestamps.slice(start, end - start),
+                self.values.slice(start, end - start),
+            );
+        }
+        let mut series = MetricSeries::default();
+        collect_rows(
+            &self.key_ids[start..end],
+            &self.steps[start..end],
+            &self.timestamps[start..end],
+            &self.values[start..end],
+            key_id,
+            &mut series,
+        );
+        (
+            ScalarBuffer::from(series.steps),
+            ScalarBuffer::from(series.timestamps),
+            ScalarBuffer::from(series.values),
+        )
+    }
+
+    fn compute_blocks(&self) -> HashMap<u32, Vec<SegmentBlock>> {
+        let ids: &[u32] = &self.key_ids;
+        let mut blocks: HashMap<u32, Vec<SegmentBlock>> = HashMap::new();
+        let Some(&first_id) = ids.first() else {
+            return blocks;
+        };
+        if ids.iter().all(|&id| id == first_id) {
+            // One key: blocks are row ranges, nothing to gather.
+            let mut list = Vec::with_capacity(ids.len().div_ceil(BLOCK_ROWS));
+            for start in (0..ids.len()).step_by(BLOCK_ROWS) {
+                let end = (start + BLOCK_ROWS).min(ids.len());
+                list.push(self.block_of(start, end, None));
+            }
+            blocks.insert(first_id, list);
+            return blocks;
+        }
+        let mut rows_by_key: HashMap<u32, Vec<u32>> = HashMap::new();
+        let mut last: Option<(u32, Vec<u32>)> = None;
+        for (row, &id) in ids.iter().enumerate() {
+            match &mut last {
+                Some((last_id, rows)) if *last_id == id => rows.push(row as u32),
+                _ => {
+                    if let Some((last_id, rows)) = last.take() {
+                        rows_by_key.insert(last_id, rows);
+                    }
+                    let mut rows = rows_by_key.remove(&id).unwrap_or_default();
+                    rows.push(row as u32);
+                    last = Some((id, rows));
+                }
+            }
+        }
+        if let Some((last_id, rows)) = last {
+            rows_by_key.insert(last_id, rows);
+        }
+        for (id, rows) in rows_by_key {
+            let list = rows
+                .chunks(BLOCK_ROWS)
+                .map(|chunk| {
+                    let start = chunk[0] as usize;
+                    let end = chunk[chunk.len() - 1] as usize + 1;
+                    self.block_of(start, end, Some(chunk))
+                })
+                .collect();
+            blocks.insert(id, list);
+        }
+        blocks
+    }
+
+    /// The block of segment rows `rows` within `[start, end)` (`None`:
+    /// all of them).
+    fn block_of(&self, start: usize, end: usize, rows: Option<&[u32]>) -> SegmentBlock {
+        let (points, aggregate) = match rows {
+            Some(rows) if rows.len() != end - start => {
+                let pick = |column: &[i64]| -> Vec<i64> {
+                    rows.iter().map(|&row| column[row as usize]).collect()
+                };
+                let values: Vec<f64> = rows.iter().map(|&row| self.values[row as usize]).collect();
+                (
+                    rows.len(),
+                    sorted_aggregate(&pick(&self.steps), &pick(&self.timestamps), &values),
+                )
+            }
+            _ => (
+                end - start,
+                sorted_aggregate(
+                    &self.steps[start..end],
+                    &self.timestamps[start..end],
+                    &self.values[start..end],
+                ),
+            ),
+        };
+        SegmentBlock {
+            start: start as u32,
+            end: end as u32,
+            points: points as u32,
+            aggregate,
+        }
+    }
+}
+
+/// The aggregate of rows that are in `(step, timestamp)` order; `None`
+/// when they are not.
+fn sorted_aggregate(steps: &[i64], timestamps: &[i64], values: &[f64]) -> Option<BlockAggregate> {
+    let sorted = steps
+        .windows(2)
+        .zip(timestamps.windows(2))
+        .all(|(step, time)| (step[0], time[0]) <= (step[1], time[1]));
+    if !sorted {
+        return None;
+    }
+    BlockAggregate::of(steps, timestamps, values)
+}
+
+/// Appends the rows of `key_id` to `out`, reserving exactly.
+fn collect_rows(
+    ids: &[u32],
+    steps: &[i64],
+    timestamps: &[i64],
+    values: &[f64],
+    key_id: u32,
+    out: &mut MetricSeries,
+) {
+    let count = ids.iter().filter(|&&id| id == key_id).count();
+    out.steps.reserve(count);
+    out.timestamps.reserve(count);
+    out.values.reserve(count);
+    for (row, &id) in ids.iter().enumerate() {
+        if id == key_id {
+            out.push(steps[row], timestamps[row], values[row]);
+        }
+    }
+}
+
+/// The buffer new points of a run go to: sealed segments and an unsealed
+/// tail of builders.
 pub struct ActiveBuffer {
     key_ids: UInt32Builder,
     steps: Int64Builder,
     timestamps: Int64Builder,
     values: Float64Builder,
+    sealed: Vec<Arc<Segment>>,
+    sealed_rows: usize,
+    sealed_bytes: u64,
     first_lsn: Option<Lsn>,
     last_lsn: Lsn,
     opened_at: Option<Instant>,
@@ -43,6 +271,9 @@ impl Default for ActiveBuffer {
             steps: Int64Builder::with_capacity(0),
             timestamps: Int64Builder::with_capacity(0),
             values: Float64Builder::with_capacity(0),
+            sealed: Vec::new(),
+            sealed_rows: 0,
+            sealed_bytes: 0,
             first_lsn: None,
             last_lsn: 0,
             opened_at: None,
@@ -69,20 +300,59 @@ impl ActiveBuffer {
         self.steps.append_slice(steps);
         self.timestamps.append_slice(timestamps);
         self.values.append_slice(values);
+        if self.steps.len() >= SEGMENT_ROWS {
+            self.seal(SEGMENT_ROWS);
+        }
     }
 
-    /// Buffered points.
-    pub fn rows(&self) -> usize {
-        self.steps.len()
+    /// Moves the tail into a sealed segment; `capacity` is what the next
+    /// tail reserves.
+    fn seal(&mut self, capacity: usize) {
+        if self.steps.is_empty() {
+            return;
+        }
+        let rows = self.steps.len();
+        let bytes = self.tail_bytes();
+        let key_ids =
+            std::mem::replace(&mut self.key_ids, UInt32Builder::with_capacity(capacity)).finish();
+        let steps =
+            std::mem::replace(&mut self.steps, Int64Builder::with_capacity(capacity)).finish();
+        let timestamps =
+            std::mem::replace(&mut self.timestamps, Int64Builder::with_capacity(capacity)).finish();
+        let values =
+            std::mem::replace(&mut self.values, Float64Builder::with_capacity(capacity)).finish();
+        self.sealed.push(Arc::new(Segment::new(
+            key_ids.values().clone(),
+            steps.values().clone(),
+            timestamps.values().clone(),
+            values.values().clone(),
+        )));
+        self.sealed_rows += rows;
+        self.sealed_bytes += bytes;
     }
 
-    /// Bytes the columns hold allocated (capacity, not just the rows used:
-    /// builders grow by doubling).
-    pub fn bytes(&self) -> u64 {
+    /// Bytes the unsealed tail's columns hold allocated.
+    fn tail_bytes(&self) -> u64 {
         (self.key_ids.capacity() * 4
             + self.steps.capacity() * 8
             + self.timestamps.capacity() * 8
             + self.values.capacity() * 8) as u64
+    }
+
+    /// Buffered points.
+    pub fn rows(&self) -> usize {
+        self.sealed_rows + self.steps.len()
+    }
+
+    /// The sealed segments, oldest first.
+    pub fn sealed(&self) -> &[Arc<Segment>] {
+        &self.sealed
+    }
+
+    /// Bytes the columns hold allocated (sealed segments and the tail's
+    /// capacity, not just the rows used: builders grow by doubling).
+    pub fn bytes(&self) -> u64 {
+        self.sealed_bytes + self.tail_bytes()
     }
 
     /// LSN of the oldest record buffered, if any.
@@ -95,65 +365,90 @@ impl ActiveBuffer {
         self.opened_at
     }
 
-    /// Copies the points of run key `key_id` into `out`.
-    pub fn collect_key(&self, key_id: u32, out: &mut MetricSeries) {
-        let steps = self.steps.values_slice();
-        let timestamps = self.timestamps.values_slice();
-        let values = self.values.values_slice();
-        let ids = self.key_ids.values_slice();
-        // Reserve exactly: a key of a large buffer would otherwise grow
-        // its columns by doubling (twice the memory, and copies).
-        let count = ids.iter().filter(|&&id| id == key_id).count();
-        out.steps.reserve(count);
-        out.timestamps.reserve(count);
-        out.values.reserve(count);
-        for (row, &id) in ids.iter().enumerate() {
-            if id == key_id {
-                out.push(steps[row], timestamps[row], values[row]);
-            }
-        }
+    /// Copies the points of run key `key_id` in the unsealed tail into
+    /// `out` (the sealed segments are shared, see [`Self::sealed`]).
+    pub fn collect_tail_key(&self, key_id: u32, out: &mut MetricSeries) {
+        collect_rows(
+            self.key_ids.values_slice(),
+            self.steps.values_slice(),
+            self.timestamps.values_slice(),
+            self.values.values_slice(),
+            key_id,
+            out,
+        );
     }
 
     /// A copy of every buffered point, for a read that must see them all.
     pub fn copy_points(&self, key_names: Arc<Vec<String>>) -> BufferedPoints {
-        BufferedPoints {
+        let rows = self.rows();
+        let mut copy = BufferedPoints {
             key_names,
-            key_ids: self.key_ids.values_slice().to_vec(),
-            steps: self.steps.values_slice().to_vec(),
-            timestamps: self.timestamps.values_slice().to_vec(),
-            values: self.values.values_slice().to_vec(),
+            key_ids: Vec::with_capacity(rows),
+            steps: Vec::with_capacity(rows),
+            timestamps: Vec::with_capacity(rows),
+            values: Vec::with_capacity(rows),
+        };
+        let parts = self
+            .sealed
+            .iter()
+            .map(|segment| {
+                (
+                    &segment.key_ids[..],
+                    &segment.steps[..],
+                    &segment.timestamps[..],
+                    &segment.values[..],
+                )
+            })
+            .chain(std::iter::once((
+                self.key_ids.values_slice(),
+                self.steps.values_slice(),
+                self.timestamps.values_slice(),
+                self.values.values_slice(),
+            )));
+        for (key_ids, steps, timestamps, values) in parts {
+            copy.key_ids.extend_from_slice(key_ids);
+            copy.steps.extend_from_slice(steps);
+            copy.timestamps.extend_from_slice(timestamps);
+            copy.values.extend_from_slice(values);
         }
+        copy
     }
 
-    /// Finishes the builders into an immutable chunk and empties the buffer.
-    /// `key_names` is the run's dictionary at this moment.
+    /// Seals the tail and moves every segment into an immutable chunk,
+    /// emptying the buffer. `key_names` is the run's dictionary at this
+    /// moment.
     pub fn freeze(&mut self, chunk_id: u64, key_names: Arc<Vec<String>>) -> Option<FrozenChunk> {
         let first_lsn = self.first_lsn.take()?;
         self.opened_at = None;
-        let bytes = self.bytes();
+        self.seal(0);
+        let rows = std::mem::take(&mut self.sealed_rows);
+        // The chunk carries the memory count of everything the buffer held,
+        // including room the empty tail had reserved, which goes now (an
+        // idle run would otherwise keep it, counted, for good).
+        let bytes = std::mem::take(&mut self.sealed_bytes) + self.tail_bytes();
+        self.key_ids = UInt32Builder::with_capacity(0);
+        self.steps = Int64Builder::with_capacity(0);
+        self.timestamps = Int64Builder::with_capacity(0);
+        self.values = Float64Builder::with_capacity(0);
         Some(FrozenChunk {
             id: chunk_id,
             bytes,
             key_names,
-            key_ids: self.key_ids.finish(),
-            steps: self.steps.finish(),
-            timestamps: self.timestamps.finish(),
-            values: self.values.finish(),
+            segments: std::mem::take(&mut self.sealed),
+            rows,
             lsn_range: (first_lsn, self.last_lsn),
         })
     }
 }
 
-/// A frozen buffer: immutable arrays waiting to be written to a file.
+/// A frozen buffer: immutable segments waiting to be written to a file.
 #[derive(Debug)]
 pub struct FrozenChunk {
     id: u64,
     bytes: u64,
     key_names: Arc<Vec<String>>,
-    key_ids: UInt32Array,
-    steps: Int64Array,
-    timestamps: Int64Array,
-    values: Float64Array,
+    segments: Vec<Arc<Segment>>,
+    rows: usize,
     lsn_range: (Lsn, Lsn),
 }
 
@@ -165,7 +460,7 @@ impl FrozenChunk {
 
     /// Number of points.
     pub fn rows(&self) -> usize {
-        self.steps.len()
+        self.rows
     }
 
     /// Bytes its columns hold allocated (what the active buffer held when
@@ -179,39 +474,58 @@ impl FrozenChunk {
         self.lsn_range
     }
 
+    /// Its segments, oldest first.
+    pub fn segments(&self) -> &[Arc<Segment>] {
+        &self.segments
+    }
+
     /// Copies the points of run key `key_id` into `out`.
     pub fn collect_key(&self, key_id: u32, out: &mut MetricSeries) {
-        let steps = self.steps.values();
-        let timestamps = self.timestamps.values();
-        let values = self.values.values();
-        for (row, &id) in self.key_ids.values().iter().enumerate() {
-            if id == key_id {
-                out.push(steps[row], timestamps[row], values[row]);
-            }
+        for segment in &self.segments {
+            segment.collect_key(key_id, out);
         }
     }
 
-    /// The points, in logged order, as a batch in the metric file schema
-    /// ([`metric_file_schema`]). Shares the chunk's step and value buffers.
-    pub fn to_record_batch(&self) -> Result<RecordBatch, ArrowError> {
-        points_batch(
-            &self.key_names,
-            self.key_ids.values(),
-            self.steps.values().clone(),
-            self.timestamps.values().clone(),
-            self.values.values().clone(),
-        )
+    /// The points, in logged order, as batches in the metric file schema
+    /// ([`metric_file_schema`]), one per segment. Shares the chunk's step
+    /// and value buffers.
+    pub fn to_record_batches(&self) -> Result<Vec<RecordBatch>, ArrowError> {
+        self.segments
+            .iter()
+            .map(|segment| {
+                points_batch(
+                    &self.key_names,
+                    &segment.key_ids,
+                    segment.steps.clone(),
+                    segment.timestamps.clone(),
+                    segment.values.clone(),
+                )
+            })
+            .collect()
     }
 
     /// The points in file order.
     pub fn to_sorted_columns(&self) -> SortedColumns {
-        SortedColumns::from_logged_order(
-            &self.key_names,
-            self.key_ids.values(),
-            self.steps.values(),
-            self.timestamps.values(),
-            self.values.values(),
-        )
+        if let [segment] = self.segments.as_slice() {
+            return SortedColumns::from_logged_order(
+                &self.key_names,
+                &segment.key_ids,
+                &segment.steps,
+                &segment.timestamps,
+                &segment.values,
+            );
+        }
+        let mut key_ids = Vec::with_capacity(self.rows);
+        let mut steps = Vec::with_capacity(self.rows);
+        let mut timestamps = Vec::with_capacity(self.rows);
+        let mut values = Vec::with_capacity(self.rows);
+        for segment in &self.segments {
+            key_ids.extend_from_slice(&segment.key_ids);
+            steps.extend_from_slice(&segment.steps);
+            timestamps.extend_from_slice(&segment.timestamps);
+            values.extend_from_slice(&segment.values);
+        }
+        SortedColumns::from_logged_order(&self.key_names, &key_ids, &steps, &timestamps, &values)
     }
 }
 
@@ -277,12 +591,74 @@ mod tests {
     use super::*;
 
     #[test]
+    fn full_tails_seal_into_shared_segments_with_per_key_blocks() {
+        let mut buffer = ActiveBuffer::default();
+        let rows = SEGMENT_ROWS + 10;
+        // Key 0 on even rows, key 1 on odd rows (key 1 out of order).
+        let ids: Vec<u32> = (0..rows).map(|row| (row % 2) as u32).collect();
+        let steps: Vec<i64> = (0..rows as i64)
+            .map(|row| if row % 2 == 0 { row } else { -row })
+            .collect();
+        let values: Vec<f64> = steps.iter().map(|&step| step as f64).collect();
+        buffer.append(1, &ids, &steps, &steps, &values);
+        assert_eq!(buffer.sealed().len(), 1);
+        assert_eq!(buffer.rows(), rows);
+        let segment = Arc::clone(&buffer.sealed()[0]);
+        assert_eq!(segment.rows(), rows);
+        let even = segment.key_blocks(0);
+        assert_eq!(even.len(), (rows / 2).div_ceil(BLOCK_ROWS));
+        assert!(even.iter().all(|block| block.aggregate.is_some()));
+        assert_eq!(even[1].start, 2 * BLOCK_ROWS as u32);
+        let (block_steps, _, _) = segment.block_points(0, &even[1]);
+        assert_eq!(block_steps.len(), BLOCK_ROWS);
+        assert_eq!(block_steps[0], 2 * BLOCK_ROWS as i64);
+        assert!(
+            segment
+                .key_blocks(1)
+                .iter()
+                .all(|block| block.aggregate.is_none()),
+            "unsorted blocks have no aggregate"
+        );
+        assert!(segment.key_blocks(7).is_empty());
+        let mut all = MetricSeries::default();
+        segment.collect_key(0, &mut all);
+        assert_eq!(all.len(), rows.div_ceil(2));
+        let mut tail = MetricSeries::default();
+        buffer.collect_tail_key(0, &mut tail);
+        assert!(tail.is_empty(), "everything was sealed");
+        buffer.append(2, &[0], &[1], &[1], &[1.0]);
+        let chunk = buffer
+            .freeze(1, Arc::new(vec!["a".into(), "b".into()]))
+            .unwrap();
+        assert_eq!(chunk.segments().len(), 2);
+        assert_eq!(chunk.rows(), rows + 1);
+        assert_eq!(chunk.to_sorted_columns().len(), rows + 1);
+        assert_eq!(chunk.to_record_batches().unwrap().len(), 2);
+    }
+
+    #[test]
     fn an_empty_buffer_allocates_nothing() {
         let mut buffer = ActiveBuffer::default();
         assert_eq!(buffer.bytes(), 0);
         buffer.append(1, &[0; 100], &[1; 100], &[2; 100], &[0.5; 100]);
         assert!(buffer.bytes() >= 100 * BYTES_PER_POINT);
         assert!(buffer.bytes() <= 2 * 128 * BYTES_PER_POINT);
+    }
+
+    #[test]
+    fn sealing_keeps_the_memory_count() {
+        let mut buffer = ActiveBuffer::default();
+        let rows = SEGMENT_ROWS + 10;
+        let ids = vec![0u32; rows];
+        let steps: Vec<i64> = (0..rows as i64).collect();
+        let values = vec![0.5; rows];
+        buffer.append(1, &ids, &steps, &steps, &values);
+        assert_eq!(buffer.sealed().len(), 1);
+        let held = buffer.bytes();
+        assert!(held >= rows as u64 * BYTES_PER_POINT);
+        let chunk = buffer.freeze(1, Arc::new(vec!["a".into()])).unwrap();
+        assert_eq!(chunk.bytes(), held);
+        assert_eq!(buffer.bytes(), 0);
     }
 
     #[test]
@@ -293,7 +669,7 @@ mod tests {
         assert_eq!(buffer.rows(), 3);
         assert_eq!(buffer.first_lsn(), Some(7));
         let mut loss = MetricSeries::default();
-        buffer.collect_key(0, &mut loss);
+        buffer.collect_tail_key(0, &mut loss);
         assert_eq!(loss.steps, vec![1, 0]);
         let copy = buffer.copy_points(Arc::new(vec!["loss".to_string(), "acc".to_string()]));
         assert_eq!(copy.rows(), 3);
@@ -311,9 +687,10 @@ mod tests {
         assert!(buffer.freeze(2, Arc::new(vec![])).is_none());
         assert_eq!(chunk.lsn_range(), (7, 9));
         assert_eq!(chunk.bytes(), held, "the chunk takes over the memory");
-        let batch = chunk.to_record_batch().unwrap();
-        assert_eq!(batch.num_rows(), 3);
-        assert_eq!(batch.schema(), metric_file_schema());
+        let batches = chunk.to_record_batches().unwrap();
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0].num_rows(), 3);
+        assert_eq!(batches[0].schema(), metric_file_schema());
         let sorted = chunk.to_sorted_columns();
         assert_eq!(sorted.keys, vec!["acc", "loss"]);
         assert_eq!(sorted.steps, vec![1, 0, 1]);

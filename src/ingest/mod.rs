@@ -8,7 +8,7 @@
 //! from there on clients; reads and persister replies use an unbounded
 //! control channel so they never wait behind a full data channel.
 
-mod buffer;
+pub(crate) mod buffer;
 pub mod live;
 mod persister;
 mod run_state;
@@ -32,7 +32,7 @@ use crate::wal::{Lsn, WalError};
 use arrow::array::RecordBatch;
 use arrow::error::ArrowError;
 
-pub use buffer::{BYTES_PER_POINT, BufferedPoints, FrozenChunk};
+pub use buffer::{BYTES_PER_POINT, BufferedPoints, FrozenChunk, Segment, SegmentBlock};
 pub use live::{LiveEvent, LiveHub, LiveSubscription};
 
 /// Errors of the ingester.
@@ -179,6 +179,9 @@ pub struct SeriesSources {
     files: Vec<Arc<PersistedFile>>,
     frozen: Vec<Arc<FrozenChunk>>,
     key_id: Option<u32>,
+    /// The active buffer's sealed segments (shared).
+    sealed: Vec<Arc<Segment>>,
+    /// The key's points in the active buffer's unsealed tail (copied).
     active: MetricSeries,
     applied_lsn: Lsn,
     summary: Option<KeySummary>,
@@ -195,6 +198,9 @@ impl SeriesSources {
         if let Some(id) = self.key_id {
             for chunk in &self.frozen {
                 chunk.collect_key(id, &mut series);
+            }
+            for segment in &self.sealed {
+                segment.collect_key(id, &mut series);
             }
         }
         series.extend(&self.active);
@@ -225,6 +231,9 @@ impl SeriesSources {
             for chunk in &self.frozen {
                 chunk.collect_key(id, &mut buffered);
             }
+            for segment in &self.sealed {
+                segment.collect_key(id, &mut buffered);
+            }
         }
         if buffered.is_empty() {
             buffered = self.active;
@@ -233,6 +242,42 @@ impl SeriesSources {
         }
         (self.files, buffered)
     }
+
+    /// The files (in sequence order) and the key's buffered points as
+    /// shared segments plus a copy of the unsealed tail, without copying
+    /// the segments.
+    pub fn into_shared(self) -> (Vec<Arc<PersistedFile>>, BufferedKey) {
+        let segments = match self.key_id {
+            Some(_) => self
+                .frozen
+                .iter()
+                .flat_map(|chunk| chunk.segments().iter().cloned())
+                .chain(self.sealed)
+                .collect(),
+            None => Vec::new(),
+        };
+        (
+            self.files,
+            BufferedKey {
+                key_id: self.key_id.unwrap_or(0),
+                segments,
+                tail: self.active,
+            },
+        )
+    }
+}
+
+/// One key's buffered points: shared segments (oldest first; they hold
+/// other keys' rows too) and the key's points in the active buffer's
+/// unsealed tail, all in logged order.
+#[derive(Debug, Default)]
+pub struct BufferedKey {
+    /// The run key id of the key in the segments.
+    pub key_id: u32,
+    /// Segments that may hold points of the key, oldest first.
+    pub segments: Vec<Arc<Segment>>,
+    /// The key's points after the segments.
+    pub tail: MetricSeries,
 }
 
 /// Which runs a snapshot covers: every run, or only these.
@@ -268,7 +313,7 @@ impl RunPoints {
         let mut batches = Vec::with_capacity(self.frozen.len() + 1);
         for chunk in self.frozen.drain(..) {
             if chunk.rows() > 0 {
-                batches.push(chunk.to_record_batch()?);
+                batches.extend(chunk.to_record_batches()?);
             }
         }
         if let Some(active) = self.active.take()

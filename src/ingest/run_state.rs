@@ -136,13 +136,14 @@ impl RunState {
             .min()
     }
 
-    /// Where the points of `key` are: files and frozen chunks (read later,
-    /// off the shard thread) and a copy of the active buffer's points.
+    /// Where the points of `key` are: files, frozen chunks and the active
+    /// buffer's sealed segments (read later, off the shard thread) and a
+    /// copy of the key's points in the active buffer's unsealed tail.
     pub(crate) fn sources_for(&self, key: &str) -> SeriesSources {
         let key_id = self.key_id(key);
         let mut active = MetricSeries::default();
         if let Some(id) = key_id {
-            self.active.collect_key(id, &mut active);
+            self.active.collect_tail_key(id, &mut active);
         }
         SeriesSources {
             files: self.files.clone(),
@@ -152,6 +153,11 @@ impl RunState {
                 Vec::new()
             },
             key_id,
+            sealed: if key_id.is_some() {
+                self.active.sealed().to_vec()
+            } else {
+                Vec::new()
+            },
             active,
             applied_lsn: self.applied_lsn,
             summary: key_id.and_then(|id| self.summaries[id as usize]),

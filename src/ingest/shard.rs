@@ -218,6 +218,7 @@ impl Shard {
                         files: Vec::new(),
                         frozen: Vec::new(),
                         key_id: None,
+                        sealed: Vec::new(),
                         active: MetricSeries::default(),
                         applied_lsn: 0,
                         summary: None,

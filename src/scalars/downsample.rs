@@ -15,6 +15,10 @@
 //! step order); memory is bounded by the budget, not by the series length:
 //! points are kept exactly while there are at most `max_points` of them,
 //! and bucketed from the first point past that.
+//!
+//! A block of consecutive points that lies wholly inside one bucket can be
+//! given as the points a bucket would keep of it ([`BlockPoints`]); the
+//! result is the same as pushing its points one by one.
 
 /// One point of a series as the downsampler sees it.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -37,6 +41,28 @@ impl Point {
     fn order(&self) -> (i64, u64) {
         (self.x, self.seq)
     }
+}
+
+/// What a bucket keeps of a block of consecutive points (in push order)
+/// that lies inside it: its first and last point in x order, the first
+/// points (in push order) with the smallest and greatest value (NaN
+/// ignored), its first NaN point in x order, and its counts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockPoints {
+    /// Points in the block.
+    pub rows: u64,
+    /// NaN or infinite values in the block.
+    pub non_finite: u64,
+    /// The smallest point in `(x, seq)` order.
+    pub first: Point,
+    /// The greatest point in `(x, seq)` order.
+    pub last: Point,
+    /// The first point with the smallest value.
+    pub min: Option<Point>,
+    /// The first point with the greatest value.
+    pub max: Option<Point>,
+    /// The smallest NaN point in `(x, seq)` order.
+    pub nan: Option<Point>,
 }
 
 /// The points one bucket keeps.
@@ -70,6 +96,37 @@ impl Bucket {
                 Some(min) if point.value >= min.value => {}
                 slot => *slot = Some(point),
             }
+            match &mut self.max {
+                Some(max) if point.value <= max.value => {}
+                slot => *slot = Some(point),
+            }
+        }
+    }
+
+    /// The same as adding every point of `block` (which follows every
+    /// point added so far) in push order.
+    fn add_block(&mut self, block: &BlockPoints) {
+        match &mut self.first {
+            Some(first) if block.first.order() >= first.order() => {}
+            slot => *slot = Some(block.first),
+        }
+        match &mut self.last {
+            Some(last) if block.last.order() <= last.order() => {}
+            slot => *slot = Some(block.last),
+        }
+        if let Some(point) = block.nan {
+            match &mut self.nan {
+                Some(nan) if point.order() >= nan.order() => {}
+                slot => *slot = Some(point),
+            }
+        }
+        if let Some(point) = block.min {
+            match &mut self.min {
+                Some(min) if point.value >= min.value => {}
+                slot => *slot = Some(point),
+            }
+        }
+        if let Some(point) = block.max {
             match &mut self.max {
                 Some(max) if point.value <= max.value => {}
                 slot => *slot = Some(point),
@@ -177,6 +234,49 @@ impl Downsampler {
                 self.add_to_bucket(point);
             }
         }
+    }
+
+    /// Switches to bucketing now (what the first point past the budget
+    /// would do), for a reader that knows the range holds more points than
+    /// the budget. Nothing changes when keeping every point.
+    pub fn start_bucketing(&mut self) {
+        if self.overflowed || self.max_points == 0 {
+            return;
+        }
+        self.overflowed = true;
+        self.buckets = vec![Bucket::default(); self.bucket_count];
+        for point in std::mem::take(&mut self.exact) {
+            self.add_to_bucket(point);
+        }
+    }
+
+    /// Whether x values `a` and `b` are both in the range and in one bucket.
+    pub fn same_bucket(&self, a: i64, b: i64) -> bool {
+        self.contains(a) && self.contains(b) && self.bucket_of(a).0 == self.bucket_of(b).0
+    }
+
+    /// Takes a block of consecutive points (following every point pushed
+    /// so far) that lies inside one bucket, as if each point were pushed.
+    /// Returns `false`, changing nothing, when the downsampler is not
+    /// bucketing or the block is not inside one bucket.
+    pub fn push_block(&mut self, block: &BlockPoints) -> bool {
+        let (low, high) = (block.first.x, block.last.x);
+        if !self.overflowed || !self.same_bucket(low, high) {
+            return false;
+        }
+        for point in [block.min, block.max, block.nan].iter().flatten() {
+            if point.x < low || point.x > high {
+                return false;
+            }
+        }
+        let index = self.bucket_of(low).0;
+        let Some(bucket) = self.buckets.get_mut(index) else {
+            return false;
+        };
+        bucket.add_block(block);
+        self.total += block.rows;
+        self.non_finite += block.non_finite;
+        true
     }
 
     /// The index of the bucket holding `x`, and the bucket's x range.

@@ -55,6 +55,10 @@ pub enum ScalarError {
     /// A background read task failed.
     #[error("background read failed: {0}")]
     Task(String),
+    /// A file's block aggregates disagree with its rows (the read falls
+    /// back to the full scan).
+    #[error("block aggregates cannot be used: {0}")]
+    Aggregates(String),
 }
 
 impl Classify for ScalarError {
@@ -62,9 +66,10 @@ impl Classify for ScalarError {
         match self {
             ScalarError::Invalid(_) => ErrorKind::InvalidParameter,
             ScalarError::Engine(error) => error.kind(),
-            ScalarError::Io { .. } | ScalarError::InvalidFile { .. } | ScalarError::Task(_) => {
-                ErrorKind::Internal
-            }
+            ScalarError::Io { .. }
+            | ScalarError::InvalidFile { .. }
+            | ScalarError::Task(_)
+            | ScalarError::Aggregates(_) => ErrorKind::Internal,
         }
     }
 }

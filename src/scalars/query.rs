@@ -9,18 +9,28 @@
 //! not change with the zoom; otherwise reading starts at `start`) into the
 //! downsampler, and reading stops past `end`. By time, a first pass finds
 //! the series' first and last timestamps (the range, and the origin of
-//! `relative_time`), then a second pass buckets by timestamp.
+//! `relative_time`; from the files' block aggregates where they have
+//! them), then a second pass buckets by timestamp.
+//!
+//! By step without smoothing, a read whose range holds more points than
+//! the budget uses the files' block aggregates
+//! ([`SeriesSnapshot::plan_step_read`]): blocks inside one bucket are
+//! taken whole, undecoded, and only the blocks that cross a bucket edge or
+//! the range's edges are decoded. The answer is the full scan's, point for
+//! point; if the aggregates turn out not to match a file, the read is done
+//! again by the full scan.
 
 use std::sync::Arc;
 
 use futures_util::{StreamExt, TryStreamExt};
 
-use super::downsample::{Downsampler, Point};
+use super::downsample::{BlockPoints, Downsampled, Downsampler, Point};
 use super::smoothing::Ema;
-use super::stream::{SeriesSnapshot, StepBounds};
+use super::stream::{PointSink, SeriesSnapshot, StepBounds};
 use super::{KeyPattern, ScalarError};
 use crate::engine::Engine;
 use crate::model::{KeySummary, RunId};
+use crate::storage::{BlockAggregate, BlockPoint};
 
 /// Points per series when the request does not say.
 pub const DEFAULT_MAX_POINTS: usize = 1_000;
@@ -196,7 +206,7 @@ pub fn read_snapshot(
             (lo, hi, bounds, 0)
         }
         XAxis::WallTime | XAxis::RelativeTime => {
-            let Some((first, last)) = timestamp_range(snapshot)? else {
+            let Some((first, last)) = snapshot.timestamp_range()? else {
                 return Ok(empty(params));
             };
             let origin = if params.x == XAxis::RelativeTime {
@@ -217,6 +227,29 @@ pub fn read_snapshot(
     if lo > hi {
         return Ok(empty(params));
     }
+    if params.x == XAxis::Step && params.smoothing.is_none() && params.max_points > 0 {
+        match read_planned(snapshot, lo, hi, params.max_points) {
+            Ok(Some(result)) => return Ok(series_of(result, params, origin)),
+            Ok(None) => {}
+            Err(ScalarError::Aggregates(reason)) => {
+                tracing::warn!(key = snapshot.key(), %reason, "block aggregates unusable; reading in full");
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    let result = read_full(snapshot, lo, hi, bounds, params)?;
+    Ok(series_of(result, params, origin))
+}
+
+/// Streams every point within `bounds` through the smoother into the
+/// downsampler.
+fn read_full(
+    snapshot: &SeriesSnapshot,
+    lo: i64,
+    hi: i64,
+    bounds: StepBounds,
+    params: &SeriesParams,
+) -> Result<Downsampled, ScalarError> {
     let by_step = params.x == XAxis::Step;
     let mut downsampler = Downsampler::new(lo, hi, params.max_points);
     let mut ema = params.smoothing.map(Ema::new);
@@ -239,9 +272,101 @@ pub fn read_snapshot(
         }
         Ok(true)
     })?;
-    let result = downsampler.finish();
+    Ok(downsampler.finish())
+}
+
+/// Reads steps `[lo, hi]` with the files' block aggregates; `None` when
+/// no file has them.
+fn read_planned(
+    snapshot: &SeriesSnapshot,
+    lo: i64,
+    hi: i64,
+    max_points: usize,
+) -> Result<Option<Downsampled>, ScalarError> {
+    let mut downsampler = Downsampler::new(lo, hi, max_points);
+    let plan = {
+        let grid = &downsampler;
+        snapshot.plan_step_read(lo, hi, max_points, &|a, b| grid.same_bucket(a, b))
+    };
+    let Some(plan) = plan else {
+        return Ok(None);
+    };
+    if plan.summarises() {
+        downsampler.start_bucketing();
+    }
+    let mut sink = StepSink {
+        downsampler: &mut downsampler,
+        seq: 0,
+    };
+    plan.run(&mut sink)?;
+    Ok(Some(downsampler.finish()))
+}
+
+/// Feeds a planned step read into a downsampler, numbering points in the
+/// merged order as the full scan does.
+struct StepSink<'a> {
+    downsampler: &'a mut Downsampler,
+    seq: u64,
+}
+
+impl StepSink<'_> {
+    fn point(&self, point: BlockPoint) -> Point {
+        Point {
+            seq: self.seq + u64::from(point.offset),
+            x: point.step,
+            step: point.step,
+            timestamp: point.timestamp,
+            value: point.value,
+            smoothed: point.value,
+        }
+    }
+}
+
+impl PointSink for StepSink<'_> {
+    fn slice(
+        &mut self,
+        steps: &[i64],
+        timestamps: &[i64],
+        values: &[f64],
+    ) -> Result<bool, ScalarError> {
+        for ((&step, &timestamp), &value) in steps.iter().zip(timestamps).zip(values) {
+            self.downsampler.push(Point {
+                seq: self.seq,
+                x: step,
+                step,
+                timestamp,
+                value,
+                smoothed: value,
+            });
+            self.seq += 1;
+        }
+        Ok(true)
+    }
+
+    fn block(&mut self, block: &BlockAggregate) -> Result<bool, ScalarError> {
+        let points = BlockPoints {
+            rows: u64::from(block.rows),
+            non_finite: u64::from(block.non_finite),
+            first: self.point(block.first),
+            last: self.point(block.last),
+            min: block.min.map(|point| self.point(point)),
+            max: block.max.map(|point| self.point(point)),
+            nan: block.nan.map(|point| self.point(point)),
+        };
+        if !self.downsampler.push_block(&points) {
+            return Err(ScalarError::Aggregates(
+                "a summarised block does not fit one bucket".into(),
+            ));
+        }
+        self.seq += u64::from(block.rows);
+        Ok(true)
+    }
+}
+
+/// The response columns of a downsampled series.
+fn series_of(result: Downsampled, params: &SeriesParams, origin: i64) -> ScalarSeries {
     let points = &result.points;
-    Ok(ScalarSeries {
+    ScalarSeries {
         steps: points.iter().map(|point| point.step).collect(),
         timestamps: points.iter().map(|point| point.timestamp).collect(),
         values: points.iter().map(|point| point.value).collect(),
@@ -257,7 +382,7 @@ pub fn read_snapshot(
         total_points: result.total,
         downsampled: result.downsampled,
         non_finite_points: result.non_finite,
-    })
+    }
 }
 
 fn empty(params: &SeriesParams) -> ScalarSeries {
@@ -266,22 +391,6 @@ fn empty(params: &SeriesParams) -> ScalarSeries {
         relative_times: (params.x == XAxis::RelativeTime).then(Vec::new),
         ..ScalarSeries::default()
     }
-}
-
-/// The first and last timestamp of the series (first pass for the time
-/// axes).
-fn timestamp_range(snapshot: &SeriesSnapshot) -> Result<Option<(i64, i64)>, ScalarError> {
-    let mut range: Option<(i64, i64)> = None;
-    snapshot.for_each_slice(StepBounds::default(), &mut |_, timestamps, _| {
-        let (mut low, mut high) = range.unwrap_or((i64::MAX, i64::MIN));
-        for &timestamp in timestamps {
-            low = low.min(timestamp);
-            high = high.max(timestamp);
-        }
-        range = Some((low, high));
-        Ok(true)
-    })?;
-    Ok(range)
 }
 
 /// Reads one series of a run. An unknown run is an error; a key the run
@@ -298,8 +407,8 @@ pub async fn read_series(
     let key = key.to_string();
     let params = *params;
     tokio::task::spawn_blocking(move || {
-        let (files, buffered) = sources.into_parts();
-        let snapshot = SeriesSnapshot::new(&key, files, buffered);
+        let (files, buffered) = sources.into_shared();
+        let snapshot = SeriesSnapshot::shared(&key, files, buffered);
         read_snapshot(&snapshot, summary.as_ref(), &params)
     })
     .await
@@ -368,7 +477,242 @@ pub async fn query(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingest::BufferedKey;
+    use crate::ingest::buffer::ActiveBuffer;
     use crate::model::MetricSeries;
+    use crate::storage::{MetricFileWriter, PersistedFile, SortedColumns};
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+    use std::path::Path;
+
+    /// Writes `points` (key, step, timestamp, value) as metric file `seq`;
+    /// `with_aggregates: false` writes a file as stepstore did before block
+    /// aggregates (no footer entry, 20,000-row pages).
+    fn write_file(
+        dir: &Path,
+        seq: u64,
+        points: &[(String, i64, i64, f64)],
+        with_aggregates: bool,
+    ) -> Arc<PersistedFile> {
+        let mut dictionary: Vec<String> = points.iter().map(|p| p.0.clone()).collect();
+        dictionary.sort();
+        dictionary.dedup();
+        let key_ids: Vec<u32> = points
+            .iter()
+            .map(|p| dictionary.iter().position(|k| *k == p.0).unwrap() as u32)
+            .collect();
+        let steps: Vec<i64> = points.iter().map(|p| p.1).collect();
+        let times: Vec<i64> = points.iter().map(|p| p.2).collect();
+        let values: Vec<f64> = points.iter().map(|p| p.3).collect();
+        let columns =
+            SortedColumns::from_logged_order(&dictionary, &key_ids, &steps, &times, &values);
+        let path = dir.join(format!("{seq:08}.parquet"));
+        if with_aggregates {
+            // Two writes, so keys continue across calls.
+            let mut writer = MetricFileWriter::create(&path).unwrap();
+            let split = columns.len() / 3;
+            let mut head = SortedColumns::default();
+            let mut tail = SortedColumns::default();
+            for (id, range) in columns.key_ranges() {
+                let cut = range.start.max(split.min(range.end));
+                for (part, rows) in [(&mut head, range.start..cut), (&mut tail, cut..range.end)] {
+                    part.push_key_rows(
+                        &columns.keys[id],
+                        &columns.steps[rows.clone()],
+                        &columns.timestamps[rows.clone()],
+                        &columns.values[rows],
+                    );
+                }
+            }
+            writer.write(head).unwrap();
+            writer.write(tail).unwrap();
+            writer.finish(vec![(seq, seq)], vec![]).unwrap();
+        } else {
+            use crate::storage::file_meta::{FORMAT_VERSION, FileMetadata};
+            use crate::storage::schema::metric_file_schema;
+            let metadata = FileMetadata {
+                format_version: FORMAT_VERSION,
+                lsn_ranges: vec![(seq, seq)],
+                keys: columns.summaries(),
+                compacted_from: Vec::new(),
+            };
+            let properties = parquet::file::properties::WriterProperties::builder()
+                .set_data_page_row_count_limit(20_000)
+                .set_max_row_group_row_count(Some(6_000))
+                .build();
+            let file = std::fs::File::create(&path).unwrap();
+            let mut writer =
+                parquet::arrow::ArrowWriter::try_new(file, metric_file_schema(), Some(properties))
+                    .unwrap();
+            writer.write(&columns.into_record_batch().unwrap()).unwrap();
+            writer.append_key_value_metadata(metadata.to_key_value().unwrap());
+            writer.close().unwrap();
+        }
+        let file = Arc::new(PersistedFile::open(seq, &path).unwrap().0);
+        assert_eq!(file.aggregates().is_some(), with_aggregates);
+        file
+    }
+
+    fn random_value(rng: &mut SmallRng, step: i64) -> f64 {
+        match rng.random_range(0..1000) {
+            0..10 => f64::NAN,
+            10..15 => f64::INFINITY,
+            15..20 => f64::NEG_INFINITY,
+            20..30 => 1e6 * if rng.random_bool(0.5) { 1.0 } else { -1.0 },
+            30..60 => 0.0,
+            60..90 => -0.0,
+            90..400 => (rng.random_range(-4..4) as f64) * 0.5,
+            _ => ((step as f64) * 0.001).sin() + rng.random::<f64>() * 0.1,
+        }
+    }
+
+    /// `count` points of `key` from `first_step`, mostly one step apart,
+    /// with repeated steps and equal timestamps now and then.
+    fn random_run(
+        rng: &mut SmallRng,
+        key: &str,
+        first_step: i64,
+        count: usize,
+    ) -> Vec<(String, i64, i64, f64)> {
+        let mut points = Vec::with_capacity(count);
+        let mut step = first_step;
+        for _ in 0..count {
+            let timestamp = 1_000_000 + step * 10 + rng.random_range(0..3);
+            points.push((key.to_string(), step, timestamp, random_value(rng, step)));
+            if rng.random_range(0..50) != 0 {
+                step += rng.random_range(1..3);
+            }
+        }
+        points
+    }
+
+    fn comparable(result: &Downsampled) -> Vec<(u64, i64, i64, i64, u64)> {
+        result
+            .points
+            .iter()
+            .map(|p| (p.seq, p.x, p.step, p.timestamp, p.value.to_bits()))
+            .collect()
+    }
+
+    #[test]
+    fn planned_reads_match_the_full_scan_on_random_series() {
+        let mut summarised = 0usize;
+        for seed in 0..24u64 {
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let dir = tempfile::tempdir().unwrap();
+            let mut all: Vec<(i64, i64, f64)> = Vec::new();
+            let mut files = Vec::new();
+            let mut next_step = 0i64;
+            for seq in 1..=rng.random_range(1..4u64) {
+                // Usually after the previous file's steps; sometimes
+                // overlapping them (points logged out of order).
+                let first = if rng.random_bool(0.3) {
+                    rng.random_range(0..=next_step)
+                } else {
+                    next_step
+                };
+                let count = rng.random_range(1..14_000);
+                let mut points = random_run(&mut rng, "k", first, count);
+                all.extend(points.iter().map(|p| (p.1, p.2, p.3)));
+                next_step = next_step.max(points.iter().map(|p| p.1).max().unwrap() + 1);
+                for other in ["a", "z"] {
+                    let count = rng.random_range(0..3000);
+                    points.extend(random_run(&mut rng, other, 0, count));
+                }
+                let with_aggregates = seed % 5 != 4 || seq != 1;
+                files.push(write_file(dir.path(), seq, &points, with_aggregates));
+            }
+            // Buffered points: in order (usually) or not, interleaved with
+            // another key, over frozen chunks and the active buffer.
+            let buffer_first = if rng.random_bool(0.5) {
+                next_step
+            } else {
+                rng.random_range(0..=next_step)
+            };
+            let count = rng.random_range(0..9000);
+            let mut logged = random_run(&mut rng, "k", buffer_first, count);
+            if rng.random_bool(0.2) {
+                logged.extend(random_run(&mut rng, "k", buffer_first / 2, 300));
+            }
+            let interleave = rng.random_bool(0.5);
+            let mut active = ActiveBuffer::default();
+            let names = Arc::new(vec!["k".to_string(), "a".to_string()]);
+            let mut chunks = Vec::new();
+            let mut sorted_copy = MetricSeries::default();
+            for (lsn, (_, step, timestamp, value)) in logged.into_iter().enumerate() {
+                all.push((step, timestamp, value));
+                sorted_copy.push(step, timestamp, value);
+                active.append(lsn as u64 + 1, &[0], &[step], &[timestamp], &[value]);
+                if interleave && lsn % 3 == 0 {
+                    active.append(lsn as u64 + 1, &[1], &[step], &[timestamp], &[-value]);
+                }
+                if rng.random_range(0..4000) == 0 {
+                    chunks.extend(active.freeze(chunks.len() as u64, Arc::clone(&names)));
+                }
+            }
+            let mut tail = MetricSeries::default();
+            active.collect_tail_key(0, &mut tail);
+            let segments = chunks
+                .iter()
+                .flat_map(|chunk| chunk.segments().iter().cloned())
+                .chain(active.sealed().iter().cloned())
+                .collect();
+            let buffered = BufferedKey {
+                key_id: 0,
+                segments,
+                tail,
+            };
+            let reference = SeriesSnapshot::new("k", files.clone(), sorted_copy);
+            let snapshot = SeriesSnapshot::shared("k", files, buffered);
+            assert_eq!(snapshot.buffered_points(), reference.buffered_points());
+            let min_step = all.iter().map(|p| p.0).min().unwrap();
+            let max_step = all.iter().map(|p| p.0).max().unwrap();
+            for round in 0..12 {
+                let max_points = [4, 5, 8, 17, 64, 100, 1000, 4096, 40_000][rng.random_range(0..9)];
+                let (lo, hi) = if round == 0 {
+                    (min_step, max_step)
+                } else {
+                    let a = rng.random_range(min_step..=max_step);
+                    let b = rng.random_range(min_step..=max_step);
+                    (a.min(b), a.max(b))
+                };
+                let bounds = StepBounds {
+                    lower: Some(lo),
+                    upper: Some(hi),
+                };
+                let params = SeriesParams {
+                    max_points,
+                    ..SeriesParams::default()
+                };
+                let full = read_full(&reference, lo, hi, bounds, &params).unwrap();
+                let planned = read_planned(&snapshot, lo, hi, max_points)
+                    .unwrap()
+                    .unwrap();
+                let shared_full = read_full(&snapshot, lo, hi, bounds, &params).unwrap();
+                assert_eq!(comparable(&shared_full), comparable(&full));
+                let context = format!("seed {seed} round {round} [{lo}, {hi}] max {max_points}");
+                assert_eq!(comparable(&planned), comparable(&full), "{context}");
+                assert_eq!(planned.total, full.total, "{context}");
+                assert_eq!(planned.non_finite, full.non_finite, "{context}");
+                assert_eq!(planned.downsampled, full.downsampled, "{context}");
+                let grid = Downsampler::new(lo, hi, max_points);
+                if let Some(plan) =
+                    snapshot.plan_step_read(lo, hi, max_points, &|a, b| grid.same_bucket(a, b))
+                {
+                    summarised += plan.summarised_blocks();
+                }
+            }
+            // The time axes' range comes from the aggregates.
+            let first = all.iter().map(|p| p.1).min().unwrap();
+            let last = all.iter().map(|p| p.1).max().unwrap();
+            assert_eq!(snapshot.timestamp_range().unwrap(), Some((first, last)));
+            assert_eq!(reference.timestamp_range().unwrap(), Some((first, last)));
+        }
+        assert!(
+            summarised > 50,
+            "the planned reads used aggregates ({summarised} blocks)"
+        );
+    }
 
     fn snapshot_of(points: &[(i64, i64, f64)]) -> (SeriesSnapshot, KeySummary) {
         let mut series = MetricSeries::default();

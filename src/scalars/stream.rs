@@ -4,8 +4,10 @@
 //! A key's points of one run sit in several places: persisted Parquet files
 //! (each sorted by `(key, step, timestamp)`, so the key's rows in a file are
 //! one sorted run), frozen chunks and the active buffer (in logged order;
-//! only the requested key's points are copied out and sorted, bounded by the
-//! buffer size, not by the series length). Step ranges of these sources may
+//! their sealed segments are shared and read in place when the key's points
+//! are in step order, else the key's points are copied out and sorted,
+//! bounded by the buffer size, not by the series length). Step ranges of
+//! these sources may
 //! overlap (points logged out of order), so the reader does a k-way merge of
 //! the sorted sources: every file is read row group by row group (row groups
 //! whose key or step statistics rule them out are skipped; a row group
@@ -16,8 +18,19 @@
 //! Ties on `(step, timestamp)` come out files first (in sequence order),
 //! then buffered points, exactly as [`crate::ingest::SeriesSources::collect`]
 //! orders them.
+//!
+//! A planned read ([`SeriesSnapshot::plan_step_read`]) uses the files'
+//! block aggregates ([`crate::storage::aggregates`]): a block that lies
+//! wholly inside one downsampling bucket, and whose `(step, timestamp)`
+//! span no other source's point falls into (so its rows are consecutive in
+//! the merged order), reaches the sink as its aggregate, undecoded; the
+//! other blocks in range are decoded through a Parquet row selection that
+//! reads only their pages. A decoded block is checked against its
+//! aggregate; a disagreement is [`ScalarError::Aggregates`], on which the
+//! caller falls back to the full scan.
 
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -26,13 +39,16 @@ use arrow::buffer::ScalarBuffer;
 use arrow::datatypes::{Float64Type, Int32Type, Int64Type, TimestampMillisecondType};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
+    ArrowReaderMetadata, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection,
+    RowSelectionPolicy,
 };
+use parquet::file::metadata::RowGroupMetaData;
 use parquet::file::statistics::Statistics;
 
 use super::ScalarError;
+use crate::ingest::{BufferedKey, Segment, SegmentBlock};
 use crate::model::MetricSeries;
-use crate::storage::PersistedFile;
+use crate::storage::{BlockAggregate, PersistedFile};
 
 /// Rows decoded per Parquet batch: bounds a file source's memory.
 const BATCH_ROWS: usize = 32 * 1024;
@@ -40,6 +56,42 @@ const BATCH_ROWS: usize = 32 * 1024;
 /// Takes ordered slices of steps, timestamps and values; returns `false`
 /// to stop the read.
 pub type SliceSink<'a> = dyn FnMut(&[i64], &[i64], &[f64]) -> Result<bool, ScalarError> + 'a;
+
+/// Takes a series in `(step, timestamp)` order: decoded slices, and (in a
+/// planned read) whole blocks as aggregates. Each call returns `false` to
+/// stop the read.
+pub trait PointSink {
+    /// Ordered rows.
+    fn slice(
+        &mut self,
+        steps: &[i64],
+        timestamps: &[i64],
+        values: &[f64],
+    ) -> Result<bool, ScalarError>;
+
+    /// A block of consecutive rows (in the merged order), undecoded.
+    fn block(&mut self, block: &BlockAggregate) -> Result<bool, ScalarError>;
+}
+
+/// A slice closure as a sink that takes no aggregates.
+struct SlicesOnly<'s, 'a>(&'s mut SliceSink<'a>);
+
+impl PointSink for SlicesOnly<'_, '_> {
+    fn slice(
+        &mut self,
+        steps: &[i64],
+        timestamps: &[i64],
+        values: &[f64],
+    ) -> Result<bool, ScalarError> {
+        (self.0)(steps, timestamps, values)
+    }
+
+    fn block(&mut self, _: &BlockAggregate) -> Result<bool, ScalarError> {
+        Err(ScalarError::Aggregates(
+            "a block aggregate reached a reader that wants every point".into(),
+        ))
+    }
+}
 
 /// Inclusive step bounds applied while reading (`None`: unbounded).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -71,6 +123,24 @@ impl Block {
 
     fn head(&self) -> (i64, i64) {
         (self.steps[0], self.timestamps[0])
+    }
+
+    fn position(&self, row: usize) -> (i64, i64) {
+        (self.steps[row], self.timestamps[row])
+    }
+
+    /// Index of the first row at or after `position`.
+    fn lower_bound(&self, position: (i64, i64)) -> usize {
+        let (mut low, mut high) = (0, self.len());
+        while low < high {
+            let middle = (low + high) / 2;
+            if self.position(middle) < position {
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
+        }
+        low
     }
 
     fn slice(&self, offset: usize, len: usize) -> Block {
@@ -132,9 +202,24 @@ impl Block {
     }
 }
 
-/// Something that yields sorted blocks of one key's points.
+/// What a source yields next: decoded rows, or a block as its aggregate.
+enum Item {
+    Rows(Block),
+    Summary(BlockAggregate),
+}
+
+impl Item {
+    fn head(&self) -> (i64, i64) {
+        match self {
+            Item::Rows(block) => block.head(),
+            Item::Summary(aggregate) => aggregate.first.position(),
+        }
+    }
+}
+
+/// Something that yields sorted items of one key's points.
 trait BlockSource: Send {
-    fn next_block(&mut self) -> Result<Option<Block>, ScalarError>;
+    fn next_item(&mut self) -> Result<Option<Item>, ScalarError>;
 }
 
 /// The buffered points of the key (frozen chunks and active buffer).
@@ -143,8 +228,8 @@ struct BufferSource {
 }
 
 impl BlockSource for BufferSource {
-    fn next_block(&mut self) -> Result<Option<Block>, ScalarError> {
-        Ok(self.block.take())
+    fn next_item(&mut self) -> Result<Option<Item>, ScalarError> {
+        Ok(self.block.take().map(Item::Rows))
     }
 }
 
@@ -163,46 +248,25 @@ struct FileSource {
     _file: Arc<PersistedFile>,
 }
 
+/// A file's footer (from the footer cache, or read again), with a read
+/// failure as a scalar error naming the file.
+fn file_footer(file: &PersistedFile) -> Result<ArrowReaderMetadata, ScalarError> {
+    file.footer().map_err(|error| ScalarError::InvalidFile {
+        path: file.path().to_path_buf(),
+        reason: error.to_string(),
+    })
+}
+
 impl FileSource {
     fn new(
         file: Arc<PersistedFile>,
         key: &str,
         bounds: StepBounds,
     ) -> Result<FileSource, ScalarError> {
-        let footer = file.footer().map_err(|error| ScalarError::InvalidFile {
-            path: file.path().to_path_buf(),
-            reason: error.to_string(),
-        })?;
-        let wanted = key.as_bytes();
-        let row_groups: Vec<(usize, bool)> = footer
-            .metadata()
-            .row_groups()
-            .iter()
-            .enumerate()
-            .filter_map(|(index, row_group)| {
-                let key_stats = row_group.column(0).statistics();
-                let may_hold_key = key_stats.is_none_or(|statistics| {
-                    statistics.min_bytes_opt().is_none_or(|min| min <= wanted)
-                        && statistics.max_bytes_opt().is_none_or(|max| wanted <= max)
-                });
-                if !may_hold_key {
-                    return None;
-                }
-                if let Some(Statistics::Int64(steps)) = row_group.column(1).statistics()
-                    && let (Some(&min), Some(&max)) = (steps.min_opt(), steps.max_opt())
-                    && bounds.excludes_range(min, max)
-                {
-                    return None;
-                }
-                let only_key = key_stats.is_some_and(|statistics| {
-                    statistics.min_is_exact()
-                        && statistics.max_is_exact()
-                        && statistics.min_bytes_opt() == Some(wanted)
-                        && statistics.max_bytes_opt() == Some(wanted)
-                        && statistics.null_count_opt().unwrap_or(1) == 0
-                });
-                Some((index, only_key))
-            })
+        let footer = file_footer(&file)?;
+        let row_groups: Vec<(usize, bool)> = candidate_row_groups(&footer, key, bounds)
+            .into_iter()
+            .map(|candidate| (candidate.index, candidate.only_key))
             .collect();
         Ok(FileSource {
             path: file.path().to_path_buf(),
@@ -247,35 +311,7 @@ impl FileSource {
             path: self.path.clone(),
             reason: reason.to_string(),
         };
-        let first = if only_key { 0 } else { 1 };
-        if batch.num_columns() != first + 3
-            || batch.columns().iter().any(|column| column.null_count() > 0)
-        {
-            return Err(invalid("unexpected columns or nulls in a metric file"));
-        }
-        let steps = batch
-            .column(first)
-            .as_primitive_opt::<Int64Type>()
-            .ok_or_else(|| invalid("step column is not int64"))?
-            .values()
-            .clone();
-        let timestamps = batch
-            .column(first + 1)
-            .as_primitive_opt::<TimestampMillisecondType>()
-            .ok_or_else(|| invalid("timestamp column is not a millisecond timestamp"))?
-            .values()
-            .clone();
-        let values = batch
-            .column(first + 2)
-            .as_primitive_opt::<Float64Type>()
-            .ok_or_else(|| invalid("value column is not float64"))?
-            .values()
-            .clone();
-        let block = Block {
-            steps,
-            timestamps,
-            values,
-        };
+        let block = batch_block(&self.path, batch, !only_key)?;
         if only_key {
             return Ok(Some(block));
         }
@@ -310,6 +346,99 @@ impl FileSource {
     }
 }
 
+/// A row group that may hold the key: its index, whether it holds only the
+/// key, and its step range when its statistics give one.
+struct Candidate {
+    index: usize,
+    only_key: bool,
+    steps: Option<(i64, i64)>,
+}
+
+/// The row groups whose key and step statistics do not rule them out.
+fn candidate_row_groups(
+    footer: &ArrowReaderMetadata,
+    key: &str,
+    bounds: StepBounds,
+) -> Vec<Candidate> {
+    let wanted = key.as_bytes();
+    footer
+        .metadata()
+        .row_groups()
+        .iter()
+        .enumerate()
+        .filter_map(|(index, row_group)| {
+            let key_stats = row_group.column(0).statistics();
+            let may_hold_key = key_stats.is_none_or(|statistics| {
+                statistics.min_bytes_opt().is_none_or(|min| min <= wanted)
+                    && statistics.max_bytes_opt().is_none_or(|max| wanted <= max)
+            });
+            if !may_hold_key {
+                return None;
+            }
+            let steps = match row_group.column(1).statistics() {
+                Some(Statistics::Int64(steps)) => match (steps.min_opt(), steps.max_opt()) {
+                    (Some(&min), Some(&max)) => Some((min, max)),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if steps.is_some_and(|(min, max)| bounds.excludes_range(min, max)) {
+                return None;
+            }
+            let only_key = key_stats.is_some_and(|statistics| {
+                statistics.min_is_exact()
+                    && statistics.max_is_exact()
+                    && statistics.min_bytes_opt() == Some(wanted)
+                    && statistics.max_bytes_opt() == Some(wanted)
+                    && statistics.null_count_opt().unwrap_or(1) == 0
+            });
+            Some(Candidate {
+                index,
+                only_key,
+                steps,
+            })
+        })
+        .collect()
+}
+
+/// The step, timestamp and value columns of a decoded batch as a block;
+/// `with_key` tells whether the batch starts with the key column.
+fn batch_block(path: &Path, batch: &RecordBatch, with_key: bool) -> Result<Block, ScalarError> {
+    let invalid = |reason: &str| ScalarError::InvalidFile {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    let first = usize::from(with_key);
+    if batch.num_columns() != first + 3
+        || batch.columns().iter().any(|column| column.null_count() > 0)
+    {
+        return Err(invalid("unexpected columns or nulls in a metric file"));
+    }
+    let steps = batch
+        .column(first)
+        .as_primitive_opt::<Int64Type>()
+        .ok_or_else(|| invalid("step column is not int64"))?
+        .values()
+        .clone();
+    let timestamps = batch
+        .column(first + 1)
+        .as_primitive_opt::<TimestampMillisecondType>()
+        .ok_or_else(|| invalid("timestamp column is not a millisecond timestamp"))?
+        .values()
+        .clone();
+    let values = batch
+        .column(first + 2)
+        .as_primitive_opt::<Float64Type>()
+        .ok_or_else(|| invalid("value column is not float64"))?
+        .values()
+        .clone();
+    Ok(Block {
+        steps,
+        timestamps,
+        values,
+    })
+}
+
 /// The rows of `block` where `matches` is set: a zero-copy slice when they
 /// are contiguous (always, in a file sorted by key), else a copy.
 fn select_rows(block: &Block, matches: &[bool]) -> Option<Block> {
@@ -327,7 +456,7 @@ fn select_rows(block: &Block, matches: &[bool]) -> Option<Block> {
 }
 
 impl BlockSource for FileSource {
-    fn next_block(&mut self) -> Result<Option<Block>, ScalarError> {
+    fn next_item(&mut self) -> Result<Option<Item>, ScalarError> {
         loop {
             if self.done {
                 return Ok(None);
@@ -359,27 +488,173 @@ impl BlockSource for FileSource {
                 self.done = true;
             }
             if let Some(block) = block {
-                return Ok(Some(block));
+                return Ok(Some(Item::Rows(block)));
             }
         }
     }
 }
 
-fn parquet_error(path: &Path, error: parquet::errors::ParquetError) -> ScalarError {
-    ScalarError::InvalidFile {
-        path: path.to_path_buf(),
-        reason: error.to_string(),
-    }
-}
-
 /// Everything a series read needs, taken from a consistent snapshot of the
-/// run's shard: the files (held open against compaction) and a sorted copy
-/// of the key's buffered points.
+/// run's shard: the files (held open against compaction) and the key's
+/// buffered points.
 #[derive(Clone)]
 pub struct SeriesSnapshot {
     key: String,
     files: Vec<Arc<PersistedFile>>,
-    buffered: Block,
+    buffered: Buffered,
+}
+
+/// A key's buffered points as a read sees them.
+#[derive(Clone)]
+enum Buffered {
+    /// A sorted copy.
+    Sorted(Block),
+    /// Blocks of shared segments, in `(step, timestamp)` order and with
+    /// aggregates, then the sorted points of the unsealed tail.
+    Blocks {
+        key_id: u32,
+        blocks: Vec<BufferBlock>,
+        tail: Block,
+    },
+}
+
+/// A block of a shared buffer segment.
+#[derive(Clone)]
+struct BufferBlock {
+    segment: Arc<Segment>,
+    block: SegmentBlock,
+    aggregate: BlockAggregate,
+}
+
+impl BufferBlock {
+    fn span(&self) -> Span {
+        Span {
+            start: self.aggregate.first.position(),
+            end: self.aggregate.last.position(),
+        }
+    }
+
+    fn decode(&self, key_id: u32) -> Block {
+        let (steps, timestamps, values) = self.segment.block_points(key_id, &self.block);
+        Block {
+            steps,
+            timestamps,
+            values,
+        }
+    }
+}
+
+impl Buffered {
+    fn points(&self) -> usize {
+        match self {
+            Buffered::Sorted(block) => block.len(),
+            Buffered::Blocks { blocks, tail, .. } => {
+                blocks
+                    .iter()
+                    .map(|block| block.block.points as usize)
+                    .sum::<usize>()
+                    + tail.len()
+            }
+        }
+    }
+
+    /// Points with a step in `[lo, hi]`, or a lower bound of them (blocks
+    /// that straddle an edge are not counted).
+    fn known_in_range(&self, lo: i64, hi: i64) -> u64 {
+        let rows_in = |block: &Block| {
+            let start = block.steps.partition_point(|&step| step < lo);
+            let end = block.steps.partition_point(|&step| step <= hi);
+            end.saturating_sub(start) as u64
+        };
+        match self {
+            Buffered::Sorted(block) => rows_in(block),
+            Buffered::Blocks { blocks, tail, .. } => {
+                blocks
+                    .iter()
+                    .filter(|block| {
+                        lo <= block.aggregate.first.step && block.aggregate.last.step <= hi
+                    })
+                    .map(|block| u64::from(block.aggregate.rows))
+                    .sum::<u64>()
+                    + rows_in(tail)
+            }
+        }
+    }
+
+    /// Whether a buffered point falls in `span`.
+    fn meets(&self, span: &Span) -> bool {
+        match self {
+            Buffered::Sorted(block) => span.meets_rows(block),
+            Buffered::Blocks { blocks, tail, .. } => {
+                let first = blocks.partition_point(|block| block.span().end < span.start);
+                blocks
+                    .get(first)
+                    .is_some_and(|block| block.span().start <= span.end)
+                    || span.meets_rows(tail)
+            }
+        }
+    }
+
+    /// A source of the points within `bounds`; `summarise` tells which
+    /// blocks go out as their aggregates.
+    fn source(
+        &self,
+        bounds: StepBounds,
+        summarise: &dyn Fn(&BlockAggregate) -> bool,
+    ) -> Option<Box<dyn BlockSource>> {
+        match self {
+            Buffered::Sorted(block) => match block.clone().trim(bounds) {
+                (Some(block), _) => Some(Box::new(BufferSource { block: Some(block) })),
+                (None, _) => None,
+            },
+            Buffered::Blocks {
+                key_id,
+                blocks,
+                tail,
+            } => {
+                let planned: Vec<(BufferBlock, bool)> = blocks
+                    .iter()
+                    .filter(|block| {
+                        !bounds
+                            .excludes_range(block.aggregate.first.step, block.aggregate.last.step)
+                    })
+                    .map(|block| (block.clone(), summarise(&block.aggregate)))
+                    .collect();
+                Some(Box::new(BufferBlocksSource {
+                    key_id: *key_id,
+                    blocks: planned.into_iter(),
+                    tail: Some(tail.clone()),
+                    bounds,
+                }))
+            }
+        }
+    }
+}
+
+/// Buffered blocks, then the unsealed tail.
+struct BufferBlocksSource {
+    key_id: u32,
+    blocks: std::vec::IntoIter<(BufferBlock, bool)>,
+    tail: Option<Block>,
+    bounds: StepBounds,
+}
+
+impl BlockSource for BufferBlocksSource {
+    fn next_item(&mut self) -> Result<Option<Item>, ScalarError> {
+        for (block, summarise) in self.blocks.by_ref() {
+            if summarise {
+                return Ok(Some(Item::Summary(block.aggregate)));
+            }
+            if let (Some(rows), _) = block.decode(self.key_id).trim(self.bounds) {
+                return Ok(Some(Item::Rows(rows)));
+            }
+        }
+        Ok(self
+            .tail
+            .take()
+            .and_then(|tail| tail.trim(self.bounds).0)
+            .map(Item::Rows))
+    }
 }
 
 impl SeriesSnapshot {
@@ -390,7 +665,63 @@ impl SeriesSnapshot {
         SeriesSnapshot {
             key: key.to_string(),
             files,
-            buffered: Block::from_series(buffered),
+            buffered: Buffered::Sorted(Block::from_series(buffered)),
+        }
+    }
+
+    /// A snapshot of `key` that shares the buffer's segments: when the
+    /// key's buffered points are in `(step, timestamp)` order (trainers log
+    /// steps in order), the segments' blocks are read in place and their
+    /// aggregates can stand for them; otherwise the points are copied and
+    /// sorted as by [`Self::new`]. Blocking (the first read of a segment
+    /// computes its blocks).
+    pub fn shared(key: &str, files: Vec<Arc<PersistedFile>>, buffered: BufferedKey) -> Self {
+        let key_id = buffered.key_id;
+        let mut blocks = Vec::new();
+        let mut last: Option<(i64, i64)> = None;
+        let mut ordered = true;
+        'segments: for segment in &buffered.segments {
+            for block in segment.key_blocks(key_id) {
+                match block.aggregate {
+                    Some(aggregate)
+                        if last.is_none_or(|last| last <= aggregate.first.position()) =>
+                    {
+                        last = Some(aggregate.last.position());
+                        blocks.push(BufferBlock {
+                            segment: Arc::clone(segment),
+                            block: *block,
+                            aggregate,
+                        });
+                    }
+                    _ => {
+                        ordered = false;
+                        break 'segments;
+                    }
+                }
+            }
+        }
+        let tail = Block::from_series(buffered.tail);
+        ordered = ordered
+            && tail.is_sorted()
+            && (tail.len() == 0 || last.is_none_or(|last| last <= tail.head()));
+        if !ordered {
+            let mut series = MetricSeries::default();
+            for segment in &buffered.segments {
+                segment.collect_key(key_id, &mut series);
+            }
+            series.steps.extend_from_slice(&tail.steps);
+            series.timestamps.extend_from_slice(&tail.timestamps);
+            series.values.extend_from_slice(&tail.values);
+            return SeriesSnapshot::new(key, files, series);
+        }
+        SeriesSnapshot {
+            key: key.to_string(),
+            files,
+            buffered: Buffered::Blocks {
+                key_id,
+                blocks,
+                tail,
+            },
         }
     }
 
@@ -401,7 +732,7 @@ impl SeriesSnapshot {
 
     /// Number of buffered points.
     pub fn buffered_points(&self) -> usize {
-        self.buffered.len()
+        self.buffered.points()
     }
 
     /// Streams the points within `bounds` in `(step, timestamp)` order to
@@ -420,21 +751,430 @@ impl SeriesSnapshot {
                     .map(|source| Box::new(source) as Box<dyn BlockSource>)
             })
             .collect::<Result<_, _>>()?;
-        if let (Some(block), _) = self.buffered.clone().trim(bounds) {
-            sources.push(Box::new(BufferSource { block: Some(block) }));
+        sources.extend(self.buffered.source(bounds, &|_| false));
+        merge(sources, &mut SlicesOnly(sink))
+    }
+
+    /// The smallest and greatest timestamp of the series (`None` when it
+    /// is empty): from the files' block aggregates where they have them,
+    /// else by reading. Blocking.
+    pub fn timestamp_range(&self) -> Result<Option<(i64, i64)>, ScalarError> {
+        let mut range: Option<(i64, i64)> = None;
+        let mut widen = |low: i64, high: i64| {
+            let (old_low, old_high) = range.unwrap_or((low, high));
+            range = Some((old_low.min(low), old_high.max(high)));
+        };
+        for file in &self.files {
+            if let Some(aggregates) = file.aggregates() {
+                for block in aggregates.key(&self.key).iter().flat_map(|key| &key.blocks) {
+                    widen(block.min_timestamp, block.max_timestamp);
+                }
+                continue;
+            }
+            let mut source = FileSource::new(Arc::clone(file), &self.key, StepBounds::default())?;
+            while let Some(item) = source.next_item()? {
+                if let Item::Rows(block) = item {
+                    fold_timestamps(&block.timestamps, &mut widen);
+                }
+            }
         }
-        merge(sources, sink)
+        match &self.buffered {
+            Buffered::Sorted(block) => fold_timestamps(&block.timestamps, &mut widen),
+            Buffered::Blocks { blocks, tail, .. } => {
+                for block in blocks {
+                    widen(block.aggregate.min_timestamp, block.aggregate.max_timestamp);
+                }
+                fold_timestamps(&tail.timestamps, &mut widen);
+            }
+        }
+        Ok(range)
+    }
+
+    /// Plans a read of steps `[lo, hi]` for a downsampler keeping
+    /// `max_points` points, where `same_bucket(a, b)` tells whether steps
+    /// `a` and `b` fall in one of its buckets. `None` when no file has
+    /// block aggregates for the key (the full scan is as good). Blocking
+    /// only in that it reads nothing: files are opened when the plan runs.
+    pub fn plan_step_read(
+        &self,
+        lo: i64,
+        hi: i64,
+        max_points: usize,
+        same_bucket: &dyn Fn(i64, i64) -> bool,
+    ) -> Option<StepPlan> {
+        let bounds = StepBounds {
+            lower: Some(lo),
+            upper: Some(hi),
+        };
+        let mut any_aggregates = matches!(self.buffered, Buffered::Blocks { .. });
+        // Per file: its blocks of the key (with their first file row), or
+        // `None` for a file without aggregates; and the spans of its points
+        // other sources are checked against.
+        let mut files: Vec<(Option<Vec<StartedBlock>>, Vec<Span>)> = Vec::new();
+        for file in &self.files {
+            match file.aggregates() {
+                Some(aggregates) => {
+                    any_aggregates = true;
+                    let blocks: Vec<StartedBlock> = match aggregates.key(&self.key) {
+                        Some(key) => key.block_starts().zip(key.blocks.iter().copied()).collect(),
+                        None => Vec::new(),
+                    };
+                    let spans = blocks
+                        .iter()
+                        .map(|(_, block)| Span {
+                            start: block.first.position(),
+                            end: block.last.position(),
+                        })
+                        .collect();
+                    files.push((Some(blocks), spans));
+                }
+                None => {
+                    // One span over the row groups that may hold the key
+                    // (their step statistics may cover other keys too).
+                    // A footer that cannot be read sends the read to the
+                    // full scan, which reports it.
+                    let footer = file_footer(file).ok()?;
+                    let spans = candidate_row_groups(&footer, &self.key, bounds)
+                        .iter()
+                        .map(|candidate| candidate.steps.unwrap_or((i64::MIN, i64::MAX)))
+                        .reduce(|a, b| (a.0.min(b.0), a.1.max(b.1)))
+                        .map(|(min, max)| Span {
+                            start: (min, i64::MIN),
+                            end: (max, i64::MAX),
+                        })
+                        .into_iter()
+                        .collect();
+                    files.push((None, spans));
+                }
+            }
+        }
+        if !any_aggregates {
+            return None;
+        }
+        let buffered_in_range = self.buffered.known_in_range(lo, hi);
+        let inside = |block: &BlockAggregate| lo <= block.first.step && block.last.step <= hi;
+        let known_in_range: u64 = files
+            .iter()
+            .filter_map(|(blocks, _)| blocks.as_ref())
+            .flatten()
+            .filter(|(_, block)| inside(block))
+            .map(|(_, block)| u64::from(block.rows))
+            .sum::<u64>()
+            + buffered_in_range;
+        // Aggregates only when the downsampler is sure to bucket: a range
+        // that fits the budget comes back point by point.
+        let summarise = max_points > 0 && known_in_range > max_points as u64;
+        let mut sources: Vec<Box<dyn BlockSource>> = Vec::with_capacity(files.len() + 1);
+        let mut summarised = 0usize;
+        for (index, (file, (blocks, _))) in self.files.iter().zip(&files).enumerate() {
+            let Some(blocks) = blocks else {
+                sources.push(Box::new(
+                    FileSource::new(Arc::clone(file), &self.key, bounds).ok()?,
+                ));
+                continue;
+            };
+            let mut planned = Vec::new();
+            for &(first_row, block) in blocks {
+                if block.last.step < lo || block.first.step > hi {
+                    continue;
+                }
+                let span = Span {
+                    start: block.first.position(),
+                    end: block.last.position(),
+                };
+                let alone = files
+                    .iter()
+                    .enumerate()
+                    .all(|(other, (_, spans))| other == index || !span.meets_any(spans))
+                    && !self.buffered.meets(&span);
+                let whole = summarise
+                    && alone
+                    && inside(&block)
+                    && same_bucket(block.first.step, block.last.step);
+                summarised += usize::from(whole);
+                planned.push(PlannedBlock {
+                    first_row,
+                    block,
+                    summarise: whole,
+                });
+            }
+            if !planned.is_empty() {
+                sources.push(Box::new(PlannedFileSource::new(
+                    Arc::clone(file),
+                    planned,
+                    bounds,
+                )));
+            }
+        }
+        let all_spans: Vec<&[Span]> = files.iter().map(|(_, spans)| spans.as_slice()).collect();
+        let summarise_buffered = |block: &BlockAggregate| {
+            let span = Span {
+                start: block.first.position(),
+                end: block.last.position(),
+            };
+            summarise
+                && inside(block)
+                && same_bucket(block.first.step, block.last.step)
+                && all_spans.iter().all(|spans| !span.meets_any(spans))
+        };
+        let counted = std::cell::Cell::new(0usize);
+        let counting = |block: &BlockAggregate| {
+            let whole = summarise_buffered(block);
+            counted.set(counted.get() + usize::from(whole));
+            whole
+        };
+        sources.extend(self.buffered.source(bounds, &counting));
+        summarised += counted.get();
+        Some(StepPlan {
+            sources,
+            summarise,
+            summarised,
+        })
     }
 }
 
-/// k-way merge of sorted sources; ties go to the lower source index.
+fn fold_timestamps(timestamps: &[i64], widen: &mut impl FnMut(i64, i64)) {
+    if let (Some(&low), Some(&high)) = (timestamps.iter().min(), timestamps.iter().max()) {
+        widen(low, high);
+    }
+}
+
+/// A file block and the file row it starts at.
+type StartedBlock = (u64, BlockAggregate);
+
+/// A closed span of `(step, timestamp)` positions.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    start: (i64, i64),
+    end: (i64, i64),
+}
+
+impl Span {
+    /// Whether the span meets any of `spans` (sorted, with ends in order).
+    fn meets_any(&self, spans: &[Span]) -> bool {
+        let first = spans.partition_point(|span| span.end < self.start);
+        spans.get(first).is_some_and(|span| span.start <= self.end)
+    }
+
+    /// Whether a row of the sorted `block` falls in the span.
+    fn meets_rows(&self, block: &Block) -> bool {
+        let first = block.lower_bound(self.start);
+        first < block.len() && block.position(first) <= self.end
+    }
+}
+
+/// A planned read: run it with [`StepPlan::run`].
+pub struct StepPlan {
+    sources: Vec<Box<dyn BlockSource>>,
+    summarise: bool,
+    summarised: usize,
+}
+
+impl StepPlan {
+    /// Whether blocks reach the sink as aggregates: the range holds more
+    /// points than the budget, so the downsampler must bucket from the
+    /// start.
+    pub fn summarises(&self) -> bool {
+        self.summarise
+    }
+
+    /// How many blocks reach the sink as aggregates.
+    pub fn summarised_blocks(&self) -> usize {
+        self.summarised
+    }
+
+    /// Streams the planned points and blocks to `sink` in order. Blocking.
+    pub fn run(self, sink: &mut dyn PointSink) -> Result<(), ScalarError> {
+        merge(self.sources, sink)
+    }
+}
+
+/// A block of a planned file read.
+#[derive(Clone, Copy, Debug)]
+struct PlannedBlock {
+    first_row: u64,
+    block: BlockAggregate,
+    summarise: bool,
+}
+
+/// One file read block by block: summarised blocks come out as their
+/// aggregates; the others are decoded through one row selection that
+/// covers only them.
+struct PlannedFileSource {
+    file: Arc<PersistedFile>,
+    blocks: std::vec::IntoIter<PlannedBlock>,
+    decode: Vec<Range<u64>>,
+    bounds: StepBounds,
+    reader: Option<ParquetRecordBatchReader>,
+    /// Decoded rows not yet handed out.
+    pending: Option<Block>,
+    /// The block being decoded and the rows of it already handed out.
+    current: Option<(BlockAggregate, u32)>,
+}
+
+impl PlannedFileSource {
+    fn new(file: Arc<PersistedFile>, blocks: Vec<PlannedBlock>, bounds: StepBounds) -> Self {
+        let decode = blocks
+            .iter()
+            .filter(|planned| !planned.summarise)
+            .map(|planned| planned.first_row..planned.first_row + u64::from(planned.block.rows))
+            .collect();
+        PlannedFileSource {
+            file,
+            blocks: blocks.into_iter(),
+            decode,
+            bounds,
+            reader: None,
+            pending: None,
+            current: None,
+        }
+    }
+
+    fn open(&self) -> Result<ParquetRecordBatchReader, ScalarError> {
+        let path = self.file.path();
+        let footer = file_footer(&self.file)?;
+        let row_groups = footer.metadata().row_groups();
+        let (selected, selection) = selection_for(row_groups, &self.decode);
+        let handle = File::open(path).map_err(|source| ScalarError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mask =
+            ProjectionMask::roots(footer.metadata().file_metadata().schema_descr(), [1, 2, 3]);
+        ParquetRecordBatchReaderBuilder::new_with_metadata(handle, footer.clone())
+            .with_row_groups(selected)
+            .with_row_selection(selection)
+            .with_row_selection_policy(RowSelectionPolicy::Selectors)
+            .with_projection(mask)
+            .with_batch_size(BATCH_ROWS)
+            .build()
+            .map_err(|error| parquet_error(path, error))
+    }
+
+    /// Up to `wanted` (at least one) decoded rows.
+    fn take_rows(&mut self, wanted: usize) -> Result<Block, ScalarError> {
+        let pending = match self.pending.take() {
+            Some(pending) => pending,
+            None => {
+                if self.reader.is_none() {
+                    self.reader = Some(self.open()?);
+                }
+                let batch = self
+                    .reader
+                    .as_mut()
+                    .and_then(|reader| reader.next())
+                    .ok_or_else(|| {
+                        ScalarError::Aggregates(format!(
+                            "{} has fewer rows than its aggregates say",
+                            self.file.path().display()
+                        ))
+                    })?
+                    .map_err(|error| ScalarError::InvalidFile {
+                        path: self.file.path().to_path_buf(),
+                        reason: error.to_string(),
+                    })?;
+                batch_block(self.file.path(), &batch, false)?
+            }
+        };
+        if pending.len() <= wanted {
+            return Ok(pending);
+        }
+        self.pending = Some(pending.slice(wanted, pending.len() - wanted));
+        Ok(pending.slice(0, wanted))
+    }
+}
+
+impl BlockSource for PlannedFileSource {
+    fn next_item(&mut self) -> Result<Option<Item>, ScalarError> {
+        loop {
+            if let Some((aggregate, done)) = self.current {
+                let rows = self.take_rows((aggregate.rows - done) as usize)?;
+                if rows.len() == 0 {
+                    continue;
+                }
+                let done_now = done + rows.len() as u32;
+                let agrees = rows.is_sorted()
+                    && (done > 0 || rows.head() == aggregate.first.position())
+                    && (done_now < aggregate.rows
+                        || rows.position(rows.len() - 1) == aggregate.last.position());
+                if !agrees {
+                    return Err(ScalarError::Aggregates(format!(
+                        "a block of {} disagrees with its aggregate",
+                        self.file.path().display()
+                    )));
+                }
+                self.current = (done_now < aggregate.rows).then_some((aggregate, done_now));
+                if let (Some(rows), _) = rows.trim(self.bounds) {
+                    return Ok(Some(Item::Rows(rows)));
+                }
+                continue;
+            }
+            let Some(planned) = self.blocks.next() else {
+                return Ok(None);
+            };
+            if planned.summarise {
+                return Ok(Some(Item::Summary(planned.block)));
+            }
+            self.current = Some((planned.block, 0));
+        }
+    }
+}
+
+/// The row groups holding any of the sorted file row `ranges`, and the
+/// selection of exactly those rows within them.
+fn selection_for(
+    row_groups: &[RowGroupMetaData],
+    ranges: &[Range<u64>],
+) -> (Vec<usize>, RowSelection) {
+    let mut selected = Vec::new();
+    let mut selected_ranges: Vec<Range<usize>> = Vec::new();
+    let mut group_start = 0u64;
+    let mut base = 0usize;
+    let mut next = 0usize;
+    for (index, row_group) in row_groups.iter().enumerate() {
+        let rows = row_group.num_rows().max(0) as u64;
+        let group_end = group_start + rows;
+        while next < ranges.len() && ranges[next].end <= group_start {
+            next += 1;
+        }
+        let mut touched = false;
+        let mut cursor = next;
+        while cursor < ranges.len() && ranges[cursor].start < group_end {
+            let start = ranges[cursor].start.max(group_start) - group_start;
+            let end = ranges[cursor].end.min(group_end) - group_start;
+            if start < end {
+                touched = true;
+                selected_ranges.push(base + start as usize..base + end as usize);
+            }
+            cursor += 1;
+        }
+        if touched {
+            selected.push(index);
+            base += rows as usize;
+        }
+        group_start = group_end;
+    }
+    let selection = RowSelection::from_consecutive_ranges(selected_ranges.into_iter(), base);
+    (selected, selection)
+}
+
+fn parquet_error(path: &Path, error: parquet::errors::ParquetError) -> ScalarError {
+    ScalarError::InvalidFile {
+        path: path.to_path_buf(),
+        reason: error.to_string(),
+    }
+}
+
+/// k-way merge of sorted sources; ties go to the lower source index. An
+/// aggregate whose rows another source's point falls between is
+/// [`ScalarError::Aggregates`] (planning rules it out).
 fn merge(
     mut sources: Vec<Box<dyn BlockSource>>,
-    sink: &mut SliceSink<'_>,
+    sink: &mut dyn PointSink,
 ) -> Result<(), ScalarError> {
-    let mut heads: Vec<Option<Block>> = Vec::with_capacity(sources.len());
+    let mut heads: Vec<Option<Item>> = Vec::with_capacity(sources.len());
     for source in &mut sources {
-        heads.push(source.next_block()?);
+        heads.push(source.next_item()?);
     }
     loop {
         // The source with the smallest head, and the smallest head among
@@ -442,8 +1182,8 @@ fn merge(
         let mut best: Option<(usize, (i64, i64))> = None;
         let mut second: Option<(usize, (i64, i64))> = None;
         for (index, head) in heads.iter().enumerate() {
-            let Some(block) = head else { continue };
-            let key = block.head();
+            let Some(item) = head else { continue };
+            let key = item.head();
             match best {
                 Some((_, best_key)) if key >= best_key => {
                     if second.is_none_or(|(_, second_key)| key < second_key) {
@@ -459,31 +1199,43 @@ fn merge(
         let Some((index, _)) = best else {
             return Ok(());
         };
-        let Some(block) = heads[index].take() else {
-            return Ok(());
+        // Whether `point` of source `index` comes before every other head.
+        let before_second = |point: (i64, i64)| match second {
+            None => true,
+            Some((other, bound)) => point < bound || (point == bound && index < other),
         };
-        let take = match second {
-            None => block.len(),
-            Some((other, bound)) => {
-                // Sources before `other` win ties with it.
-                let steps = &block.steps;
-                let times = &block.timestamps;
-                let mut low = 0;
-                let mut high = block.len();
-                while low < high {
-                    let middle = (low + high) / 2;
-                    let point = (steps[middle], times[middle]);
-                    let before = point < bound || (point == bound && index < other);
-                    if before {
-                        low = middle + 1;
-                    } else {
-                        high = middle;
-                    }
+        let block = match heads[index].take() {
+            None => return Ok(()),
+            Some(Item::Summary(aggregate)) => {
+                if !before_second(aggregate.last.position()) {
+                    return Err(ScalarError::Aggregates(
+                        "a summarised block overlaps another source".into(),
+                    ));
                 }
-                low.max(1)
+                if !sink.block(&aggregate)? {
+                    return Ok(());
+                }
+                heads[index] = sources[index].next_item()?;
+                continue;
             }
+            Some(Item::Rows(block)) => block,
         };
-        let keep_going = sink(
+        let take = if second.is_none() {
+            block.len()
+        } else {
+            let mut low = 0;
+            let mut high = block.len();
+            while low < high {
+                let middle = (low + high) / 2;
+                if before_second(block.position(middle)) {
+                    low = middle + 1;
+                } else {
+                    high = middle;
+                }
+            }
+            low.max(1)
+        };
+        let keep_going = sink.slice(
             &block.steps[..take],
             &block.timestamps[..take],
             &block.values[..take],
@@ -492,9 +1244,9 @@ fn merge(
             return Ok(());
         }
         heads[index] = if take < block.len() {
-            Some(block.slice(take, block.len() - take))
+            Some(Item::Rows(block.slice(take, block.len() - take)))
         } else {
-            sources[index].next_block()?
+            sources[index].next_item()?
         };
     }
 }

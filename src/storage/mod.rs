@@ -1,6 +1,7 @@
 //! Metric files: layout on disk, schema and encodings, writing, reading and
 //! compaction. Every file access of the metric data goes through here.
 
+pub mod aggregates;
 pub mod columns;
 pub mod compaction;
 pub mod file_meta;
@@ -17,6 +18,7 @@ use thiserror::Error;
 
 use crate::error_kind::{Classify, ErrorKind};
 
+pub use aggregates::{BlockAggregate, BlockPoint, FileAggregates, KeyAggregates};
 pub use columns::SortedColumns;
 pub use file_meta::FileMetadata;
 pub use layout::{MetricsLayout, RunDirectory};
@@ -145,6 +147,49 @@ mod tests {
     }
 
     #[test]
+    fn files_carry_block_aggregates_and_pages_start_at_block_edges() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("00000001.parquet");
+        let mut points: Vec<(&str, i64, i64, f64)> = (0..10_000)
+            .map(|step| ("loss", step, step, step as f64))
+            .collect();
+        points.extend((0..100).map(|step| ("acc", step, step, 1.0)));
+        write_file(&path, &points, (1, 1));
+        let (file, _) = PersistedFile::open(1, &path).unwrap();
+        let aggregates = file.aggregates().expect("aggregates in the footer");
+        let acc = aggregates.key("acc").unwrap();
+        let loss = aggregates.key("loss").unwrap();
+        assert_eq!((acc.first_row, acc.rows), (0, 100));
+        let sizes: Vec<u32> = loss.blocks.iter().map(|block| block.rows).collect();
+        let first = aggregates::BLOCK_ROWS as u32 - 100;
+        assert_eq!(
+            sizes,
+            vec![
+                first,
+                aggregates::BLOCK_ROWS as u32,
+                10_000 - first - aggregates::BLOCK_ROWS as u32
+            ]
+        );
+        assert_eq!(loss.blocks[0].first.step, 0);
+        assert_eq!(loss.blocks[1].first.step, i64::from(first));
+        let footer = file.footer().unwrap();
+        let offsets = footer.metadata().offset_index().expect("offset index");
+        for column in &offsets[0] {
+            let starts: Vec<i64> = column
+                .page_locations()
+                .iter()
+                .map(|page| page.first_row_index)
+                .collect();
+            assert!(
+                starts
+                    .iter()
+                    .all(|&row| row % aggregates::BLOCK_ROWS as i64 == 0),
+                "pages start at block edges: {starts:?}"
+            );
+        }
+    }
+
+    #[test]
     fn compaction_merges_files_and_obsolete_files_are_removed() {
         let dir = tempfile::tempdir().unwrap();
         let first = dir.path().join("00000001.parquet");
@@ -169,6 +214,8 @@ mod tests {
         assert_eq!(written.metadata.compacted_from, vec![1, 2]);
         assert_eq!(written.metadata.lsn_ranges, vec![(1, 3), (8, 9)]);
         let (merged, _) = PersistedFile::open(3, &output).unwrap();
+        let aggregates = merged.aggregates().expect("compaction writes aggregates");
+        assert_eq!(aggregates.key("a").unwrap().rows, 4);
         let a = series_of(&merged, "a");
         assert_eq!(a.steps, vec![0, 1, 2, 2]);
         assert_eq!(a.values, vec![1.0, 4.0, 3.0, 6.0], "ties keep file order");

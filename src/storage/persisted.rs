@@ -1,14 +1,16 @@
 //! A metric file on disk as the engine tracks it: its sequence number, row
-//! count and the WAL ranges it covers; its footer goes through the bounded
-//! [`footer_cache`]. Readers hold it by `Arc`; a file replaced by
+//! count, the WAL ranges it covers and its block aggregates; its footer
+//! goes through the bounded [`footer_cache`]. Readers hold it by `Arc`; a file replaced by
 //! compaction is deleted when the last holder lets go.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 
 use super::StorageError;
+use super::aggregates::FileAggregates;
 use super::file_meta::FileMetadata;
 use super::footer_cache::footer_cache;
 use super::reader;
@@ -23,18 +25,32 @@ pub struct PersistedFile {
     rows: u64,
     bytes: u64,
     lsn_ranges: Vec<(Lsn, Lsn)>,
+    aggregates: Option<Arc<FileAggregates>>,
     obsolete: AtomicBool,
 }
 
 impl PersistedFile {
     /// Opens file `seq` at `path`, reading its footer. Returns the file and
-    /// stepstore's metadata from the footer.
+    /// stepstore's metadata from the footer. Block aggregates that are
+    /// missing (older files) or do not check out (logged) are left out:
+    /// such a file is read by the full scan.
     pub fn open(seq: u64, path: &Path) -> Result<(PersistedFile, FileMetadata), StorageError> {
         let (footer, metadata) = reader::load_footer(path)?;
         let bytes = std::fs::metadata(path)
             .map_err(|source| StorageError::io("stat", path, source))?
             .len();
         let rows = footer.metadata().file_metadata().num_rows().max(0) as u64;
+        let aggregates = match FileAggregates::from_key_values(
+            footer.metadata().file_metadata().key_value_metadata(),
+            rows,
+            &metadata.keys,
+        ) {
+            Ok(aggregates) => aggregates.map(Arc::new),
+            Err(reason) => {
+                tracing::warn!(path = %path.display(), %reason, "ignoring a metric file's block aggregates; it is read in full");
+                None
+            }
+        };
         footer_cache().insert(path, footer);
         Ok((
             PersistedFile {
@@ -43,6 +59,7 @@ impl PersistedFile {
                 rows,
                 bytes,
                 lsn_ranges: metadata.lsn_ranges.clone(),
+                aggregates,
                 obsolete: AtomicBool::new(false),
             },
             metadata,
@@ -79,6 +96,11 @@ impl PersistedFile {
         footer_cache().get_or_load(&self.path, || {
             reader::load_footer(&self.path).map(|(footer, _)| footer)
         })
+    }
+
+    /// The file's block aggregates, when it has valid ones.
+    pub fn aggregates(&self) -> Option<&Arc<FileAggregates>> {
+        self.aggregates.as_ref()
     }
 
     /// Appends the points of `key` to `out`.

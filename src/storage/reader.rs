@@ -11,6 +11,7 @@ use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
     ParquetRecordBatchReaderBuilder,
 };
+use parquet::file::metadata::PageIndexPolicy;
 
 use super::StorageError;
 use super::file_meta::FileMetadata;
@@ -19,11 +20,13 @@ use crate::model::MetricSeries;
 /// Rows decoded per batch.
 const BATCH_ROWS: usize = 64 * 1024;
 
-/// Loads a file's footer (schema, row groups, statistics) and stepstore's
-/// metadata from it.
+/// Loads a file's footer (schema, row groups, statistics, and the offset
+/// index when the file has one, so a row selection skips whole pages
+/// unread) and stepstore's metadata from it.
 pub fn load_footer(path: &Path) -> Result<(ArrowReaderMetadata, FileMetadata), StorageError> {
     let file = File::open(path).map_err(|source| StorageError::io("open", path, source))?;
-    let reader_metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
+    let options = ArrowReaderOptions::new().with_offset_index_policy(PageIndexPolicy::Optional);
+    let reader_metadata = ArrowReaderMetadata::load(&file, options)
         .map_err(|source| StorageError::parquet(path, source))?;
     let file_metadata = FileMetadata::from_key_values(
         reader_metadata

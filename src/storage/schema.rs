@@ -9,6 +9,8 @@ use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
+use super::aggregates::BLOCK_ROWS;
+
 /// Name of the key column.
 pub const KEY_COLUMN: &str = "key";
 /// Name of the step column.
@@ -20,7 +22,8 @@ pub const VALUE_COLUMN: &str = "value";
 /// Time zone of the timestamp column.
 pub const TIMEZONE: &str = "UTC";
 
-/// Rows per Parquet row group.
+/// Rows per Parquet row group (a multiple of [`BLOCK_ROWS`], the rows per
+/// data page).
 pub const ROW_GROUP_ROWS: usize = 256 * 1024;
 
 /// `key` (dictionary string), `step` (int64), `timestamp` (ms, UTC) and
@@ -47,8 +50,9 @@ pub fn metric_file_schema() -> SchemaRef {
 }
 
 /// Writer settings: dictionary-encoded key, delta-encoded step and
-/// timestamp, byte-stream-split value, zstd for timestamp and value, page
-/// statistics and the sort order recorded in the footer.
+/// timestamp, byte-stream-split value, zstd for timestamp and value, data
+/// pages of [`BLOCK_ROWS`] rows, page statistics and the sort order
+/// recorded in the footer.
 ///
 /// `key` (runs of one dictionary index) and `step` (deltas of mostly 1)
 /// encode to almost nothing, so they are left uncompressed: zstd would not
@@ -64,6 +68,7 @@ pub fn writer_properties() -> WriterProperties {
         .set_column_compression(ColumnPath::from(STEP_COLUMN), Compression::UNCOMPRESSED)
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_data_page_row_count_limit(BLOCK_ROWS)
         .set_sorting_columns(Some(
             (0..3)
                 .map(|column_idx| SortingColumn {

@@ -1,12 +1,20 @@
 //! Writes one metric file: sorted columns in, a complete Parquet file out,
 //! made durable and renamed into place only when whole.
+//!
+//! Rows reach Parquet in multiples of [`BLOCK_ROWS`] (a remainder waits for
+//! the next call), so data pages start at multiples of it, and the footer
+//! gets the per-block aggregates ([`super::aggregates`]) beside stepstore's
+//! metadata.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
+use arrow::compute::concat_batches;
+use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 
 use super::StorageError;
+use super::aggregates::{BLOCK_ROWS, FileAggregates};
 use super::columns::SortedColumns;
 use super::file_meta::{FORMAT_VERSION, FileMetadata, normalise_ranges};
 use super::layout::MetricsLayout;
@@ -34,6 +42,9 @@ pub struct MetricFileWriter {
     temp_path: PathBuf,
     rows: u64,
     keys: Vec<(String, KeySummary)>,
+    aggregates: FileAggregates,
+    /// Rows not yet handed to Parquet (fewer than [`BLOCK_ROWS`]).
+    carry: Option<RecordBatch>,
 }
 
 impl MetricFileWriter {
@@ -54,6 +65,8 @@ impl MetricFileWriter {
             temp_path,
             rows: 0,
             keys: Vec::new(),
+            aggregates: FileAggregates::default(),
+            carry: None,
         })
     }
 
@@ -62,6 +75,15 @@ impl MetricFileWriter {
     pub fn write(&mut self, columns: SortedColumns) -> Result<(), StorageError> {
         if columns.is_empty() {
             return Ok(());
+        }
+        for (id, range) in columns.key_ranges() {
+            self.aggregates.add_rows(
+                &columns.keys[id],
+                self.rows + range.start as u64,
+                &columns.steps[range.clone()],
+                &columns.timestamps[range.clone()],
+                &columns.values[range],
+            );
         }
         self.rows += columns.len() as u64;
         for (key, summary) in columns.summaries() {
@@ -73,8 +95,40 @@ impl MetricFileWriter {
         let batch = columns
             .into_record_batch()
             .map_err(|source| StorageError::Arrow(source.to_string()))?;
+        self.write_aligned(batch)
+    }
+
+    /// Hands Parquet whole multiples of [`BLOCK_ROWS`] rows, keeping the
+    /// remainder (copied, so the rest of the batch is freed) for later.
+    fn write_aligned(&mut self, batch: RecordBatch) -> Result<(), StorageError> {
+        let mut rest = batch;
+        if let Some(carry) = self.carry.take() {
+            let need = (BLOCK_ROWS - carry.num_rows()).min(rest.num_rows());
+            let head = concat_batches(&carry.schema(), [&carry, &rest.slice(0, need)])
+                .map_err(|source| StorageError::Arrow(source.to_string()))?;
+            rest = rest.slice(need, rest.num_rows() - need);
+            if head.num_rows() < BLOCK_ROWS {
+                self.carry = Some(head);
+                return Ok(());
+            }
+            self.write_batch(&head)?;
+        }
+        let aligned = rest.num_rows() - rest.num_rows() % BLOCK_ROWS;
+        if aligned > 0 {
+            self.write_batch(&rest.slice(0, aligned))?;
+        }
+        if aligned < rest.num_rows() {
+            let tail = rest.slice(aligned, rest.num_rows() - aligned);
+            let copy = concat_batches(&tail.schema(), [&tail])
+                .map_err(|source| StorageError::Arrow(source.to_string()))?;
+            self.carry = Some(copy);
+        }
+        Ok(())
+    }
+
+    fn write_batch(&mut self, batch: &RecordBatch) -> Result<(), StorageError> {
         self.writer
-            .write(&batch)
+            .write(batch)
             .map_err(|source| StorageError::parquet(&self.temp_path, source))
     }
 
@@ -90,6 +144,9 @@ impl MetricFileWriter {
         lsn_ranges: Vec<(Lsn, Lsn)>,
         compacted_from: Vec<u64>,
     ) -> Result<WrittenFile, StorageError> {
+        if let Some(carry) = self.carry.take() {
+            self.write_batch(&carry)?;
+        }
         let metadata = FileMetadata {
             format_version: FORMAT_VERSION,
             lsn_ranges: normalise_ranges(lsn_ranges),
@@ -103,6 +160,8 @@ impl MetricFileWriter {
                 reason: error.to_string(),
             })?;
         self.writer.append_key_value_metadata(entry);
+        self.writer
+            .append_key_value_metadata(self.aggregates.to_key_value());
         self.writer
             .finish()
             .map_err(|source| StorageError::parquet(&self.temp_path, source))?;
