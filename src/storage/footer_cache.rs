@@ -1,26 +1,37 @@
 //! The process-wide cache of metric file footers (schema, row groups,
-//! statistics, page index), least recently used dropped first, within a
-//! memory budget. A footer is tens of KiB in memory even for a small file,
+//! statistics, page index, and the block aggregates parsed from them),
+//! least recently used dropped first, within a memory budget. A footer is tens of KiB in memory even for a small file,
 //! so keeping one per file for the life of the process would grow memory
 //! with the number of files (thousands of runs) instead of the work at hand.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 
 use super::StorageError;
+use super::aggregates::FileAggregates;
 
 /// Memory the cached footers may take by default, in bytes.
 pub const DEFAULT_FOOTER_CACHE_BYTES: u64 = 32 << 20;
 
+/// A file's footer and its parsed block aggregates (`None`: the file has
+/// none, or none that check out).
+#[derive(Clone, Debug)]
+pub struct FileFooter {
+    /// The Parquet footer.
+    pub metadata: ArrowReaderMetadata,
+    /// The block aggregates stored in it.
+    pub aggregates: Option<Arc<FileAggregates>>,
+}
+
 /// A footer and the memory it takes.
 #[derive(Clone)]
 struct CachedFooter {
-    footer: ArrowReaderMetadata,
+    footer: FileFooter,
     bytes: u64,
 }
 
@@ -54,8 +65,8 @@ impl FooterCache {
     pub fn get_or_load(
         &self,
         path: &Path,
-        load: impl FnOnce() -> Result<ArrowReaderMetadata, StorageError>,
-    ) -> Result<ArrowReaderMetadata, StorageError> {
+        load: impl FnOnce() -> Result<FileFooter, StorageError>,
+    ) -> Result<FileFooter, StorageError> {
         self.footers
             .get_or_insert_with(path, || {
                 self.loads.fetch_add(1, Ordering::Relaxed);
@@ -66,7 +77,7 @@ impl FooterCache {
 
     /// Keeps `footer` as the footer of `path` (a file just written or
     /// opened), replacing any earlier one.
-    pub fn insert(&self, path: &Path, footer: ArrowReaderMetadata) {
+    pub fn insert(&self, path: &Path, footer: FileFooter) {
         self.footers.insert(path.to_path_buf(), cached(footer));
     }
 
@@ -86,14 +97,26 @@ impl FooterCache {
     }
 }
 
-fn cached(footer: ArrowReaderMetadata) -> CachedFooter {
-    let bytes = footer.metadata().memory_size() as u64
-        + footer
-            .schema()
-            .metadata()
-            .iter()
-            .map(|(key, value)| (key.len() + value.len()) as u64)
-            .sum::<u64>();
+fn cached(footer: FileFooter) -> CachedFooter {
+    let metadata = &footer.metadata;
+    let schema_bytes: u64 = metadata
+        .schema()
+        .metadata()
+        .iter()
+        .map(|(key, value)| (key.len() + value.len()) as u64)
+        .sum();
+    let aggregate_bytes: u64 = footer
+        .aggregates
+        .iter()
+        .flat_map(|file| &file.keys)
+        .map(|key| {
+            (key.key.len()
+                + std::mem::size_of_val(key)
+                + key.blocks.len() * std::mem::size_of::<super::BlockAggregate>())
+                as u64
+        })
+        .sum();
+    let bytes = metadata.metadata().memory_size() as u64 + schema_bytes + aggregate_bytes;
     CachedFooter { footer, bytes }
 }
 
@@ -121,7 +144,7 @@ mod tests {
 
     use super::*;
 
-    fn write_file(path: &Path, rows: i64) -> ArrowReaderMetadata {
+    fn write_file(path: &Path, rows: i64) -> FileFooter {
         let batch = RecordBatch::try_from_iter([(
             "step",
             Arc::new(Int64Array::from_iter_values(0..rows)) as _,
@@ -134,11 +157,15 @@ mod tests {
         load(path).unwrap()
     }
 
-    fn load(path: &Path) -> Result<ArrowReaderMetadata, StorageError> {
+    fn load(path: &Path) -> Result<FileFooter, StorageError> {
         let file =
             std::fs::File::open(path).map_err(|source| StorageError::io("open", path, source))?;
-        ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
-            .map_err(|error| StorageError::parquet(path, error))
+        let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
+            .map_err(|error| StorageError::parquet(path, error))?;
+        Ok(FileFooter {
+            metadata,
+            aggregates: None,
+        })
     }
 
     #[test]
@@ -157,7 +184,7 @@ mod tests {
         // Every footer is still there to be had: from memory or the file.
         for path in &paths {
             let footer = cache.get_or_load(path, || load(path)).unwrap();
-            assert_eq!(footer.metadata().file_metadata().num_rows(), 10);
+            assert_eq!(footer.metadata.metadata().file_metadata().num_rows(), 10);
         }
         assert!(cache.loads() > 0, "old footers were dropped and read again");
         assert!(cache.bytes() <= one * 8 + 4096);
@@ -174,7 +201,7 @@ mod tests {
         cache.remove(&path);
         assert_eq!(cache.bytes(), 0);
         let footer = cache.get_or_load(&path, || load(&path)).unwrap();
-        assert_eq!(footer.metadata().file_metadata().num_rows(), 5);
+        assert_eq!(footer.metadata.metadata().file_metadata().num_rows(), 5);
         assert_eq!(cache.loads(), 1, "a removed footer is read again");
     }
 

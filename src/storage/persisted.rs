@@ -12,7 +12,7 @@ use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 use super::StorageError;
 use super::aggregates::FileAggregates;
 use super::file_meta::FileMetadata;
-use super::footer_cache::footer_cache;
+use super::footer_cache::{FileFooter, footer_cache};
 use super::reader;
 use crate::model::MetricSeries;
 use crate::wal::Lsn;
@@ -25,7 +25,6 @@ pub struct PersistedFile {
     rows: u64,
     bytes: u64,
     lsn_ranges: Vec<(Lsn, Lsn)>,
-    aggregates: Option<Arc<FileAggregates>>,
     obsolete: AtomicBool,
 }
 
@@ -35,22 +34,11 @@ impl PersistedFile {
     /// missing (older files) or do not check out (logged) are left out:
     /// such a file is read by the full scan.
     pub fn open(seq: u64, path: &Path) -> Result<(PersistedFile, FileMetadata), StorageError> {
-        let (footer, metadata) = reader::load_footer(path)?;
+        let (footer, metadata) = load(path)?;
         let bytes = std::fs::metadata(path)
             .map_err(|source| StorageError::io("stat", path, source))?
             .len();
-        let rows = footer.metadata().file_metadata().num_rows().max(0) as u64;
-        let aggregates = match FileAggregates::from_key_values(
-            footer.metadata().file_metadata().key_value_metadata(),
-            rows,
-            &metadata.keys,
-        ) {
-            Ok(aggregates) => aggregates.map(Arc::new),
-            Err(reason) => {
-                tracing::warn!(path = %path.display(), %reason, "ignoring a metric file's block aggregates; it is read in full");
-                None
-            }
-        };
+        let rows = footer.metadata.metadata().file_metadata().num_rows().max(0) as u64;
         footer_cache().insert(path, footer);
         Ok((
             PersistedFile {
@@ -59,7 +47,6 @@ impl PersistedFile {
                 rows,
                 bytes,
                 lsn_ranges: metadata.lsn_ranges.clone(),
-                aggregates,
                 obsolete: AtomicBool::new(false),
             },
             metadata,
@@ -93,14 +80,18 @@ impl PersistedFile {
 
     /// The footer, from the cache or read again from the file.
     pub fn footer(&self) -> Result<ArrowReaderMetadata, StorageError> {
-        footer_cache().get_or_load(&self.path, || {
-            reader::load_footer(&self.path).map(|(footer, _)| footer)
-        })
+        self.cached_footer().map(|footer| footer.metadata)
     }
 
-    /// The file's block aggregates, when it has valid ones.
-    pub fn aggregates(&self) -> Option<&Arc<FileAggregates>> {
-        self.aggregates.as_ref()
+    /// The file's block aggregates, when it has valid ones (from the
+    /// footer cache). A footer that cannot be read again gives `None`: the
+    /// file is then read in full, which reports the error.
+    pub fn aggregates(&self) -> Option<Arc<FileAggregates>> {
+        self.cached_footer().ok()?.aggregates
+    }
+
+    fn cached_footer(&self) -> Result<FileFooter, StorageError> {
+        footer_cache().get_or_load(&self.path, || load(&self.path).map(|(footer, _)| footer))
     }
 
     /// Appends the points of `key` to `out`.
@@ -112,6 +103,32 @@ impl PersistedFile {
     pub fn mark_obsolete(&self) {
         self.obsolete.store(true, Ordering::SeqCst);
     }
+}
+
+/// Reads a file's footer and parses its block aggregates. Aggregates that
+/// are missing (older files) or do not check out (logged) are left out:
+/// such a file is read by the full scan.
+fn load(path: &Path) -> Result<(FileFooter, FileMetadata), StorageError> {
+    let (footer, metadata) = reader::load_footer(path)?;
+    let rows = footer.metadata().file_metadata().num_rows().max(0) as u64;
+    let aggregates = match FileAggregates::from_key_values(
+        footer.metadata().file_metadata().key_value_metadata(),
+        rows,
+        &metadata.keys,
+    ) {
+        Ok(aggregates) => aggregates.map(Arc::new),
+        Err(reason) => {
+            tracing::warn!(path = %path.display(), %reason, "ignoring a metric file's block aggregates; it is read in full");
+            None
+        }
+    };
+    Ok((
+        FileFooter {
+            metadata: footer,
+            aggregates,
+        },
+        metadata,
+    ))
 }
 
 impl Drop for PersistedFile {
