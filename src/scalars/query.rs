@@ -494,18 +494,8 @@ mod tests {
         points: &[(String, i64, i64, f64)],
         with_aggregates: bool,
     ) -> Arc<PersistedFile> {
-        let mut dictionary: Vec<String> = points.iter().map(|p| p.0.clone()).collect();
-        dictionary.sort();
-        dictionary.dedup();
-        let key_ids: Vec<u32> = points
-            .iter()
-            .map(|p| dictionary.iter().position(|k| *k == p.0).unwrap() as u32)
-            .collect();
-        let steps: Vec<i64> = points.iter().map(|p| p.1).collect();
-        let times: Vec<i64> = points.iter().map(|p| p.2).collect();
-        let values: Vec<f64> = points.iter().map(|p| p.3).collect();
         let columns =
-            SortedColumns::from_logged_order(&dictionary, &key_ids, &steps, &times, &values);
+            SortedColumns::from_points(points.iter().map(|p| (p.0.as_str(), p.1, p.2, p.3)));
         let path = dir.join(format!("{seq:08}.parquet"));
         if with_aggregates {
             // Two writes, so keys continue across calls.

@@ -1257,18 +1257,7 @@ mod tests {
     use crate::storage::{MetricFileWriter, SortedColumns};
 
     fn write_file(dir: &Path, seq: u64, points: &[(&str, i64, i64, f64)]) -> Arc<PersistedFile> {
-        let mut dictionary: Vec<String> = points.iter().map(|p| p.0.to_string()).collect();
-        dictionary.sort();
-        dictionary.dedup();
-        let key_ids: Vec<u32> = points
-            .iter()
-            .map(|p| dictionary.iter().position(|k| k == p.0).unwrap() as u32)
-            .collect();
-        let steps: Vec<i64> = points.iter().map(|p| p.1).collect();
-        let times: Vec<i64> = points.iter().map(|p| p.2).collect();
-        let values: Vec<f64> = points.iter().map(|p| p.3).collect();
-        let columns =
-            SortedColumns::from_logged_order(&dictionary, &key_ids, &steps, &times, &values);
+        let columns = SortedColumns::from_points(points.iter().copied());
         let path = dir.join(format!("{seq:08}.parquet"));
         let mut writer = MetricFileWriter::create(&path).unwrap();
         writer.write(columns).unwrap();

@@ -184,6 +184,28 @@ impl SortedColumns {
 }
 
 #[cfg(test)]
+impl SortedColumns {
+    /// Sorts test rows given as `(key, step, timestamp, value)` in logged
+    /// order.
+    pub(crate) fn from_points<'a>(
+        points: impl IntoIterator<Item = (&'a str, i64, i64, f64)>,
+    ) -> SortedColumns {
+        let points: Vec<(&str, i64, i64, f64)> = points.into_iter().collect();
+        let mut dictionary: Vec<String> = points.iter().map(|p| p.0.to_string()).collect();
+        dictionary.sort();
+        dictionary.dedup();
+        let key_ids: Vec<u32> = points
+            .iter()
+            .map(|p| dictionary.iter().position(|k| k == p.0).unwrap_or(0) as u32)
+            .collect();
+        let steps: Vec<i64> = points.iter().map(|p| p.1).collect();
+        let times: Vec<i64> = points.iter().map(|p| p.2).collect();
+        let values: Vec<f64> = points.iter().map(|p| p.3).collect();
+        SortedColumns::from_logged_order(&dictionary, &key_ids, &steps, &times, &values)
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

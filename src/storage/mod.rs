@@ -89,22 +89,7 @@ mod tests {
     use std::sync::Arc;
 
     fn write_file(path: &Path, points: &[(&str, i64, i64, f64)], lsn: (u64, u64)) -> WrittenFile {
-        let dictionary: Vec<String> = {
-            let mut keys: Vec<String> = points.iter().map(|p| p.0.to_string()).collect();
-            keys.dedup();
-            keys.sort();
-            keys.dedup();
-            keys
-        };
-        let key_ids: Vec<u32> = points
-            .iter()
-            .map(|p| dictionary.iter().position(|k| k == p.0).unwrap() as u32)
-            .collect();
-        let steps: Vec<i64> = points.iter().map(|p| p.1).collect();
-        let times: Vec<i64> = points.iter().map(|p| p.2).collect();
-        let values: Vec<f64> = points.iter().map(|p| p.3).collect();
-        let columns =
-            SortedColumns::from_logged_order(&dictionary, &key_ids, &steps, &times, &values);
+        let columns = SortedColumns::from_points(points.iter().copied());
         let mut writer = MetricFileWriter::create(path).unwrap();
         writer.write(columns).unwrap();
         writer.finish(vec![lsn], vec![]).unwrap()
