@@ -741,7 +741,7 @@ mod tests {
     use crate::storage::schema::{metric_file_schema, writer_properties};
     use crate::storage::{MetricFileWriter, SortedColumns};
     use arrow::util::display::{ArrayFormatter, FormatOptions};
-    use datafusion::logical_expr::{col, lit};
+    use datafusion::logical_expr::{Expr, col, lit};
     use datafusion::prelude::SessionContext;
     use futures::TryStreamExt;
     use rand::rngs::SmallRng;
@@ -891,39 +891,53 @@ mod tests {
         for filter in filters {
             frame = frame.filter(filter.clone()).unwrap();
         }
+        let schema = metrics_schema();
         let names: Vec<&str> = projection
             .iter()
-            .map(|&index| metrics_schema().field(index).name().as_str())
+            .map(|&index| schema.field(index).name().as_str())
             .collect();
         let frame = frame.select_columns(&names).unwrap();
-        futures::executor::block_on(frame.collect()).unwrap()
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(frame.collect())
+            .unwrap()
     }
 
-    /// The filters the scan takes over, drawn at random.
-    fn random_filters(rng: &mut SmallRng) -> Vec<Expr> {
+    /// The filters the scan takes over, drawn at random, each with the
+    /// form plain DataFusion is given: column first (DataFusion 55 drops
+    /// every row for `key = 'x' AND 'x' = key` on a dictionary column).
+    fn random_filters(rng: &mut SmallRng) -> Vec<(Expr, Expr)> {
         let mut filters = Vec::new();
         for _ in 0..rng.random_range(0..4) {
             let step = rng.random_range(-10..410i64);
-            let filter = match rng.random_range(0..9) {
-                0 => col("key").eq(lit(KEYS[rng.random_range(0..KEYS.len())])),
-                1 => lit(KEYS[rng.random_range(0..KEYS.len())]).eq(col("key")),
-                2 => col("key").in_list(
-                    vec![
-                        lit(KEYS[rng.random_range(0..4)]),
-                        lit("missing"),
-                        lit(KEYS[rng.random_range(0..4)]),
-                    ],
-                    false,
-                ),
-                3 => col("step").between(lit(step), lit(step + rng.random_range(-5..200))),
-                4 => col("step").lt(lit(step)),
-                5 => col("step").lt_eq(lit(step)),
-                6 => col("step").gt(lit(step)),
-                7 => lit(step).gt_eq(col("step")),
-                _ => col("step").eq(lit(step)),
+            let key = KEYS[rng.random_range(0..KEYS.len())];
+            let (filter, reference) = match rng.random_range(0..9) {
+                0 => (col("key").eq(lit(key)), col("key").eq(lit(key))),
+                1 => (lit(key).eq(col("key")), col("key").eq(lit(key))),
+                7 => (lit(step).gt_eq(col("step")), col("step").lt_eq(lit(step))),
+                _ => {
+                    let filter = match rng.random_range(0..7) {
+                        0 => col("key").in_list(
+                            vec![
+                                lit(KEYS[rng.random_range(0..4)]),
+                                lit("missing"),
+                                lit(KEYS[rng.random_range(0..4)]),
+                            ],
+                            false,
+                        ),
+                        1 => col("step").between(lit(step), lit(step + rng.random_range(-5..200))),
+                        2 => col("step").lt(lit(step)),
+                        3 => col("step").lt_eq(lit(step)),
+                        4 => col("step").gt(lit(step)),
+                        5 => col("step").gt_eq(lit(step)),
+                        _ => col("step").eq(lit(step)),
+                    };
+                    (filter.clone(), filter)
+                }
             };
             assert!(ScanFilter::handles(&filter), "{filter}");
-            filters.push(filter);
+            filters.push((filter, reference));
         }
         filters
     }
@@ -963,7 +977,8 @@ mod tests {
         let all = table_batch(&sources);
         let columns = metrics_schema().fields().len();
         for round in 0..60 {
-            let filters = random_filters(&mut rng);
+            let (filters, references): (Vec<Expr>, Vec<Expr>) =
+                random_filters(&mut rng).into_iter().unzip();
             let mut projection: Vec<usize> =
                 (0..columns).filter(|_| rng.random_bool(0.6)).collect();
             if projection.is_empty() {
@@ -976,7 +991,7 @@ mod tests {
             }
             let batch_size = [1, 100, 4096, 8192][rng.random_range(0..4)];
             let (ours, _) = scan(groups, &projection, &filters, None, batch_size);
-            let expected = plain(&all, &projection, &filters);
+            let expected = plain(&all, &projection, &references);
             assert_eq!(
                 lines(&ours),
                 lines(&expected),
@@ -1015,7 +1030,12 @@ mod tests {
         let metrics = exec.metrics().unwrap();
         let pruned = metrics.sum_by_name("rows_pruned").unwrap().as_usize();
         let read = metrics.sum_by_name("rows_read").unwrap().as_usize();
-        assert_eq!(pruned + read, 30_000);
+        // Rows of partly matching blocks whose step is out of range are
+        // dropped while decoding: neither pruned nor read.
+        assert!(
+            pruned + read <= 30_000 && read == expected,
+            "{pruned} {read}"
+        );
         assert!(
             read < 30_000 / 4,
             "only the blocks of 'loss' holding steps 100..=120 are read: {read}"
