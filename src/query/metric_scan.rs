@@ -298,9 +298,10 @@ impl PartitionScan {
         let footer: ArrowReaderMetadata = file.file.footer().map_err(external)?;
         let metadata = Arc::clone(footer.metadata());
         let total_rows = u64::try_from(metadata.file_metadata().num_rows()).unwrap_or(0);
+        let everything = std::iter::once(0..total_rows).collect::<Vec<_>>();
         // The rows to read, and whether their keys and steps need checking.
         let (ranges, check_keys, check_steps) = match file.file.aggregates() {
-            _ if self.filter.is_everything() => (vec![0..total_rows], false, false),
+            _ if self.filter.is_everything() => (everything, false, false),
             Some(aggregates) => {
                 let mut ranges: Vec<Range<u64>> = Vec::new();
                 let mut all_whole = true;
@@ -317,7 +318,7 @@ impl PartitionScan {
             None => match summary_ranges(&metadata, &self.filter, total_rows) {
                 Some(ranges) => (ranges, false, self.filter.restricts_steps()),
                 None => (
-                    vec![0..total_rows],
+                    everything,
                     self.filter.restricts_keys(),
                     self.filter.restricts_steps(),
                 ),
