@@ -25,6 +25,7 @@
 //! `target/stepstore-sql-bench`), `STEPSTORE_BENCH_RUNS`,
 //! `STEPSTORE_BENCH_STEPS` (smaller histories for a quick look),
 //! `STEPSTORE_BENCH_EXPLAIN` (print `EXPLAIN ANALYZE` of each query),
+//! `STEPSTORE_BENCH_PRINT` (print each query's answer),
 //! `STEPSTORE_BENCH_QUERIES` (comma-separated names: run only these, e.g.
 //! under a profiler), `STEPSTORE_BENCH_REPEAT` (timed runs per query,
 //! default 5), `STEPSTORE_BENCH_NO_DUCKDB` (skip the DuckDB side).
@@ -204,6 +205,9 @@ fn main() -> anyhow::Result<()> {
             "stepstore {name}: {:.1} ms ({rows} rows)",
             times[times.len() / 2]
         );
+        if std::env::var_os("STEPSTORE_BENCH_PRINT").is_some() {
+            print!("{}", stepstore::query::output::to_table(&result)?);
+        }
         if std::env::var_os("STEPSTORE_BENCH_EXPLAIN").is_some() {
             let plan = runtime.block_on(service.execute(&format!("EXPLAIN ANALYZE {sql}")))?;
             print!("{}", stepstore::query::output::to_table(&plan)?);

@@ -83,6 +83,9 @@ pub(crate) struct ConstantKeyAggregateExec {
     arguments: Vec<Vec<Arc<dyn PhysicalExpr>>>,
     /// Per aggregate: its `FILTER (WHERE ...)`.
     filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    /// Per aggregate: how to find the one row of a constant-key batch
+    /// that `first_value` / `last_value` with an `ORDER BY` would keep.
+    extremes: Vec<Option<Extreme>>,
     /// The partial aggregate's output: group columns, then states.
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
@@ -118,6 +121,11 @@ impl ConstantKeyAggregateExec {
         }
         let aggregates = aggregate.aggr_expr().to_vec();
         let arguments = aggregate_expressions(&aggregates, aggregate.mode(), 0)?;
+        let extremes = aggregates
+            .iter()
+            .zip(&arguments)
+            .map(|(expr, arguments)| Extreme::of(expr, arguments.len()))
+            .collect();
         let input = Arc::clone(aggregate.input());
         let schema = aggregate.schema();
         Ok(Some(ConstantKeyAggregateExec {
@@ -127,6 +135,7 @@ impl ConstantKeyAggregateExec {
             aggregates,
             arguments,
             filters: aggregate.filter_expr().to_vec(),
+            extremes,
             schema,
         }))
     }
@@ -294,7 +303,8 @@ impl AggregateState {
             })
             .collect::<DfResult<Vec<_>>>()?;
         self.group_indices.clear();
-        if columns.iter().all(|column| is_constant(column)) {
+        let constant = columns.iter().all(|column| is_constant(column));
+        if constant {
             let group = self.keys.group_of(&columns, 0);
             self.group_indices.resize(rows, group);
         } else {
@@ -318,16 +328,29 @@ impl AggregateState {
             }
         }
         let groups = self.keys.keys.len();
-        for ((accumulator, arguments), filter) in self
+        for (((accumulator, arguments), filter), extreme) in self
             .accumulators
             .iter_mut()
             .zip(&self.plan.arguments)
             .zip(&self.plan.filters)
+            .zip(&self.plan.extremes)
         {
             let values = arguments
                 .iter()
                 .map(|expr| expr.evaluate(batch)?.into_array(rows))
                 .collect::<DfResult<Vec<ArrayRef>>>()?;
+            if constant
+                && filter.is_none()
+                && let Some(extreme) = extreme
+                && let Some(row) = extreme.row(&values)
+            {
+                // The accumulator would keep this row of the batch: hand
+                // it that row alone.
+                let values: Vec<ArrayRef> =
+                    values.iter().map(|array| array.slice(row, 1)).collect();
+                accumulator.update_batch(&values, &self.group_indices[..1], None, groups)?;
+                continue;
+            }
             let filter = filter
                 .as_ref()
                 .map(|expr| expr.evaluate(batch)?.into_array(rows))
@@ -368,6 +391,115 @@ impl AggregateState {
             columns,
         )?))
     }
+}
+
+/// `first_value` or `last_value` of one value ordered by integer columns
+/// (steps, timestamps). DataFusion's accumulator keeps, of a batch's rows
+/// in one group, the first row whose ordering is least (`first_value`) or
+/// greatest (`last_value`), ties going to the earlier row; [`Self::row`]
+/// finds that row with plain integer comparisons instead of a generic row
+/// comparator per row, and the accumulator is given only it.
+#[derive(Debug, Clone)]
+struct Extreme {
+    /// `first_value` (least ordering) rather than `last_value`.
+    first: bool,
+    /// Per ordering column: descending.
+    descending: Vec<bool>,
+    /// `IGNORE NULLS`: rows with a NULL value do not count.
+    ignore_nulls: bool,
+}
+
+impl Extreme {
+    /// The shortcut for `expr`, whose arguments (value, then ordering
+    /// expressions) number `arguments`, if it applies.
+    fn of(expr: &AggregateFunctionExpr, arguments: usize) -> Option<Extreme> {
+        let first = match expr.fun().name() {
+            "first_value" => true,
+            "last_value" => false,
+            _ => return None,
+        };
+        let order_bys = expr.order_bys();
+        if order_bys.is_empty() || arguments != order_bys.len() + 1 {
+            return None;
+        }
+        Some(Extreme {
+            first,
+            descending: order_bys
+                .iter()
+                .map(|sort| sort.options.descending)
+                .collect(),
+            ignore_nulls: expr.ignore_nulls(),
+        })
+    }
+
+    /// The row the accumulator would keep of `values` (value, then
+    /// ordering columns), when every ordering column is a 64-bit integer
+    /// or timestamp column without NULLs (and, under `IGNORE NULLS`, the
+    /// value has no NULLs); `None` otherwise, and for no rows.
+    fn row(&self, values: &[ArrayRef]) -> Option<usize> {
+        let (value, orderings) = values.split_first()?;
+        if orderings.len() != self.descending.len()
+            || value.is_empty()
+            || (self.ignore_nulls && value.null_count() > 0)
+        {
+            return None;
+        }
+        let columns: Vec<&[i64]> = orderings
+            .iter()
+            .map(|column| integers(column.as_ref()))
+            .collect::<Option<_>>()?;
+        let better = |candidate: usize, best: usize| {
+            for (column, &descending) in columns.iter().zip(&self.descending) {
+                let mut ordering = column[candidate].cmp(&column[best]);
+                if descending {
+                    ordering = ordering.reverse();
+                }
+                if ordering.is_ne() {
+                    // Strictly less for first_value, greater for last_value.
+                    return ordering.is_lt() == self.first;
+                }
+            }
+            false
+        };
+        let mut best = 0;
+        for candidate in 1..value.len() {
+            if better(candidate, best) {
+                best = candidate;
+            }
+        }
+        Some(best)
+    }
+}
+
+/// The values of a 64-bit integer or timestamp column without NULLs.
+fn integers(column: &dyn Array) -> Option<&[i64]> {
+    use arrow::datatypes::{
+        Int64Type, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+        TimestampSecondType,
+    };
+    if column.null_count() > 0 {
+        return None;
+    }
+    let values: &[i64] = match column.data_type() {
+        DataType::Int64 => column.as_primitive_opt::<Int64Type>()?.values(),
+        DataType::Timestamp(unit, _) => {
+            use arrow::datatypes::TimeUnit;
+            match unit {
+                TimeUnit::Second => column.as_primitive_opt::<TimestampSecondType>()?.values(),
+                TimeUnit::Millisecond => column
+                    .as_primitive_opt::<TimestampMillisecondType>()?
+                    .values(),
+                TimeUnit::Microsecond => column
+                    .as_primitive_opt::<TimestampMicrosecondType>()?
+                    .values(),
+                TimeUnit::Nanosecond => column
+                    .as_primitive_opt::<TimestampNanosecondType>()?
+                    .values(),
+            }
+        }
+        _ => return None,
+    };
+    Some(values)
 }
 
 /// Whether every row of `column` holds the same non-null value, judged by
@@ -488,6 +620,13 @@ mod tests {
         for sql in [
             "SELECT g, count(*), count(v), avg(v), max(v), min(v), sum(v) FROM t GROUP BY g ORDER BY g",
             "SELECT g, last_value(v ORDER BY s) AS l, first_value(v ORDER BY s DESC) AS f \
+             FROM t GROUP BY g ORDER BY g",
+            // Ties on the ordering (within one partition: across partitions
+            // the winner of a tie depends on arrival order either way).
+            "SELECT g, last_value(v ORDER BY s / 4) AS l, first_value(v ORDER BY s / 4) AS f, \
+             last_value(v ORDER BY s / 4 DESC, s % 2) AS d, \
+             first_value(s ORDER BY s / 4, s % 2 DESC) AS e FROM t GROUP BY g ORDER BY g",
+            "SELECT g, last_value(v ORDER BY s / 4) FILTER (WHERE s % 3 = 0) AS l \
              FROM t GROUP BY g ORDER BY g",
             "SELECT g, sum(v) FILTER (WHERE s > 2) AS f FROM t WHERE s <> 31 GROUP BY g ORDER BY g",
             "SELECT g, g AS h, count(*) FROM t GROUP BY g, g ORDER BY g",

@@ -9,42 +9,38 @@
 //!    chosen runs' buffers are copied);
 //! 2. the engine captures those runs' points, each acknowledged point
 //!    exactly once, in a file or in a buffer copy;
-//! 3. files are read by DataFusion's Parquet scan (byte ranges straight
-//!    from the local files, [`super::local_files`]), to which DataFusion's
-//!    filter pushdown hands the remaining filters: `key` and `step` prune
-//!    row groups by statistics and pages by the page index, then filter
-//!    rows while decoding; buffer copies are read from memory; `LIMIT`
-//!    stops both early.
+//! 3. files are read by [`MetricFileScanExec`], which applies `key` and
+//!    `step` filters exactly ([`ScanFilter`]): the rows a file can
+//!    contribute come from its footer (key row ranges, steps per block),
+//!    only those rows of the projected columns are decoded; buffer copies
+//!    are filtered the same way and read from memory; `LIMIT` stops both
+//!    early. Other filters are checked by DataFusion above the scan.
 //!
-//! `EXPLAIN` shows the chosen files and the pruning predicate; `EXPLAIN
-//! ANALYZE` counts the row groups and pages pruned. The table's file
+//! `EXPLAIN` shows the chosen files and the filter the scan applies
+//! (`pruning_predicate`); `EXPLAIN ANALYZE` counts the rows pruned and
+//! read. The table's file
 //! handles are held until the query ends, so compaction cannot delete a
 //! file mid-read.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use arrow::array::{ArrayRef, RecordBatch, StringViewBuilder};
+use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
-use datafusion::common::{DataFusionError, Result as DfResult, ScalarValue};
-use datafusion::datasource::listing::PartitionedFile;
+use datafusion::common::{DataFusionError, Result as DfResult};
 use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
-use datafusion::datasource::table_schema::TableSchema;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
-use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
 
-use super::local_files::LocalFileReaderFactory;
+use super::metric_scan::{MetricFileScanExec, ScanFile, constant_id};
 use super::run_filter::{self, EXPERIMENT_ID, RUN_ID, RunList};
+use super::scan_filter::ScanFilter;
 use crate::engine::Engine;
 use crate::ingest::{BYTES_PER_POINT, RunPoints};
 use crate::storage::PersistedFile;
@@ -139,9 +135,13 @@ impl TableProvider for MetricsTable {
                 if run_filter::is_run_filter(filter) {
                     // Applied exactly by choosing runs.
                     TableProviderFilterPushDown::Exact
+                } else if ScanFilter::handles(filter) {
+                    // Key and step filters: applied exactly by the scan
+                    // (row ranges from the file footers, then a check of
+                    // the rows in partly matching blocks).
+                    TableProviderFilterPushDown::Exact
                 } else {
-                    // Used to prune files, row groups and pages; DataFusion
-                    // still checks every row.
+                    // Checked by DataFusion on every row.
                     TableProviderFilterPushDown::Inexact
                 }
             })
@@ -193,99 +193,80 @@ impl TableProvider for MetricsTable {
 
         let partitions = state.config().target_partitions().max(1);
         let batch_size = state.config().batch_size().max(1);
+        let filter = ScanFilter::from_filters(filters);
+        if filter.is_nothing() {
+            return Ok(Arc::new(EmptyExec::new(projected)));
+        }
+        let projection: Vec<usize> = match projection {
+            Some(projection) => projection.clone(),
+            None => (0..schema.fields().len()).collect(),
+        };
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
-        if let Some(files) = self.file_scan(state, &points, projection, limit)? {
+        if let Some(files) =
+            self.file_scan(state, &points, projection.clone(), filter.clone(), limit)?
+        {
             inputs.push(files);
         }
-        let buffered = buffered_partitions(&mut points, partitions, batch_size)?;
+        let buffered = buffered_partitions(&mut points, partitions, batch_size, &filter)?;
         if buffered.iter().any(|partition| !partition.is_empty()) {
-            let memory = MemorySourceConfig::try_new(&buffered, schema, projection.cloned())?
-                .with_limit(limit);
+            let memory =
+                MemorySourceConfig::try_new(&buffered, schema, Some(projection))?.with_limit(limit);
             inputs.push(DataSourceExec::from_data_source(memory));
         }
         match inputs.len() {
             0 => Ok(Arc::new(EmptyExec::new(projected))),
+            1 => Ok(inputs.remove(0)),
             _ => UnionExec::try_new(inputs),
         }
     }
 }
 
 impl MetricsTable {
-    /// The Parquet scan of the chosen runs' files, if there are any.
+    /// The scan of the chosen runs' files, if there are any.
     fn file_scan(
         &self,
         state: &dyn Session,
         points: &[RunPoints],
-        projection: Option<&Vec<usize>>,
+        projection: Vec<usize>,
+        filter: ScanFilter,
         limit: Option<usize>,
     ) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
-        let mut files: Vec<(u64, PartitionedFile)> = Vec::new();
-        let mut paths = HashMap::new();
+        let mut files: Vec<(u64, ScanFile)> = Vec::new();
         for run in points {
-            let values = vec![
-                ScalarValue::Utf8View(Some(run.experiment_id.to_string())),
-                ScalarValue::Utf8View(Some(run.run_id.to_string())),
-            ];
+            let experiment_id = run.experiment_id.to_string();
+            let run_id = run.run_id.to_string();
             for file in &run.files {
-                let path = std::path::absolute(file.path())
-                    .map_err(|error| DataFusionError::External(Box::new(error)))?;
-                let Some(path) = path.to_str() else {
-                    return Err(DataFusionError::Execution(format!(
-                        "metric file path {} is not UTF-8",
-                        path.display()
-                    )));
-                };
-                let partitioned =
-                    PartitionedFile::new(path, file.bytes()).with_partition_values(values.clone());
-                paths.insert(
-                    partitioned.object_meta.location.clone(),
-                    std::path::PathBuf::from(path),
-                );
-                files.push((file.bytes(), partitioned));
+                files.push((
+                    file.bytes(),
+                    ScanFile {
+                        file: Arc::clone(file),
+                        experiment_id: experiment_id.clone(),
+                        run_id: run_id.clone(),
+                    },
+                ));
             }
         }
         if files.is_empty() {
             return Ok(None);
         }
         let groups = balance_files(files, state.config().target_partitions().max(1));
-
-        let table_schema = TableSchema::builder(metric_file_schema())
-            .with_table_partition_cols(partition_fields())
-            .build();
-        let store_url = ObjectStoreUrl::local_filesystem();
-        let store = state.runtime_env().object_store(&store_url)?;
-        let metadata_cache = state.runtime_env().cache_manager.get_file_metadata_cache();
-        // Byte ranges are read from the local files directly; footers go
-        // through DataFusion's cache, shared by all queries.
-        let footers = Arc::new(CachedParquetFileReaderFactory::new(store, metadata_cache));
-        let source = ParquetSource::new(table_schema)
-            .with_enable_page_index(true)
-            .with_pushdown_filters(true)
-            .with_reorder_filters(true)
-            // Metric files have no bloom filters.
-            .with_bloom_filter_on_read(false)
-            .with_parquet_file_reader_factory(Arc::new(LocalFileReaderFactory::new(
-                paths, footers,
-            )));
-        // Run filters are applied by choosing runs. DataFusion's filter
-        // pushdown hands the remaining filters (key, step, ...) to this
-        // source, which uses them to prune row groups (statistics) and
-        // pages (page index) and to filter rows while decoding; `EXPLAIN`
-        // shows them as `predicate` and `pruning_predicate`.
-        let config = FileScanConfigBuilder::new(store_url, Arc::new(source))
-            .with_file_groups(groups)
-            .with_projection_indices(projection.cloned())?
-            .with_limit(limit)
-            .build();
-        Ok(Some(DataSourceExec::from_data_source(config)))
+        let scan = MetricFileScanExec::new(
+            groups,
+            metrics_schema(),
+            projection,
+            filter,
+            limit,
+            state.config().batch_size(),
+        )?;
+        Ok(Some(Arc::new(scan)))
     }
 }
 
 /// Spreads files over `partitions` groups of about equal bytes (largest
 /// first, each to the lightest group).
-fn balance_files(mut files: Vec<(u64, PartitionedFile)>, partitions: usize) -> Vec<FileGroup> {
+fn balance_files(mut files: Vec<(u64, ScanFile)>, partitions: usize) -> Vec<Vec<ScanFile>> {
     files.sort_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
-    let mut groups: Vec<(u64, Vec<PartitionedFile>)> = (0..partitions.min(files.len()))
+    let mut groups: Vec<(u64, Vec<ScanFile>)> = (0..partitions.min(files.len()))
         .map(|_| (0, Vec::new()))
         .collect();
     for (bytes, file) in files {
@@ -294,10 +275,7 @@ fn balance_files(mut files: Vec<(u64, PartitionedFile)>, partitions: usize) -> V
             lightest.1.push(file);
         }
     }
-    groups
-        .into_iter()
-        .map(|(_, files)| FileGroup::new(files))
-        .collect()
+    groups.into_iter().map(|(_, files)| files).collect()
 }
 
 /// The buffered points of the chosen runs as `metrics` batches of at most
@@ -306,6 +284,7 @@ fn buffered_partitions(
     points: &mut [RunPoints],
     partitions: usize,
     batch_size: usize,
+    filter: &ScanFilter,
 ) -> DfResult<Vec<Vec<RecordBatch>>> {
     let schema = metrics_schema();
     let mut out: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
@@ -317,6 +296,8 @@ fn buffered_partitions(
         let experiment = run.experiment_id.to_string();
         let run_id = run.run_id.to_string();
         for batch in run.take_buffered_batches()? {
+            // The filters the scan applies exactly apply to buffers too.
+            let batch = filter.filter_batch(batch, true, true)?;
             let mut offset = 0;
             while offset < batch.num_rows() {
                 let rows = batch_size.min(batch.num_rows() - offset);
@@ -331,12 +312,4 @@ fn buffered_partitions(
         }
     }
     Ok(out)
-}
-
-/// A string view column holding `value` in every one of `rows` rows
-/// (stored once).
-fn constant_id(value: &str, rows: usize) -> DfResult<ArrayRef> {
-    let mut builder = StringViewBuilder::with_capacity(rows);
-    builder.try_append_value_n(value, rows)?;
-    Ok(Arc::new(builder.finish()))
 }

@@ -20,11 +20,12 @@
 pub mod catalog_tables;
 mod constant_key_aggregate;
 pub mod latest_table;
-mod local_files;
+mod metric_scan;
 pub mod metrics_table;
 pub mod output;
 mod run_filter;
 pub mod safety;
+mod scan_filter;
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;

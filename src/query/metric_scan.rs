@@ -1,0 +1,1083 @@
+//! The scan of persisted metric files for the `metrics` table.
+//!
+//! DataFusion's generic Parquet scan sets every file up anew (pruning
+//! predicates, page index evaluation, a row filter that decodes the `key`
+//! dictionary and compares it row by row), which dominates queries that
+//! read a few thousand rows from each of a thousand files. Metric files
+//! are sorted by `(key, step, timestamp)` and their footers say where each
+//! key's rows start and which steps every block of rows holds, so
+//! [`MetricFileScanExec`] computes the rows a file can contribute from the
+//! footer alone ([`ScanFilter`]), reads just those rows of just the
+//! projected columns (whole column chunks, or the span of pages holding
+//! the selected rows, in one read each), checks the step of rows in
+//! blocks only partly inside the step range, and adds the constant
+//! `experiment_id` and `run_id` columns.
+//!
+//! Files without block aggregates (written before they existed) are read
+//! whole and filtered row by row. `EXPLAIN` shows the files and the
+//! filter; `EXPLAIN ANALYZE` counts the rows pruned and read.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::ops::Range;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, StringViewBuilder};
+use arrow::compute::cast;
+use arrow::datatypes::SchemaRef;
+use bytes::Bytes;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, Result as DfResult, Statistics};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{
+    Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream,
+};
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{
+    ArrowPredicateFn, ArrowReaderMetadata, ParquetRecordBatchReader,
+    ParquetRecordBatchReaderBuilder, RowFilter, RowSelection,
+};
+use parquet::errors::ParquetError;
+use parquet::file::reader::{ChunkReader, Length};
+
+use super::scan_filter::ScanFilter;
+use crate::storage::schema::{KEY_COLUMN, STEP_COLUMN};
+use crate::storage::{FileMetadata, PersistedFile};
+
+/// One file to scan and the run it belongs to.
+#[derive(Clone, Debug)]
+pub(crate) struct ScanFile {
+    /// The file.
+    pub file: Arc<PersistedFile>,
+    /// Its `experiment_id`.
+    pub experiment_id: String,
+    /// Its `run_id`.
+    pub run_id: String,
+}
+
+/// Reads metric files; see the module documentation.
+#[derive(Debug)]
+pub(crate) struct MetricFileScanExec {
+    /// Files of each output partition.
+    groups: Vec<Vec<ScanFile>>,
+    /// The table schema (file columns, then `experiment_id`, `run_id`).
+    table_schema: SchemaRef,
+    /// Table columns to output, in order.
+    projection: Vec<usize>,
+    filter: Arc<ScanFilter>,
+    /// Rows each partition may stop after.
+    limit: Option<usize>,
+    batch_size: usize,
+    properties: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl MetricFileScanExec {
+    /// A scan of `groups` (one partition each) over the table
+    /// `table_schema` (whose last two columns are the run's ids).
+    pub(crate) fn new(
+        groups: Vec<Vec<ScanFile>>,
+        table_schema: SchemaRef,
+        projection: Vec<usize>,
+        filter: ScanFilter,
+        limit: Option<usize>,
+        batch_size: usize,
+    ) -> DfResult<Self> {
+        let projected = Arc::new(table_schema.project(&projection)?);
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(projected),
+            Partitioning::UnknownPartitioning(groups.len().max(1)),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Ok(MetricFileScanExec {
+            groups,
+            table_schema,
+            projection,
+            filter: Arc::new(filter),
+            limit,
+            batch_size: batch_size.max(1),
+            properties,
+            metrics: ExecutionPlanMetricsSet::new(),
+        })
+    }
+}
+
+impl DisplayAs for MetricFileScanExec {
+    fn fmt_as(&self, _format: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let columns: Vec<&str> = self
+            .projection
+            .iter()
+            .map(|&index| self.table_schema.field(index).name().as_str())
+            .collect();
+        let files: usize = self.groups.iter().map(Vec::len).sum();
+        write!(
+            f,
+            "MetricFileScanExec: files={files}, partitions={}, projection=[{}], \
+             pruning_predicate={}",
+            self.groups.len(),
+            columns.join(", "),
+            self.filter.describe()
+        )?;
+        if let Some(limit) = self.limit {
+            write!(f, ", limit={limit}")?;
+        }
+        const SHOWN: usize = 5;
+        let paths: Vec<String> = self
+            .groups
+            .iter()
+            .flatten()
+            .take(SHOWN)
+            .map(|file| file.file.path().display().to_string())
+            .collect();
+        write!(f, ", file_groups=[{}", paths.join(", "))?;
+        if files > SHOWN {
+            write!(f, ", ...")?;
+        }
+        write!(f, "]")
+    }
+}
+
+impl ExecutionPlan for MetricFileScanExec {
+    fn name(&self) -> &str {
+        "MetricFileScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            Err(DataFusionError::Internal(
+                "MetricFileScanExec has no inputs".to_string(),
+            ))
+        }
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let files = self.groups.get(partition).cloned().unwrap_or_default();
+        let schema = Arc::new(self.table_schema.project(&self.projection)?);
+        let counter =
+            |name: &'static str| MetricBuilder::new(&self.metrics).counter(name, partition);
+        let scan = PartitionScan {
+            files: files.into_iter(),
+            current: None,
+            table_schema: Arc::clone(&self.table_schema),
+            projection: self.projection.clone(),
+            schema: Arc::clone(&schema),
+            filter: Arc::clone(&self.filter),
+            remaining: self.limit,
+            batch_size: self.batch_size,
+            counters: Counters {
+                files_opened: counter("files_opened"),
+                rows_pruned: counter("rows_pruned"),
+                rows_read: counter("rows_read"),
+                output_rows: MetricBuilder::new(&self.metrics).output_rows(partition),
+                bytes_scanned: counter("bytes_scanned"),
+            },
+        };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            futures::stream::iter(scan),
+        )))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn partition_statistics(&self, _partition: Option<usize>) -> DfResult<Arc<Statistics>> {
+        Ok(Arc::new(Statistics::new_unknown(&self.schema())))
+    }
+}
+
+struct Counters {
+    files_opened: Count,
+    rows_pruned: Count,
+    rows_read: Count,
+    output_rows: Count,
+    bytes_scanned: Count,
+}
+
+/// The batches of one partition, file after file.
+struct PartitionScan {
+    files: std::vec::IntoIter<ScanFile>,
+    current: Option<OpenFile>,
+    table_schema: SchemaRef,
+    projection: Vec<usize>,
+    schema: SchemaRef,
+    filter: Arc<ScanFilter>,
+    /// Rows still wanted under a `LIMIT`.
+    remaining: Option<usize>,
+    batch_size: usize,
+    counters: Counters,
+}
+
+/// The reader of the file being scanned.
+struct OpenFile {
+    reader: ParquetRecordBatchReader,
+    /// The run's ids, `batch_size` rows long (sliced per batch).
+    experiment_id: ArrayRef,
+    run_id: ArrayRef,
+    /// Whether rows' keys must be checked (steps are checked while
+    /// decoding).
+    check_keys: bool,
+}
+
+impl Iterator for PartitionScan {
+    type Item = DfResult<RecordBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.remaining == Some(0) {
+                return None;
+            }
+            let Some(current) = &mut self.current else {
+                let file = self.files.next()?;
+                match self.open(&file) {
+                    Ok(opened) => self.current = opened,
+                    Err(error) => return Some(Err(error)),
+                }
+                continue;
+            };
+            let Some(batch) = current.reader.next() else {
+                self.current = None;
+                continue;
+            };
+            let batch = match batch {
+                Ok(batch) => batch,
+                Err(error) => return Some(Err(error.into())),
+            };
+            match self.finish_batch(batch) {
+                Ok(Some(batch)) => return Some(Ok(batch)),
+                Ok(None) => continue,
+                Err(error) => return Some(Err(error)),
+            }
+        }
+    }
+}
+
+impl PartitionScan {
+    /// Opens `file` for reading the rows that may pass; `None` when none
+    /// can.
+    fn open(&mut self, file: &ScanFile) -> DfResult<Option<OpenFile>> {
+        if self.filter.is_nothing() {
+            return Ok(None);
+        }
+        let external =
+            |error: crate::storage::StorageError| DataFusionError::External(Box::new(error));
+        let footer: ArrowReaderMetadata = file.file.footer().map_err(external)?;
+        let metadata = Arc::clone(footer.metadata());
+        let total_rows = u64::try_from(metadata.file_metadata().num_rows()).unwrap_or(0);
+        let everything = std::iter::once(0..total_rows).collect::<Vec<_>>();
+        // The rows to read, and whether their keys and steps need checking.
+        let (ranges, check_keys, check_steps) = match file.file.aggregates() {
+            _ if self.filter.is_everything() => (everything, false, false),
+            Some(aggregates) => {
+                let mut ranges: Vec<Range<u64>> = Vec::new();
+                let mut all_whole = true;
+                for key in &aggregates.keys {
+                    for (range, whole) in self.filter.key_rows(key) {
+                        all_whole &= whole;
+                        push_range(&mut ranges, range);
+                    }
+                }
+                (ranges, false, !all_whole)
+            }
+            // Files written before block aggregates: key row ranges from
+            // the key summaries, when they check out.
+            None => match summary_ranges(&metadata, &self.filter, total_rows) {
+                Some(ranges) => (ranges, false, self.filter.restricts_steps()),
+                None => (
+                    everything,
+                    self.filter.restricts_keys(),
+                    self.filter.restricts_steps(),
+                ),
+            },
+        };
+        let selected: u64 = ranges.iter().map(|range| range.end - range.start).sum();
+        self.counters
+            .rows_pruned
+            .add(usize::try_from(total_rows.saturating_sub(selected)).unwrap_or(usize::MAX));
+        if selected == 0 {
+            return Ok(None);
+        }
+        self.counters.files_opened.add(1);
+
+        let parquet_schema = metadata.file_metadata().schema_descr();
+        // File columns to decode: the projected ones and those to check.
+        let file_columns = self.table_schema.fields().len() - 2;
+        let mut names: Vec<&str> = self
+            .projection
+            .iter()
+            .filter(|&&index| index < file_columns)
+            .map(|&index| self.table_schema.field(index).name().as_str())
+            .collect();
+        if check_keys && !names.contains(&KEY_COLUMN) {
+            names.push(KEY_COLUMN);
+        }
+        // Steps are checked by a row filter, which decodes the step column
+        // first and the other columns only for the rows that pass.
+        let step_leaf = if check_steps {
+            Some(leaf_of(parquet_schema, STEP_COLUMN, file.file.path())?)
+        } else {
+            None
+        };
+        let leaves = names
+            .iter()
+            .map(|name| leaf_of(parquet_schema, name, file.file.path()))
+            .collect::<DfResult<Vec<usize>>>()?;
+
+        // Row groups holding selected rows, and the selection within them.
+        let mut row_groups = Vec::new();
+        let mut local_ranges: Vec<Range<usize>> = Vec::new();
+        let mut group_start = 0u64;
+        let mut kept_rows = 0u64;
+        let mut spans: Vec<Range<u64>> = Vec::new();
+        for (index, group) in metadata.row_groups().iter().enumerate() {
+            let group_rows = u64::try_from(group.num_rows()).unwrap_or(0);
+            let group_end = group_start + group_rows;
+            let inside: Vec<Range<u64>> = ranges
+                .iter()
+                .filter(|range| range.start < group_end && range.end > group_start)
+                .map(|range| {
+                    range.start.max(group_start) - group_start
+                        ..range.end.min(group_end) - group_start
+                })
+                .collect();
+            if !inside.is_empty() {
+                row_groups.push(index);
+                for range in &inside {
+                    local_ranges.push(
+                        usize::try_from(kept_rows + range.start).unwrap_or(usize::MAX)
+                            ..usize::try_from(kept_rows + range.end).unwrap_or(usize::MAX),
+                    );
+                }
+                // The bytes each decoded column needs in this row group.
+                for &leaf in leaves.iter().chain(&step_leaf) {
+                    spans.extend(byte_span(&metadata, index, leaf, &inside));
+                }
+                kept_rows += group_rows;
+            }
+            group_start = group_end;
+        }
+        let whole = local_ranges.len() == 1
+            && local_ranges[0].start == 0
+            && local_ranges[0].end as u64 == kept_rows;
+
+        let chunks = LocalChunks::open(file.file.path(), spans)?;
+        self.counters.bytes_scanned.add(chunks.loaded_bytes());
+        let mask = ProjectionMask::leaves(parquet_schema, leaves.iter().copied());
+        let mut builder = ParquetRecordBatchReaderBuilder::new_with_metadata(chunks, footer)
+            .with_row_groups(row_groups)
+            .with_projection(mask)
+            .with_batch_size(self.batch_size);
+        if !whole {
+            builder = builder.with_row_selection(RowSelection::from_consecutive_ranges(
+                local_ranges.into_iter(),
+                usize::try_from(kept_rows).unwrap_or(usize::MAX),
+            ));
+        }
+        if let Some(step_leaf) = step_leaf {
+            let filter = Arc::clone(&self.filter);
+            let predicate = ArrowPredicateFn::new(
+                ProjectionMask::leaves(parquet_schema, [step_leaf]),
+                move |batch: RecordBatch| filter.step_mask(batch.column(0)),
+            );
+            builder = builder.with_row_filter(RowFilter::new(vec![Box::new(predicate)]));
+        }
+        let reader = builder.build()?;
+        Ok(Some(OpenFile {
+            reader,
+            experiment_id: constant_id(&file.experiment_id, self.batch_size)?,
+            run_id: constant_id(&file.run_id, self.batch_size)?,
+            check_keys,
+        }))
+    }
+
+    /// Filters a decoded batch, puts its columns in the table's types and
+    /// order and adds the run's ids; `None` when no row is left.
+    fn finish_batch(&mut self, batch: RecordBatch) -> DfResult<Option<RecordBatch>> {
+        let Some(current) = &self.current else {
+            return Ok(None);
+        };
+        self.counters.rows_read.add(batch.num_rows());
+        let mut batch = self.filter.filter_batch(batch, current.check_keys, false)?;
+        if let Some(remaining) = self.remaining {
+            if batch.num_rows() > remaining {
+                batch = batch.slice(0, remaining);
+            }
+            self.remaining = Some(remaining - batch.num_rows());
+        }
+        let rows = batch.num_rows();
+        if rows == 0 {
+            return Ok(None);
+        }
+        let file_columns = self.table_schema.fields().len() - 2;
+        let mut columns = Vec::with_capacity(self.projection.len());
+        for &index in &self.projection {
+            let column = if index == file_columns {
+                ids(&current.experiment_id, rows)?
+            } else if index == file_columns + 1 {
+                ids(&current.run_id, rows)?
+            } else {
+                let field = self.table_schema.field(index);
+                let column = batch
+                    .schema()
+                    .index_of(field.name())
+                    .map(|position| Arc::clone(batch.column(position)))
+                    .map_err(|_| {
+                        DataFusionError::Internal(format!("column {} not read", field.name()))
+                    })?;
+                if column.data_type() == field.data_type() {
+                    column
+                } else {
+                    // Files written by an older version may differ in type.
+                    cast(&column, field.data_type())?
+                }
+            };
+            columns.push(column);
+        }
+        let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(rows));
+        let batch = RecordBatch::try_new_with_options(Arc::clone(&self.schema), columns, &options)?;
+        self.counters.output_rows.add(rows);
+        Ok(Some(batch))
+    }
+}
+
+/// Appends `range` to sorted, disjoint `ranges`, merging it with the last
+/// one when they touch.
+fn push_range(ranges: &mut Vec<Range<u64>>, range: Range<u64>) {
+    match ranges.last_mut() {
+        Some(last) if last.end == range.start => last.end = range.end,
+        _ => ranges.push(range),
+    }
+}
+
+/// The leaf column named `name`.
+fn leaf_of(
+    schema: &parquet::schema::types::SchemaDescriptor,
+    name: &str,
+    path: &std::path::Path,
+) -> DfResult<usize> {
+    (0..schema.num_columns())
+        .find(|&leaf| schema.column(leaf).name() == name)
+        .ok_or_else(|| {
+            DataFusionError::Execution(format!(
+                "metric file {} has no column {name}",
+                path.display()
+            ))
+        })
+}
+
+/// The rows of the keys `filter` allows (and whose step range meets the
+/// filter's), from the key summaries in the footer of a file without
+/// block aggregates: the file is sorted by key, so each key's rows follow
+/// the previous key's. `None` when the footer does not vouch for that
+/// (no summaries, keys out of order, counts that do not add up to the
+/// file's rows, or a row group not recorded as sorted by key).
+fn summary_ranges(
+    metadata: &parquet::file::metadata::ParquetMetaData,
+    filter: &ScanFilter,
+    total_rows: u64,
+) -> Option<Vec<Range<u64>>> {
+    let summaries =
+        FileMetadata::from_key_values(metadata.file_metadata().key_value_metadata()).ok()?;
+    let sorted_by_key = metadata.row_groups().iter().all(|group| {
+        group
+            .sorting_columns()
+            .and_then(|columns| columns.first())
+            .is_some_and(|first| first.column_idx == 0 && !first.descending)
+    });
+    let in_order = summaries
+        .keys
+        .windows(2)
+        .all(|pair| pair[0].0.as_bytes() < pair[1].0.as_bytes());
+    let counted: u64 = summaries
+        .keys
+        .iter()
+        .map(|(_, summary)| summary.count)
+        .sum();
+    if !sorted_by_key || !in_order || counted != total_rows {
+        return None;
+    }
+    let mut ranges = Vec::new();
+    let mut start = 0u64;
+    for (key, summary) in &summaries.keys {
+        let end = start + summary.count;
+        if filter.allows_key(key) && filter.meets_steps(summary.min_step, summary.max_step) {
+            push_range(&mut ranges, start..end);
+        }
+        start = end;
+    }
+    Some(ranges)
+}
+
+/// The first `rows` rows of a constant id column (longer batches, which the
+/// reader does not produce, get a column of their own).
+fn ids(column: &ArrayRef, rows: usize) -> DfResult<ArrayRef> {
+    if rows <= column.len() {
+        Ok(column.slice(0, rows))
+    } else {
+        let value = column
+            .as_any()
+            .downcast_ref::<arrow::array::StringViewArray>()
+            .map(|ids| ids.value(0).to_string())
+            .unwrap_or_default();
+        constant_id(&value, rows)
+    }
+}
+
+/// A string view column holding `value` in each of `rows` rows (stored
+/// once).
+pub(crate) fn constant_id(value: &str, rows: usize) -> DfResult<ArrayRef> {
+    let mut builder = StringViewBuilder::with_capacity(rows);
+    builder.try_append_value_n(value, rows)?;
+    Ok(Arc::new(builder.finish()))
+}
+
+/// The byte range of column `leaf` of row group `group` that holds the
+/// rows `ranges` (relative to the row group): from the first to the last
+/// page holding a selected row, with the dictionary page; the whole chunk
+/// without an offset index.
+fn byte_span(
+    metadata: &parquet::file::metadata::ParquetMetaData,
+    group: usize,
+    leaf: usize,
+    ranges: &[Range<u64>],
+) -> Vec<Range<u64>> {
+    let column = metadata.row_group(group).column(leaf);
+    let (start, length) = column.byte_range();
+    let chunk = start..start + length;
+    let pages = metadata
+        .offset_index()
+        .and_then(|index| index.get(group))
+        .and_then(|columns| columns.get(leaf))
+        .map(|index| index.page_locations());
+    let Some(pages) = pages.filter(|pages| !pages.is_empty()) else {
+        return vec![chunk];
+    };
+    let (Some(first_row), Some(last_row)) = (
+        ranges.first().map(|range| range.start),
+        ranges.last().map(|range| range.end),
+    ) else {
+        return Vec::new();
+    };
+    let page_rows = |page: usize| {
+        let start = u64::try_from(pages[page].first_row_index).unwrap_or(0);
+        let end = pages.get(page + 1).map_or(u64::MAX, |next| {
+            u64::try_from(next.first_row_index).unwrap_or(0)
+        });
+        start..end
+    };
+    let needed: Vec<usize> = (0..pages.len())
+        .filter(|&page| {
+            let rows = page_rows(page);
+            rows.start < last_row && rows.end > first_row
+        })
+        .collect();
+    let (Some(&first), Some(&last)) = (needed.first(), needed.last()) else {
+        return Vec::new();
+    };
+    let span_start = u64::try_from(pages[first].offset).unwrap_or(0);
+    let span_end = u64::try_from(pages[last].offset).unwrap_or(0)
+        + u64::try_from(pages[last].compressed_page_size).unwrap_or(0);
+    let mut spans = Vec::with_capacity(2);
+    let first_data = u64::try_from(pages[0].offset).unwrap_or(chunk.start);
+    if first_data > chunk.start {
+        // The dictionary page.
+        spans.push(chunk.start..first_data);
+    }
+    spans.push(span_start..span_end.min(chunk.end).max(span_start));
+    spans
+}
+
+/// A local file for the Parquet reader: the byte spans it will need are
+/// read up front, one read each; anything else is read when asked for.
+struct LocalChunks {
+    file: File,
+    path: std::path::PathBuf,
+    length: u64,
+    /// Loaded spans, by start offset.
+    loaded: Vec<(u64, Bytes)>,
+}
+
+impl LocalChunks {
+    fn open(path: &std::path::Path, mut spans: Vec<Range<u64>>) -> DfResult<Self> {
+        let io = |action: &str, error: std::io::Error| {
+            DataFusionError::Execution(format!("cannot {action} {}: {error}", path.display()))
+        };
+        let file = File::open(path).map_err(|error| io("open", error))?;
+        let length = file.metadata().map_err(|error| io("stat", error))?.len();
+        spans.sort_by_key(|span| span.start);
+        // Merge spans that touch or overlap.
+        let mut merged: Vec<Range<u64>> = Vec::with_capacity(spans.len());
+        for span in spans.into_iter().filter(|span| span.end > span.start) {
+            match merged.last_mut() {
+                Some(last) if span.start <= last.end => last.end = last.end.max(span.end),
+                _ => merged.push(span),
+            }
+        }
+        let mut chunks = LocalChunks {
+            file,
+            path: path.to_path_buf(),
+            length,
+            loaded: Vec::with_capacity(merged.len()),
+        };
+        for span in merged {
+            let bytes = chunks
+                .read_at(span.start, (span.end - span.start) as usize)
+                .map_err(|error| DataFusionError::Execution(error.to_string()))?;
+            chunks.loaded.push((span.start, bytes));
+        }
+        Ok(chunks)
+    }
+
+    fn loaded_bytes(&self) -> usize {
+        self.loaded.iter().map(|(_, bytes)| bytes.len()).sum()
+    }
+
+    fn read_at(&self, start: u64, length: usize) -> Result<Bytes, ParquetError> {
+        let end = start
+            .checked_add(length as u64)
+            .filter(|&end| end <= self.length);
+        if end.is_none() {
+            return Err(ParquetError::EOF(format!(
+                "{} ends before byte {}",
+                self.path.display(),
+                start.saturating_add(length as u64)
+            )));
+        }
+        let mut buffer: Vec<u8> = Vec::with_capacity(length);
+        // `File`'s `read_to_end` fills the spare capacity without zeroing
+        // it first. The handle is this reader's alone.
+        let failed = |error: std::io::Error| {
+            ParquetError::General(format!("cannot read {}: {error}", self.path.display()))
+        };
+        let mut file = &self.file;
+        file.seek(SeekFrom::Start(start)).map_err(failed)?;
+        file.take(length as u64)
+            .read_to_end(&mut buffer)
+            .map_err(failed)?;
+        if buffer.len() != length {
+            return Err(ParquetError::EOF(format!(
+                "{} ends before byte {}",
+                self.path.display(),
+                start + length as u64
+            )));
+        }
+        Ok(Bytes::from(buffer))
+    }
+}
+
+impl Length for LocalChunks {
+    fn len(&self) -> u64 {
+        self.length
+    }
+}
+
+impl ChunkReader for LocalChunks {
+    type T = std::io::Cursor<Bytes>;
+
+    fn get_read(&self, start: u64) -> Result<Self::T, ParquetError> {
+        // The rest of the loaded span holding `start`, else of the file.
+        let index = self.loaded.partition_point(|(offset, _)| *offset <= start);
+        if let Some((offset, bytes)) = index.checked_sub(1).map(|index| &self.loaded[index])
+            && start < offset + bytes.len() as u64
+        {
+            return Ok(std::io::Cursor::new(
+                bytes.slice((start - offset) as usize..),
+            ));
+        }
+        let length = usize::try_from(self.length.saturating_sub(start)).unwrap_or(usize::MAX);
+        Ok(std::io::Cursor::new(self.read_at(start, length)?))
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> Result<Bytes, ParquetError> {
+        let end = start.saturating_add(length as u64);
+        let index = self.loaded.partition_point(|(offset, _)| *offset <= start);
+        if let Some((offset, bytes)) = index.checked_sub(1).map(|index| &self.loaded[index])
+            && end <= offset + bytes.len() as u64
+        {
+            let from = (start - offset) as usize;
+            return Ok(bytes.slice(from..from + length));
+        }
+        self.read_at(start, length)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::query::metrics_table::metrics_schema;
+    use crate::storage::schema::{metric_file_schema, writer_properties};
+    use crate::storage::{MetricFileWriter, SortedColumns};
+    use arrow::util::display::{ArrayFormatter, FormatOptions};
+    use datafusion::logical_expr::{Expr, col, lit};
+    use datafusion::prelude::SessionContext;
+    use futures::TryStreamExt;
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+
+    const KEYS: [&str; 4] = ["a", "b/c", "loss", "z"];
+
+    type Point = (String, i64, i64, f64);
+
+    fn random_points(rng: &mut SmallRng, rows: usize) -> Vec<Point> {
+        (0..rows)
+            .map(|_| {
+                let key = KEYS[rng.random_range(0..KEYS.len())].to_string();
+                // Few distinct steps and timestamps: many ties.
+                let step = rng.random_range(-5..400);
+                let timestamp = rng.random_range(0..50);
+                let value = match rng.random_range(0..20) {
+                    0 => f64::NAN,
+                    1 => f64::INFINITY,
+                    2 => f64::NEG_INFINITY,
+                    _ => rng.random_range(-1.0..1.0),
+                };
+                (key, step, timestamp, value)
+            })
+            .collect()
+    }
+
+    fn write(path: &std::path::Path, points: &[Point]) -> Arc<PersistedFile> {
+        let columns =
+            SortedColumns::from_points(points.iter().map(|p| (p.0.as_str(), p.1, p.2, p.3)));
+        let mut writer = MetricFileWriter::create(path).unwrap();
+        writer.write(columns).unwrap();
+        writer.finish(vec![(1, 1)], vec![]).unwrap();
+        Arc::new(PersistedFile::open(1, path).unwrap().0)
+    }
+
+    /// Rewrites a file without its block aggregates (as files written
+    /// before they existed).
+    fn strip_aggregates(path: &std::path::Path) -> Arc<PersistedFile> {
+        let file = File::open(path).unwrap();
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        let kept: Vec<parquet::file::metadata::KeyValue> = builder
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .unwrap()
+            .iter()
+            .filter(|entry| entry.key != crate::storage::aggregates::AGGREGATES_KEY)
+            .cloned()
+            .collect();
+        let batches: Vec<RecordBatch> = builder.build().unwrap().map(Result::unwrap).collect();
+        let stripped = path.with_extension("stripped");
+        let out = File::create(&stripped).unwrap();
+        let mut writer = parquet::arrow::ArrowWriter::try_new(
+            out,
+            metric_file_schema(),
+            Some(writer_properties()),
+        )
+        .unwrap();
+        for batch in &batches {
+            writer.write(batch).unwrap();
+        }
+        for entry in kept {
+            writer.append_key_value_metadata(entry);
+        }
+        writer.close().unwrap();
+        std::fs::rename(&stripped, path).unwrap();
+        let opened = Arc::new(PersistedFile::open(2, path).unwrap().0);
+        assert!(opened.aggregates().is_none());
+        opened
+    }
+
+    /// The rows of a result as sorted lines of text (NaN prints as NaN).
+    fn lines(batches: &[RecordBatch]) -> Vec<String> {
+        let options = FormatOptions::default().with_null("NULL");
+        let mut out = Vec::new();
+        for batch in batches {
+            let formatters: Vec<ArrayFormatter> = batch
+                .columns()
+                .iter()
+                .map(|column| ArrayFormatter::try_new(column.as_ref(), &options).unwrap())
+                .collect();
+            for row in 0..batch.num_rows() {
+                let cells: Vec<String> = formatters
+                    .iter()
+                    .map(|formatter| formatter.value(row).to_string())
+                    .collect();
+                out.push(cells.join("|"));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Every row of `files` as one `metrics` batch, for plain DataFusion.
+    fn table_batch(files: &[(Vec<Point>, &str, &str)]) -> RecordBatch {
+        let mut batches = Vec::new();
+        for (points, experiment, run) in files {
+            let columns =
+                SortedColumns::from_points(points.iter().map(|p| (p.0.as_str(), p.1, p.2, p.3)));
+            let batch = columns.into_record_batch().unwrap();
+            let rows = batch.num_rows();
+            let mut columns = batch.columns().to_vec();
+            columns.push(constant_id(experiment, rows).unwrap());
+            columns.push(constant_id(run, rows).unwrap());
+            batches.push(RecordBatch::try_new(metrics_schema(), columns).unwrap());
+        }
+        arrow::compute::concat_batches(&metrics_schema(), &batches).unwrap()
+    }
+
+    fn scan(
+        groups: Vec<Vec<ScanFile>>,
+        projection: &[usize],
+        filters: &[Expr],
+        limit: Option<usize>,
+        batch_size: usize,
+    ) -> (Vec<RecordBatch>, MetricFileScanExec) {
+        let exec = MetricFileScanExec::new(
+            groups,
+            metrics_schema(),
+            projection.to_vec(),
+            ScanFilter::from_filters(filters),
+            limit,
+            batch_size,
+        )
+        .unwrap();
+        let context = SessionContext::new().task_ctx();
+        let mut batches = Vec::new();
+        for partition in 0..exec.properties().partitioning.partition_count() {
+            let stream = exec.execute(partition, Arc::clone(&context)).unwrap();
+            let part: Vec<RecordBatch> = futures::executor::block_on(stream.try_collect()).unwrap();
+            for batch in &part {
+                assert!(batch.num_rows() <= batch_size.max(1));
+                assert_eq!(
+                    batch.schema(),
+                    Arc::new(metrics_schema().project(projection).unwrap())
+                );
+            }
+            batches.extend(part);
+        }
+        (batches, exec)
+    }
+
+    fn plain(batch: &RecordBatch, projection: &[usize], filters: &[Expr]) -> Vec<RecordBatch> {
+        let context = SessionContext::new();
+        let mut frame = context.read_batch(batch.clone()).unwrap();
+        for filter in filters {
+            frame = frame.filter(filter.clone()).unwrap();
+        }
+        let schema = metrics_schema();
+        let names: Vec<&str> = projection
+            .iter()
+            .map(|&index| schema.field(index).name().as_str())
+            .collect();
+        let frame = frame.select_columns(&names).unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(frame.collect())
+            .unwrap()
+    }
+
+    /// The filters the scan takes over, drawn at random, each with the
+    /// form plain DataFusion is given: column first (DataFusion 55 drops
+    /// every row for `key = 'x' AND 'x' = key` on a dictionary column).
+    fn random_filters(rng: &mut SmallRng) -> Vec<(Expr, Expr)> {
+        let mut filters = Vec::new();
+        for _ in 0..rng.random_range(0..4) {
+            let step = rng.random_range(-10..410i64);
+            let key = KEYS[rng.random_range(0..KEYS.len())];
+            let (filter, reference) = match rng.random_range(0..9) {
+                0 => (col("key").eq(lit(key)), col("key").eq(lit(key))),
+                1 => (lit(key).eq(col("key")), col("key").eq(lit(key))),
+                7 => (lit(step).gt_eq(col("step")), col("step").lt_eq(lit(step))),
+                _ => {
+                    let filter = match rng.random_range(0..7) {
+                        0 => col("key").in_list(
+                            vec![
+                                lit(KEYS[rng.random_range(0..4)]),
+                                lit("missing"),
+                                lit(KEYS[rng.random_range(0..4)]),
+                            ],
+                            false,
+                        ),
+                        1 => col("step").between(lit(step), lit(step + rng.random_range(-5..200))),
+                        2 => col("step").lt(lit(step)),
+                        3 => col("step").lt_eq(lit(step)),
+                        4 => col("step").gt(lit(step)),
+                        5 => col("step").gt_eq(lit(step)),
+                        _ => col("step").eq(lit(step)),
+                    };
+                    (filter.clone(), filter)
+                }
+            };
+            assert!(ScanFilter::handles(&filter), "{filter}");
+            filters.push((filter, reference));
+        }
+        filters
+    }
+
+    #[test]
+    fn answers_match_plain_datafusion_on_random_files_and_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = SmallRng::seed_from_u64(7);
+        // Several runs; files of 0 to ~13 blocks; one file without block
+        // aggregates (read whole and filtered row by row).
+        let mut sources: Vec<(Vec<Point>, &str, &str)> = Vec::new();
+        let mut scan_files = Vec::new();
+        let runs = ["r1", "r2", "r3", "r4"];
+        for (index, rows) in [1usize, 300, 9_000, 20_000, 0, 13_000]
+            .into_iter()
+            .enumerate()
+        {
+            let run = runs[index % runs.len()];
+            let experiment = if index % 2 == 0 { "1" } else { "2" };
+            let mut points = random_points(&mut rng, rows);
+            if rows == 0 {
+                // An empty file is never written: one row instead.
+                points = random_points(&mut rng, 1);
+            }
+            let path = dir.path().join(format!("{index}.parquet"));
+            let mut file = write(&path, &points);
+            if index == 3 {
+                file = strip_aggregates(&path);
+            }
+            scan_files.push(ScanFile {
+                file,
+                experiment_id: experiment.to_string(),
+                run_id: run.to_string(),
+            });
+            sources.push((points, experiment, run));
+        }
+        let all = table_batch(&sources);
+        let columns = metrics_schema().fields().len();
+        for round in 0..60 {
+            let (filters, references): (Vec<Expr>, Vec<Expr>) =
+                random_filters(&mut rng).into_iter().unzip();
+            let mut projection: Vec<usize> =
+                (0..columns).filter(|_| rng.random_bool(0.6)).collect();
+            if projection.is_empty() {
+                projection.push(rng.random_range(0..columns));
+            }
+            let partitions = rng.random_range(1..4);
+            let mut groups: Vec<Vec<ScanFile>> = vec![Vec::new(); partitions];
+            for (index, file) in scan_files.iter().enumerate() {
+                groups[index % partitions].push(file.clone());
+            }
+            let batch_size = [1, 100, 4096, 8192][rng.random_range(0..4)];
+            let (ours, _) = scan(groups, &projection, &filters, None, batch_size);
+            let expected = plain(&all, &projection, &references);
+            assert_eq!(
+                lines(&ours),
+                lines(&expected),
+                "round {round}: filters {filters:?}, projection {projection:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn limit_stops_each_partition_and_pruning_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = SmallRng::seed_from_u64(11);
+        let points = random_points(&mut rng, 30_000);
+        let file = write(&dir.path().join("1.parquet"), &points);
+        let scan_file = ScanFile {
+            file,
+            experiment_id: "1".to_string(),
+            run_id: "r".to_string(),
+        };
+        let (limited, _) = scan(vec![vec![scan_file.clone()]], &[1, 3], &[], Some(7), 4);
+        assert_eq!(limited.iter().map(RecordBatch::num_rows).sum::<usize>(), 7);
+
+        let filters = [
+            col("key").eq(lit("loss")),
+            col("step").between(lit(100), lit(120)),
+        ];
+        let (rows, exec) = scan(vec![vec![scan_file]], &[1, 3, 5], &filters, None, 8192);
+        let expected = points
+            .iter()
+            .filter(|p| p.0 == "loss" && (100..=120).contains(&p.1))
+            .count();
+        assert_eq!(
+            rows.iter().map(RecordBatch::num_rows).sum::<usize>(),
+            expected
+        );
+        let metrics = exec.metrics().unwrap();
+        let pruned = metrics.sum_by_name("rows_pruned").unwrap().as_usize();
+        let read = metrics.sum_by_name("rows_read").unwrap().as_usize();
+        // Rows of partly matching blocks whose step is out of range are
+        // dropped while decoding: neither pruned nor read.
+        assert!(
+            pruned + read <= 30_000 && read == expected,
+            "{pruned} {read}"
+        );
+        assert!(
+            read < 30_000 / 4,
+            "only the blocks of 'loss' holding steps 100..=120 are read: {read}"
+        );
+        let shown = format!(
+            "{}",
+            datafusion::physical_plan::displayable(&exec).one_line()
+        );
+        assert!(
+            shown.contains("pruning_predicate=key IN (loss) AND step BETWEEN 100 AND 120"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn no_file_is_opened_when_no_row_can_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = SmallRng::seed_from_u64(3);
+        let points = random_points(&mut rng, 5_000);
+        let file = write(&dir.path().join("1.parquet"), &points);
+        let scan_file = ScanFile {
+            file,
+            experiment_id: "1".to_string(),
+            run_id: "r".to_string(),
+        };
+        for filters in [
+            vec![col("key").eq(lit("absent"))],
+            vec![col("step").gt(lit(10_000))],
+            vec![col("key").eq(lit("a")), col("key").eq(lit("z"))],
+            vec![col("step").lt(lit(i64::MIN))],
+        ] {
+            let (rows, exec) = scan(vec![vec![scan_file.clone()]], &[0, 1], &filters, None, 100);
+            assert!(
+                rows.iter().all(|batch| batch.num_rows() == 0),
+                "{filters:?}"
+            );
+            let opened = exec.metrics().unwrap().sum_by_name("files_opened");
+            assert!(
+                opened.is_none_or(|count| count.as_usize() == 0),
+                "{filters:?}"
+            );
+        }
+    }
+}
