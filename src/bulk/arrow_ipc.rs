@@ -164,16 +164,44 @@ fn decode_batch(
         }
     }
     let mut key_map: Vec<Option<u32>> = vec![None; key_texts.len()];
+    if single_run {
+        // One run (the usual case): intern the keys the rows use, then copy
+        // the columns whole.
+        let Some(run_id) = run_indices
+            .first()
+            .and_then(|&index| run_ids.get(index as usize).copied().flatten())
+        else {
+            return Ok(());
+        };
+        let builder: &mut MetricBatchBuilder = runs.builder(run_id);
+        builder.reserve(batch.num_rows());
+        let key_map: Vec<u32> = key_checked
+            .iter()
+            .enumerate()
+            .map(|(index, &used)| {
+                if used {
+                    builder.intern(key_texts.value(index))
+                } else {
+                    0
+                }
+            })
+            .collect();
+        builder.append_columns(
+            key_indices.iter().map(|&index| key_map[index as usize]),
+            steps,
+            timestamps.map(|timestamps| &timestamps[..]),
+            now,
+            values,
+        );
+        return Ok(());
+    }
     for (run_index, run_id) in run_ids.iter().enumerate() {
         let Some(run_id) = *run_id else { continue };
         let builder: &mut MetricBatchBuilder = runs.builder(run_id);
-        builder.reserve(if single_run {
-            batch.num_rows()
-        } else {
-            rows_of_run[run_index].len()
-        });
+        builder.reserve(rows_of_run[run_index].len());
         key_map.iter_mut().for_each(|slot| *slot = None);
-        let mut push = |row: usize| {
+        for &row in &rows_of_run[run_index] {
+            let row = row as usize;
             let key_index = key_indices[row] as usize;
             let batch_key = match key_map[key_index] {
                 Some(batch_key) => batch_key,
@@ -185,13 +213,6 @@ fn decode_batch(
             };
             let timestamp = timestamps.map_or(now, |timestamps| timestamps[row]);
             builder.push_indexed(batch_key, steps[row], timestamp, values[row]);
-        };
-        if single_run {
-            (0..batch.num_rows()).for_each(&mut push);
-        } else {
-            rows_of_run[run_index]
-                .iter()
-                .for_each(|&row| push(row as usize));
         }
     }
     Ok(())

@@ -25,7 +25,7 @@ use arrow::error::ArrowError;
 use crate::model::MetricSeries;
 use crate::storage::aggregates::BLOCK_ROWS;
 use crate::storage::schema::{TIMEZONE, metric_file_schema};
-use crate::storage::{BlockAggregate, SortedColumns};
+use crate::storage::{BlockAggregate, LoggedRows, SortedColumns};
 use crate::wal::Lsn;
 
 /// Bytes one buffered point takes at least (key id, step, timestamp,
@@ -506,26 +506,17 @@ impl FrozenChunk {
 
     /// The points in file order.
     pub fn to_sorted_columns(&self) -> SortedColumns {
-        if let [segment] = self.segments.as_slice() {
-            return SortedColumns::from_logged_order(
-                &self.key_names,
-                &segment.key_ids,
-                &segment.steps,
-                &segment.timestamps,
-                &segment.values,
-            );
-        }
-        let mut key_ids = Vec::with_capacity(self.rows);
-        let mut steps = Vec::with_capacity(self.rows);
-        let mut timestamps = Vec::with_capacity(self.rows);
-        let mut values = Vec::with_capacity(self.rows);
-        for segment in &self.segments {
-            key_ids.extend_from_slice(&segment.key_ids);
-            steps.extend_from_slice(&segment.steps);
-            timestamps.extend_from_slice(&segment.timestamps);
-            values.extend_from_slice(&segment.values);
-        }
-        SortedColumns::from_logged_order(&self.key_names, &key_ids, &steps, &timestamps, &values)
+        let segments: Vec<LoggedRows<'_>> = self
+            .segments
+            .iter()
+            .map(|segment| LoggedRows {
+                key_ids: &segment.key_ids,
+                steps: &segment.steps,
+                timestamps: &segment.timestamps,
+                values: &segment.values,
+            })
+            .collect();
+        SortedColumns::from_logged_segments(&self.key_names, &segments)
     }
 }
 

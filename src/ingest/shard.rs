@@ -42,20 +42,53 @@ struct PendingChunk {
 /// files, so that the file count always comes down.
 const MIN_RUNNING_COMPACTION_INPUTS: usize = 4;
 
+/// A running run's full-size files (at least `flush_rows` each) are merged
+/// only once this many times `compact_after_files` of them pile up: they
+/// are already good files, and merging them every `compact_after_files`
+/// flushes would rewrite nearly every point of a fast run once more while
+/// it still logs (measured: a quarter of the server's CPU under bulk load).
+const FULL_FILE_FANOUT_FACTOR: usize = 4;
+
 /// The files (in sequence order) a compaction merges: every one once the
 /// run has ended. While it runs, the newest files by size tier: going back
 /// from the newest, an older file joins only while it holds no more rows
 /// than the newer ones together, so a long run's large early files are not
 /// rewritten each time a few small ones pile up (each point is rewritten a
-/// logarithmic number of times, not once per compaction). Always a suffix:
-/// the merged file takes a new, later sequence number, which keeps logged
-/// order for points with equal step and time.
-fn compaction_inputs(files: &[Arc<PersistedFile>], finished: bool) -> &[Arc<PersistedFile>] {
+/// logarithmic number of times, not once per compaction). A tier that
+/// holds full-size files (`full_rows` or more) merges only once it has
+/// `full_fanout` files; until then only the small files after the newest
+/// full one merge. Always a suffix: the merged file takes a new, later
+/// sequence number, which keeps logged order for points with equal step
+/// and time. Empty when nothing is worth merging yet.
+fn compaction_inputs(
+    files: &[Arc<PersistedFile>],
+    finished: bool,
+    full_rows: u64,
+    full_fanout: usize,
+) -> &[Arc<PersistedFile>] {
     if finished {
         return files;
     }
     let rows: Vec<u64> = files.iter().map(|file| file.rows()).collect();
-    &files[tiered_suffix_start(&rows)..]
+    &files[running_compaction_start(&rows, full_rows, full_fanout)..]
+}
+
+/// Where the suffix of [`compaction_inputs`] for a running run starts,
+/// given the files' row counts in sequence order (`rows.len()` when none).
+fn running_compaction_start(rows: &[u64], full_rows: u64, full_fanout: usize) -> usize {
+    let mut start = tiered_suffix_start(rows);
+    let holds_full_files = rows[start..].iter().any(|&count| count >= full_rows);
+    if holds_full_files && rows.len() - start < full_fanout {
+        let after_newest_full = rows
+            .iter()
+            .rposition(|&count| count >= full_rows)
+            .map_or(0, |index| index + 1);
+        start = start.max(after_newest_full);
+    }
+    if rows.len() - start < MIN_RUNNING_COMPACTION_INPUTS {
+        return rows.len();
+    }
+    start
 }
 
 /// Where the size-tiered suffix of [`compaction_inputs`] starts, given the
@@ -466,7 +499,13 @@ impl Shard {
         if !finished && run.files.len() < self.config.compact_after_files {
             return;
         }
-        let inputs = compaction_inputs(&run.files, finished).to_vec();
+        let inputs = compaction_inputs(
+            &run.files,
+            finished,
+            self.config.flush_rows as u64,
+            self.config.compact_after_files * FULL_FILE_FANOUT_FACTOR,
+        )
+        .to_vec();
         if inputs.len() < 2 {
             return;
         }
@@ -563,6 +602,51 @@ mod tests {
         assert_eq!(tiered_suffix_start(&[100, 90, 1, 1, 1]), 1);
         assert_eq!(tiered_suffix_start(&[7, 7]), 0);
         assert_eq!(tiered_suffix_start(&[]), 0);
+    }
+
+    #[test]
+    fn full_size_files_wait_for_a_larger_tier_while_small_ones_merge() {
+        let full = 1_000;
+        // Sixteen full files: not merged yet (fan-out 64).
+        assert_eq!(running_compaction_start(&[full; 16], full, 64), 16);
+        // Small files after them merge on their own once there are a few.
+        let mut rows = vec![full; 16];
+        rows.extend([10, 10, 10]);
+        assert_eq!(running_compaction_start(&rows, full, 64), 19);
+        rows.push(10);
+        assert_eq!(running_compaction_start(&rows, full, 64), 16);
+        // Small files before a full one wait (the merge must be a suffix).
+        let mut rows = vec![10; 6];
+        rows.push(full);
+        assert_eq!(running_compaction_start(&rows, full, 64), 7);
+        // At the fan-out, the full files merge.
+        assert_eq!(running_compaction_start(&[full; 64], full, 64), 0);
+        // Only small files: the size tiers as before.
+        assert_eq!(
+            running_compaction_start(&[12, 5, 1, 1, 1, 1, 1], full, 64),
+            1
+        );
+    }
+
+    #[test]
+    fn a_fast_run_rewrites_few_points_while_it_logs() {
+        // 300 full-size flushes with compaction checked at every flush.
+        let (mut files, mut rewritten) = (Vec::<u64>::new(), 0u64);
+        for _ in 0..300 {
+            files.push(1);
+            if files.len() >= 16 {
+                let start = running_compaction_start(&files, 1, 64);
+                if start < files.len() {
+                    let merged: u64 = files[start..].iter().sum();
+                    rewritten += merged;
+                    files.truncate(start);
+                    files.push(merged);
+                }
+            }
+            assert!(files.len() <= 64 + 64);
+        }
+        // The first 64 flushes are rewritten only once 64 have piled up.
+        assert!(rewritten <= 300 * 2, "{rewritten} rows rewritten for 300");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 pub mod codec;
 
@@ -12,8 +12,8 @@ use super::validation::{KeyKind, ValidationError, validate_key};
 
 /// Metric points of one run, column by column. Serialised compactly (see
 /// [`codec`]): the WAL writes every point through this form.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(into = "codec::EncodedBatch", try_from = "codec::EncodedBatch")]
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(try_from = "codec::EncodedBatch")]
 pub struct MetricBatch {
     /// The distinct keys of the batch.
     pub keys: Vec<String>,
@@ -145,6 +145,32 @@ impl MetricBatchBuilder {
         self.batch.steps.reserve(points);
         self.batch.timestamps.reserve(points);
         self.batch.values.reserve(points);
+    }
+
+    /// Appends whole columns of points whose keys were interned with
+    /// [`Self::intern`]: `key_indices` yields one index per point, and
+    /// points without a timestamp get `default_timestamp`. Copies slices
+    /// whole instead of point by point.
+    pub fn append_columns(
+        &mut self,
+        key_indices: impl IntoIterator<Item = u32>,
+        steps: &[i64],
+        timestamps: Option<&[i64]>,
+        default_timestamp: i64,
+        values: &[f64],
+    ) {
+        let before = self.batch.key_indices.len();
+        self.batch.key_indices.extend(key_indices);
+        debug_assert_eq!(self.batch.key_indices.len() - before, steps.len());
+        self.batch.steps.extend_from_slice(steps);
+        match timestamps {
+            Some(timestamps) => self.batch.timestamps.extend_from_slice(timestamps),
+            None => self
+                .batch
+                .timestamps
+                .resize(self.batch.timestamps.len() + steps.len(), default_timestamp),
+        }
+        self.batch.values.extend_from_slice(values);
     }
 
     /// Number of distinct keys so far.

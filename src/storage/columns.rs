@@ -30,13 +30,22 @@ pub struct SortedColumns {
     pub values: Vec<f64>,
 }
 
+/// Rows in logged order, column by column (one segment of a buffer).
+#[derive(Clone, Copy, Debug)]
+pub struct LoggedRows<'a> {
+    /// Per row: index into the run's key dictionary.
+    pub key_ids: &'a [u32],
+    /// Per row: step.
+    pub steps: &'a [i64],
+    /// Per row: timestamp, ms since the epoch.
+    pub timestamps: &'a [i64],
+    /// Per row: value.
+    pub values: &'a [f64],
+}
+
 impl SortedColumns {
     /// Sorts rows given in logged order. `dictionary` maps `key_ids` to
     /// names; keys without rows are dropped.
-    ///
-    /// A counting sort groups rows by key in one pass (stable, so each key
-    /// keeps its logged order); a key's rows are sorted by step and time only
-    /// when they are not in order already, which trainers rarely cause.
     pub fn from_logged_order(
         dictionary: &[String],
         key_ids: &[u32],
@@ -44,62 +53,79 @@ impl SortedColumns {
         timestamps: &[i64],
         values: &[f64],
     ) -> SortedColumns {
-        let rows = key_ids.len();
+        Self::from_logged_segments(
+            dictionary,
+            &[LoggedRows {
+                key_ids,
+                steps,
+                timestamps,
+                values,
+            }],
+        )
+    }
+
+    /// Sorts rows given in logged order, split over `segments` (read in
+    /// turn, never concatenated first).
+    ///
+    /// A counting sort scatters each row straight to its key's place in one
+    /// sequential pass over the input (stable, so each key keeps its logged
+    /// order; the writes go to one cursor per key and column, which stay in
+    /// cache). A key's rows are sorted by step and time afterwards only when
+    /// they are not in order already, which trainers rarely cause.
+    pub fn from_logged_segments(
+        dictionary: &[String],
+        segments: &[LoggedRows<'_>],
+    ) -> SortedColumns {
         let mut counts = vec![0usize; dictionary.len()];
-        for &id in key_ids {
-            counts[id as usize] += 1;
+        for segment in segments {
+            for &id in segment.key_ids {
+                counts[id as usize] += 1;
+            }
         }
+        let rows: usize = counts.iter().sum();
         let mut present: Vec<u32> = (0..dictionary.len() as u32)
             .filter(|&id| counts[id as usize] > 0)
             .collect();
         present.sort_unstable_by(|&a, &b| dictionary[a as usize].cmp(&dictionary[b as usize]));
         let mut cursor = vec![0usize; dictionary.len()];
         let mut starts = Vec::with_capacity(present.len() + 1);
-        let mut next_start = 0;
-        for &id in &present {
-            cursor[id as usize] = next_start;
-            starts.push(next_start);
-            next_start += counts[id as usize];
+        let mut key_ids = Vec::with_capacity(rows);
+        for (position, &id) in present.iter().enumerate() {
+            cursor[id as usize] = key_ids.len();
+            starts.push(key_ids.len());
+            key_ids.extend(std::iter::repeat_n(position as i32, counts[id as usize]));
         }
-        starts.push(next_start);
-        let mut order = vec![0u32; rows];
-        for (row, &id) in key_ids.iter().enumerate() {
-            let slot = &mut cursor[id as usize];
-            order[*slot] = row as u32;
-            *slot += 1;
-        }
-        let mut sorted_key_ids = Vec::with_capacity(rows);
-        for (position, bounds) in starts.windows(2).enumerate() {
-            let segment = &mut order[bounds[0]..bounds[1]];
-            let in_order = segment.windows(2).all(|pair| {
-                let (a, b) = (pair[0] as usize, pair[1] as usize);
-                (steps[a], timestamps[a]) <= (steps[b], timestamps[b])
-            });
-            if !in_order {
-                segment.sort_unstable_by_key(|&row| {
-                    (steps[row as usize], timestamps[row as usize], row)
-                });
+        starts.push(rows);
+
+        let mut steps = vec![0i64; rows];
+        let mut timestamps = vec![0i64; rows];
+        let mut values = vec![0f64; rows];
+        for segment in segments {
+            for (row, &id) in segment.key_ids.iter().enumerate() {
+                let slot = &mut cursor[id as usize];
+                steps[*slot] = segment.steps[row];
+                timestamps[*slot] = segment.timestamps[row];
+                values[*slot] = segment.values[row];
+                *slot += 1;
             }
-            sorted_key_ids.extend(std::iter::repeat_n(position as i32, segment.len()));
         }
-        let mut sorted_steps = Vec::with_capacity(rows);
-        let mut sorted_timestamps = Vec::with_capacity(rows);
-        let mut sorted_values = Vec::with_capacity(rows);
-        for &row in &order {
-            let row = row as usize;
-            sorted_steps.push(steps[row]);
-            sorted_timestamps.push(timestamps[row]);
-            sorted_values.push(values[row]);
+        for bounds in starts.windows(2) {
+            let range = bounds[0]..bounds[1];
+            sort_rows_if_needed(
+                &mut steps[range.clone()],
+                &mut timestamps[range.clone()],
+                &mut values[range],
+            );
         }
         SortedColumns {
             keys: present
                 .iter()
                 .map(|&id| dictionary[id as usize].clone())
                 .collect(),
-            key_ids: sorted_key_ids,
-            steps: sorted_steps,
-            timestamps: sorted_timestamps,
-            values: sorted_values,
+            key_ids,
+            steps,
+            timestamps,
+            values,
         }
     }
 
@@ -183,6 +209,30 @@ impl SortedColumns {
     }
 }
 
+/// Sorts one key's rows by `(step, timestamp)`, keeping ties in their
+/// given order, unless they are in that order already.
+fn sort_rows_if_needed(steps: &mut [i64], timestamps: &mut [i64], values: &mut [f64]) {
+    let in_order = steps
+        .windows(2)
+        .zip(timestamps.windows(2))
+        .all(|(step, time)| (step[0], time[0]) <= (step[1], time[1]));
+    if in_order {
+        return;
+    }
+    let mut rows: Vec<(i64, i64, f64)> = steps
+        .iter()
+        .zip(timestamps.iter())
+        .zip(values.iter())
+        .map(|((&step, &time), &value)| (step, time, value))
+        .collect();
+    rows.sort_by_key(|&(step, time, _)| (step, time));
+    for (row, (step, time, value)) in rows.into_iter().enumerate() {
+        steps[row] = step;
+        timestamps[row] = time;
+        values[row] = value;
+    }
+}
+
 #[cfg(test)]
 impl SortedColumns {
     /// Sorts test rows given as `(key, step, timestamp, value)` in logged
@@ -229,6 +279,63 @@ mod tests {
         assert_eq!(summaries[1].1.count, 3);
         let batch = sorted.into_record_batch().unwrap();
         assert_eq!(batch.num_rows(), 5);
+    }
+
+    #[test]
+    fn segments_sort_like_one_stable_sort_of_all_rows() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        let dictionary: Vec<String> = ["d", "b", "a", "c", "unused"]
+            .iter()
+            .map(|key| key.to_string())
+            .collect();
+        for _ in 0..50 {
+            let rows = rng.random_range(0..400);
+            let key_ids: Vec<u32> = (0..rows).map(|_| rng.random_range(0..4)).collect();
+            // Mostly increasing steps with repeats and a few out of order.
+            let steps: Vec<i64> = (0..rows as i64)
+                .map(|row| row / 3 - if rng.random_bool(0.05) { 50 } else { 0 })
+                .collect();
+            let timestamps: Vec<i64> = (0..rows).map(|_| rng.random_range(0..3)).collect();
+            let values: Vec<f64> = (0..rows).map(|row| row as f64).collect();
+            let mut cuts: Vec<usize> = (0..3).map(|_| rng.random_range(0..=rows)).collect();
+            cuts.extend([0, rows]);
+            cuts.sort_unstable();
+            let segments: Vec<LoggedRows<'_>> = cuts
+                .windows(2)
+                .map(|cut| LoggedRows {
+                    key_ids: &key_ids[cut[0]..cut[1]],
+                    steps: &steps[cut[0]..cut[1]],
+                    timestamps: &timestamps[cut[0]..cut[1]],
+                    values: &values[cut[0]..cut[1]],
+                })
+                .collect();
+            let sorted = SortedColumns::from_logged_segments(&dictionary, &segments);
+
+            let mut expected: Vec<usize> = (0..rows).collect();
+            expected.sort_by_key(|&row| {
+                (
+                    dictionary[key_ids[row] as usize].clone(),
+                    steps[row],
+                    timestamps[row],
+                )
+            });
+            let names: Vec<&str> = sorted
+                .key_ids
+                .iter()
+                .map(|&id| sorted.keys[id as usize].as_str())
+                .collect();
+            let expected_names: Vec<&str> = expected
+                .iter()
+                .map(|&row| dictionary[key_ids[row] as usize].as_str())
+                .collect();
+            assert_eq!(names, expected_names);
+            let expected_values: Vec<f64> = expected.iter().map(|&row| values[row]).collect();
+            assert_eq!(sorted.values, expected_values);
+            let expected_steps: Vec<i64> = expected.iter().map(|&row| steps[row]).collect();
+            assert_eq!(sorted.steps, expected_steps);
+            assert!(sorted.keys.windows(2).all(|pair| pair[0] < pair[1]));
+        }
     }
 
     #[test]

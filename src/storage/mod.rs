@@ -19,7 +19,7 @@ use thiserror::Error;
 use crate::error_kind::{Classify, ErrorKind};
 
 pub use aggregates::{BlockAggregate, BlockPoint, FileAggregates, KeyAggregates};
-pub use columns::SortedColumns;
+pub use columns::{LoggedRows, SortedColumns};
 pub use file_meta::FileMetadata;
 pub use layout::{MetricsLayout, RunDirectory};
 pub use persisted::PersistedFile;

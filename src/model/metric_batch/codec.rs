@@ -11,12 +11,31 @@ use serde::{Deserialize, Serialize};
 
 use super::MetricBatch;
 
-/// What is actually serialised.
-#[derive(Serialize, Deserialize)]
+/// What is actually serialised (read side: owns its parts).
+#[derive(Deserialize)]
 pub struct EncodedBatch {
     keys: Vec<String>,
     #[serde(with = "serde_bytes")]
     columns: Vec<u8>,
+}
+
+/// What is actually serialised (write side: borrows the keys, so that
+/// serialising a batch does not copy it first).
+#[derive(Serialize)]
+struct EncodedBatchRef<'a> {
+    keys: &'a [String],
+    #[serde(with = "serde_bytes")]
+    columns: Vec<u8>,
+}
+
+impl Serialize for MetricBatch {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        EncodedBatchRef {
+            keys: &self.keys,
+            columns: encode_columns(self),
+        }
+        .serialize(serializer)
+    }
 }
 
 fn index_width(keys: usize) -> u8 {
@@ -35,31 +54,27 @@ fn push_varint(out: &mut Vec<u8>, value: i64) {
     out.extend_from_slice(&buffer[..used]);
 }
 
-impl From<MetricBatch> for EncodedBatch {
-    fn from(batch: MetricBatch) -> Self {
-        let points = batch.steps.len();
-        let width = index_width(batch.keys.len());
-        let mut columns = Vec::with_capacity(points * (width as usize + 12) + 16);
-        push_varint(&mut columns, points as i64);
-        columns.push(width);
-        for &index in &batch.key_indices {
-            columns.extend_from_slice(&index.to_le_bytes()[..width as usize]);
-        }
-        for column in [&batch.steps, &batch.timestamps] {
-            let mut previous = 0i64;
-            for &value in column {
-                push_varint(&mut columns, value.wrapping_sub(previous));
-                previous = value;
-            }
-        }
-        for value in &batch.values {
-            columns.extend_from_slice(&value.to_bits().to_le_bytes());
-        }
-        EncodedBatch {
-            keys: batch.keys,
-            columns,
+/// The column blob of `batch` (see the module documentation).
+fn encode_columns(batch: &MetricBatch) -> Vec<u8> {
+    let points = batch.steps.len();
+    let width = index_width(batch.keys.len());
+    let mut columns = Vec::with_capacity(points * (width as usize + 12) + 16);
+    push_varint(&mut columns, points as i64);
+    columns.push(width);
+    for &index in &batch.key_indices {
+        columns.extend_from_slice(&index.to_le_bytes()[..width as usize]);
+    }
+    for column in [&batch.steps, &batch.timestamps] {
+        let mut previous = 0i64;
+        for &value in column {
+            push_varint(&mut columns, value.wrapping_sub(previous));
+            previous = value;
         }
     }
+    for value in &batch.values {
+        columns.extend_from_slice(&value.to_bits().to_le_bytes());
+    }
+    columns
 }
 
 struct Reader<'a> {
@@ -212,11 +227,11 @@ mod tests {
         let batch = builder.finish();
         assert_eq!(round_trip(&batch).key_indices, batch.key_indices);
 
-        let encoded = EncodedBatch::from(round_trip(&batch));
-        for cut in [0, 1, 5, encoded.columns.len() - 1] {
+        let columns = encode_columns(&round_trip(&batch));
+        for cut in [0, 1, 5, columns.len() - 1] {
             let damaged = EncodedBatch {
-                keys: encoded.keys.clone(),
-                columns: encoded.columns[..cut].to_vec(),
+                keys: batch.keys.clone(),
+                columns: columns[..cut].to_vec(),
             };
             assert!(MetricBatch::try_from(damaged).is_err(), "cut at {cut}");
         }
