@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Ingestion throughput over HTTP: starts a release server on a fresh data
 # directory (default sync policy: every acknowledgement is fsynced) and
-# drives it with `stepstore bench` through each protocol, then 10,000 runs
+# drives it with `stepstore bench` through each protocol (a fresh server
+# and data directory each, so that one protocol's files are not still
+# being written during the next), then 10,000 runs
 # at once while sampling the server's peak memory. Prints one report per
 # configuration. Usage: scripts/bench-ingest.sh [seconds per configuration]
 set -euo pipefail
@@ -45,15 +47,17 @@ for protocol in "mlflow --steps-per-request 10" "columnar --steps-per-request 10
     sed -n '1,2p'
 done
 
-start_server protocols
 echo
-echo "== protocols, 4 connections, default sync policy =="
-run --protocol mlflow --runs 4 --keys 100 --steps-per-request 10 --concurrency 4
-run --protocol columnar --runs 4 --keys 100 --steps-per-request 100 --concurrency 4
-run --protocol ndjson --runs 4 --keys 100 --steps-per-request 100 --concurrency 4
-run --protocol arrow --runs 4 --keys 100 --steps-per-request 500 --concurrency 4
-run --protocol arrow --runs 4 --keys 100 --steps-per-request 2000 --concurrency 4
-stop_server
+echo "== protocols, 4 connections, default sync policy (a fresh server each) =="
+for protocol in "mlflow --steps-per-request 10" "columnar --steps-per-request 100" \
+                "ndjson --steps-per-request 100" "arrow --steps-per-request 500" \
+                "arrow --steps-per-request 2000"; do
+  start_server "protocol-${protocol// /_}"
+  # shellcheck disable=SC2086
+  run --protocol $protocol --runs 4 --keys 100 --concurrency 4
+  stop_server
+  rm -rf "$data"/protocol-*
+done
 
 start_server many-runs --buffer-budget-mb 256
 echo

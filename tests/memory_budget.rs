@@ -75,6 +75,12 @@ fn ten_thousand_runs_log_at_once_within_the_buffer_budget() {
     // and requests in flight; not by what was ingested.
     let allowed = BUDGET_MIB * MIB + FOOTER_CACHE_MIB * MIB * 5 / 4 + RUNS * 8 * 1024 + 48 * MIB;
     let grown = server.peak_rss_bytes().saturating_sub(idle_rss);
+    println!(
+        "peak RSS grew by {} MiB of {} MiB allowed; buffers peaked at {:.0} MiB",
+        grown / MIB,
+        allowed / MIB,
+        peak_buffers / MIB as f64
+    );
     assert!(
         grown <= allowed,
         "peak RSS grew by {} MiB, more than the {} MiB allowed ({BUDGET_MIB} MiB budget, \

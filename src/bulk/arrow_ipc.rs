@@ -138,9 +138,12 @@ fn decode_batch(
     for &index in run_indices.iter() {
         let slot = &mut run_ids[index as usize];
         if slot.is_none() {
-            let row = first_row + first_row_of(run_indices, index as usize);
+            // The row is looked for only to name it in an error.
             *slot = Some(parse_run_id(run_texts.value(index as usize), || {
-                format!("row {row}")
+                format!(
+                    "row {}",
+                    first_row + first_row_of(run_indices, index as usize)
+                )
             })?);
         }
     }
@@ -148,8 +151,12 @@ fn decode_batch(
     for &index in key_indices.iter() {
         let checked = &mut key_checked[index as usize];
         if !*checked {
-            let row = first_row + first_row_of(key_indices, index as usize);
-            check_key(key_texts.value(index as usize), || format!("row {row}"))?;
+            check_key(key_texts.value(index as usize), || {
+                format!(
+                    "row {}",
+                    first_row + first_row_of(key_indices, index as usize)
+                )
+            })?;
             *checked = true;
         }
     }
