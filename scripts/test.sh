@@ -1,9 +1,22 @@
 #!/usr/bin/env bash
-# Runs every test. Prepares what the tests need first: a Python virtual
-# environment with the independent readers and clients the end-to-end tests
-# drive (kept between runs; override its place with STEPSTORE_VENV).
+# Runs every test. Prepares what the tests need first:
+# - Debian's chromium and chromium-driver for the browser tests (installed
+#   with apt-get when missing; needs root or sudo);
+# - a Python virtual environment with the independent readers, the clients
+#   the end-to-end tests drive and Selenium (kept between runs; override
+#   its place with STEPSTORE_VENV);
+# - the MLflow web UI builds the UI tests serve, from the `mlflow` wheels
+#   (installed without their dependencies beside the venv: only the
+#   built files are used).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
 
 venv="${STEPSTORE_VENV:-$HOME/.cache/stepstore-venv}"
 if [ ! -x "$venv/bin/python" ]; then
@@ -11,5 +24,20 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 export STEPSTORE_PYTHON="$venv/bin/python"
+
+# The MLflow UI versions the UI tests run against: the newest 3.x on the
+# package registry and the last 2.x.
+ui_roots=()
+for version in 3.18.0 2.22.4; do
+  root="$venv/mlflow-ui/$version"
+  if [ ! -f "$root/mlflow/server/js/build/index.html" ]; then
+    rm -rf "$root"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+      --target "$root" "mlflow==$version"
+  fi
+  ui_roots+=("$root")
+done
+STEPSTORE_MLFLOW_UI_ROOTS="$(IFS=:; echo "${ui_roots[*]}")"
+export STEPSTORE_MLFLOW_UI_ROOTS
 
 cargo test "$@"

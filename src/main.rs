@@ -19,6 +19,7 @@ use std::sync::atomic::Ordering;
 use stepstore::bench::BenchConfig;
 use stepstore::engine::{Engine, EngineConfig};
 use stepstore::ingest::IngestConfig;
+use stepstore::server::mlflow_ui::{MlflowUi, MlflowUiSource};
 use stepstore::server::{self, ServerConfig};
 use stepstore::wal::SyncPolicy;
 
@@ -161,6 +162,11 @@ struct ServeArgs {
     /// Largest request body in MiB.
     #[arg(long, env = "STEPSTORE_MAX_REQUEST_MB", default_value_t = 64)]
     max_request_mb: usize,
+    /// Serve the official MLflow web UI at / from an installed mlflow
+    /// package: `auto` (found through python3) or the path of its
+    /// mlflow/server/js/build directory.
+    #[arg(long, env = "STEPSTORE_MLFLOW_UI", value_name = "auto|PATH")]
+    mlflow_ui: Option<MlflowUiSource>,
     #[command(flatten)]
     sql_limits: sql_cli::SqlLimits,
 }
@@ -228,6 +234,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .map(usize::from)
             .unwrap_or(2)
     });
+    let mlflow_ui = match &args.mlflow_ui {
+        Some(source) => {
+            let ui = MlflowUi::locate(source)?;
+            tracing::info!(build = %ui.root().display(), version = ui.version().unwrap_or("unknown"), "serving the MLflow UI at /");
+            Some(Arc::new(ui))
+        }
+        None => None,
+    };
     let budget = args.buffer_budget_mb << 20;
     stepstore::storage::footer_cache::configure_footer_cache(args.footer_cache_mb << 20);
     let ingest = IngestConfig {
@@ -262,6 +276,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let server_config = ServerConfig {
             max_request_bytes: args.max_request_mb.max(1) << 20,
             sql: args.sql_limits.query_config(),
+            mlflow_ui,
         };
         server::serve(Arc::clone(&engine), listener, server_config, shutdown_signal())
             .await

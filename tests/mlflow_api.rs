@@ -27,6 +27,7 @@ const EXPERIMENT: Field = Field::Message("Experiment");
 const RUN: Field = Field::Message("Run");
 const DATASET_INPUT: Field = Field::Message("DatasetInput");
 const METRIC_WITH_RUN_ID: Field = Field::Message("MetricWithRunId");
+const DATASET_SUMMARY: Field = Field::Message("DatasetSummary");
 
 /// The fields of each message (from `mlflow/protos/service.proto`), and
 /// which of them stepstore always sets.
@@ -165,6 +166,27 @@ fn message(name: &str) -> (Vec<(&'static str, Field)>, Vec<&'static str>) {
         "GetMetricHistoryBulkInterval.Response" => (
             vec![("metrics", Field::Repeated(&METRIC_WITH_RUN_ID))],
             vec![],
+        ),
+        "DatasetSummary" => (
+            vec![
+                ("experiment_id", Field::Str),
+                ("name", Field::Str),
+                ("digest", Field::Str),
+                ("context", Field::Str),
+            ],
+            vec!["experiment_id", "name", "digest"],
+        ),
+        "SearchDatasets.Response" => (
+            vec![("dataset_summaries", Field::Repeated(&DATASET_SUMMARY))],
+            vec![],
+        ),
+        "ListArtifacts.Response" => (
+            vec![
+                ("root_uri", Field::Str),
+                ("files", Field::Repeated(&Field::Message("FileInfo"))),
+                ("next_page_token", Field::Str),
+            ],
+            vec!["root_uri"],
         ),
         "Empty" => (vec![], vec![]),
         other => panic!("no shape for {other}"),
@@ -382,6 +404,27 @@ fn every_endpoint_answers_in_mlflow_shapes() {
         }]}),
         "Empty",
     );
+    let datasets = client.post(
+        "experiments/search-datasets",
+        json!({"experiment_ids": [experiment_id]}),
+        "SearchDatasets.Response",
+    );
+    assert_eq!(
+        datasets["dataset_summaries"],
+        json!([{"experiment_id": experiment_id, "name": "mnist", "digest": "abc123",
+                "context": "training"}])
+    );
+    let artifacts = client.get(
+        "artifacts/list",
+        &format!("run_id={run_id}"),
+        "ListArtifacts.Response",
+    );
+    assert!(
+        artifacts["root_uri"]
+            .as_str()
+            .is_some_and(|uri| uri.contains(&run_id)),
+        "{artifacts}"
+    );
     let fetched = client.get("runs/get", &format!("run_id={run_id}"), "Run.Response");
     let data = &fetched["run"]["data"];
     let metric = |key: &str| {
@@ -557,7 +600,12 @@ fn every_endpoint_answers_in_mlflow_shapes() {
         400,
         "INVALID_PARAMETER_VALUE",
     );
-    get("registered-models/search", 404, "ENDPOINT_NOT_FOUND");
+    get("registered-models/get?name=x", 404, "ENDPOINT_NOT_FOUND");
+    get(
+        "artifacts/list?run_id=0123456789abcdef0123456789abcdef",
+        404,
+        "RESOURCE_DOES_NOT_EXIST",
+    );
     get("no-such-endpoint", 404, "ENDPOINT_NOT_FOUND");
     client.error(
         "POST",

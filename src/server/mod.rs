@@ -1,13 +1,16 @@
 //! The HTTP server (axum): routes, operational endpoints, and serving with
 //! graceful shutdown. Handlers only translate requests for the engine.
 
+pub mod dashboard;
 pub mod error;
 pub mod extract;
 pub mod ingest;
 pub mod mlflow;
+pub mod mlflow_ui;
 pub mod native;
 pub mod scalars;
 pub mod sql;
+pub mod static_files;
 pub mod tensorboard;
 
 use std::future::Future;
@@ -32,6 +35,8 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     /// Limits of SQL queries (`POST /api/v1/sql`).
     pub sql: QueryConfig,
+    /// The MLflow UI build served at `/` (`--mlflow-ui`), if any.
+    pub mlflow_ui: Option<Arc<mlflow_ui::MlflowUi>>,
 }
 
 impl Default for ServerConfig {
@@ -39,6 +44,7 @@ impl Default for ServerConfig {
         ServerConfig {
             max_request_bytes: 64 << 20,
             sql: QueryConfig::default(),
+            mlflow_ui: None,
         }
     }
 }
@@ -56,6 +62,10 @@ pub fn router(engine: Arc<Engine>, config: &ServerConfig) -> Router {
     match QueryService::new(Arc::clone(&engine), config.sql.clone()) {
         Ok(service) => routes = routes.merge(sql::routes(Arc::new(service))),
         Err(error) => tracing::error!(%error, "SQL is unavailable: cannot start the query service"),
+    }
+    routes = routes.merge(dashboard::routes(dashboard::DashboardFiles::from_env()));
+    if let Some(ui) = &config.mlflow_ui {
+        routes = routes.merge(mlflow_ui::routes(Arc::clone(ui)));
     }
     routes
         .fallback(unknown_endpoint)

@@ -18,6 +18,7 @@ pub struct TestServer {
     pub base_url: String,
     pub data_dir: PathBuf,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
     client: reqwest::blocking::Client,
     stderr: Option<std::thread::JoinHandle<String>>,
 }
@@ -31,12 +32,26 @@ pub struct Exit {
 impl TestServer {
     /// Starts a server on `data_dir` with extra CLI arguments.
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> TestServer {
+        TestServer::start_with_env(data_dir, extra_args, &[])
+    }
+
+    /// Starts a server on `data_dir` with extra CLI arguments and extra
+    /// environment variables.
+    pub fn start_with_env(
+        data_dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestServer {
         let extra_args: Vec<String> = extra_args.iter().map(|arg| arg.to_string()).collect();
         let mut server = TestServer {
             child: None,
             base_url: String::new(),
             data_dir: data_dir.to_path_buf(),
             extra_args,
+            env: env
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect(),
             client: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(120))
                 .build()
@@ -59,6 +74,7 @@ impl TestServer {
             .arg("--listen")
             .arg("127.0.0.1:0")
             .args(&self.extra_args)
+            .envs(self.env.iter().map(|(key, value)| (key, value)))
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -103,11 +119,25 @@ impl TestServer {
 
     /// Runs the binary on the data directory expecting it to fail to start.
     pub fn start_expecting_failure(data_dir: &Path, extra_args: &[&str]) -> Exit {
+        TestServer::start_expecting_failure_with_env(data_dir, extra_args, &[])
+    }
+
+    /// Runs the binary with extra environment variables expecting it to
+    /// fail to start.
+    pub fn start_expecting_failure_with_env(
+        data_dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Exit {
         let mut server = TestServer {
             child: None,
             base_url: String::new(),
             data_dir: data_dir.to_path_buf(),
             extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect(),
             client: reqwest::blocking::Client::new(),
             stderr: None,
         };
@@ -297,6 +327,22 @@ impl Drop for TestServer {
     }
 }
 
+/// The Python interpreter of the test virtual environment that
+/// `scripts/test.sh` prepares (`STEPSTORE_PYTHON`), or `None` after
+/// printing why `test` is skipped: plain `cargo test` runs without it.
+pub fn python_or_skip(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("STEPSTORE_PYTHON") {
+        Some(path) if !path.is_empty() => Some(PathBuf::from(path)),
+        _ => {
+            eprintln!(
+                "SKIPPED {test}: STEPSTORE_PYTHON is not set. Run the tests with \
+                 ./scripts/test.sh, which prepares the Python virtual environment they need."
+            );
+            None
+        }
+    }
+}
+
 /// Decodes a value written as a number or as "NaN"/"Infinity"/"-Infinity".
 pub fn json_to_f64(value: &Value) -> f64 {
     match value {
@@ -382,4 +428,91 @@ pub fn run_bench(args: &[&str]) -> Value {
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_str(&stdout).unwrap_or_else(|error| panic!("{error}: {stdout}"))
+}
+
+/// How a pytest session ended.
+pub struct PytestRun {
+    /// The exit status; `None` when it was killed at the deadline.
+    pub status: Option<std::process::ExitStatus>,
+    /// What it printed.
+    pub stdout: String,
+    /// Its error output.
+    pub stderr: String,
+}
+
+impl PytestRun {
+    /// Whether every test passed (pytest exited 0 and reported passes).
+    pub fn passed(&self) -> bool {
+        self.status.is_some_and(|status| status.success()) && self.stdout.contains(" passed")
+    }
+}
+
+/// Runs `python -m pytest <script>` from the repository root with `env`
+/// added (and `STEPSTORE_PYTEST_ARGS`, split on whitespace, appended),
+/// killing it past `deadline`. Prints its output as it returns.
+pub fn run_pytest(
+    python: &Path,
+    script: &str,
+    env: &[(&str, &str)],
+    deadline: Duration,
+) -> PytestRun {
+    fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    }
+    let extra_args: Vec<String> = std::env::var("STEPSTORE_PYTEST_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let mut child = Command::new(python)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider"])
+        .arg(script)
+        .args(&extra_args)
+        .envs(env.iter().copied())
+        // Fail fast instead of retrying for minutes on a 5xx answer.
+        .env("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        .env("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+        .env_remove("MLFLOW_ENABLE_ASYNC_LOGGING")
+        .env_remove("MLFLOW_EXPERIMENT_NAME")
+        .env_remove("MLFLOW_EXPERIMENT_ID")
+        .env_remove("MLFLOW_RUN_ID")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("GIT_PYTHON_REFRESH", "quiet")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot run {}: {error}", python.display()));
+    let stdout = drain(child.stdout.take().expect("stdout"));
+    let stderr = drain(child.stderr.take().expect("stderr"));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break Some(status);
+        }
+        if started.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let run = PytestRun {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    };
+    eprintln!("{}\n{}", run.stdout, run.stderr);
+    run
+}
+
+/// The last `lines` lines of a log.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }

@@ -60,12 +60,14 @@ pub(super) struct GetExperiment {
 }
 
 pub(super) async fn get(State(engine): EngineState, uri: Uri) -> MlflowResult<Json<Value>> {
-    let request: GetExperiment = query(&uri)?;
+    Ok(Json(get_experiment(&engine, query(&uri)?)?))
+}
+
+/// `experiments/get`'s answer: `{"experiment": Experiment}`.
+pub(super) fn get_experiment(engine: &Engine, request: GetExperiment) -> MlflowResult<Value> {
     let id = required_experiment_id(&request.experiment_id)?;
     let experiment = engine.experiment(id)?;
-    Ok(Json(
-        json!({ "experiment": ExperimentJson::from(&experiment) }),
-    ))
+    Ok(json!({ "experiment": ExperimentJson::from(&experiment) }))
 }
 
 #[derive(Deserialize)]
@@ -198,3 +200,69 @@ pub(super) async fn delete_tag(
     engine.delete_experiment_tag(id, key).await?;
     Ok(empty())
 }
+
+/// Most dataset summaries one `search-datasets` answer holds (MLflow's
+/// limit).
+pub const MAX_DATASET_SUMMARIES: usize = 1000;
+
+#[derive(Deserialize, Default)]
+pub(super) struct SearchDatasets {
+    #[serde(default)]
+    experiment_ids: Vec<String>,
+}
+
+/// `POST experiments/search-datasets` (what the UI's runs table filters
+/// datasets with): the distinct (experiment, name, digest, context) of the
+/// datasets that runs of the experiments used, `context` being the
+/// input's `mlflow.data.context` tag.
+pub(super) async fn search_datasets_post(
+    State(engine): EngineState,
+    request: Result<Bytes, BytesRejection>,
+) -> MlflowResult<Json<Value>> {
+    Ok(Json(search_datasets(&engine, body(request)?)?))
+}
+
+/// `search-datasets`' answer: `{"dataset_summaries": [...]}`.
+pub(super) fn search_datasets(engine: &Engine, request: SearchDatasets) -> MlflowResult<Value> {
+    let experiment_ids = request
+        .experiment_ids
+        .iter()
+        .map(|text| parse_experiment_id(text))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut summaries = std::collections::BTreeSet::new();
+    for run in engine.runs_in(&experiment_ids, ViewType::ActiveOnly) {
+        for input in &run.inputs {
+            let context = input
+                .tags
+                .get(DATASET_CONTEXT_TAG)
+                .cloned()
+                .unwrap_or_default();
+            summaries.insert((
+                run.experiment_id.to_string(),
+                input.dataset.name.clone(),
+                input.dataset.digest.clone(),
+                context,
+            ));
+        }
+    }
+    let summaries: Vec<Value> = summaries
+        .into_iter()
+        .take(MAX_DATASET_SUMMARIES)
+        .map(|(experiment_id, name, digest, context)| {
+            let mut summary = json!({
+                "experiment_id": experiment_id,
+                "name": name,
+                "digest": digest,
+            });
+            if !context.is_empty() {
+                summary["context"] = json!(context);
+            }
+            summary
+        })
+        .collect();
+    Ok(page_response("dataset_summaries", &summaries, None).0)
+}
+
+/// The input tag that says what a dataset was used for (`training`,
+/// `eval`, ...).
+const DATASET_CONTEXT_TAG: &str = "mlflow.data.context";

@@ -5,42 +5,35 @@
 use std::sync::Arc;
 
 use axum::Json;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::Uri;
+use axum::http::{Uri, header};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::page_response;
 use super::request::{
     MlflowResult, invalid, missing, parse_run_id, query, required, required_run_id,
 };
-use super::wire::{MetricJson, optional_i64};
+use super::wire::{self, MetricJson, optional_i64};
 use crate::engine::Engine;
 use crate::model::{MetricSeries, RunId};
-use crate::search::paginate;
+use crate::scalars::{self, KeyPattern, ScalarSeries, SeriesParams, XAxis};
+use crate::search::page::{decode_offset, encode_offset};
 
 type EngineState = State<Arc<Engine>>;
 
 /// Most runs one bulk read may name (MLflow's limit).
 pub const MAX_BULK_RUNS: usize = 100;
-/// Most steps a bulk-interval read returns per request (MLflow's limit).
+/// Most points per run a bulk-interval read returns (MLflow's limit).
 pub const MAX_BULK_INTERVAL_RESULTS: i64 = 2500;
 /// Most points per run a bulk read returns (MLflow's limit).
 pub const MAX_BULK_RESULTS_PER_RUN: i64 = 25_000;
 
+/// The points of a series as MLflow `Metric`s.
 fn points(series: &MetricSeries, key: &str, run_id: Option<RunId>) -> Vec<MetricJson> {
-    points_at(series, key, run_id, 0..series.steps.len())
-}
-
-fn points_at(
-    series: &MetricSeries,
-    key: &str,
-    run_id: Option<RunId>,
-    indexes: impl IntoIterator<Item = usize>,
-) -> Vec<MetricJson> {
     let run_id = run_id.map(|id| id.to_string());
-    indexes
-        .into_iter()
+    (0..series.len())
         .map(|index| MetricJson {
             key: key.to_string(),
             value: series.values[index],
@@ -61,47 +54,112 @@ pub(super) struct GetHistory {
     max_results: Option<i64>,
 }
 
+/// Points encoded per chunk of a streamed `get-history` answer.
+const HISTORY_CHUNK_POINTS: usize = 8_192;
+
 /// `GET metrics/get-history`: every point of one key of one run, ordered
 /// by timestamp, then step, then value (as MLflow's SQL store orders it);
-/// paged when `max_results` is given.
-pub(super) async fn get_history(State(engine): EngineState, uri: Uri) -> MlflowResult<Json<Value>> {
+/// paged when `max_results` is given. The order is found and the JSON
+/// written off the async threads, straight from the series' columns, and
+/// streamed in chunks, so the answer is never held whole beside the
+/// series.
+pub(super) async fn get_history(State(engine): EngineState, uri: Uri) -> MlflowResult<Response> {
     let request: GetHistory = query(&uri)?;
     let run_id = required_run_id(&request.run_id, &request.run_uuid)?;
-    let key = required(&request.metric_key, "metric_key")?;
-    engine.run(run_id)?;
-    let series = engine.metric_series(run_id, key).await?;
-    let mut order: Vec<usize> = (0..series.steps.len()).collect();
-    order.sort_by(|&a, &b| {
-        series.timestamps[a]
-            .cmp(&series.timestamps[b])
-            .then(series.steps[a].cmp(&series.steps[b]))
-            .then(series.values[a].total_cmp(&series.values[b]))
-    });
-    let all = points_at(&series, key, None, order);
+    let key = required(&request.metric_key, "metric_key")?.to_string();
     let page_token = request
         .page_token
         .as_deref()
         .filter(|token| !token.is_empty());
-    let page = match request.max_results {
-        None if page_token.is_none() => crate::search::Page {
-            items: all,
-            next_page_token: None,
-        },
-        max_results => {
-            let size = match max_results {
-                Some(value) if value > 0 => value as usize,
-                Some(value) => {
-                    return Err(invalid(format!(
-                        "Invalid value {value} for parameter 'max_results' supplied. It must be \
-                         a positive integer."
-                    )));
-                }
-                None => usize::MAX,
-            };
-            paginate(all, page_token, size)?
+    let offset = page_token.map(decode_offset).transpose()?.unwrap_or(0);
+    let size = match request.max_results {
+        None => usize::MAX,
+        Some(value) if value > 0 => value as usize,
+        Some(value) => {
+            return Err(invalid(format!(
+                "Invalid value {value} for parameter 'max_results' supplied. It must be a \
+                 positive integer."
+            )));
         }
     };
-    Ok(page_response("metrics", &page.items, page.next_page_token))
+    engine.run(run_id)?;
+    let series = engine.metric_series(run_id, &key).await?;
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(2);
+    tokio::task::spawn_blocking(move || {
+        let order = history_order(&series);
+        let end = offset.saturating_add(size).min(series.len());
+        let start = offset.min(end);
+        let next_page_token = (end < series.len()).then(|| encode_offset(end));
+        let key_json = wire::json_string(&key);
+        let mut chunk = Vec::with_capacity(HISTORY_CHUNK_POINTS.min(end - start) * 80 + 64);
+        chunk.push(b'{');
+        if start < end {
+            chunk.extend_from_slice(b"\"metrics\":[");
+        }
+        for position in start..end {
+            let index = order.as_ref().map_or(position, |order| order[position]);
+            if position > start {
+                chunk.push(b',');
+            }
+            wire::write_metric(
+                &mut chunk,
+                &key_json,
+                series.values[index],
+                series.timestamps[index],
+                series.steps[index],
+                None,
+            );
+            if chunk.len() >= HISTORY_CHUNK_POINTS * 64 {
+                let full =
+                    std::mem::replace(&mut chunk, Vec::with_capacity(HISTORY_CHUNK_POINTS * 80));
+                if sender.blocking_send(Bytes::from(full)).is_err() {
+                    return; // The client went away.
+                }
+            }
+        }
+        if start < end {
+            chunk.push(b']');
+        }
+        if let Some(token) = next_page_token {
+            if start < end {
+                chunk.push(b',');
+            }
+            chunk.extend_from_slice(b"\"next_page_token\":");
+            chunk.extend_from_slice(&wire::json_string(&token));
+        }
+        chunk.push(b'}');
+        let _ = sender.blocking_send(Bytes::from(chunk));
+    });
+    let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver
+            .recv()
+            .await
+            .map(|bytes| (Ok::<_, std::convert::Infallible>(bytes), receiver))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// The permutation that orders a series by (timestamp, step, value), or
+/// `None` when it already is in that order (the common case: timestamps
+/// grow with steps).
+fn history_order(series: &MetricSeries) -> Option<Vec<usize>> {
+    let compare = |a: usize, b: usize| {
+        series.timestamps[a]
+            .cmp(&series.timestamps[b])
+            .then(series.steps[a].cmp(&series.steps[b]))
+            .then(series.values[a].total_cmp(&series.values[b]))
+    };
+    let sorted = (1..series.len()).all(|index| compare(index - 1, index).is_le());
+    if sorted {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..series.len()).collect();
+    order.sort_by(|&a, &b| compare(a, b));
+    Some(order)
 }
 
 fn run_ids_of(texts: &[String]) -> MlflowResult<Vec<RunId>> {
@@ -183,54 +241,27 @@ pub(super) struct GetHistoryBulkInterval {
     max_results: Option<i64>,
 }
 
-/// The points of one run a bulk-interval read keeps, as MLflow's SQL
-/// store picks them: the run's points within `[start, end]` in (step,
-/// timestamp, value) order are split into `max_results` buckets (`NTILE`:
-/// the first `len % max_results` buckets one longer), the first point of
-/// each bucket is kept, and the last point always is (it replaces the last
-/// kept one when the budget is full). Returns indexes into the series.
-pub fn sample_run(series: &MetricSeries, start: i64, end: i64, max_results: usize) -> Vec<usize> {
-    let mut in_range: Vec<usize> = (0..series.steps.len())
-        .filter(|&index| (start..=end).contains(&series.steps[index]))
-        .collect();
-    in_range.sort_by(|&a, &b| {
-        series.steps[a]
-            .cmp(&series.steps[b])
-            .then(series.timestamps[a].cmp(&series.timestamps[b]))
-            .then(series.values[a].total_cmp(&series.values[b]))
-    });
-    let total = in_range.len();
-    if total <= max_results || max_results == 0 {
-        return in_range;
-    }
-    let (base, longer) = (total / max_results, total % max_results);
-    let mut kept = Vec::with_capacity(max_results + 1);
-    let mut position = 0;
-    for bucket in 0..max_results {
-        kept.push(in_range[position]);
-        position += base + usize::from(bucket < longer);
-    }
-    let last = in_range[total - 1];
-    if kept.last() != Some(&last) {
-        if kept.len() >= max_results {
-            kept.pop();
-        }
-        kept.push(last);
-    }
-    kept
+/// The points a bulk-interval read answers: for each run that has the key
+/// (in the order asked), its downsampled series.
+pub(super) struct IntervalSeries {
+    /// The key read.
+    pub key: String,
+    /// Per run, its points in step order.
+    pub runs: Vec<(RunId, ScalarSeries)>,
 }
 
-/// `GET metrics/get-history-bulk-interval`: for several runs, up to
-/// `max_results` points per run of one key, spread over the step range
-/// (first and last always included), ordered by run as requested, then
-/// step.
-pub(super) async fn get_history_bulk_interval(
-    State(engine): EngineState,
-    uri: Uri,
-) -> MlflowResult<Json<Value>> {
-    let request: GetHistoryBulkInterval = query(&uri)?;
+/// Reads `metrics/get-history-bulk-interval` with stepstore's spike-keeping
+/// downsampling instead of MLflow's evenly spaced sampling: the step range
+/// is cut into `max_results / 4` buckets and each keeps its first, last,
+/// smallest and greatest point, so spikes and dips survive. At most
+/// `max_results` points per run; the first and last point of the range are
+/// always in.
+pub(super) async fn read_bulk_interval(
+    engine: &Arc<Engine>,
+    request: GetHistoryBulkInterval,
+) -> MlflowResult<IntervalSeries> {
     let run_ids = run_ids_of(&request.run_ids)?;
-    let key = required(&request.metric_key, "metric_key")?;
+    let key = required(&request.metric_key, "metric_key")?.to_string();
     let max_results = request.max_results.unwrap_or(MAX_BULK_INTERVAL_RESULTS);
     if max_results <= 0 || max_results > MAX_BULK_INTERVAL_RESULTS {
         return Err(invalid(format!(
@@ -238,65 +269,151 @@ pub(super) async fn get_history_bulk_interval(
         )));
     }
     let (start, end) = match (request.start_step, request.end_step) {
-        (None, None) => (i64::MIN, i64::MAX),
+        (None, None) => (None, None),
         (Some(start), Some(end)) if start > end => {
             return Err(invalid(format!(
                 "end_step must be greater than start_step. Found start_step={start} and \
                  end_step={end}."
             )));
         }
-        (Some(start), Some(end)) => (start, end),
+        (Some(start), Some(end)) => (Some(start as f64), Some(end as f64)),
         _ => {
             return Err(invalid(
                 "If either start step or end step are specified, both must be specified.",
             ));
         }
     };
-    let all_series = series_of_runs(&engine, &run_ids, key).await?;
-    let mut metrics = Vec::new();
-    for (run_id, series) in run_ids.iter().zip(&all_series) {
-        let kept = sample_run(series, start, end, max_results as usize);
-        metrics.extend(points_at(series, key, Some(*run_id), kept));
+    let budget = max_results as usize;
+    let mut params = SeriesParams {
+        x: XAxis::Step,
+        start,
+        end,
+        max_points: budget.max(4),
+        smoothing: None,
+    };
+    let pattern = KeyPattern::parse(&key)?;
+    let mut results =
+        scalars::query::query(engine, &run_ids, std::slice::from_ref(&pattern), &params).await?;
+    // A bucket holding a NaN keeps one more point, so a NaN-heavy series
+    // can exceed the budget: read those again with fewer buckets.
+    for result in &mut results {
+        while result.series.values.len() > budget && params.max_points > 4 {
+            params.max_points = (params.max_points * 4 / 5).max(4);
+            result.series =
+                scalars::query::read_series(engine, result.run_id, &key, &params).await?;
+        }
+        fit_budget(&mut result.series, budget);
+        params.max_points = budget.max(4);
     }
-    Ok(page_response("metrics", &metrics, None))
+    Ok(IntervalSeries {
+        key,
+        runs: results
+            .into_iter()
+            .map(|result| (result.run_id, result.series))
+            .collect(),
+    })
+}
+
+/// Cuts a series still over `budget` points (a budget under 4, or NaN in
+/// every bucket): first the NaN points between the ends, then, if still
+/// over, all but the first and last points (the last alone for a budget of
+/// 1), as MLflow always keeps those.
+fn fit_budget(series: &mut ScalarSeries, budget: usize) {
+    let len = series.values.len();
+    if len <= budget {
+        return;
+    }
+    let mut kept: Vec<usize> = (0..len)
+        .filter(|&index| index == 0 || index == len - 1 || !series.values[index].is_nan())
+        .collect();
+    if kept.len() > budget {
+        kept = if budget == 1 {
+            vec![len - 1]
+        } else {
+            vec![0, len - 1]
+        };
+    }
+    series.steps = kept.iter().map(|&index| series.steps[index]).collect();
+    series.timestamps = kept.iter().map(|&index| series.timestamps[index]).collect();
+    series.values = kept.iter().map(|&index| series.values[index]).collect();
+}
+
+/// `GET metrics/get-history-bulk-interval`: for several runs, up to
+/// `max_results` points per run of one key, downsampled so spikes survive
+/// (see [`read_bulk_interval`]), ordered by run as requested, then step.
+pub(super) async fn get_history_bulk_interval(
+    State(engine): EngineState,
+    uri: Uri,
+) -> MlflowResult<Response> {
+    let read = read_bulk_interval(&engine, query(&uri)?).await?;
+    let points: usize = read
+        .runs
+        .iter()
+        .map(|(_, series)| series.values.len())
+        .sum();
+    let key_json = wire::json_string(&read.key);
+    let mut body = Vec::with_capacity(points * 120 + 16);
+    body.push(b'{');
+    if points > 0 {
+        body.extend_from_slice(b"\"metrics\":[");
+        let mut first = true;
+        for (run_id, series) in &read.runs {
+            let run_json = wire::json_string(&run_id.to_string());
+            for index in 0..series.values.len() {
+                if !first {
+                    body.push(b',');
+                }
+                first = false;
+                wire::write_metric(
+                    &mut body,
+                    &key_json,
+                    series.values[index],
+                    series.timestamps[index],
+                    series.steps[index],
+                    Some(&run_json),
+                );
+            }
+        }
+        body.push(b']');
+    }
+    body.push(b'}');
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn series(steps: impl IntoIterator<Item = i64>) -> MetricSeries {
-        let steps: Vec<i64> = steps.into_iter().collect();
-        MetricSeries {
-            timestamps: steps.iter().map(|step| step * 10).collect(),
-            values: steps.iter().map(|&step| step as f64).collect(),
-            steps,
-        }
-    }
-
-    fn kept_steps(series: &MetricSeries, start: i64, end: i64, budget: usize) -> Vec<i64> {
-        sample_run(series, start, end, budget)
-            .into_iter()
-            .map(|index| series.steps[index])
-            .collect()
+    #[test]
+    fn history_order_is_by_timestamp_then_step_then_value() {
+        let in_order = MetricSeries {
+            steps: vec![0, 1, 1, 2],
+            timestamps: vec![10, 20, 20, 30],
+            values: vec![1.0, 0.5, 0.7, 0.1],
+        };
+        assert_eq!(history_order(&in_order), None);
+        let out_of_order = MetricSeries {
+            steps: vec![0, 1, 2, 3],
+            timestamps: vec![10, 40, 20, 20],
+            values: vec![1.0, 0.5, f64::NAN, 0.1],
+        };
+        assert_eq!(history_order(&out_of_order), Some(vec![0, 2, 3, 1]));
     }
 
     #[test]
-    fn sampling_keeps_first_and_last_and_respects_the_budget() {
-        let long = series(0..1000);
-        let kept = kept_steps(&long, i64::MIN, i64::MAX, 10);
-        assert_eq!(kept.len(), 10);
-        assert_eq!(kept.first(), Some(&0));
-        assert_eq!(kept.last(), Some(&999));
-        assert!(kept.windows(2).all(|pair| pair[0] < pair[1]));
-        // NTILE(3) over 10 rows: buckets of 4, 3, 3 starting at 0, 4, 7;
-        // the last row (9) replaces the last bucket's first row.
-        assert_eq!(kept_steps(&series(0..10), i64::MIN, i64::MAX, 3), [0, 4, 9]);
-        let window = kept_steps(&long, 100, 200, 5);
-        assert_eq!(window.first(), Some(&100));
-        assert_eq!(window.last(), Some(&200));
-        assert_eq!(kept_steps(&series([1, 5, 9]), 0, 10, 10), [1, 5, 9]);
-        assert!(kept_steps(&long, 2000, 3000, 10).is_empty());
-        assert_eq!(kept_steps(&long, i64::MIN, i64::MAX, 1), [999]);
+    fn series_over_the_budget_lose_nan_markers_then_all_but_their_ends() {
+        let mut series = ScalarSeries {
+            steps: vec![1, 2, 3, 4, 5],
+            timestamps: vec![10, 20, 30, 40, 50],
+            values: vec![0.1, f64::NAN, 9.0, 0.3, 0.4],
+            ..ScalarSeries::default()
+        };
+        fit_budget(&mut series, 4);
+        assert_eq!(series.steps, [1, 3, 4, 5]);
+        fit_budget(&mut series, 2);
+        assert_eq!(series.steps, [1, 5]);
+        fit_budget(&mut series, 1);
+        assert_eq!(series.steps, [5]);
+        assert_eq!(series.values, [0.4]);
     }
 }

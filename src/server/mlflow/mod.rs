@@ -1,10 +1,15 @@
 //! The MLflow tracking REST API 2.0, under `/api/2.0/mlflow/` and
 //! `/ajax-api/2.0/mlflow/`, so the official `mlflow` client works against
-//! stepstore unchanged. Endpoints of MLflow's other services (model
-//! registry, artifacts, traces, logged models, ...) answer a clear
-//! `ENDPOINT_NOT_FOUND`.
+//! stepstore unchanged, and what the MLflow web UI calls besides it:
+//! `/graphql`, MLflow 3's `server-info` and `ui-telemetry`. Endpoints of
+//! MLflow's other services (model registry, artifacts, traces, logged
+//! models, ...) answer as an MLflow server holding none of them: empty
+//! searches and lists, `ENDPOINT_NOT_FOUND` for the rest ([`absent`]).
 
+mod absent;
+mod artifacts;
 mod experiments;
+mod graphql;
 mod metrics;
 mod request;
 mod runs;
@@ -14,6 +19,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
+use axum::extract::OriginalUri;
 use axum::http::Uri;
 use axum::routing::{any, get, post};
 use serde_json::{Value, json};
@@ -22,34 +28,52 @@ use crate::engine::{Engine, ViewType};
 use crate::server::error::ApiError;
 use request::{MlflowResult, invalid};
 
-/// The prefixes the API is served under.
+/// The prefixes the tracking API is served under.
 pub const PREFIXES: [&str; 2] = ["/api/2.0/mlflow", "/ajax-api/2.0/mlflow"];
 
-/// Families of MLflow endpoints stepstore does not serve, with the reason
-/// given to clients.
-pub const UNSUPPORTED: [(&str, &str); 9] = [
-    ("registered-models", "the model registry"),
-    ("model-versions", "the model registry"),
-    ("artifacts", "artifact storage"),
-    ("traces", "tracing"),
-    ("logged-models", "logged models"),
-    ("gateway-proxy", "the AI gateway"),
-    ("scorers", "GenAI scorers"),
-    ("datasets", "evaluation datasets"),
-    ("webhooks", "webhooks"),
-];
+/// The prefixes of MLflow 3's own endpoints (server description, UI
+/// telemetry, and the GenAI features stepstore answers as absent).
+pub const V3_PREFIXES: [&str; 2] = ["/api/3.0/mlflow", "/ajax-api/3.0/mlflow"];
 
-/// The MLflow routes under every prefix.
+/// The MLflow routes under every prefix, and `/graphql`.
 pub fn routes() -> Router<Arc<Engine>> {
     let mut router = Router::new();
     for prefix in PREFIXES {
         router = router.nest(prefix, api());
     }
-    router.route("/api/2.0/mlflow-artifacts/{*rest}", any(unsupported))
+    for prefix in V3_PREFIXES {
+        router = router.nest(prefix, api_v3());
+    }
+    router
+        .route("/graphql", get(graphql::get).post(graphql::post))
+        .route("/api/2.0/mlflow-artifacts/{*rest}", any(artifact_service))
+}
+
+/// The families of endpoints stepstore answers as an empty server would,
+/// each at its own path and below it.
+fn absent_families(mut router: Router<Arc<Engine>>) -> Router<Arc<Engine>> {
+    for (family, _) in absent::FAMILIES {
+        router = router
+            .route(&format!("/{family}"), any(absent::answer))
+            .route(&format!("/{family}/{{*rest}}"), any(absent::answer));
+    }
+    router
+}
+
+fn api_v3() -> Router<Arc<Engine>> {
+    let router = Router::new()
+        .route("/server-info", get(absent::server_info))
+        .route(
+            "/ui-telemetry",
+            get(absent::ui_telemetry_config).post(absent::ui_telemetry_events),
+        )
+        .route("/assistant/config", get(absent::assistant_config))
+        .route("/assistant/providers", get(absent::assistant_providers));
+    absent_families(router).fallback(unknown)
 }
 
 fn api() -> Router<Arc<Engine>> {
-    let mut router = Router::new()
+    let router = Router::new()
         .route("/experiments/create", post(experiments::create))
         .route("/experiments/get", get(experiments::get))
         .route("/experiments/get-by-name", get(experiments::get_by_name))
@@ -68,6 +92,10 @@ fn api() -> Router<Arc<Engine>> {
             "/experiments/delete-experiment-tag",
             post(experiments::delete_tag),
         )
+        .route(
+            "/experiments/search-datasets",
+            post(experiments::search_datasets_post),
+        )
         .route("/runs/create", post(runs::create))
         .route("/runs/get", get(runs::get))
         .route("/runs/update", post(runs::update))
@@ -85,15 +113,12 @@ fn api() -> Router<Arc<Engine>> {
         .route(
             "/metrics/get-history-bulk-interval",
             get(metrics::get_history_bulk_interval),
-        );
-    for (family, _) in UNSUPPORTED {
-        router = router
-            .route(&format!("/{family}"), any(unsupported))
-            .route(&format!("/{family}/{{*rest}}"), any(unsupported));
-    }
-    router
-        .route("/runs/log-model", any(unsupported))
-        .route("/runs/outputs", any(unsupported))
+        )
+        .route("/artifacts/list", get(artifacts::list_get))
+        .route("/users/current", get(absent::current_user));
+    absent_families(router)
+        .route("/runs/log-model", any(absent::answer))
+        .route("/runs/outputs", any(absent::answer))
         .fallback(unknown)
 }
 
@@ -132,19 +157,16 @@ fn view_type(text: Option<&str>, default: ViewType) -> MlflowResult<ViewType> {
     }
 }
 
-async fn unsupported(uri: Uri) -> ApiError {
-    let path = uri.path();
-    let what = UNSUPPORTED
-        .iter()
-        .find(|(family, _)| path.contains(&format!("/{family}")))
-        .map_or("this MLflow endpoint", |(_, what)| what);
+/// `/api/2.0/mlflow-artifacts/*`: MLflow's artifact service.
+async fn artifact_service(uri: Uri) -> ApiError {
     ApiError::endpoint_not_found(format!(
-        "stepstore does not implement {what} ({path}); it serves MLflow's tracking API for \
-         experiments, runs, params, tags, inputs and metrics"
+        "stepstore does not implement artifact storage ({}); it stores metrics, params and \
+         tags, not files",
+        uri.path()
     ))
 }
 
-async fn unknown(uri: Uri) -> ApiError {
+async fn unknown(OriginalUri(uri): OriginalUri) -> ApiError {
     ApiError::endpoint_not_found(format!(
         "no MLflow endpoint at {} (or not with this method)",
         uri.path()

@@ -123,10 +123,14 @@ pub(super) struct GetRun {
 }
 
 pub(super) async fn get(State(engine): EngineState, uri: Uri) -> MlflowResult<Json<Value>> {
-    let request: GetRun = query(&uri)?;
+    Ok(Json(get_run(&engine, query(&uri)?).await?))
+}
+
+/// `runs/get`'s answer: `{"run": Run}`.
+pub(super) async fn get_run(engine: &Engine, request: GetRun) -> MlflowResult<Value> {
     let run_id = required_run_id(&request.run_id, &request.run_uuid)?;
     let run = engine.run(run_id)?;
-    Ok(Json(json!({ "run": run_json(&engine, &run).await? })))
+    Ok(json!({ "run": run_json(engine, &run).await? }))
 }
 
 #[derive(Deserialize)]
@@ -445,7 +449,11 @@ pub(super) async fn search(
     State(engine): EngineState,
     request: Result<Bytes, BytesRejection>,
 ) -> MlflowResult<Json<Value>> {
-    let request: SearchRuns = body(request)?;
+    Ok(Json(search_runs(&engine, body(request)?).await?))
+}
+
+/// `runs/search`'s answer: `{"runs": [...], "next_page_token": ...}`.
+pub(super) async fn search_runs(engine: &Engine, request: SearchRuns) -> MlflowResult<Value> {
     let size = page_size(request.max_results)?;
     let filter = parse_run_filter(request.filter.as_deref().unwrap_or(""))?;
     let order = parse_run_order(&request.order_by)?;
@@ -456,7 +464,7 @@ pub(super) async fn search(
         .map(|text| parse_experiment_id(text))
         .collect::<Result<Vec<_>, _>>()?;
     if experiment_ids.is_empty() {
-        return Ok(empty());
+        return Ok(json!({}));
     }
     let runs = engine.runs_in(&experiment_ids, view);
     let run_ids: Vec<_> = runs.iter().map(|run| run.run_id).collect();
@@ -487,5 +495,5 @@ pub(super) async fn search(
             RunJson::new(&candidate.run, summaries)
         })
         .collect();
-    Ok(page_response("runs", &runs, page.next_page_token))
+    Ok(page_response("runs", &runs, page.next_page_token).0)
 }

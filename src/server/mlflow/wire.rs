@@ -108,6 +108,50 @@ pub struct MetricJson {
     pub run_id: Option<String>,
 }
 
+/// `text` as a JSON string literal (quoted and escaped).
+pub fn json_string(text: &str) -> Vec<u8> {
+    // Serialising a string to JSON cannot fail.
+    serde_json::to_vec(text).unwrap_or_else(|_| b"\"\"".to_vec())
+}
+
+/// Appends one `Metric` object (`{"key", "value", "timestamp", "step"[,
+/// "run_id"]}`) to `out`, written straight from the point: the hot loop of
+/// metric history answers. `key_json` and `run_id_json` are JSON string
+/// literals ([`json_string`]).
+pub fn write_metric(
+    out: &mut Vec<u8>,
+    key_json: &[u8],
+    value: f64,
+    timestamp: i64,
+    step: i64,
+    run_id_json: Option<&[u8]>,
+) {
+    let mut integers = itoa::Buffer::new();
+    out.extend_from_slice(b"{\"key\":");
+    out.extend_from_slice(key_json);
+    out.extend_from_slice(b",\"value\":");
+    match float_json::non_finite_name(value) {
+        Some(name) => {
+            out.push(b'"');
+            out.extend_from_slice(name.as_bytes());
+            out.push(b'"');
+        }
+        None => {
+            let mut floats = ryu::Buffer::new();
+            out.extend_from_slice(floats.format_finite(value).as_bytes());
+        }
+    }
+    out.extend_from_slice(b",\"timestamp\":");
+    out.extend_from_slice(integers.format(timestamp).as_bytes());
+    out.extend_from_slice(b",\"step\":");
+    out.extend_from_slice(integers.format(step).as_bytes());
+    if let Some(run_id_json) = run_id_json {
+        out.extend_from_slice(b",\"run_id\":");
+        out.extend_from_slice(run_id_json);
+    }
+    out.push(b'}');
+}
+
 /// `Dataset`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
 pub struct DatasetJson {
@@ -393,5 +437,36 @@ mod tests {
         assert_eq!(request.start_time, Some(5));
         let single: Request = serde_html_form::from_str("run_ids=a").unwrap();
         assert_eq!(single.run_ids, ["a"]);
+    }
+
+    #[test]
+    fn metrics_written_by_hand_match_serde() {
+        for (value, run_id) in [
+            (0.1, None),
+            (f64::NAN, Some("r1")),
+            (f64::NEG_INFINITY, None),
+            (-1e300, Some("r\"2")),
+            (3.0, None),
+        ] {
+            let mut out = Vec::new();
+            let run_json = run_id.map(json_string);
+            write_metric(
+                &mut out,
+                &json_string("a/\"b"),
+                value,
+                -5,
+                7,
+                run_json.as_deref(),
+            );
+            let expected = MetricJson {
+                key: "a/\"b".into(),
+                value,
+                timestamp: -5,
+                step: 7,
+                run_id: run_id.map(str::to_string),
+            };
+            let written: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(written, serde_json::to_value(&expected).unwrap());
+        }
     }
 }

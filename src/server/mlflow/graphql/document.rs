@@ -1,0 +1,873 @@
+//! GraphQL executable documents: a lexer and a recursive-descent parser
+//! for operations (query, mutation), selection sets, fields with aliases,
+//! arguments and directives, fragments (named and inline) and variables,
+//! as the October 2021 specification writes them. Type-system definitions
+//! are refused. Nesting is bounded so a hostile document cannot exhaust
+//! the stack.
+
+use std::collections::HashMap;
+
+/// Deepest nesting of selection sets and values accepted.
+pub const MAX_DEPTH: usize = 32;
+
+/// Why a document cannot be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Syntax Error: {message} (at character {offset})")]
+pub struct SyntaxError {
+    /// What is wrong.
+    pub message: String,
+    /// Byte offset in the document.
+    pub offset: usize,
+}
+
+/// A parsed document: its operations and named fragments.
+#[derive(Debug, Default)]
+pub struct Document {
+    /// Operations in document order.
+    pub operations: Vec<Operation>,
+    /// Fragment definitions by name.
+    pub fragments: HashMap<String, Fragment>,
+}
+
+/// `query` or `mutation` (subscriptions are refused when executed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperationKind {
+    /// A read.
+    Query,
+    /// A write (MLflow also exposes some reads as mutations).
+    Mutation,
+    /// A subscription.
+    Subscription,
+}
+
+/// One operation definition.
+#[derive(Debug)]
+pub struct Operation {
+    /// Query or mutation.
+    pub kind: OperationKind,
+    /// Its name, if any.
+    pub name: Option<String>,
+    /// Declared variables with their default values.
+    pub variables: Vec<VariableDefinition>,
+    /// The root selection set.
+    pub selection: Vec<Selection>,
+}
+
+/// A declared variable.
+#[derive(Debug)]
+pub struct VariableDefinition {
+    /// The name, without `$`.
+    pub name: String,
+    /// Whether the type ends with `!`.
+    pub required: bool,
+    /// The default value, if any.
+    pub default: Option<Value>,
+}
+
+/// A named fragment.
+#[derive(Debug)]
+pub struct Fragment {
+    /// The type it applies to.
+    pub type_condition: String,
+    /// Its selections.
+    pub selection: Vec<Selection>,
+}
+
+/// One selection of a selection set.
+#[derive(Debug)]
+pub enum Selection {
+    /// A field.
+    Field(Field),
+    /// `...Name`.
+    FragmentSpread {
+        /// The fragment's name.
+        name: String,
+        /// `@skip` / `@include` and others.
+        directives: Vec<Directive>,
+    },
+    /// `... on Type { ... }`.
+    InlineFragment {
+        /// The type it applies to, if given.
+        type_condition: Option<String>,
+        /// `@skip` / `@include` and others.
+        directives: Vec<Directive>,
+        /// Its selections.
+        selection: Vec<Selection>,
+    },
+}
+
+/// A field selection.
+#[derive(Debug)]
+pub struct Field {
+    /// The response key, when it differs from the name.
+    pub alias: Option<String>,
+    /// The field's name.
+    pub name: String,
+    /// Arguments in order.
+    pub arguments: Vec<(String, Value)>,
+    /// `@skip` / `@include` and others.
+    pub directives: Vec<Directive>,
+    /// The sub-selection (empty for a leaf).
+    pub selection: Vec<Selection>,
+}
+
+impl Field {
+    /// The key this field has in the response.
+    pub fn response_key(&self) -> &str {
+        self.alias.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// A directive (`@name(args)`).
+#[derive(Debug)]
+pub struct Directive {
+    /// Its name, without `@`.
+    pub name: String,
+    /// Its arguments.
+    pub arguments: Vec<(String, Value)>,
+}
+
+/// An input value as written in the document.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// `$name`.
+    Variable(String),
+    /// An integer literal.
+    Int(i64),
+    /// A float literal.
+    Float(f64),
+    /// A string literal (escapes resolved).
+    String(String),
+    /// `true` / `false`.
+    Boolean(bool),
+    /// `null`.
+    Null,
+    /// An enum value (a bare name).
+    Enum(String),
+    /// `[...]`.
+    List(Vec<Value>),
+    /// `{name: value, ...}`.
+    Object(Vec<(String, Value)>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Token {
+    Punct(char),
+    Spread,
+    Name(String),
+    Int(i64),
+    Float(f64),
+    String(String),
+    End,
+}
+
+struct Lexer<'a> {
+    text: &'a str,
+    bytes: &'a [u8],
+    offset: usize,
+}
+
+impl<'a> Lexer<'a> {
+    fn error<T>(&self, offset: usize, message: impl Into<String>) -> Result<T, SyntaxError> {
+        Err(SyntaxError {
+            message: message.into(),
+            offset,
+        })
+    }
+
+    fn skip_ignored(&mut self) {
+        while self.offset < self.bytes.len() {
+            match self.bytes[self.offset] {
+                b' ' | b'\t' | b'\n' | b'\r' | b',' => self.offset += 1,
+                b'#' => {
+                    while self.offset < self.bytes.len()
+                        && !matches!(self.bytes[self.offset], b'\n' | b'\r')
+                    {
+                        self.offset += 1;
+                    }
+                }
+                0xEF if self.text[self.offset..].starts_with('\u{feff}') => self.offset += 3,
+                _ => break,
+            }
+        }
+    }
+
+    /// The next token and the offset it starts at.
+    fn next(&mut self) -> Result<(Token, usize), SyntaxError> {
+        self.skip_ignored();
+        let start = self.offset;
+        let Some(&byte) = self.bytes.get(start) else {
+            return Ok((Token::End, start));
+        };
+        let token = match byte {
+            b'!' | b'$' | b'&' | b'(' | b')' | b':' | b'=' | b'@' | b'[' | b']' | b'{' | b'|'
+            | b'}' => {
+                self.offset += 1;
+                Token::Punct(byte as char)
+            }
+            b'.' => {
+                if self.text[start..].starts_with("...") {
+                    self.offset += 3;
+                    Token::Spread
+                } else {
+                    return self.error(start, "Unexpected \".\"");
+                }
+            }
+            b'_' | b'a'..=b'z' | b'A'..=b'Z' => {
+                while self.offset < self.bytes.len()
+                    && matches!(self.bytes[self.offset], b'_' | b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9')
+                {
+                    self.offset += 1;
+                }
+                Token::Name(self.text[start..self.offset].to_string())
+            }
+            b'-' | b'0'..=b'9' => self.number(start)?,
+            b'"' => {
+                if self.text[start..].starts_with("\"\"\"") {
+                    self.block_string(start)?
+                } else {
+                    self.string(start)?
+                }
+            }
+            _ => {
+                let character = self.text[start..].chars().next().unwrap_or('?');
+                return self.error(start, format!("Unexpected character {character:?}"));
+            }
+        };
+        Ok((token, start))
+    }
+
+    fn number(&mut self, start: usize) -> Result<Token, SyntaxError> {
+        let digits = |lexer: &mut Lexer| {
+            let from = lexer.offset;
+            while lexer.offset < lexer.bytes.len() && lexer.bytes[lexer.offset].is_ascii_digit() {
+                lexer.offset += 1;
+            }
+            lexer.offset > from
+        };
+        if self.bytes[self.offset] == b'-' {
+            self.offset += 1;
+        }
+        if !digits(self) {
+            return self.error(start, "Invalid number: expected a digit");
+        }
+        let mut float = false;
+        if self.bytes.get(self.offset) == Some(&b'.') {
+            self.offset += 1;
+            float = true;
+            if !digits(self) {
+                return self.error(start, "Invalid number: expected a digit after \".\"");
+            }
+        }
+        if matches!(self.bytes.get(self.offset), Some(b'e' | b'E')) {
+            self.offset += 1;
+            float = true;
+            if matches!(self.bytes.get(self.offset), Some(b'+' | b'-')) {
+                self.offset += 1;
+            }
+            if !digits(self) {
+                return self.error(start, "Invalid number: expected an exponent");
+            }
+        }
+        if matches!(
+            self.bytes.get(self.offset),
+            Some(b'_' | b'a'..=b'z' | b'A'..=b'Z' | b'.')
+        ) {
+            return self.error(self.offset, "Invalid number: unexpected character after it");
+        }
+        let text = &self.text[start..self.offset];
+        if float {
+            text.parse()
+                .map(Token::Float)
+                .or_else(|_| self.error(start, format!("Invalid number {text}")))
+        } else {
+            text.parse()
+                .map(Token::Int)
+                .or_else(|_| self.error(start, format!("Integer {text} is out of range")))
+        }
+    }
+
+    fn string(&mut self, start: usize) -> Result<Token, SyntaxError> {
+        self.offset += 1;
+        let mut value = String::new();
+        loop {
+            let Some(character) = self.text[self.offset..].chars().next() else {
+                return self.error(start, "Unterminated string");
+            };
+            self.offset += character.len_utf8();
+            match character {
+                '"' => return Ok(Token::String(value)),
+                '\n' | '\r' => return self.error(start, "Unterminated string"),
+                '\\' => {
+                    let Some(escaped) = self.text[self.offset..].chars().next() else {
+                        return self.error(start, "Unterminated string");
+                    };
+                    self.offset += escaped.len_utf8();
+                    match escaped {
+                        '"' => value.push('"'),
+                        '\\' => value.push('\\'),
+                        '/' => value.push('/'),
+                        'b' => value.push('\u{8}'),
+                        'f' => value.push('\u{c}'),
+                        'n' => value.push('\n'),
+                        'r' => value.push('\r'),
+                        't' => value.push('\t'),
+                        'u' => value.push(self.unicode_escape(start)?),
+                        other => {
+                            return self.error(self.offset, format!("Invalid escape \\{other}"));
+                        }
+                    }
+                }
+                other => value.push(other),
+            }
+        }
+    }
+
+    /// The code point of `\uXXXX` (a surrogate pair is two escapes).
+    fn unicode_escape(&mut self, start: usize) -> Result<char, SyntaxError> {
+        let hex4 = |lexer: &mut Lexer| -> Result<u32, SyntaxError> {
+            let digits = lexer.text.get(lexer.offset..lexer.offset + 4).unwrap_or("");
+            let code = u32::from_str_radix(digits, 16)
+                .or_else(|_| lexer.error(lexer.offset, "Invalid \\u escape"))?;
+            lexer.offset += 4;
+            Ok(code)
+        };
+        let high = hex4(self)?;
+        if (0xD800..0xDC00).contains(&high) && self.text[self.offset..].starts_with("\\u") {
+            self.offset += 2;
+            let low = hex4(self)?;
+            if (0xDC00..0xE000).contains(&low) {
+                let code = 0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00);
+                return char::from_u32(code)
+                    .map_or_else(|| self.error(start, "Invalid surrogate pair"), Ok);
+            }
+            return self.error(start, "Invalid surrogate pair");
+        }
+        char::from_u32(high).map_or_else(|| self.error(start, "Invalid \\u escape"), Ok)
+    }
+
+    fn block_string(&mut self, start: usize) -> Result<Token, SyntaxError> {
+        self.offset += 3;
+        let mut raw = String::new();
+        loop {
+            let rest = &self.text[self.offset..];
+            if rest.starts_with("\"\"\"") {
+                self.offset += 3;
+                return Ok(Token::String(block_string_value(&raw)));
+            }
+            if rest.starts_with("\\\"\"\"") {
+                raw.push_str("\"\"\"");
+                self.offset += 4;
+                continue;
+            }
+            let Some(character) = rest.chars().next() else {
+                return self.error(start, "Unterminated block string");
+            };
+            raw.push(character);
+            self.offset += character.len_utf8();
+        }
+    }
+}
+
+/// The value of a block string: common indentation and blank first and
+/// last lines removed (the specification's `BlockStringValue`).
+fn block_string_value(raw: &str) -> String {
+    let lines: Vec<&str> = raw
+        .split(['\n'])
+        .map(|line| line.trim_end_matches('\r'))
+        .collect();
+    let indent = lines
+        .iter()
+        .skip(1)
+        .filter_map(|line| {
+            let trimmed = line.trim_start_matches([' ', '\t']);
+            (!trimmed.is_empty()).then(|| line.len() - trimmed.len())
+        })
+        .min()
+        .unwrap_or(0);
+    let mut out: Vec<String> = lines
+        .iter()
+        .enumerate()
+        .map(|(index, line)| {
+            if index == 0 {
+                line.to_string()
+            } else {
+                line.get(indent..).unwrap_or("").to_string()
+            }
+        })
+        .collect();
+    while out.first().is_some_and(|line| line.trim().is_empty()) {
+        out.remove(0);
+    }
+    while out.last().is_some_and(|line| line.trim().is_empty()) {
+        out.pop();
+    }
+    out.join("\n")
+}
+
+struct Parser<'a> {
+    lexer: Lexer<'a>,
+    token: Token,
+    offset: usize,
+    depth: usize,
+}
+
+/// Parses an executable document.
+pub fn parse(text: &str) -> Result<Document, SyntaxError> {
+    let mut lexer = Lexer {
+        text,
+        bytes: text.as_bytes(),
+        offset: 0,
+    };
+    let (token, offset) = lexer.next()?;
+    let mut parser = Parser {
+        lexer,
+        token,
+        offset,
+        depth: 0,
+    };
+    parser.document()
+}
+
+impl Parser<'_> {
+    fn advance(&mut self) -> Result<Token, SyntaxError> {
+        let (next, offset) = self.lexer.next()?;
+        self.offset = offset;
+        Ok(std::mem::replace(&mut self.token, next))
+    }
+
+    fn error<T>(&self, message: impl Into<String>) -> Result<T, SyntaxError> {
+        Err(SyntaxError {
+            message: message.into(),
+            offset: self.offset,
+        })
+    }
+
+    fn unexpected<T>(&self, expected: &str) -> Result<T, SyntaxError> {
+        let found = match &self.token {
+            Token::Punct(c) => format!("\"{c}\""),
+            Token::Spread => "\"...\"".to_string(),
+            Token::Name(name) => format!("Name \"{name}\""),
+            Token::Int(value) => format!("Int \"{value}\""),
+            Token::Float(value) => format!("Float \"{value}\""),
+            Token::String(value) => format!("String \"{value}\""),
+            Token::End => "<EOF>".to_string(),
+        };
+        self.error(format!("Expected {expected}, found {found}"))
+    }
+
+    fn is_punct(&self, c: char) -> bool {
+        self.token == Token::Punct(c)
+    }
+
+    fn expect_punct(&mut self, c: char) -> Result<(), SyntaxError> {
+        if self.is_punct(c) {
+            self.advance()?;
+            Ok(())
+        } else {
+            self.unexpected(&format!("\"{c}\""))
+        }
+    }
+
+    fn name(&mut self) -> Result<String, SyntaxError> {
+        match &self.token {
+            Token::Name(_) => match self.advance()? {
+                Token::Name(name) => Ok(name),
+                _ => self.unexpected("Name"),
+            },
+            _ => self.unexpected("Name"),
+        }
+    }
+
+    fn enter(&mut self) -> Result<(), SyntaxError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return self.error(format!("the document nests deeper than {MAX_DEPTH} levels"));
+        }
+        Ok(())
+    }
+
+    fn document(&mut self) -> Result<Document, SyntaxError> {
+        let mut document = Document::default();
+        if self.token == Token::End {
+            return self.error("Unexpected <EOF>: the document holds no operation");
+        }
+        while self.token != Token::End {
+            match &self.token {
+                Token::Punct('{') => {
+                    let selection = self.selection_set()?;
+                    document.operations.push(Operation {
+                        kind: OperationKind::Query,
+                        name: None,
+                        variables: Vec::new(),
+                        selection,
+                    });
+                }
+                Token::Name(keyword) => match keyword.as_str() {
+                    "query" | "mutation" | "subscription" => {
+                        let operation = self.operation()?;
+                        document.operations.push(operation);
+                    }
+                    "fragment" => {
+                        let offset = self.offset;
+                        let (name, fragment) = self.fragment()?;
+                        if document.fragments.insert(name.clone(), fragment).is_some() {
+                            return Err(SyntaxError {
+                                message: format!("There can be only one fragment named \"{name}\""),
+                                offset,
+                            });
+                        }
+                    }
+                    other => {
+                        return self.error(format!(
+                            "Unexpected Name \"{other}\": only operations and fragments may be \
+                             sent to the server"
+                        ));
+                    }
+                },
+                _ => return self.unexpected("an operation or a fragment"),
+            }
+        }
+        Ok(document)
+    }
+
+    fn operation(&mut self) -> Result<Operation, SyntaxError> {
+        let kind = match self.name()?.as_str() {
+            "query" => OperationKind::Query,
+            "mutation" => OperationKind::Mutation,
+            _ => OperationKind::Subscription,
+        };
+        let name = match self.token {
+            Token::Name(_) => Some(self.name()?),
+            _ => None,
+        };
+        let mut variables = Vec::new();
+        if self.is_punct('(') {
+            self.advance()?;
+            while !self.is_punct(')') {
+                self.expect_punct('$')?;
+                let name = self.name()?;
+                self.expect_punct(':')?;
+                let required = self.type_reference()?;
+                let default = if self.is_punct('=') {
+                    self.advance()?;
+                    Some(self.value(true)?)
+                } else {
+                    None
+                };
+                self.directives(true)?;
+                variables.push(VariableDefinition {
+                    name,
+                    required,
+                    default,
+                });
+            }
+            self.advance()?;
+        }
+        self.directives(false)?;
+        let selection = self.selection_set()?;
+        Ok(Operation {
+            kind,
+            name,
+            variables,
+            selection,
+        })
+    }
+
+    /// Parses a type; returns whether it is non-null.
+    fn type_reference(&mut self) -> Result<bool, SyntaxError> {
+        self.enter()?;
+        if self.is_punct('[') {
+            self.advance()?;
+            self.type_reference()?;
+            self.expect_punct(']')?;
+        } else {
+            self.name()?;
+        }
+        self.depth -= 1;
+        if self.is_punct('!') {
+            self.advance()?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn fragment(&mut self) -> Result<(String, Fragment), SyntaxError> {
+        self.name()?; // "fragment"
+        let name = self.name()?;
+        if name == "on" {
+            return self.error("A fragment cannot be named \"on\"");
+        }
+        match self.name()?.as_str() {
+            "on" => {}
+            _ => return self.unexpected("\"on\""),
+        }
+        let type_condition = self.name()?;
+        self.directives(false)?;
+        let selection = self.selection_set()?;
+        Ok((
+            name,
+            Fragment {
+                type_condition,
+                selection,
+            },
+        ))
+    }
+
+    fn selection_set(&mut self) -> Result<Vec<Selection>, SyntaxError> {
+        self.enter()?;
+        self.expect_punct('{')?;
+        let mut selections = Vec::new();
+        while !self.is_punct('}') {
+            selections.push(self.selection()?);
+        }
+        if selections.is_empty() {
+            return self.unexpected("a selection");
+        }
+        self.advance()?;
+        self.depth -= 1;
+        Ok(selections)
+    }
+
+    fn selection(&mut self) -> Result<Selection, SyntaxError> {
+        if self.token == Token::Spread {
+            self.advance()?;
+            if let Token::Name(name) = &self.token
+                && name != "on"
+            {
+                let name = self.name()?;
+                let directives = self.directives(false)?;
+                return Ok(Selection::FragmentSpread { name, directives });
+            }
+            let type_condition = if self.token == Token::Name("on".to_string()) {
+                self.advance()?;
+                Some(self.name()?)
+            } else {
+                None
+            };
+            let directives = self.directives(false)?;
+            let selection = self.selection_set()?;
+            return Ok(Selection::InlineFragment {
+                type_condition,
+                directives,
+                selection,
+            });
+        }
+        let first = self.name()?;
+        let (alias, name) = if self.is_punct(':') {
+            self.advance()?;
+            (Some(first), self.name()?)
+        } else {
+            (None, first)
+        };
+        let arguments = self.arguments(false)?;
+        let directives = self.directives(false)?;
+        let selection = if self.is_punct('{') {
+            self.selection_set()?
+        } else {
+            Vec::new()
+        };
+        Ok(Selection::Field(Field {
+            alias,
+            name,
+            arguments,
+            directives,
+            selection,
+        }))
+    }
+
+    fn arguments(&mut self, constant: bool) -> Result<Vec<(String, Value)>, SyntaxError> {
+        let mut arguments = Vec::new();
+        if !self.is_punct('(') {
+            return Ok(arguments);
+        }
+        self.advance()?;
+        while !self.is_punct(')') {
+            let name = self.name()?;
+            self.expect_punct(':')?;
+            arguments.push((name, self.value(constant)?));
+        }
+        if arguments.is_empty() {
+            return self.unexpected("an argument");
+        }
+        self.advance()?;
+        Ok(arguments)
+    }
+
+    fn directives(&mut self, constant: bool) -> Result<Vec<Directive>, SyntaxError> {
+        let mut directives = Vec::new();
+        while self.is_punct('@') {
+            self.advance()?;
+            let name = self.name()?;
+            let arguments = self.arguments(constant)?;
+            directives.push(Directive { name, arguments });
+        }
+        Ok(directives)
+    }
+
+    fn value(&mut self, constant: bool) -> Result<Value, SyntaxError> {
+        self.enter()?;
+        let value = match self.token.clone() {
+            Token::Punct('$') if !constant => {
+                self.advance()?;
+                Value::Variable(self.name()?)
+            }
+            Token::Punct('[') => {
+                self.advance()?;
+                let mut items = Vec::new();
+                while !self.is_punct(']') {
+                    items.push(self.value(constant)?);
+                }
+                self.advance()?;
+                Value::List(items)
+            }
+            Token::Punct('{') => {
+                self.advance()?;
+                let mut fields = Vec::new();
+                while !self.is_punct('}') {
+                    let name = self.name()?;
+                    self.expect_punct(':')?;
+                    fields.push((name, self.value(constant)?));
+                }
+                self.advance()?;
+                Value::Object(fields)
+            }
+            Token::Int(value) => {
+                self.advance()?;
+                Value::Int(value)
+            }
+            Token::Float(value) => {
+                self.advance()?;
+                Value::Float(value)
+            }
+            Token::String(value) => {
+                self.advance()?;
+                Value::String(value)
+            }
+            Token::Name(name) => {
+                self.advance()?;
+                match name.as_str() {
+                    "true" => Value::Boolean(true),
+                    "false" => Value::Boolean(false),
+                    "null" => Value::Null,
+                    _ => Value::Enum(name),
+                }
+            }
+            _ => return self.unexpected("a value"),
+        };
+        self.depth -= 1;
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GET_RUN: &str = r#"
+        query GetRun($data: MlflowGetRunInput!) @component(name: "MLflow.ExperimentRunTracking") {
+          mlflowGetRun(input: $data) {
+            apiError { helpUrl code message }
+            run { info { runName status } data { metrics { key value } } }
+            __typename
+          }
+        }"#;
+
+    fn field(selection: &Selection) -> &Field {
+        match selection {
+            Selection::Field(field) => field,
+            other => panic!("not a field: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_mlflow_ui_get_run_query_parses() {
+        let document = parse(GET_RUN).unwrap();
+        let operation = &document.operations[0];
+        assert_eq!(operation.kind, OperationKind::Query);
+        assert_eq!(operation.name.as_deref(), Some("GetRun"));
+        assert_eq!(operation.variables[0].name, "data");
+        assert!(operation.variables[0].required);
+        let root = field(&operation.selection[0]);
+        assert_eq!(root.name, "mlflowGetRun");
+        assert_eq!(
+            root.arguments,
+            vec![("input".to_string(), Value::Variable("data".into()))]
+        );
+        let names: Vec<&str> = root
+            .selection
+            .iter()
+            .map(|s| field(s).name.as_str())
+            .collect();
+        assert_eq!(names, ["apiError", "run", "__typename"]);
+    }
+
+    #[test]
+    fn aliases_fragments_literals_and_comments() {
+        let document = parse(
+            r#"# a comment
+            { a: test(inputString: "x\"\u00e9\uD83D\uDE00", n: -12, f: 1.5e2, b: true, z: null,
+                      e: ALL, l: [1, 2], o: {k: "v"}) { ...F ... on T @skip(if: false) { output } } }
+            fragment F on T { output }"#,
+        )
+        .unwrap();
+        let root = field(&document.operations[0].selection[0]);
+        assert_eq!(root.response_key(), "a");
+        assert_eq!(
+            root.arguments[0].1,
+            Value::String("x\"\u{e9}\u{1F600}".into())
+        );
+        assert_eq!(root.arguments[1].1, Value::Int(-12));
+        assert_eq!(root.arguments[2].1, Value::Float(150.0));
+        assert_eq!(root.arguments[5].1, Value::Enum("ALL".into()));
+        assert!(matches!(
+            root.selection[0],
+            Selection::FragmentSpread { .. }
+        ));
+        assert!(matches!(
+            &root.selection[1],
+            Selection::InlineFragment { type_condition: Some(t), directives, .. }
+                if t == "T" && directives[0].name == "skip"
+        ));
+        assert_eq!(document.fragments["F"].type_condition, "T");
+    }
+
+    #[test]
+    fn block_strings_lose_their_common_indentation() {
+        let document = parse("{ test(inputString: \"\"\"\n    a\n      b\n  \"\"\") }").unwrap();
+        let root = field(&document.operations[0].selection[0]);
+        assert_eq!(root.arguments[0].1, Value::String("a\n  b".into()));
+    }
+
+    #[test]
+    fn broken_documents_are_errors_not_panics() {
+        for text in [
+            "",
+            "{",
+            "{ a(",
+            "{ a(b: ) }",
+            "{ a(b: \"unterminated) }",
+            "{ a(b: \"\\u12\") }",
+            "{ a(b: 1.) }",
+            "{ a(b: 99999999999999999999) }",
+            "type Query { a: Int }",
+            "query { }",
+            "{ ... }",
+            "fragment on on T { a }",
+            "{ a } fragment F on T { a } fragment F on T { b }",
+            "\u{0}",
+            "{ a. }",
+        ] {
+            assert!(parse(text).is_err(), "{text:?} parsed");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        let deep = format!("{}{}", "{ a ".repeat(100), "}".repeat(100));
+        let error = parse(&deep).unwrap_err();
+        assert!(error.message.contains("deeper"), "{error}");
+        let deep_value = format!("{{ a(b: {}1{}) }}", "[".repeat(100), "]".repeat(100));
+        assert!(parse(&deep_value).is_err());
+    }
+}

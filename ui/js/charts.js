@@ -1,0 +1,456 @@
+// The charts view: the selected runs' curves, one chart per key (exact keys
+// or globs such as train/*), x axis by step, wall time or relative time,
+// one zoom range shared by every chart (drag on a chart; the server reads
+// that range at full detail), server-side smoothing, and live growth of
+// running runs (live.js). Charts are read only once they scroll into view.
+// Sets the performance marks `curves:open` and `curves:drawn` (every chart
+// in view drawn) that the benchmark reads.
+
+import { catalog, loadRuns, metricKeys, runName } from "./catalog.js";
+import { Chart } from "./chart.js";
+import { colorAt } from "./colors.js";
+import { formatCount, formatSeconds, formatTime, h } from "./format.js";
+import { Live } from "./live.js";
+import { setStatus, showError } from "./notice.js";
+import { state, update } from "./state.js";
+
+/** The most charts shown at once (a glob can match thousands of keys). */
+const MAX_CHARTS = 60;
+const RELOAD_THROTTLE_MS = 2000;
+const DRAW_THROTTLE_MS = 150;
+
+/** Whether `key` matches the glob `pattern` (`*` any text, `?` one character), as the server's. */
+function globMatches(pattern, key) {
+  const source = pattern.replace(/[.+^${}()|[\]\\]/g, "\\$&").replace(/\*/g, ".*").replace(/\?/g, ".");
+  return new RegExp(`^${source}$`, "s").test(key);
+}
+
+export class ChartsView {
+  constructor(root) {
+    this.root = root;
+    this.charts = new Map();
+    this.inflight = new Set();
+    this.drawTimers = new Map();
+    this.reloadTimers = new Map();
+    this.runsLoaded = "";
+    this.measuring = false;
+    this.perf = null;
+    this.live = new Live({
+      onPoints: (runId, points) => this.livePoints(runId, points),
+      onEnd: (runId, status) => this.runEnded(runId, status),
+      onPoll: () => this.reloadVisible(),
+      onChange: () => this.renderLive(),
+    });
+    this.debug = {
+      charts: () => [...this.charts.values()].map((chart) => chart.snapshot()),
+      perf: () => this.perf,
+    };
+    this.buildToolbar();
+    this.legend = h("div.run-legend");
+    this.notice = h("div.charts-notice", { hidden: true });
+    this.grid = h("div.charts-grid");
+    this.empty = h("div.empty-state", { hidden: true });
+    root.append(this.toolbar, this.legend, this.notice, this.empty, this.grid);
+    this.visibility = new IntersectionObserver((entries) => this.visibilityChanged(entries), { rootMargin: "200px" });
+    let resizeTimer = 0;
+    let width = 0;
+    new ResizeObserver(() => {
+      if (this.grid.clientWidth === width) return;
+      width = this.grid.clientWidth;
+      clearTimeout(resizeTimer);
+      resizeTimer = setTimeout(() => this.resized(), 200);
+    }).observe(this.grid);
+  }
+
+  buildToolbar() {
+    this.keyChips = h("div.key-chips");
+    this.keyOptions = h("datalist", { id: "key-options" });
+    this.keyInput = h("input.key-input", {
+      type: "text",
+      list: "key-options",
+      placeholder: "Add a key or glob (train/*)",
+      "aria-label": "Add a metric key or glob",
+      spellcheck: "false",
+    });
+    const keyForm = h(
+      "form.key-form",
+      {
+        onsubmit: (event) => {
+          event.preventDefault();
+          this.addKeys(this.keyInput.value);
+        },
+      },
+      h("span.toolbar-label", {}, "Keys"),
+      this.keyChips,
+      this.keyInput,
+      this.keyOptions,
+    );
+    this.keyInput.addEventListener("change", () => {
+      // Picking a suggestion from the list adds it at once.
+      if (metricKeys(state.runs).includes(this.keyInput.value)) this.addKeys(this.keyInput.value);
+    });
+    this.xSelect = h(
+      "select",
+      { "aria-label": "x axis", onchange: () => update({ x: this.xSelect.value, range: null }) },
+      h("option", { value: "step" }, "Step"),
+      h("option", { value: "wall_time" }, "Wall time"),
+      h("option", { value: "relative_time" }, "Relative time"),
+    );
+    this.smoothInput = h("input", { type: "range", min: "0", max: "0.99", step: "0.01", value: "0", "aria-label": "Smoothing" });
+    this.smoothValue = h("output.smooth-value", {}, "0");
+    let smoothTimer = 0;
+    this.smoothInput.addEventListener("input", () => {
+      this.smoothValue.textContent = Number(this.smoothInput.value).toFixed(2);
+      clearTimeout(smoothTimer);
+      smoothTimer = setTimeout(() => update({ smooth: Number(this.smoothInput.value) }), 250);
+    });
+    this.zoomText = h("span.zoom-text");
+    this.resetButton = h("button.ghost", { type: "button", onclick: () => this.zoom(null) }, "Reset zoom");
+    this.liveText = h("span.live-text");
+    this.toolbar = h(
+      "div.toolbar.charts-toolbar",
+      {},
+      keyForm,
+      h("label.toolbar-field", {}, h("span.toolbar-label", {}, "x"), this.xSelect),
+      h(
+        "label.toolbar-field",
+        { title: "Exponential moving average computed by the server over every point; the raw curve stays faint behind" },
+        h("span.toolbar-label", {}, "Smoothing"),
+        this.smoothInput,
+        this.smoothValue,
+      ),
+      h("span.zoom", {}, this.zoomText, this.resetButton),
+      h("span.spacer"),
+      this.liveText,
+    );
+  }
+
+  selection() {
+    return { runs: state.runs, x: state.x, range: state.range, smoothing: state.smooth };
+  }
+
+  show() {
+    performance.mark("curves:open");
+    this.measuring = true;
+    this.perf = null;
+    this.syncControls();
+    this.runsLoaded = "";
+    this.rebuild(true);
+  }
+
+  hide() {
+    this.live.stop();
+    for (const chart of this.charts.values()) chart.controller?.abort();
+    this.inflight.clear();
+    setStatus("");
+  }
+
+  update(changed) {
+    this.syncControls();
+    if (changed.has("runs")) this.runsLoaded = "";
+    if (changed.has("runs") || changed.has("keys")) this.rebuild(changed.has("runs"));
+    else if (changed.has("x") || changed.has("range") || changed.has("smooth")) this.reloadAll();
+  }
+
+  syncControls() {
+    this.xSelect.value = state.x;
+    this.smoothInput.value = String(state.smooth);
+    this.smoothValue.textContent = state.smooth.toFixed(2);
+    const range = state.range;
+    this.resetButton.hidden = !range;
+    if (range) {
+      const text =
+        state.x === "step"
+          ? `steps ${formatCount(range[0])} – ${formatCount(range[1])}`
+          : state.x === "wall_time"
+            ? `${formatTime(range[0] * 1000)} – ${formatTime(range[1] * 1000)}`
+            : `${formatSeconds(range[0])} – ${formatSeconds(range[1])}`;
+      this.zoomText.textContent = `Zoomed to ${text}`;
+    } else this.zoomText.textContent = "Drag on a chart to zoom";
+    this.keyChips.replaceChildren(
+      ...(state.keys.length
+        ? state.keys.map((pattern) =>
+            h(
+              "span.chip",
+              {},
+              pattern,
+              h("button.chip-remove", { type: "button", title: `Remove ${pattern}`, onclick: () => this.removeKey(pattern) }, "×"),
+            ),
+          )
+        : [h("span.chip.muted", {}, "all keys")]),
+    );
+  }
+
+  addKeys(text) {
+    const added = text
+      .split(",")
+      .map((key) => key.trim())
+      .filter(Boolean);
+    this.keyInput.value = "";
+    if (added.length) update({ keys: [...new Set([...state.keys, ...added])] });
+  }
+
+  removeKey(pattern) {
+    update({ keys: state.keys.filter((key) => key !== pattern) });
+  }
+
+  /** The keys to chart: exact keys as given, globs expanded over the runs' keys. */
+  chartKeys() {
+    const known = metricKeys(state.runs);
+    const patterns = state.keys.length ? state.keys : ["*"];
+    const keys = [];
+    for (const pattern of patterns) {
+      if (!/[*?]/.test(pattern)) keys.push(pattern);
+      else for (const key of known) if (globMatches(pattern, key)) keys.push(key);
+    }
+    return [...new Set(keys)];
+  }
+
+  /** Whether the keys can be known without reading the runs (no glob, or the runs are known). */
+  keysKnown() {
+    return state.keys.length > 0 && state.keys.every((pattern) => !/[*?]/.test(pattern));
+  }
+
+  /** Makes the charts match the selection; `reload` reads every chart again. */
+  rebuild(reload) {
+    const runsKnown = state.runs.every((id) => catalog.runs.has(id));
+    if (this.runsLoaded !== state.runs.join(",")) {
+      this.runsLoaded = state.runs.join(",");
+      this.refreshRuns();
+    }
+    this.renderLegend();
+    this.empty.hidden = Boolean(state.runs.length);
+    if (!state.runs.length) {
+      this.empty.replaceChildren(
+        h("p", {}, "No runs selected."),
+        h("p.muted", {}, "Check runs in the runs table to compare their curves here."),
+        h("button.primary", { type: "button", onclick: () => update({ view: "runs" }, { push: true }) }, "Choose runs"),
+      );
+    }
+    if (!state.runs.length || (!runsKnown && !this.keysKnown())) {
+      this.setCharts([]);
+      return;
+    }
+    const keys = this.chartKeys();
+    this.notice.hidden = keys.length <= MAX_CHARTS;
+    this.notice.textContent = `${formatCount(keys.length)} keys match; the first ${MAX_CHARTS} are shown. Name keys or narrower globs to see others.`;
+    if (!keys.length) {
+      this.empty.hidden = false;
+      this.empty.replaceChildren(h("p", {}, "No key of the selected runs matches."), h("p.muted", {}, "Add a key or a glob such as train/*."));
+    }
+    this.setCharts(keys.slice(0, MAX_CHARTS), reload);
+    this.keyOptions.replaceChildren(...metricKeys(state.runs).slice(0, 500).map((key) => h("option", { value: key })));
+  }
+
+  setCharts(keys, reload = false) {
+    const alone = keys.length === 1;
+    if (alone !== this.grid.classList.contains("single")) {
+      // One chart takes the whole width (and more height): sizes and budgets change.
+      this.grid.classList.toggle("single", alone);
+      this.resized();
+    }
+    const wanted = new Set(keys);
+    for (const [key, chart] of this.charts) {
+      if (!wanted.has(key)) {
+        this.visibility.unobserve(chart.root);
+        chart.destroy();
+        this.charts.delete(key);
+        this.inflight.delete(chart);
+      }
+    }
+    keys.forEach((key, index) => {
+      let chart = this.charts.get(key);
+      if (!chart) {
+        chart = new Chart(key, this);
+        this.charts.set(key, chart);
+        this.visibility.observe(chart.root);
+      } else if (reload) chart.stale = true;
+      const position = this.grid.children[index];
+      if (position !== chart.root) this.grid.insertBefore(chart.root, position || null);
+      if (chart.stale && chart.visible) chart.load();
+    });
+    this.follow();
+  }
+
+  /** Reads the selected runs (names, statuses, keys), then completes the charts. */
+  async refreshRuns() {
+    const wanted = this.runsLoaded;
+    try {
+      await loadRuns(state.runs);
+    } catch (error) {
+      showError(`Cannot read the selected runs: ${error.message}`);
+      return;
+    }
+    if (wanted !== this.runsLoaded || this.root.hidden) return;
+    const before = [...this.charts.keys()].join("\n");
+    this.renderLegend();
+    if (this.chartKeys().slice(0, MAX_CHARTS).join("\n") !== before) this.rebuild(false);
+    else this.follow();
+  }
+
+  reloadAll() {
+    for (const chart of this.charts.values()) {
+      chart.stale = true;
+      if (chart.visible) chart.load();
+    }
+  }
+
+  reloadVisible() {
+    for (const chart of this.charts.values()) if (chart.visible && !this.inflight.has(chart)) chart.load();
+  }
+
+  visibilityChanged(entries) {
+    for (const entry of entries) {
+      const chart = [...this.charts.values()].find((item) => item.root === entry.target);
+      if (!chart) continue;
+      chart.visible = entry.isIntersecting;
+      if (chart.visible && chart.stale) chart.load();
+    }
+  }
+
+  resized() {
+    for (const chart of this.charts.values()) {
+      chart.resize();
+      if (chart.budgetFor(chart.plotWidth()) !== chart.budget) {
+        chart.stale = true;
+        if (chart.visible) chart.load();
+      }
+    }
+  }
+
+  zoom(range) {
+    update({ range });
+  }
+
+  loading(chart, busy) {
+    if (busy) this.inflight.add(chart);
+    else this.inflight.delete(chart);
+    setStatus(this.inflight.size ? `Reading ${this.inflight.size} chart${this.inflight.size === 1 ? "" : "s"}…` : "");
+    if (!busy && !this.inflight.size) this.follow();
+  }
+
+  /** Called by a chart after uPlot drew it; marks `curves:drawn` once every chart in view is drawn. */
+  drawn() {
+    if (!this.measuring || this.inflight.size) return;
+    const charts = [...this.charts.values()].filter((chart) => chart.visible);
+    if (!charts.length || charts.some((chart) => chart.stale || !chart.draws)) return;
+    this.measuring = false;
+    performance.mark("curves:drawn");
+    const measure = performance.measure("curves", "curves:open", "curves:drawn");
+    this.perf = {
+      charts: charts.length,
+      open_to_drawn_ms: measure.duration,
+      navigation_to_drawn_ms: performance.now(),
+      points: charts.reduce((sum, chart) => sum + [...chart.series.values()].reduce((total, series) => total + series.steps.length, 0), 0),
+    };
+  }
+
+  scheduleDraw(chart) {
+    if (this.drawTimers.has(chart)) return;
+    this.drawTimers.set(
+      chart,
+      setTimeout(() => {
+        this.drawTimers.delete(chart);
+        if (this.charts.get(chart.key) === chart) chart.draw();
+      }, DRAW_THROTTLE_MS),
+    );
+  }
+
+  scheduleReload(chart) {
+    if (this.reloadTimers.has(chart)) return;
+    this.reloadTimers.set(
+      chart,
+      setTimeout(() => {
+        this.reloadTimers.delete(chart);
+        if (this.charts.get(chart.key) === chart && !this.inflight.has(chart)) chart.load();
+      }, RELOAD_THROTTLE_MS),
+    );
+  }
+
+  /** Starts (or adjusts) following the running runs once the charts hold their data. */
+  follow() {
+    if (this.root.hidden || this.inflight.size) return;
+    const keys = [...this.charts.keys()];
+    const running = state.runs.filter((id) => catalog.runs.get(id)?.status === "RUNNING");
+    const runs = running.map((id) => {
+      let afterStep = null;
+      for (const chart of this.charts.values()) {
+        const series = chart.series.get(id);
+        if (series?.steps.length) {
+          const last = series.steps.at(-1);
+          afterStep = afterStep == null ? last : Math.min(afterStep, last);
+        }
+      }
+      return { id, afterStep };
+    });
+    this.live.follow(runs, keys);
+  }
+
+  livePoints(runId, points) {
+    const byKey = new Map();
+    for (const point of points) {
+      if (!byKey.has(point.key)) byKey.set(point.key, []);
+      byKey.get(point.key).push(point);
+    }
+    for (const [key, list] of byKey) {
+      const chart = this.charts.get(key);
+      if (!chart) continue;
+      const visible = list.filter((point) => this.inRange(point));
+      if (!visible.length) continue;
+      if (!chart.pending) chart.ensureSeries(runId);
+      chart.append(runId, visible);
+    }
+  }
+
+  /** Whether a live point falls in the zoom range (relative time: always, its origin is the chart's). */
+  inRange(point) {
+    const range = state.range;
+    if (!range || state.x === "relative_time") return true;
+    const x = state.x === "step" ? point.step : point.timestamp / 1000;
+    return x >= range[0] && x <= range[1];
+  }
+
+  runEnded(runId, status) {
+    const run = catalog.runs.get(runId);
+    if (run) run.status = status;
+    this.renderLegend();
+  }
+
+  renderLegend() {
+    this.legend.replaceChildren(
+      ...state.runs.map((id, index) => {
+        const run = catalog.runs.get(id);
+        const status = run?.status || "";
+        return h(
+          "span.legend-run",
+          { dataset: { run: id } },
+          h("span.swatch", { style: { background: colorAt(index) } }),
+          h("a.run-link", { href: `?view=run&run=${id}`, onclick: (event) => this.openRun(event, id) }, runName(id)),
+          status === "RUNNING" ? h("span.badge.status-running", {}, this.live.following().includes(id) ? "live" : "running") : null,
+          h("button.chip-remove", { type: "button", title: "Remove from the comparison", onclick: () => update({ runs: state.runs.filter((other) => other !== id) }) }, "×"),
+        );
+      }),
+    );
+  }
+
+  openRun(event, id) {
+    event.preventDefault();
+    update({ view: "run", run: id }, { push: true });
+  }
+
+  renderLive() {
+    const streams = this.live.debug.streams().filter((stream) => stream.state !== "ended");
+    const polled = this.live.polled.length;
+    const parts = [];
+    if (streams.length) {
+      const states = new Set(streams.map((stream) => stream.state));
+      parts.push(`● live: ${streams.length} run${streams.length === 1 ? "" : "s"} streaming${states.has("reconnecting") || states.has("paused") ? " (reconnecting)" : ""}`);
+    }
+    if (polled) parts.push(`${polled} more refreshed every few seconds`);
+    const text = parts.join(" · ");
+    if (text === this.liveText.textContent) return;
+    this.liveText.textContent = text;
+    this.liveText.classList.toggle("on", Boolean(streams.length || polled));
+    this.renderLegend();
+  }
+}
