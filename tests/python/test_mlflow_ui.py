@@ -295,6 +295,17 @@ def test_3_run_page_shows_params_tags_metrics_and_a_chart(browser, seeded):
     for text in ["lr", "0.01", "batch_size", "team", "vision", "acc", "loss"]:
         browser.wait_for_text(text)
     browser.screenshot("3-run-page")
+    if MAJOR == 2:
+        # MLflow 2's metric page (a metric's name on the run page): every
+        # point through paged get-history.
+        mark = browser.mark()
+        [link for link in browser.find("a") if link.text.strip() == "loss"][0].click()
+        history = browser.wait_for_request("metrics/get-history?", since=mark)[-1]
+        points = browser.response_json(history)["metrics"]
+        assert [p["step"] for p in points] == list(range(CURVE_STEPS))
+        _wait(lambda: [t for c in _chart_data(browser) for t in c if len(t["x"]) == CURVE_STEPS],
+              "the metric page drew no 50-point curve")
+        browser.screenshot("3-metric-page")
 
     mark = browser.mark()
     _open(browser, f"/experiments/{experiment_id}/runs/{run_id}/model-metrics")

@@ -17,6 +17,7 @@ use super::request::{
 };
 use super::wire::{self, MetricJson, optional_i64};
 use crate::engine::Engine;
+use crate::model::validation::{KeyKind, validate_key};
 use crate::model::{MetricSeries, RunId};
 use crate::scalars::{self, KeyPattern, ScalarSeries, SeriesParams, XAxis};
 use crate::search::page::{decode_offset, encode_offset};
@@ -291,7 +292,9 @@ pub(super) async fn read_bulk_interval(
         max_points: budget.max(4),
         smoothing: None,
     };
-    let pattern = KeyPattern::parse(&key)?;
+    // An exact key, never a glob (`*` is not a key character).
+    validate_key(KeyKind::Metric, &key).map_err(|error| invalid(error.to_string()))?;
+    let pattern = KeyPattern::Exact(key.clone());
     let mut results =
         scalars::query::query(engine, &run_ids, std::slice::from_ref(&pattern), &params).await?;
     // A bucket holding a NaN keeps one more point, so a NaN-heavy series

@@ -8,7 +8,9 @@
 //! selections, 10 root fields.
 
 mod document;
+mod lexer;
 mod schema;
+mod selection;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,7 +28,8 @@ use super::{artifacts, experiments, metrics, runs};
 use crate::engine::Engine;
 use crate::model::ExperimentId;
 use document::{OperationKind, parse};
-use schema::{Context, ValidationError, object_type};
+use schema::object_type;
+use selection::{Context, ValidationError};
 
 type EngineState = State<Arc<Engine>>;
 
