@@ -5,6 +5,7 @@
 //! buffers and persists them as Parquet files per run. A context store keeps
 //! experiments, runs, params and tags. See `DESIGN.md` for the whole picture.
 
+pub mod auth;
 pub mod bench;
 pub mod bulk;
 pub mod catalog;

@@ -16,14 +16,17 @@ use tracing_subscriber::EnvFilter;
 
 use std::sync::atomic::Ordering;
 
+use stepstore::auth::{AuthMode, Scope};
 use stepstore::bench::BenchConfig;
 use stepstore::engine::{Engine, EngineConfig};
 use stepstore::ingest::IngestConfig;
+use stepstore::server::auth::AuthSettings;
 use stepstore::server::mlflow_ui::{MlflowUi, MlflowUiSource};
 use stepstore::server::{self, ServerConfig};
 use stepstore::wal::SyncPolicy;
 
 mod sql_cli;
+mod token_cli;
 
 /// jemalloc keeps freed pages for reuse: the ingest path allocates and
 /// frees large column buffers all the time, and glibc's allocator handed
@@ -53,6 +56,9 @@ enum Command {
     Import(ImportCommand),
     /// Run one read-only SQL query against a data directory or a server.
     Sql(sql_cli::SqlArgs),
+    /// Manage access tokens (create, list, revoke).
+    #[command(subcommand)]
+    Token(token_cli::TokenCommand),
 }
 
 #[derive(Args)]
@@ -95,6 +101,9 @@ struct BenchArgs {
     /// Threads of the generator's async runtime.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Token sent as `Authorization: Bearer` (a write token).
+    #[arg(long, env = "STEPSTORE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -167,6 +176,13 @@ struct ServeArgs {
     /// mlflow/server/js/build directory.
     #[arg(long, env = "STEPSTORE_MLFLOW_UI", value_name = "auto|PATH")]
     mlflow_ui: Option<MlflowUiSource>,
+    /// off or required. Default: off on a loopback address; on any other
+    /// address it must be given.
+    #[arg(long, env = "STEPSTORE_AUTH", value_name = "off|required")]
+    auth: Option<AuthMode>,
+    /// Serve /metrics without a token.
+    #[arg(long, env = "STEPSTORE_METRICS_PUBLIC")]
+    metrics_public: bool,
     #[command(flatten)]
     sql_limits: sql_cli::SqlLimits,
 }
@@ -184,6 +200,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench(args),
         Command::Import(ImportCommand::Tensorboard(args)) => import_tensorboard(args),
         Command::Sql(args) => sql_cli::run(args),
+        Command::Token(command) => token_cli::run(command),
     }
 }
 
@@ -198,6 +215,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         duration: args.duration,
         dry_run: args.dry_run,
+        token: args.token,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))
@@ -228,7 +246,28 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The auth mode to run with: as given, or off on a loopback address; a
+/// server reachable from other machines must say.
+fn auth_mode(args: &ServeArgs) -> anyhow::Result<AuthMode> {
+    match args.auth {
+        Some(mode) => Ok(mode),
+        None if args.listen.ip().is_loopback() => Ok(AuthMode::Off),
+        None => anyhow::bail!(
+            "{} is not a loopback address, so anyone who reaches it could read and delete \
+             everything: start with --auth required (tokens: `stepstore token create --scope \
+             admin --name admin --data-dir {}`), or with --auth off to serve without \
+             authentication on purpose",
+            args.listen,
+            args.data_dir.display()
+        ),
+    }
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let auth = AuthSettings {
+        mode: auth_mode(&args)?,
+        metrics_public: args.metrics_public,
+    };
     let shards = args.shards.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(usize::from)
@@ -260,6 +299,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.ingest = ingest;
     let engine = Engine::open(config)
         .with_context(|| format!("cannot open data directory {}", args.data_dir.display()))?;
+    if auth.mode == AuthMode::Required && engine.tokens().is_empty() {
+        // Nobody could do anything: make the first admin token, shown once
+        // to whoever started the server.
+        let (_, token) = engine
+            .tokens()
+            .create("admin", Scope::Admin, Vec::new())
+            .context("cannot create the first admin token")?;
+        println!("auth required and no token existed: created admin token 'admin' (shown once):");
+        println!("{token}");
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -271,12 +320,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let address = listener.local_addr()?;
-        tracing::info!(%address, data_dir = %args.data_dir.display(), wal_sync = %args.wal_sync, shards, "serving");
+        tracing::info!(%address, data_dir = %args.data_dir.display(), wal_sync = %args.wal_sync, shards, auth = ?auth.mode, "serving");
         println!("stepstore listening on http://{address}");
         let server_config = ServerConfig {
             max_request_bytes: args.max_request_mb.max(1) << 20,
             sql: args.sql_limits.query_config(),
             mlflow_ui,
+            auth,
         };
         server::serve(Arc::clone(&engine), listener, server_config, shutdown_signal())
             .await

@@ -8,10 +8,19 @@ use prometheus_client::registry::Registry;
 
 use crate::engine::TelemetrySnapshot;
 
-/// Renders `snapshot` in the Prometheus (OpenMetrics) text format.
-pub fn render(snapshot: TelemetrySnapshot) -> Result<String, std::fmt::Error> {
+/// A counter kept outside the engine (by the HTTP layer): name, help,
+/// value.
+pub type ExtraCounter = (&'static str, &'static str, u64);
+
+/// Renders `snapshot` and `extra` counters in the Prometheus (OpenMetrics)
+/// text format.
+pub fn render(
+    snapshot: TelemetrySnapshot,
+    extra: &[ExtraCounter],
+) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::with_prefix("stepstore");
     registry.register_collector(Box::new(SnapshotCollector(snapshot)));
+    registry.register_collector(Box::new(ExtraCollector(extra.to_vec())));
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)?;
     Ok(text)
@@ -19,6 +28,21 @@ pub fn render(snapshot: TelemetrySnapshot) -> Result<String, std::fmt::Error> {
 
 #[derive(Debug)]
 struct SnapshotCollector(TelemetrySnapshot);
+
+#[derive(Debug)]
+struct ExtraCollector(Vec<ExtraCounter>);
+
+impl Collector for ExtraCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for &(name, help, value) in &self.0 {
+            let counter = ConstCounter::new(value);
+            let metric_encoder =
+                encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric_encoder)?;
+        }
+        Ok(())
+    }
+}
 
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -120,12 +144,19 @@ mod tests {
 
     #[test]
     fn renders_counters_and_gauges() {
-        let text = render(TelemetrySnapshot {
-            points_ingested: 42,
-            buffer_bytes: 7,
-            ..TelemetrySnapshot::default()
-        })
+        let text = render(
+            TelemetrySnapshot {
+                points_ingested: 42,
+                buffer_bytes: 7,
+                ..TelemetrySnapshot::default()
+            },
+            &[("auth_unauthenticated", "Refused requests", 3)],
+        )
         .unwrap();
+        assert!(
+            text.contains("stepstore_auth_unauthenticated_total 3"),
+            "{text}"
+        );
         assert!(
             text.contains("stepstore_points_ingested_total 42"),
             "{text}"

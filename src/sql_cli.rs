@@ -53,6 +53,9 @@ pub struct SqlArgs {
     /// Base URL of a running server, e.g. http://127.0.0.1:5000.
     #[arg(long, env = "STEPSTORE_SERVER")]
     server: Option<String>,
+    /// Token for --server (a read token suffices).
+    #[arg(long, env = "STEPSTORE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Output: table, csv or json.
     #[arg(long, default_value = "table")]
     format: OutputFormat,
@@ -63,7 +66,7 @@ pub struct SqlArgs {
 /// Runs the query and prints its result.
 pub fn run(args: SqlArgs) -> anyhow::Result<()> {
     let result = match &args.server {
-        Some(url) => query_server(url, &args.query)?,
+        Some(url) => query_server(url, args.token.as_deref(), &args.query)?,
         None => query_offline(
             args.data_dir
                 .clone()
@@ -118,14 +121,17 @@ fn query_offline(
     Ok(outcome?)
 }
 
-fn query_server(url: &str, query: &str) -> anyhow::Result<QueryResult> {
+fn query_server(url: &str, token: Option<&str>, query: &str) -> anyhow::Result<QueryResult> {
     let endpoint = format!("{}/api/v1/sql", url.trim_end_matches('/'));
     let client = reqwest::blocking::Client::builder()
         .timeout(None)
         .build()
         .context("cannot create the HTTP client")?;
-    let response = client
-        .post(&endpoint)
+    let mut request = client.post(&endpoint);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
         .header(reqwest::header::ACCEPT, ARROW_STREAM_MEDIA_TYPE)
         .json(&serde_json::json!({ "query": query }))
         .send()

@@ -85,6 +85,9 @@ pub struct BenchConfig {
     pub duration: Duration,
     /// Only generate bodies, send nothing.
     pub dry_run: bool,
+    /// Token sent as `Authorization: Bearer` (never in the report).
+    #[serde(skip)]
+    pub token: Option<String>,
 }
 
 impl BenchConfig {
@@ -170,7 +173,7 @@ pub async fn run(
     let keys: Vec<String> = (0..config.keys)
         .map(|index| format!("bench/key_{index:04}"))
         .collect();
-    let client = target::client(config.concurrency)?;
+    let client = target::client(config.concurrency, config.token.as_deref())?;
     let (experiment, runs) = if config.dry_run {
         let runs = (0..config.runs)
             .map(|_| crate::model::RunId::new_random().to_string())
@@ -341,6 +344,7 @@ mod tests {
             concurrency: 4,
             duration: Duration::from_millis(300),
             dry_run: true,
+            token: None,
         }
     }
 

@@ -10,9 +10,18 @@ use serde_json::{Value, json};
 use super::BenchError;
 use crate::model::now_millis;
 
-/// An HTTP client for `concurrency` connections.
-pub fn client(concurrency: usize) -> Result<reqwest::Client, BenchError> {
+/// An HTTP client for `concurrency` connections, sending `token` (if any)
+/// as `Authorization: Bearer` with every request.
+pub fn client(concurrency: usize, token: Option<&str>) -> Result<reqwest::Client, BenchError> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| BenchError::Setup("the token holds characters a header cannot".into()))?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
     reqwest::Client::builder()
+        .default_headers(headers)
         .pool_max_idle_per_host(concurrency)
         .tcp_nodelay(true)
         .build()

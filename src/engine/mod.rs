@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::oneshot;
 
+use crate::auth::{AuthError, TokenStore};
 use crate::catalog::CatalogState;
 use crate::catalog::{
     Catalog, CatalogError, CatalogMutation, MutationLog, NewExperiment, NewRun, RunUpdate,
@@ -101,6 +102,9 @@ pub enum EngineError {
     /// Metric file storage failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The token store failed.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     /// Buffers are over the reject threshold.
     #[error(
         "the server is over its metric buffer limit ({buffered} bytes buffered, limit {limit}); \
@@ -153,6 +157,7 @@ impl Classify for EngineError {
             EngineError::Catalog(error) => error.kind(),
             EngineError::Ingest(error) => error.kind(),
             EngineError::Storage(error) => error.kind(),
+            EngineError::Auth(error) => error.kind(),
             EngineError::Overloaded { .. } | EngineError::ShuttingDown => ErrorKind::Overloaded,
             EngineError::ReadOnly => ErrorKind::InvalidParameter,
             EngineError::Wal(_)
@@ -275,6 +280,7 @@ pub struct Engine {
     accepting: AtomicBool,
     shut_down: AtomicBool,
     maintenance: Mutex<Option<maintenance::MaintenanceHandle>>,
+    tokens: TokenStore,
     _lock: File,
 }
 
@@ -299,6 +305,7 @@ impl Engine {
             snapshot::write(&catalog_dir, &catalog_state)?;
         }
         let catalog = Catalog::new(catalog_state, artifact_root);
+        let tokens = TokenStore::open(&data_dir.join(recovery::AUTH_DIR))?;
         let file_count: usize = files.runs.iter().map(|run| run.files.len()).sum();
         let ingester = Arc::new(Ingester::start(config.ingest.clone(), layout, files.runs)?);
         let wal_dir = data_dir.join(recovery::WAL_DIR);
@@ -348,6 +355,7 @@ impl Engine {
             accepting: AtomicBool::new(true),
             shut_down: AtomicBool::new(false),
             maintenance: Mutex::new(None),
+            tokens,
             _lock: lock,
         });
         if engine.config.read_only {
@@ -365,6 +373,11 @@ impl Engine {
     /// The settings it runs with.
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// The access tokens of this data directory.
+    pub fn tokens(&self) -> &TokenStore {
+        &self.tokens
     }
 
     fn log(&self) -> WalMutationLog<'_> {

@@ -20,6 +20,7 @@ use crate::wal::{self, Lsn};
 pub(crate) const WAL_DIR: &str = "wal";
 pub(crate) const CATALOG_DIR: &str = "catalog";
 pub(crate) const METRICS_DIR: &str = "metrics";
+pub(crate) const AUTH_DIR: &str = "auth";
 const LOCK_FILE: &str = "LOCK";
 
 /// Takes the exclusive lock on the data directory for this process.

@@ -1,6 +1,7 @@
 //! The HTTP server (axum): routes, operational endpoints, and serving with
 //! graceful shutdown. Handlers only translate requests for the engine.
 
+pub mod auth;
 pub mod dashboard;
 pub mod error;
 pub mod extract;
@@ -12,9 +13,11 @@ pub mod scalars;
 pub mod sql;
 pub mod static_files;
 pub mod tensorboard;
+pub mod tokens;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
@@ -37,6 +40,8 @@ pub struct ServerConfig {
     pub sql: QueryConfig,
     /// The MLflow UI build served at `/` (`--mlflow-ui`), if any.
     pub mlflow_ui: Option<Arc<mlflow_ui::MlflowUi>>,
+    /// Whether and how requests authenticate.
+    pub auth: auth::AuthSettings,
 }
 
 impl Default for ServerConfig {
@@ -45,20 +50,29 @@ impl Default for ServerConfig {
             max_request_bytes: 64 << 20,
             sql: QueryConfig::default(),
             mlflow_ui: None,
+            auth: auth::AuthSettings::default(),
         }
     }
 }
 
-/// Every route of the server.
+/// Every route of the server, behind the auth layer.
 pub fn router(engine: Arc<Engine>, config: &ServerConfig) -> Router {
+    let counters = Arc::new(auth::AuthCounters::default());
+    let metrics_counters = Arc::clone(&counters);
     let mut routes = Router::new()
         .route("/health", get(health))
-        .route("/metrics", get(prometheus_metrics))
+        .route(
+            "/metrics",
+            get(move |State(engine): State<Arc<Engine>>| {
+                prometheus_metrics(engine, Arc::clone(&metrics_counters))
+            }),
+        )
         .merge(native::routes())
         .merge(ingest::routes())
         .merge(mlflow::routes())
         .merge(scalars::routes())
-        .merge(tensorboard::routes());
+        .merge(tensorboard::routes())
+        .merge(tokens::routes());
     match QueryService::new(Arc::clone(&engine), config.sql.clone()) {
         Ok(service) => routes = routes.merge(sql::routes(Arc::new(service))),
         Err(error) => tracing::error!(%error, "SQL is unavailable: cannot start the query service"),
@@ -67,10 +81,19 @@ pub fn router(engine: Arc<Engine>, config: &ServerConfig) -> Router {
     if let Some(ui) = &config.mlflow_ui {
         routes = routes.merge(mlflow_ui::routes(Arc::clone(ui)));
     }
+    let auth_state = auth::AuthLayerState {
+        engine: Arc::clone(&engine),
+        settings: config.auth,
+        counters,
+    };
     routes
         .fallback(unknown_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_request_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            auth_state,
+            auth::authenticate,
+        ))
         .with_state(engine)
 }
 
@@ -90,8 +113,20 @@ async fn health() -> impl IntoResponse {
     axum::Json(json!({ "status": "ok" }))
 }
 
-async fn prometheus_metrics(State(engine): State<Arc<Engine>>) -> Response {
-    match crate::observability::render(engine.telemetry()) {
+async fn prometheus_metrics(engine: Arc<Engine>, counters: Arc<auth::AuthCounters>) -> Response {
+    let extra = [
+        (
+            "auth_unauthenticated",
+            "Requests refused for missing or invalid credentials (401)",
+            counters.unauthenticated.load(Ordering::Relaxed),
+        ),
+        (
+            "auth_forbidden",
+            "Requests refused because the token lacks the scope or experiment (403)",
+            counters.forbidden.load(Ordering::Relaxed),
+        ),
+    ];
+    match crate::observability::render(engine.telemetry(), &extra) {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,

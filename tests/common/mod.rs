@@ -21,6 +21,7 @@ pub struct TestServer {
     env: Vec<(String, String)>,
     client: reqwest::blocking::Client,
     stderr: Option<std::thread::JoinHandle<String>>,
+    stdout_lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// How a server process ended.
@@ -57,6 +58,7 @@ impl TestServer {
                 .build()
                 .expect("http client"),
             stderr: None,
+            stdout_lines: Default::default(),
         };
         server.launch().unwrap_or_else(|exit| {
             panic!("server did not start:\n{}", exit.stderr);
@@ -88,12 +90,14 @@ impl TestServer {
             text
         }));
         let (sender, receiver) = mpsc::channel();
+        let lines = std::sync::Arc::clone(&self.stdout_lines);
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if let Some(url) = line.strip_prefix("stepstore listening on ") {
                     let _ = sender.send(url.trim().to_string());
                 }
+                lines.lock().unwrap_or_else(|p| p.into_inner()).push(line);
             }
         });
         match receiver.recv_timeout(Duration::from_secs(60)) {
@@ -140,6 +144,7 @@ impl TestServer {
                 .collect(),
             client: reqwest::blocking::Client::new(),
             stderr: None,
+            stdout_lines: Default::default(),
         };
         match server.launch() {
             Ok(()) => {
@@ -148,6 +153,14 @@ impl TestServer {
             }
             Err(exit) => exit,
         }
+    }
+
+    /// What the server printed on stdout so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout_lines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn url(&self, path: &str) -> String {
