@@ -10,6 +10,8 @@ pub enum ErrorKind {
     MalformedRequest,
     /// A named experiment, run or tag does not exist (404).
     NotFound,
+    /// The caller's token may not touch it (403).
+    PermissionDenied,
     /// The entity exists already (409 natively, 400 in MLflow's API).
     AlreadyExists,
     /// A param was logged again with a different value (409 natively).

@@ -1,6 +1,7 @@
 //! The live stream (server-sent events): a follower gets stored points
 //! after `after_step`, then every acknowledged point exactly once; a
-//! reconnect with `after_step` misses none; the run's end closes it.
+//! reconnect with `after_step` or `Last-Event-ID` misses none and repeats
+//! none; the run's end closes it.
 
 mod common;
 
@@ -23,11 +24,24 @@ struct SseEvent {
 /// Opens the stream and forwards its events to a channel from a thread;
 /// the channel closes when the server ends the stream.
 fn subscribe(server: &TestServer, path: &str) -> mpsc::Receiver<SseEvent> {
+    subscribe_from(server, path, None)
+}
+
+/// `subscribe`, sending `Last-Event-ID` as a reconnecting browser does.
+fn subscribe_from(
+    server: &TestServer,
+    path: &str,
+    last_event_id: Option<&str>,
+) -> mpsc::Receiver<SseEvent> {
     let client = reqwest::blocking::Client::builder()
         .timeout(None::<Duration>)
         .build()
         .expect("client");
-    let response = client.get(server.url(path)).send().expect("stream");
+    let mut request = client.get(server.url(path));
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id);
+    }
+    let response = request.send().expect("stream");
     assert_eq!(response.status().as_u16(), 200);
     assert!(
         response.headers()["content-type"]
@@ -206,4 +220,40 @@ fn followers_get_every_point_once_and_resume_after_a_reconnect() {
         None,
     );
     assert_eq!(status, 404);
+}
+
+#[test]
+fn a_browser_reconnect_resumes_at_its_last_event_id_not_at_the_urls_after_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let run_id = server.create_run("live", "reconnect");
+    log(&server, &run_id, 0..100);
+    let path = format!("/api/v1/runs/{run_id}/stream?keys=loss&after_step=19");
+    let events = subscribe(&server, &path);
+    let mut seen = BTreeMap::new();
+    let last_id = receive_steps(&events, 20..100, &mut seen).expect("an id");
+    assert_eq!(last_id, "99");
+    drop(events);
+
+    // Logged while the browser was away; it reopens the same URL with the
+    // id it reached, and gets exactly the points after it.
+    log(&server, &run_id, 100..130);
+    let events = subscribe_from(&server, &path, Some(&last_id));
+    let mut resumed = BTreeMap::new();
+    receive_steps(&events, 100..130, &mut resumed);
+    assert_eq!(
+        resumed.keys().next(),
+        Some(&100),
+        "nothing before the id again"
+    );
+    assert!(resumed.values().all(|&count| count == 1), "{resumed:?}");
+    assert_eq!(resumed.len(), 30);
+
+    let client = reqwest::blocking::Client::new();
+    let response = client
+        .get(server.url(&path))
+        .header("last-event-id", "not-a-step")
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
 }

@@ -100,6 +100,58 @@ impl Principal {
     pub fn is_limited(&self) -> bool {
         self.experiments.is_some()
     }
+
+    /// Fails unless the principal may see and change experiment `id`.
+    pub fn check_experiment(&self, id: ExperimentId) -> Result<(), AccessDenied> {
+        if self.can_see(id) {
+            Ok(())
+        } else {
+            Err(AccessDenied::Experiment {
+                token: self.name.clone(),
+                experiment: id,
+            })
+        }
+    }
+
+    /// Fails when the principal is limited to experiments: it may not make
+    /// new ones (they would be outside its limits) or manage tokens.
+    pub fn check_unlimited(&self, what: &'static str) -> Result<(), AccessDenied> {
+        if self.is_limited() {
+            Err(AccessDenied::Limited {
+                token: self.name.clone(),
+                what,
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A request for something outside its token's experiments (403).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccessDenied {
+    /// The experiment (or a run of it) is outside the token's limits.
+    #[error("token '{token}' is not allowed to access experiment {experiment}")]
+    Experiment {
+        /// The token's name.
+        token: String,
+        /// The experiment.
+        experiment: ExperimentId,
+    },
+    /// Something only an unlimited token may do.
+    #[error("token '{token}' is limited to some experiments, so it may not {what}")]
+    Limited {
+        /// The token's name.
+        token: String,
+        /// What was refused.
+        what: &'static str,
+    },
+}
+
+impl Classify for AccessDenied {
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::PermissionDenied
+    }
 }
 
 /// Whether requests must authenticate (`--auth`).
@@ -175,9 +227,6 @@ pub enum AuthError {
     /// An auth mode other than off, required.
     #[error("invalid auth mode '{0}': expected off or required")]
     InvalidMode(String),
-    /// Tokens limited to experiments are not enforced everywhere yet.
-    #[error("tokens limited to experiments are not available in this version")]
-    LimitsUnavailable,
 }
 
 impl AuthError {
@@ -195,10 +244,9 @@ impl Classify for AuthError {
         match self {
             AuthError::DuplicateName(_) => ErrorKind::AlreadyExists,
             AuthError::UnknownName(_) => ErrorKind::NotFound,
-            AuthError::InvalidName(_)
-            | AuthError::InvalidScope(_)
-            | AuthError::InvalidMode(_)
-            | AuthError::LimitsUnavailable => ErrorKind::InvalidParameter,
+            AuthError::InvalidName(_) | AuthError::InvalidScope(_) | AuthError::InvalidMode(_) => {
+                ErrorKind::InvalidParameter
+            }
             AuthError::Io { .. }
             | AuthError::Corrupt { .. }
             | AuthError::UnknownVersion { .. }

@@ -21,6 +21,30 @@ pub struct CatalogState {
 }
 
 impl CatalogState {
+    /// A copy holding only experiments in `allowed` and their runs (what a
+    /// token limited to those experiments may query).
+    pub fn restricted_to(&self, allowed: &std::collections::BTreeSet<ExperimentId>) -> Self {
+        let mut state = CatalogState {
+            applied_lsn: self.applied_lsn,
+            next_experiment_id: self.next_experiment_id,
+            experiments: self
+                .experiments
+                .iter()
+                .filter(|(id, _)| allowed.contains(id))
+                .map(|(id, experiment)| (*id, experiment.clone()))
+                .collect(),
+            runs: self
+                .runs
+                .iter()
+                .filter(|(_, run)| allowed.contains(&run.experiment_id))
+                .map(|(id, run)| (*id, run.clone()))
+                .collect(),
+            experiment_names: HashMap::new(),
+        };
+        state.rebuild_indexes();
+        state
+    }
+
     /// A fresh catalog holding only the `Default` experiment.
     pub fn new(default_artifact_root: &str, creation_time: i64) -> Self {
         let mut state = CatalogState {

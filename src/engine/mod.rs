@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::oneshot;
 
-use crate::auth::{AuthError, TokenStore};
+use crate::auth::{AccessDenied, AuthError, Principal, TokenStore};
 use crate::catalog::CatalogState;
 use crate::catalog::{
     Catalog, CatalogError, CatalogMutation, MutationLog, NewExperiment, NewRun, RunUpdate,
@@ -105,6 +105,9 @@ pub enum EngineError {
     /// The token store failed.
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// The caller's token may not touch this.
+    #[error(transparent)]
+    AccessDenied(#[from] AccessDenied),
     /// Buffers are over the reject threshold.
     #[error(
         "the server is over its metric buffer limit ({buffered} bytes buffered, limit {limit}); \
@@ -158,6 +161,7 @@ impl Classify for EngineError {
             EngineError::Ingest(error) => error.kind(),
             EngineError::Storage(error) => error.kind(),
             EngineError::Auth(error) => error.kind(),
+            EngineError::AccessDenied(error) => error.kind(),
             EngineError::Overloaded { .. } | EngineError::ShuttingDown => ErrorKind::Overloaded,
             EngineError::ReadOnly => ErrorKind::InvalidParameter,
             EngineError::Wal(_)
@@ -419,6 +423,28 @@ impl Engine {
         Ok(self.catalog.experiment_by_name(name)?)
     }
 
+    /// An experiment `principal` may see (403 before 404, so a limited
+    /// token learns nothing of other experiments).
+    pub fn experiment_for(
+        &self,
+        principal: &Principal,
+        experiment_id: ExperimentId,
+    ) -> Result<Experiment, EngineError> {
+        principal.check_experiment(experiment_id)?;
+        self.experiment(experiment_id)
+    }
+
+    /// An experiment by name, if `principal` may see it.
+    pub fn experiment_by_name_for(
+        &self,
+        principal: &Principal,
+        name: &str,
+    ) -> Result<Experiment, EngineError> {
+        let experiment = self.experiment_by_name(name)?;
+        principal.check_experiment(experiment.experiment_id)?;
+        Ok(experiment)
+    }
+
     /// Experiments in the view, by id.
     pub fn experiments(&self, view: ViewType) -> Vec<Experiment> {
         self.catalog
@@ -497,6 +523,33 @@ impl Engine {
     /// A run by id.
     pub fn run(&self, run_id: RunId) -> Result<Run, EngineError> {
         Ok(self.catalog.run(run_id)?)
+    }
+
+    /// A run whose experiment `principal` may see.
+    pub fn run_for(&self, principal: &Principal, run_id: RunId) -> Result<Run, EngineError> {
+        let run = self.run(run_id)?;
+        principal.check_experiment(run.experiment_id)?;
+        Ok(run)
+    }
+
+    /// Fails when `principal` may not touch run `run_id`. Free for an
+    /// unlimited principal (the write path pays nothing); for a limited
+    /// one, an unknown run is `NotFound`.
+    pub fn check_run_access(
+        &self,
+        principal: &Principal,
+        run_id: RunId,
+    ) -> Result<(), EngineError> {
+        if !principal.is_limited() {
+            return Ok(());
+        }
+        let experiment_id = self
+            .catalog
+            .read()
+            .run(run_id)
+            .map(|run| run.experiment_id)
+            .ok_or(CatalogError::RunNotFound(run_id))?;
+        Ok(principal.check_experiment(experiment_id)?)
     }
 
     /// Runs of an experiment in the view, newest first.

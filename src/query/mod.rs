@@ -27,6 +27,7 @@ mod run_filter;
 pub mod safety;
 mod scan_filter;
 
+use std::collections::BTreeSet;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +48,7 @@ use tokio::sync::Semaphore;
 
 use crate::engine::{Engine, EngineError};
 use crate::error_kind::{Classify, ErrorKind};
+use crate::model::ExperimentId;
 
 /// Limits and execution settings of SQL queries.
 #[derive(Clone, Debug)]
@@ -211,9 +213,20 @@ impl QueryService {
         &self.config
     }
 
-    /// Runs one SQL statement and collects its result. The work happens on
-    /// the service's query threads; the caller only waits.
+    /// Runs one SQL statement over everything and collects its result. The
+    /// work happens on the service's query threads; the caller only waits.
     pub async fn execute(self: &Arc<Self>, sql: &str) -> Result<QueryResult, QueryError> {
+        self.execute_within(sql, None).await
+    }
+
+    /// Runs one SQL statement that sees only the experiments in `allowed`
+    /// (every table: catalog tables, `metrics`, `latest_metrics`) when
+    /// given, everything otherwise.
+    pub async fn execute_within(
+        self: &Arc<Self>,
+        sql: &str,
+        allowed: Option<Arc<BTreeSet<ExperimentId>>>,
+    ) -> Result<QueryResult, QueryError> {
         let Some(runtime) = self.runtime.as_ref() else {
             return Err(QueryError::Internal(
                 "the query service is stopped".to_string(),
@@ -223,7 +236,7 @@ impl QueryService {
         let sql = sql.to_string();
         let time_limit = self.config.time_limit;
         let task = runtime.spawn(async move {
-            match tokio::time::timeout(time_limit, service.run(&sql)).await {
+            match tokio::time::timeout(time_limit, service.run(&sql, allowed.as_deref())).await {
                 Ok(outcome) => outcome,
                 Err(_) => Err(QueryError::TimeLimit(time_limit)),
             }
@@ -242,13 +255,17 @@ impl QueryService {
     }
 
     /// Plans and runs one statement on the current runtime.
-    async fn run(&self, sql: &str) -> Result<QueryResult, QueryError> {
+    async fn run(
+        &self,
+        sql: &str,
+        allowed: Option<&BTreeSet<ExperimentId>>,
+    ) -> Result<QueryResult, QueryError> {
         let _turn = self
             .turns
             .acquire()
             .await
             .map_err(|_| QueryError::Internal("the query service is stopped".to_string()))?;
-        let (context, pool) = self.session()?;
+        let (context, pool) = self.session(allowed)?;
         let state = context.state();
         let dialect = state.config().options().sql_parser.dialect;
         let statement = state
@@ -291,8 +308,12 @@ impl QueryService {
         Ok(QueryResult { schema, batches })
     }
 
-    /// A session with the tables registered and a memory pool of its own.
-    fn session(&self) -> Result<(SessionContext, Arc<dyn MemoryPool>), QueryError> {
+    /// A session with the tables registered (holding only the experiments
+    /// in `allowed` when given) and a memory pool of its own.
+    fn session(
+        &self,
+        allowed: Option<&BTreeSet<ExperimentId>>,
+    ) -> Result<(SessionContext, Arc<dyn MemoryPool>), QueryError> {
         let internal = |error: DataFusionError| QueryError::Internal(error.to_string());
         let pool: Arc<dyn MemoryPool> = Arc::new(TrackConsumersPool::new(
             GreedyMemoryPool::new(self.config.memory_limit_bytes),
@@ -317,9 +338,15 @@ impl QueryService {
             ))
             .build();
         let context = SessionContext::new_with_state(state);
-        let catalog = Arc::new(self.engine.catalog_state());
+        let catalog = match allowed {
+            Some(allowed) => Arc::new(self.engine.catalog_state().restricted_to(allowed)),
+            None => Arc::new(self.engine.catalog_state()),
+        };
         catalog_tables::register(&context, &catalog).map_err(internal)?;
-        let runs = run_filter::RunList::from_catalog(&catalog);
+        let mut runs = run_filter::RunList::from_catalog(&catalog);
+        if allowed.is_some() {
+            runs = runs.closed();
+        }
         context
             .register_table(
                 "metrics",

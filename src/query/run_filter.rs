@@ -32,6 +32,10 @@ const CHUNK_ROWS: usize = 32 * 1024;
 #[derive(Clone, Debug)]
 pub(crate) struct RunList {
     runs: Arc<Vec<(ExperimentId, RunId)>>,
+    /// Whether these are all the runs the query may read (a token limited
+    /// to experiments), rather than the runs known when it started (later
+    /// runs readable too).
+    closed: bool,
 }
 
 impl RunList {
@@ -44,7 +48,15 @@ impl RunList {
         runs.sort();
         RunList {
             runs: Arc::new(runs),
+            closed: false,
         }
+    }
+
+    /// The same list as the only runs the query may read: without a run
+    /// filter, scans read these runs, never every run of the engine.
+    pub(crate) fn closed(mut self) -> Self {
+        self.closed = true;
+        self
     }
 
     /// Number of runs.
@@ -63,9 +75,10 @@ pub(crate) fn is_run_filter(filter: &Expr) -> bool {
             .all(|column| column.name == EXPERIMENT_ID || column.name == RUN_ID)
 }
 
-/// The runs that pass every run filter among `filters`, or `None` when no
-/// filter restricts runs. `id_types` are the types the table declares for
-/// `experiment_id` and `run_id`.
+/// The runs that pass every run filter among `filters`, or `None` (every
+/// run) when no filter restricts runs and the list is not closed.
+/// `id_types` are the types the table declares for `experiment_id` and
+/// `run_id`.
 pub(crate) fn select_runs(
     state: &dyn Session,
     runs: &RunList,
@@ -78,7 +91,9 @@ pub(crate) fn select_runs(
         .cloned()
         .collect();
     let Some(predicate) = conjunction(run_filters) else {
-        return Ok(None);
+        return Ok(runs
+            .closed
+            .then(|| runs.runs.iter().map(|(_, run_id)| *run_id).collect()));
     };
     let schema = Arc::new(Schema::new(vec![
         Field::new(EXPERIMENT_ID, id_types.0.clone(), false),

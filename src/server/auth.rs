@@ -10,7 +10,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -20,6 +21,38 @@ use base64::engine::general_purpose::STANDARD;
 use super::error::ApiError;
 use crate::auth::{AuthMode, Principal, Scope, TokenStore};
 use crate::engine::Engine;
+
+/// The principal a request acts as, for handlers: the auth layer puts it
+/// in every routed request (unrestricted when auth is off).
+#[derive(Clone, Debug)]
+pub struct Access(pub Principal);
+
+impl std::ops::Deref for Access {
+    type Target = Principal;
+
+    fn deref(&self) -> &Principal {
+        &self.0
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Access {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .map(Access)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "INTERNAL_ERROR",
+                    "the request reached a handler without passing the auth layer",
+                )
+            })
+    }
+}
 
 /// The realm browsers show in their sign-in prompt.
 const REALM: &str = "Basic realm=\"stepstore\", charset=\"UTF-8\"";

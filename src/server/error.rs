@@ -56,6 +56,7 @@ impl ApiError {
             ErrorKind::InvalidParameter => (StatusCode::BAD_REQUEST, "INVALID_PARAMETER_VALUE"),
             ErrorKind::MalformedRequest => (StatusCode::BAD_REQUEST, "MALFORMED_REQUEST"),
             ErrorKind::NotFound => (StatusCode::NOT_FOUND, "RESOURCE_DOES_NOT_EXIST"),
+            ErrorKind::PermissionDenied => (StatusCode::FORBIDDEN, "PERMISSION_DENIED"),
             ErrorKind::AlreadyExists => (StatusCode::CONFLICT, "RESOURCE_ALREADY_EXISTS"),
             ErrorKind::ParamConflict => (StatusCode::CONFLICT, "INVALID_PARAMETER_VALUE"),
             ErrorKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "REQUEST_LIMIT_EXCEEDED"),
@@ -78,6 +79,7 @@ impl ApiError {
             }
             ErrorKind::MalformedRequest => (StatusCode::BAD_REQUEST, "MALFORMED_REQUEST"),
             ErrorKind::NotFound => (StatusCode::NOT_FOUND, "RESOURCE_DOES_NOT_EXIST"),
+            ErrorKind::PermissionDenied => (StatusCode::FORBIDDEN, "PERMISSION_DENIED"),
             ErrorKind::AlreadyExists => (StatusCode::BAD_REQUEST, "RESOURCE_ALREADY_EXISTS"),
             ErrorKind::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "TEMPORARILY_UNAVAILABLE"),
             ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),

@@ -12,6 +12,7 @@ use axum::http::header;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
+use super::auth::Access;
 use super::error::ApiError;
 use super::extract::body_error;
 use crate::bulk::ndjson::NdjsonDecoder;
@@ -39,6 +40,7 @@ fn media_type(request: &Request) -> String {
 
 async fn ingest(
     State(engine): State<Arc<Engine>>,
+    access: Access,
     request: Request,
 ) -> Result<Json<Value>, ApiError> {
     let now = now_millis();
@@ -83,6 +85,11 @@ async fn ingest(
         }
     };
     let batches = runs.finish();
+    // Every run is checked before anything is written: a request is
+    // accepted whole or not at all.
+    for (run_id, _) in &batches {
+        engine.check_run_access(&access, *run_id)?;
+    }
     let run_count = batches.len();
     let accepted = engine.log_metric_batches(batches).await?;
     Ok(Json(json!({ "accepted": accepted, "runs": run_count })))

@@ -15,6 +15,7 @@ use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::auth::Access;
 use super::error::ApiError;
 use super::extract::{body_error, experiment_id, json_body, parse_json, run_id};
 use crate::catalog::{NewExperiment, NewRun, RunUpdate};
@@ -197,8 +198,10 @@ struct CreateExperimentRequest {
 
 async fn create_experiment(
     State(engine): EngineState,
+    access: Access,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
+    access.check_unlimited("create experiments")?;
     let request: CreateExperimentRequest = json_body(body)?;
     let tags = object_pairs(request.tags, "tags", false)?;
     let id = engine
@@ -213,17 +216,20 @@ async fn create_experiment(
 
 async fn list_experiments(
     State(engine): EngineState,
+    access: Access,
     Query(query): Query<ViewQuery>,
 ) -> ApiResult<Json<Value>> {
-    let experiments = engine.experiments(parse_view(&query)?);
+    let mut experiments = engine.experiments(parse_view(&query)?);
+    experiments.retain(|experiment| access.can_see(experiment.experiment_id));
     Ok(Json(json!({ "experiments": experiments })))
 }
 
 async fn get_experiment(
     State(engine): EngineState,
+    access: Access,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Experiment>> {
-    Ok(Json(engine.experiment(experiment_id(&id)?)?))
+    Ok(Json(engine.experiment_for(&access, experiment_id(&id)?)?))
 }
 
 #[derive(Deserialize)]
@@ -234,10 +240,12 @@ struct RenameExperimentRequest {
 
 async fn rename_experiment(
     State(engine): EngineState,
+    access: Access,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Experiment>> {
     let id = experiment_id(&id)?;
+    access.check_experiment(id)?;
     let request: RenameExperimentRequest = json_body(body)?;
     engine.rename_experiment(id, request.name).await?;
     Ok(Json(engine.experiment(id)?))
@@ -245,30 +253,38 @@ async fn rename_experiment(
 
 async fn delete_experiment(
     State(engine): EngineState,
+    access: Access,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
+    let id = experiment_id(&id)?;
+    access.check_experiment(id)?;
     engine
-        .set_experiment_lifecycle(experiment_id(&id)?, LifecycleStage::Deleted)
+        .set_experiment_lifecycle(id, LifecycleStage::Deleted)
         .await?;
     Ok(ok())
 }
 
 async fn restore_experiment(
     State(engine): EngineState,
+    access: Access,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
+    let id = experiment_id(&id)?;
+    access.check_experiment(id)?;
     engine
-        .set_experiment_lifecycle(experiment_id(&id)?, LifecycleStage::Active)
+        .set_experiment_lifecycle(id, LifecycleStage::Active)
         .await?;
     Ok(ok())
 }
 
 async fn set_experiment_tags(
     State(engine): EngineState,
+    access: Access,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
     let id = experiment_id(&id)?;
+    access.check_experiment(id)?;
     let tags = object_pairs(Some(json_body::<Value>(body)?), "tags", false)?;
     engine.set_experiment_tags(id, tags).await?;
     Ok(ok())
@@ -276,21 +292,23 @@ async fn set_experiment_tags(
 
 async fn delete_experiment_tag(
     State(engine): EngineState,
+    access: Access,
     Path((id, key)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    engine
-        .delete_experiment_tag(experiment_id(&id)?, key)
-        .await?;
+    let id = experiment_id(&id)?;
+    access.check_experiment(id)?;
+    engine.delete_experiment_tag(id, key).await?;
     Ok(ok())
 }
 
 async fn list_runs(
     State(engine): EngineState,
+    access: Access,
     Path(id): Path<String>,
     Query(query): Query<ViewQuery>,
 ) -> ApiResult<Json<Value>> {
     let id = experiment_id(&id)?;
-    engine.experiment(id)?;
+    engine.experiment_for(&access, id)?;
     let runs = engine.runs_of_experiment(id, parse_view(&query)?);
     Ok(Json(json!({ "runs": runs })))
 }
@@ -313,16 +331,20 @@ struct CreateRunRequest {
 /// missing, as `mlflow.set_experiment` does), or the Default experiment.
 async fn resolve_experiment(
     engine: &Engine,
+    access: &Access,
     request: &CreateRunRequest,
 ) -> ApiResult<ExperimentId> {
-    match (&request.experiment_id, &request.experiment_name) {
-        (Some(_), Some(_)) => Err(ApiError::invalid(
-            "give either experiment_id or experiment_name, not both",
-        )),
-        (Some(id), None) => Ok(experiment_id(id)?),
+    let id = match (&request.experiment_id, &request.experiment_name) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "give either experiment_id or experiment_name, not both",
+            ));
+        }
+        (Some(id), None) => experiment_id(id)?,
         (None, Some(name)) => match engine.experiment_by_name(name) {
-            Ok(experiment) => Ok(experiment.experiment_id),
+            Ok(experiment) => experiment.experiment_id,
             Err(error) if error.kind() == ErrorKind::NotFound => {
+                access.check_unlimited("create experiments")?;
                 match engine
                     .create_experiment(NewExperiment {
                         name: name.clone(),
@@ -330,26 +352,29 @@ async fn resolve_experiment(
                     })
                     .await
                 {
-                    Ok(id) => Ok(id),
+                    Ok(id) => id,
                     // Created concurrently by another request: use it.
                     Err(error) if error.kind() == ErrorKind::AlreadyExists => {
-                        Ok(engine.experiment_by_name(name)?.experiment_id)
+                        engine.experiment_by_name(name)?.experiment_id
                     }
-                    Err(error) => Err(error.into()),
+                    Err(error) => return Err(error.into()),
                 }
             }
-            Err(error) => Err(error.into()),
+            Err(error) => return Err(error.into()),
         },
-        (None, None) => Ok(ExperimentId::DEFAULT),
-    }
+        (None, None) => ExperimentId::DEFAULT,
+    };
+    access.check_experiment(id)?;
+    Ok(id)
 }
 
 async fn create_run(
     State(engine): EngineState,
+    access: Access,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Run>> {
     let request: CreateRunRequest = json_body(body)?;
-    let experiment_id = resolve_experiment(&engine, &request).await?;
+    let experiment_id = resolve_experiment(&engine, &access, &request).await?;
     let params = object_pairs(request.params, "params", true)?;
     let tags = object_pairs(request.tags, "tags", false)?;
     let run = engine
@@ -367,10 +392,11 @@ async fn create_run(
 
 async fn get_run(
     State(engine): EngineState,
+    access: Access,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RunWithMetrics>> {
     let id = run_id(&id)?;
-    let run = engine.run(id)?;
+    let run = engine.run_for(&access, id)?;
     let metrics = engine
         .run_metric_summaries(id)
         .await?
@@ -390,10 +416,12 @@ struct UpdateRunRequest {
 
 async fn update_run(
     State(engine): EngineState,
+    access: Access,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Run>> {
     let id = run_id(&id)?;
+    engine.check_run_access(&access, id)?;
     let request: UpdateRunRequest = json_body(body)?;
     let status = request
         .status
@@ -414,26 +442,38 @@ async fn update_run(
     Ok(Json(run))
 }
 
-async fn delete_run(State(engine): EngineState, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn delete_run(
+    State(engine): EngineState,
+    access: Access,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id = run_id(&id)?;
+    engine.check_run_access(&access, id)?;
     engine
-        .set_run_lifecycle(run_id(&id)?, LifecycleStage::Deleted)
+        .set_run_lifecycle(id, LifecycleStage::Deleted)
         .await?;
     Ok(ok())
 }
 
-async fn restore_run(State(engine): EngineState, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    engine
-        .set_run_lifecycle(run_id(&id)?, LifecycleStage::Active)
-        .await?;
+async fn restore_run(
+    State(engine): EngineState,
+    access: Access,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id = run_id(&id)?;
+    engine.check_run_access(&access, id)?;
+    engine.set_run_lifecycle(id, LifecycleStage::Active).await?;
     Ok(ok())
 }
 
 async fn log_params(
     State(engine): EngineState,
+    access: Access,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
     let id = run_id(&id)?;
+    engine.check_run_access(&access, id)?;
     let params = object_pairs(Some(json_body::<Value>(body)?), "params", true)?;
     engine.log_params(id, params).await?;
     Ok(ok())
@@ -441,10 +481,12 @@ async fn log_params(
 
 async fn set_run_tags(
     State(engine): EngineState,
+    access: Access,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
     let id = run_id(&id)?;
+    engine.check_run_access(&access, id)?;
     let tags = object_pairs(Some(json_body::<Value>(body)?), "tags", false)?;
     engine.set_run_tags(id, tags).await?;
     Ok(ok())
@@ -452,9 +494,12 @@ async fn set_run_tags(
 
 async fn delete_run_tag(
     State(engine): EngineState,
+    access: Access,
     Path((id, key)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    engine.delete_run_tag(run_id(&id)?, key).await?;
+    let id = run_id(&id)?;
+    engine.check_run_access(&access, id)?;
+    engine.delete_run_tag(id, key).await?;
     Ok(ok())
 }
 
@@ -486,10 +531,12 @@ struct LogMetricsRequest<'a> {
 
 async fn log_metrics(
     State(engine): EngineState,
+    access: Access,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
     let id = run_id(&id)?;
+    engine.check_run_access(&access, id)?;
     let body = body.map_err(body_error)?;
     let batch = {
         let request: LogMetricsRequest<'_> = parse_json(&body)?;

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use super::auth::Access;
 use super::error::ApiError;
 use super::extract::{json_body, run_id};
 use crate::engine::Engine;
@@ -142,9 +143,11 @@ fn json_response(value: &impl Serialize) -> ApiResult<Response> {
 
 async fn list_metric_keys(
     State(engine): EngineState,
+    access: Access,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let id = run_id(&id)?;
+    engine.check_run_access(&access, id)?;
     let summaries = engine.run_metric_summaries(id).await?;
     let metrics: Vec<KeyJson<'_>> = summaries
         .iter()
@@ -198,10 +201,12 @@ impl SeriesQuery {
 /// (`max_points=0` returns every point).
 pub async fn get_metric_series(
     State(engine): EngineState,
+    access: Access,
     Path((id, key)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
     let id = run_id(&id)?;
+    engine.check_run_access(&access, id)?;
     let params = parse_query::<SeriesQuery>(query.as_deref())?.params()?;
     let series = query::read_series(&engine, id, &key, &params).await?;
     json_response(&SeriesJson::new(id, &key, params.x, &series))
@@ -221,6 +226,7 @@ struct ScalarsRequest {
 
 async fn query_scalars(
     State(engine): EngineState,
+    access: Access,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let request: ScalarsRequest = json_body(body)?;
@@ -241,6 +247,9 @@ async fn query_scalars(
         .iter()
         .map(|text| run_id(text))
         .collect::<ApiResult<Vec<RunId>>>()?;
+    for &run in &runs {
+        engine.check_run_access(&access, run)?;
+    }
     let keys = request
         .keys
         .iter()
@@ -313,18 +322,20 @@ fn to_sse(event: &FollowEvent, last_id: Option<i64>) -> Event {
 /// server-sent events. `points` events carry acknowledged points (stored
 /// ones after `after_step` first, then each new batch) and have the
 /// greatest step sent so far as their id, so a browser's `EventSource`
-/// resumes by itself (`Last-Event-ID` is taken as `after_step`); `end`
+/// resumes by itself (`Last-Event-ID` is taken as `after_step`, and wins
+/// over the `after_step` of the URL it reconnects to); `end`
 /// closes the stream when the run ends; `error` reports a follower that
 /// fell behind (`resume_after_step`) or a failed read.
 async fn stream_run(
     State(engine): EngineState,
+    access: Access,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let id = run_id(&id)?;
     let query: StreamQuery = parse_query(query.as_deref())?;
-    engine.run(id)?;
+    engine.run_for(&access, id)?;
     let keys = query
         .keys
         .as_deref()
@@ -338,9 +349,11 @@ async fn stream_run(
         .get("last-event-id")
         .and_then(|value| value.to_str().ok())
         .map(str::to_string);
-    let after_step = match (query.after_step.as_deref(), last_event_id.as_deref()) {
-        (Some(text), _) => parse_number::<i64>("after_step", Some(text))?,
-        (None, Some(text)) => parse_number::<i64>("Last-Event-ID", Some(text))?,
+    // A reconnecting `EventSource` repeats the URL it first opened (with
+    // its `after_step`) and adds `Last-Event-ID`: the step it reached wins.
+    let after_step = match (last_event_id.as_deref(), query.after_step.as_deref()) {
+        (Some(text), _) => parse_number::<i64>("Last-Event-ID", Some(text))?,
+        (None, Some(text)) => parse_number::<i64>("after_step", Some(text))?,
         (None, None) => None,
     };
     let (sender, receiver) = mpsc::channel(16);

@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::Deserialize;
 
+use super::auth::Access;
 use super::error::ApiError;
 use super::extract::json_body;
 use crate::engine::Engine;
@@ -42,6 +43,7 @@ struct SqlRequest {
 
 async fn run_sql(
     Extension(service): Extension<Arc<QueryService>>,
+    access: Access,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -55,7 +57,11 @@ async fn run_sql(
                 .unwrap_or(""),
         ),
     };
-    let result = service.execute(&request.query).await.map_err(sql_error)?;
+    // A token limited to experiments queries tables holding only those.
+    let result = service
+        .execute_within(&request.query, access.experiments.clone())
+        .await
+        .map_err(sql_error)?;
     let encoded = tokio::task::spawn_blocking(move || format.encode(&result))
         .await
         .map_err(|error| {

@@ -21,6 +21,7 @@ use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::auth::Access;
 use super::error::ApiError;
 use super::extract::{experiment_id, run_id};
 use super::scalars::parse_query;
@@ -51,17 +52,19 @@ struct TagsQuery {
 /// oldest first.
 async fn runs_with_keys(
     engine: &Engine,
+    access: &Access,
     query: &TagsQuery,
 ) -> ApiResult<Vec<(String, Vec<String>)>> {
     let experiments = match query.experiment_id.as_deref() {
         Some(id) => {
             let id = experiment_id(id)?;
-            engine.experiment(id)?;
+            engine.experiment_for(access, id)?;
             vec![id]
         }
         None => Vec::new(),
     };
     let mut runs = engine.runs_in(&experiments, ViewType::ActiveOnly);
+    runs.retain(|run| access.can_see(run.experiment_id));
     runs.sort_by(|a, b| {
         a.start_time
             .cmp(&b.start_time)
@@ -82,9 +85,13 @@ async fn runs_with_keys(
         .collect())
 }
 
-async fn list_runs(State(engine): EngineState, RawQuery(query): RawQuery) -> ApiResult<Response> {
+async fn list_runs(
+    State(engine): EngineState,
+    access: Access,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
     let query: TagsQuery = parse_query(query.as_deref())?;
-    let runs: Vec<String> = runs_with_keys(&engine, &query)
+    let runs: Vec<String> = runs_with_keys(&engine, &access, &query)
         .await?
         .into_iter()
         .map(|(run, _)| run)
@@ -99,10 +106,14 @@ struct TagInfo {
     description: String,
 }
 
-async fn list_tags(State(engine): EngineState, RawQuery(query): RawQuery) -> ApiResult<Response> {
+async fn list_tags(
+    State(engine): EngineState,
+    access: Access,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
     let query: TagsQuery = parse_query(query.as_deref())?;
     let mut tags: BTreeMap<String, BTreeMap<String, TagInfo>> = BTreeMap::new();
-    for (run, keys) in runs_with_keys(&engine, &query).await? {
+    for (run, keys) in runs_with_keys(&engine, &access, &query).await? {
         let run_tags = keys
             .into_iter()
             .map(|key| {
@@ -128,7 +139,11 @@ struct ScalarsQuery {
     format: Option<String>,
 }
 
-async fn get_scalars(State(engine): EngineState, RawQuery(query): RawQuery) -> ApiResult<Response> {
+async fn get_scalars(
+    State(engine): EngineState,
+    access: Access,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
     let query: ScalarsQuery = parse_query(query.as_deref())?;
     let (Some(run), Some(tag)) = (query.run.as_deref(), query.tag.as_deref()) else {
         return Err(ApiError::invalid("both run and tag are required"));
@@ -141,6 +156,7 @@ async fn get_scalars(State(engine): EngineState, RawQuery(query): RawQuery) -> A
         return Err(ApiError::invalid("only format=json is supported"));
     }
     let run_id = run_id(run)?;
+    engine.check_run_access(&access, run_id)?;
     let max_points = match query.max_points.as_deref() {
         Some(text) => text
             .trim()

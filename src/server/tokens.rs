@@ -16,6 +16,7 @@ use axum::routing::{delete, get};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::auth::Access;
 use super::error::ApiError;
 use super::extract::{experiment_id, json_body};
 use crate::auth::{Scope, TokenRecord};
@@ -53,9 +54,10 @@ impl From<&TokenRecord> for TokenView {
     }
 }
 
-async fn list(State(engine): State<Arc<Engine>>) -> Json<Value> {
+async fn list(State(engine): State<Arc<Engine>>, access: Access) -> ApiResult<Json<Value>> {
+    access.check_unlimited("manage tokens")?;
     let tokens: Vec<TokenView> = engine.tokens().list().iter().map(TokenView::from).collect();
-    Json(json!({ "tokens": tokens }))
+    Ok(Json(json!({ "tokens": tokens })))
 }
 
 #[derive(Deserialize)]
@@ -68,8 +70,10 @@ struct CreateToken {
 
 async fn create(
     State(engine): State<Arc<Engine>>,
+    access: Access,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
+    access.check_unlimited("manage tokens")?;
     let request: CreateToken = json_body(body)?;
     let scope: Scope = request
         .scope
@@ -93,8 +97,10 @@ async fn create(
 
 async fn revoke(
     State(engine): State<Arc<Engine>>,
+    access: Access,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
+    access.check_unlimited("manage tokens")?;
     let record = engine
         .tokens()
         .revoke(&name)

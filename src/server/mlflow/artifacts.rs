@@ -13,7 +13,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::request::{MlflowResult, query, required_run_id};
+use crate::auth::Principal;
 use crate::engine::Engine;
+use crate::server::auth::Access;
 
 #[derive(Deserialize, Default)]
 pub(super) struct ListArtifacts {
@@ -24,14 +26,19 @@ pub(super) struct ListArtifacts {
 /// `GET artifacts/list`.
 pub(super) async fn list_get(
     State(engine): State<Arc<Engine>>,
+    access: Access,
     uri: Uri,
 ) -> MlflowResult<Json<Value>> {
-    Ok(Json(list(&engine, query(&uri)?)?))
+    Ok(Json(list(&engine, &access, query(&uri)?)?))
 }
 
 /// `artifacts/list`'s answer for a run: its root URI, no files.
-pub(super) fn list(engine: &Engine, request: ListArtifacts) -> MlflowResult<Value> {
+pub(super) fn list(
+    engine: &Engine,
+    principal: &Principal,
+    request: ListArtifacts,
+) -> MlflowResult<Value> {
     let run_id = required_run_id(&request.run_id, &request.run_uuid)?;
-    let run = engine.run(run_id)?;
+    let run = engine.run_for(principal, run_id)?;
     Ok(json!({ "root_uri": run.artifact_uri }))
 }

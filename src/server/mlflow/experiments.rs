@@ -16,6 +16,7 @@ use super::request::{
 };
 use super::wire::{self, ExperimentJson, KeyValue, optional_i64};
 use super::{empty, page_response, view_type};
+use crate::auth::Principal;
 use crate::catalog::NewExperiment;
 use crate::engine::{Engine, ViewType};
 use crate::model::LifecycleStage;
@@ -23,6 +24,7 @@ use crate::search::experiments::{
     parse_experiment_filter, parse_experiment_order, select_experiments,
 };
 use crate::search::{page_size, paginate};
+use crate::server::auth::Access;
 
 type EngineState = State<Arc<Engine>>;
 
@@ -36,8 +38,10 @@ pub(super) struct CreateExperiment {
 
 pub(super) async fn create(
     State(engine): EngineState,
+    access: Access,
     request: Result<Bytes, BytesRejection>,
 ) -> MlflowResult<Json<Value>> {
+    access.check_unlimited("create experiments")?;
     let request: CreateExperiment = body(request)?;
     let name = required(&request.name, "name")?.to_string();
     let id = engine
@@ -59,14 +63,22 @@ pub(super) struct GetExperiment {
     experiment_id: Option<String>,
 }
 
-pub(super) async fn get(State(engine): EngineState, uri: Uri) -> MlflowResult<Json<Value>> {
-    Ok(Json(get_experiment(&engine, query(&uri)?)?))
+pub(super) async fn get(
+    State(engine): EngineState,
+    access: Access,
+    uri: Uri,
+) -> MlflowResult<Json<Value>> {
+    Ok(Json(get_experiment(&engine, &access, query(&uri)?)?))
 }
 
 /// `experiments/get`'s answer: `{"experiment": Experiment}`.
-pub(super) fn get_experiment(engine: &Engine, request: GetExperiment) -> MlflowResult<Value> {
+pub(super) fn get_experiment(
+    engine: &Engine,
+    principal: &Principal,
+    request: GetExperiment,
+) -> MlflowResult<Value> {
     let id = required_experiment_id(&request.experiment_id)?;
-    let experiment = engine.experiment(id)?;
+    let experiment = engine.experiment_for(principal, id)?;
     Ok(json!({ "experiment": ExperimentJson::from(&experiment) }))
 }
 
@@ -75,10 +87,14 @@ pub(super) struct GetExperimentByName {
     experiment_name: Option<String>,
 }
 
-pub(super) async fn get_by_name(State(engine): EngineState, uri: Uri) -> MlflowResult<Json<Value>> {
+pub(super) async fn get_by_name(
+    State(engine): EngineState,
+    access: Access,
+    uri: Uri,
+) -> MlflowResult<Json<Value>> {
     let request: GetExperimentByName = query(&uri)?;
     let name = required(&request.experiment_name, "experiment_name")?;
-    let experiment = engine.experiment_by_name(name)?;
+    let experiment = engine.experiment_by_name_for(&access, name)?;
     Ok(Json(
         json!({ "experiment": ExperimentJson::from(&experiment) }),
     ))
@@ -96,12 +112,18 @@ pub(super) struct SearchExperiments {
     view_type: Option<String>,
 }
 
-fn search_experiments(engine: &Engine, request: SearchExperiments) -> MlflowResult<Json<Value>> {
+fn search_experiments(
+    engine: &Engine,
+    principal: &Principal,
+    request: SearchExperiments,
+) -> MlflowResult<Json<Value>> {
     let size = page_size(request.max_results)?;
     let filter = parse_experiment_filter(request.filter.as_deref().unwrap_or(""))?;
     let order = parse_experiment_order(&request.order_by)?;
     let view = view_type(request.view_type.as_deref(), ViewType::ActiveOnly)?;
-    let selected = select_experiments(engine.experiments(view), &filter, &order);
+    let mut experiments = engine.experiments(view);
+    experiments.retain(|experiment| principal.can_see(experiment.experiment_id));
+    let selected = select_experiments(experiments, &filter, &order);
     let page = paginate(selected, request.page_token.as_deref(), size)?;
     let experiments: Vec<ExperimentJson> = page.items.iter().map(ExperimentJson::from).collect();
     Ok(page_response(
@@ -113,13 +135,18 @@ fn search_experiments(engine: &Engine, request: SearchExperiments) -> MlflowResu
 
 pub(super) async fn search_post(
     State(engine): EngineState,
+    access: Access,
     request: Result<Bytes, BytesRejection>,
 ) -> MlflowResult<Json<Value>> {
-    search_experiments(&engine, body(request)?)
+    search_experiments(&engine, &access, body(request)?)
 }
 
-pub(super) async fn search_get(State(engine): EngineState, uri: Uri) -> MlflowResult<Json<Value>> {
-    search_experiments(&engine, query(&uri)?)
+pub(super) async fn search_get(
+    State(engine): EngineState,
+    access: Access,
+    uri: Uri,
+) -> MlflowResult<Json<Value>> {
+    search_experiments(&engine, &access, query(&uri)?)
 }
 
 #[derive(Deserialize)]
@@ -130,10 +157,12 @@ pub(super) struct UpdateExperiment {
 
 pub(super) async fn update(
     State(engine): EngineState,
+    access: Access,
     request: Result<Bytes, BytesRejection>,
 ) -> MlflowResult<Json<Value>> {
     let request: UpdateExperiment = body(request)?;
     let id = required_experiment_id(&request.experiment_id)?;
+    access.check_experiment(id)?;
     let name = required(&request.new_name, "new_name")?.to_string();
     engine.rename_experiment(id, name).await?;
     Ok(empty())
@@ -146,27 +175,31 @@ pub(super) struct ExperimentIdOnly {
 
 async fn set_lifecycle(
     engine: &Engine,
+    access: &Access,
     request: Result<Bytes, BytesRejection>,
     stage: LifecycleStage,
 ) -> MlflowResult<Json<Value>> {
     let request: ExperimentIdOnly = body(request)?;
     let id = required_experiment_id(&request.experiment_id)?;
+    access.check_experiment(id)?;
     engine.set_experiment_lifecycle(id, stage).await?;
     Ok(empty())
 }
 
 pub(super) async fn delete(
     State(engine): EngineState,
+    access: Access,
     request: Result<Bytes, BytesRejection>,
 ) -> MlflowResult<Json<Value>> {
-    set_lifecycle(&engine, request, LifecycleStage::Deleted).await
+    set_lifecycle(&engine, &access, request, LifecycleStage::Deleted).await
 }
 
 pub(super) async fn restore(
     State(engine): EngineState,
+    access: Access,
     request: Result<Bytes, BytesRejection>,
 ) -> MlflowResult<Json<Value>> {
-    set_lifecycle(&engine, request, LifecycleStage::Active).await
+    set_lifecycle(&engine, &access, request, LifecycleStage::Active).await
 }
 
 #[derive(Deserialize)]
@@ -179,10 +212,12 @@ pub(super) struct ExperimentTag {
 
 pub(super) async fn set_tag(
     State(engine): EngineState,
+    access: Access,
     request: Result<Bytes, BytesRejection>,
 ) -> MlflowResult<Json<Value>> {
     let request: ExperimentTag = body(request)?;
     let id = required_experiment_id(&request.experiment_id)?;
+    access.check_experiment(id)?;
     let key = required(&request.key, "key")?.to_string();
     engine
         .set_experiment_tags(id, vec![(key, request.value)])
@@ -192,10 +227,12 @@ pub(super) async fn set_tag(
 
 pub(super) async fn delete_tag(
     State(engine): EngineState,
+    access: Access,
     request: Result<Bytes, BytesRejection>,
 ) -> MlflowResult<Json<Value>> {
     let request: ExperimentTag = body(request)?;
     let id = parse_experiment_id(required(&request.experiment_id, "experiment_id")?)?;
+    access.check_experiment(id)?;
     let key = required(&request.key, "key")?.to_string();
     engine.delete_experiment_tag(id, key).await?;
     Ok(empty())
@@ -217,20 +254,32 @@ pub(super) struct SearchDatasets {
 /// input's `mlflow.data.context` tag.
 pub(super) async fn search_datasets_post(
     State(engine): EngineState,
+    access: Access,
     request: Result<Bytes, BytesRejection>,
 ) -> MlflowResult<Json<Value>> {
-    Ok(Json(search_datasets(&engine, body(request)?)?))
+    Ok(Json(search_datasets(&engine, &access, body(request)?)?))
 }
 
 /// `search-datasets`' answer: `{"dataset_summaries": [...]}`.
-pub(super) fn search_datasets(engine: &Engine, request: SearchDatasets) -> MlflowResult<Value> {
+pub(super) fn search_datasets(
+    engine: &Engine,
+    principal: &Principal,
+    request: SearchDatasets,
+) -> MlflowResult<Value> {
     let experiment_ids = request
         .experiment_ids
         .iter()
         .map(|text| parse_experiment_id(text))
         .collect::<Result<Vec<_>, _>>()?;
+    for &id in &experiment_ids {
+        principal.check_experiment(id)?;
+    }
     let mut summaries = std::collections::BTreeSet::new();
-    for run in engine.runs_in(&experiment_ids, ViewType::ActiveOnly) {
+    let runs = engine.runs_in(&experiment_ids, ViewType::ActiveOnly);
+    for run in runs
+        .iter()
+        .filter(|run| principal.can_see(run.experiment_id))
+    {
         for input in &run.inputs {
             let context = input
                 .tags

@@ -16,11 +16,13 @@ use super::request::{
     MlflowResult, invalid, missing, parse_run_id, query, required, required_run_id,
 };
 use super::wire::{self, MetricJson, optional_i64};
+use crate::auth::Principal;
 use crate::engine::Engine;
 use crate::model::validation::{KeyKind, validate_key};
 use crate::model::{MetricSeries, RunId};
 use crate::scalars::{self, KeyPattern, ScalarSeries, SeriesParams, XAxis};
 use crate::search::page::{decode_offset, encode_offset};
+use crate::server::auth::Access;
 
 type EngineState = State<Arc<Engine>>;
 
@@ -64,7 +66,11 @@ const HISTORY_CHUNK_POINTS: usize = 8_192;
 /// written off the async threads, straight from the series' columns, and
 /// streamed in chunks, so the answer is never held whole beside the
 /// series.
-pub(super) async fn get_history(State(engine): EngineState, uri: Uri) -> MlflowResult<Response> {
+pub(super) async fn get_history(
+    State(engine): EngineState,
+    access: Access,
+    uri: Uri,
+) -> MlflowResult<Response> {
     let request: GetHistory = query(&uri)?;
     let run_id = required_run_id(&request.run_id, &request.run_uuid)?;
     let key = required(&request.metric_key, "metric_key")?.to_string();
@@ -83,7 +89,7 @@ pub(super) async fn get_history(State(engine): EngineState, uri: Uri) -> MlflowR
             )));
         }
     };
-    engine.run(run_id)?;
+    engine.run_for(&access, run_id)?;
     let series = engine.metric_series(run_id, &key).await?;
     let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(2);
     tokio::task::spawn_blocking(move || {
@@ -179,12 +185,13 @@ fn run_ids_of(texts: &[String]) -> MlflowResult<Vec<RunId>> {
 
 async fn series_of_runs(
     engine: &Engine,
+    principal: &Principal,
     run_ids: &[RunId],
     key: &str,
 ) -> MlflowResult<Vec<MetricSeries>> {
     let mut all = Vec::with_capacity(run_ids.len());
     for &run_id in run_ids {
-        engine.run(run_id)?;
+        engine.run_for(principal, run_id)?;
         all.push(engine.metric_series(run_id, key).await?);
     }
     Ok(all)
@@ -205,6 +212,7 @@ pub(super) struct GetHistoryBulk {
 /// key for each of several runs.
 pub(super) async fn get_history_bulk(
     State(engine): EngineState,
+    access: Access,
     uri: Uri,
 ) -> MlflowResult<Json<Value>> {
     let mut request: GetHistoryBulk = query(&uri)?;
@@ -220,7 +228,7 @@ pub(super) async fn get_history_bulk(
     let mut metrics = Vec::new();
     for (run_id, series) in run_ids
         .iter()
-        .zip(series_of_runs(&engine, &run_ids, key).await?)
+        .zip(series_of_runs(&engine, &access, &run_ids, key).await?)
     {
         let mut run_points = points(&series, key, Some(*run_id));
         run_points.truncate(limit as usize);
@@ -259,9 +267,13 @@ pub(super) struct IntervalSeries {
 /// always in.
 pub(super) async fn read_bulk_interval(
     engine: &Arc<Engine>,
+    principal: &Principal,
     request: GetHistoryBulkInterval,
 ) -> MlflowResult<IntervalSeries> {
     let run_ids = run_ids_of(&request.run_ids)?;
+    for &run_id in &run_ids {
+        engine.check_run_access(principal, run_id)?;
+    }
     let key = required(&request.metric_key, "metric_key")?.to_string();
     let max_results = request.max_results.unwrap_or(MAX_BULK_INTERVAL_RESULTS);
     if max_results <= 0 || max_results > MAX_BULK_INTERVAL_RESULTS {
@@ -346,9 +358,10 @@ fn fit_budget(series: &mut ScalarSeries, budget: usize) {
 /// (see [`read_bulk_interval`]), ordered by run as requested, then step.
 pub(super) async fn get_history_bulk_interval(
     State(engine): EngineState,
+    access: Access,
     uri: Uri,
 ) -> MlflowResult<Response> {
-    let read = read_bulk_interval(&engine, query(&uri)?).await?;
+    let read = read_bulk_interval(&engine, &access, query(&uri)?).await?;
     let points: usize = read
         .runs
         .iter()

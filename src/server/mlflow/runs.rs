@@ -20,6 +20,7 @@ use super::request::{
 };
 use super::wire::{self, DatasetInputJson, KeyValue, RunInfoJson, RunJson, optional_i64};
 use super::{empty, page_response, view_type};
+use crate::auth::Principal;
 use crate::catalog::{NewRun, RunUpdate};
 use crate::engine::{Engine, ViewType};
 use crate::model::float_json::JsonF64;
@@ -30,6 +31,7 @@ use crate::model::{
 };
 use crate::search::runs::{SearchableRun, parse_run_filter, parse_run_order, select_runs};
 use crate::search::{page_size, paginate};
+use crate::server::auth::Access;
 
 type EngineState = State<Arc<Engine>>;
 
@@ -90,6 +92,7 @@ pub(super) struct CreateRun {
 
 pub(super) async fn create(
     State(engine): EngineState,
+    access: Access,
     request: Result<Bytes, BytesRejection>,
 ) -> MlflowResult<Json<Value>> {
     let request: CreateRun = body(request)?;
@@ -103,6 +106,7 @@ pub(super) async fn create(
     {
         user_id = tag.value.clone();
     }
+    access.check_experiment(experiment_id)?;
     let run = engine
         .create_run(NewRun {
             experiment_id,
@@ -122,14 +126,22 @@ pub(super) struct GetRun {
     run_uuid: Option<String>,
 }
 
-pub(super) async fn get(State(engine): EngineState, uri: Uri) -> MlflowResult<Json<Value>> {
-    Ok(Json(get_run(&engine, query(&uri)?).await?))
+pub(super) async fn get(
+    State(engine): EngineState,
+    access: Access,
+    uri: Uri,
+) -> MlflowResult<Json<Value>> {
+    Ok(Json(get_run(&engine, &access, query(&uri)?).await?))
 }
 
 /// `runs/get`'s answer: `{"run": Run}`.
-pub(super) async fn get_run(engine: &Engine, request: GetRun) -> MlflowResult<Value> {
+pub(super) async fn get_run(
+    engine: &Engine,
+    principal: &Principal,
+    request: GetRun,
+) -> MlflowResult<Value> {
     let run_id = required_run_id(&request.run_id, &request.run_uuid)?;
-    let run = engine.run(run_id)?;
+    let run = engine.run_for(principal, run_id)?;
     Ok(json!({ "run": run_json(engine, &run).await? }))
 }
 
@@ -146,10 +158,12 @@ pub(super) struct UpdateRun {
 
 pub(super) async fn update(
     State(engine): EngineState,
+    access: Access,
     request: Result<Bytes, BytesRejection>,
 ) -> MlflowResult<Json<Value>> {
     let request: UpdateRun = body(request)?;
     let run_id = required_run_id(&request.run_id, &request.run_uuid)?;
+    engine.check_run_access(&access, run_id)?;
     let status = request
         .status
         .as_deref()
@@ -177,27 +191,31 @@ pub(super) struct RunIdOnly {
 
 async fn set_lifecycle(
     engine: &Engine,
+    access: &Access,
     request: Result<Bytes, BytesRejection>,
     stage: LifecycleStage,
 ) -> MlflowResult<Json<Value>> {
     let request: RunIdOnly = body(request)?;
     let run_id = required_run_id(&request.run_id, &request.run_uuid)?;
+    engine.check_run_access(access, run_id)?;
     engine.set_run_lifecycle(run_id, stage).await?;
     Ok(empty())
 }
 
 pub(super) async fn delete(
     State(engine): EngineState,
+    access: Access,
     request: Result<Bytes, BytesRejection>,
 ) -> MlflowResult<Json<Value>> {
-    set_lifecycle(&engine, request, LifecycleStage::Deleted).await
+    set_lifecycle(&engine, &access, request, LifecycleStage::Deleted).await
 }
 
 pub(super) async fn restore(
     State(engine): EngineState,
+    access: Access,
     request: Result<Bytes, BytesRejection>,
 ) -> MlflowResult<Json<Value>> {
-    set_lifecycle(&engine, request, LifecycleStage::Active).await
+    set_lifecycle(&engine, &access, request, LifecycleStage::Active).await
 }
 
 #[derive(Deserialize)]
@@ -211,10 +229,12 @@ pub(super) struct SetTag {
 
 pub(super) async fn set_tag(
     State(engine): EngineState,
+    access: Access,
     request: Result<Bytes, BytesRejection>,
 ) -> MlflowResult<Json<Value>> {
     let request: SetTag = body(request)?;
     let run_id = required_run_id(&request.run_id, &request.run_uuid)?;
+    engine.check_run_access(&access, run_id)?;
     let key = required(&request.key, "key")?.to_string();
     let value = truncated(KeyKind::Tag, &key, request.value);
     engine.set_run_tags(run_id, vec![(key, value)]).await?;
@@ -223,10 +243,12 @@ pub(super) async fn set_tag(
 
 pub(super) async fn delete_tag(
     State(engine): EngineState,
+    access: Access,
     request: Result<Bytes, BytesRejection>,
 ) -> MlflowResult<Json<Value>> {
     let request: SetTag = body(request)?;
     let run_id = required_run_id(&request.run_id, &request.run_uuid)?;
+    engine.check_run_access(&access, run_id)?;
     let key = required(&request.key, "key")?.to_string();
     engine.delete_run_tag(run_id, key).await?;
     Ok(empty())
@@ -242,10 +264,12 @@ pub(super) struct LogParam {
 
 pub(super) async fn log_parameter(
     State(engine): EngineState,
+    access: Access,
     request: Result<Bytes, BytesRejection>,
 ) -> MlflowResult<Json<Value>> {
     let request: LogParam = body(request)?;
     let run_id = required_run_id(&request.run_id, &request.run_uuid)?;
+    engine.check_run_access(&access, run_id)?;
     let key = required(&request.key, "key")?.to_string();
     let value = truncated(
         KeyKind::Param,
@@ -297,6 +321,7 @@ fn push_metric(builder: &mut MetricBatchBuilder, metric: &MetricIn<'_>) -> Mlflo
 
 pub(super) async fn log_metric(
     State(engine): EngineState,
+    access: Access,
     request: Result<Bytes, BytesRejection>,
 ) -> MlflowResult<Json<Value>> {
     let bytes = body_bytes(request)?;
@@ -307,6 +332,7 @@ pub(super) async fn log_metric(
         push_metric(&mut builder, &request.metric)?;
         (run_id, builder.finish())
     };
+    engine.check_run_access(&access, run_id)?;
     engine.log_metrics(run_id, batch).await?;
     Ok(empty())
 }
@@ -373,6 +399,7 @@ fn batch_params(params: Vec<KeyValue>) -> MlflowResult<Vec<(String, String)>> {
 
 pub(super) async fn log_batch(
     State(engine): EngineState,
+    access: Access,
     request: Result<Bytes, BytesRejection>,
 ) -> MlflowResult<Json<Value>> {
     let bytes = body_bytes(request)?;
@@ -391,7 +418,7 @@ pub(super) async fn log_batch(
         let params = batch_params(request.params)?;
         (run_id, batch, params, truncated_tags(request.tags))
     };
-    engine.run(run_id)?;
+    engine.run_for(&access, run_id)?;
     // MLflow's order: params (where a conflict stops the request), then
     // metrics, then tags.
     if !params.is_empty() {
@@ -415,6 +442,7 @@ pub(super) struct LogInputs {
 
 pub(super) async fn log_inputs(
     State(engine): EngineState,
+    access: Access,
     request: Result<Bytes, BytesRejection>,
 ) -> MlflowResult<Json<Value>> {
     let request: LogInputs = body(request)?;
@@ -424,7 +452,7 @@ pub(super) async fn log_inputs(
         .into_iter()
         .map(|input| input.into_model().ok_or_else(|| missing("dataset")))
         .collect::<Result<Vec<_>, _>>()?;
-    engine.run(run_id)?;
+    engine.run_for(&access, run_id)?;
     if !inputs.is_empty() {
         engine.log_inputs(run_id, inputs).await?;
     }
@@ -447,13 +475,18 @@ pub(super) struct SearchRuns {
 
 pub(super) async fn search(
     State(engine): EngineState,
+    access: Access,
     request: Result<Bytes, BytesRejection>,
 ) -> MlflowResult<Json<Value>> {
-    Ok(Json(search_runs(&engine, body(request)?).await?))
+    Ok(Json(search_runs(&engine, &access, body(request)?).await?))
 }
 
 /// `runs/search`'s answer: `{"runs": [...], "next_page_token": ...}`.
-pub(super) async fn search_runs(engine: &Engine, request: SearchRuns) -> MlflowResult<Value> {
+pub(super) async fn search_runs(
+    engine: &Engine,
+    principal: &Principal,
+    request: SearchRuns,
+) -> MlflowResult<Value> {
     let size = page_size(request.max_results)?;
     let filter = parse_run_filter(request.filter.as_deref().unwrap_or(""))?;
     let order = parse_run_order(&request.order_by)?;
@@ -465,6 +498,9 @@ pub(super) async fn search_runs(engine: &Engine, request: SearchRuns) -> MlflowR
         .collect::<Result<Vec<_>, _>>()?;
     if experiment_ids.is_empty() {
         return Ok(json!({}));
+    }
+    for &id in &experiment_ids {
+        principal.check_experiment(id)?;
     }
     let runs = engine.runs_in(&experiment_ids, view);
     let run_ids: Vec<_> = runs.iter().map(|run| run.run_id).collect();

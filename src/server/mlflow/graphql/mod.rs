@@ -25,8 +25,10 @@ use serde_json::{Map, Value as Json, json};
 
 use super::request::{MlflowResult, body, invalid, query};
 use super::{artifacts, experiments, metrics, runs};
+use crate::auth::Principal;
 use crate::engine::Engine;
 use crate::model::ExperimentId;
+use crate::server::auth::Access;
 use document::{OperationKind, parse};
 use schema::object_type;
 use selection::{Context, ValidationError};
@@ -58,14 +60,19 @@ pub(super) struct GraphqlQueryString {
 /// `POST /graphql`.
 pub(super) async fn post(
     State(engine): EngineState,
+    access: Access,
     request: Result<Bytes, BytesRejection>,
 ) -> MlflowResult<axum::Json<Json>> {
     let request: GraphqlRequest = body(request)?;
-    Ok(axum::Json(execute(&engine, request).await))
+    Ok(axum::Json(execute(&engine, &access, request).await))
 }
 
 /// `GET /graphql?query=...&variables=...&operationName=...`.
-pub(super) async fn get(State(engine): EngineState, uri: Uri) -> MlflowResult<axum::Json<Json>> {
+pub(super) async fn get(
+    State(engine): EngineState,
+    access: Access,
+    uri: Uri,
+) -> MlflowResult<axum::Json<Json>> {
     let request: GraphqlQueryString = query(&uri)?;
     let variables = match request.variables.as_deref() {
         None | Some("") => None,
@@ -79,7 +86,7 @@ pub(super) async fn get(State(engine): EngineState, uri: Uri) -> MlflowResult<ax
         variables,
         operation_name: request.operation_name,
     };
-    Ok(axum::Json(execute(&engine, request).await))
+    Ok(axum::Json(execute(&engine, &access, request).await))
 }
 
 fn failure(message: impl Into<String>) -> Json {
@@ -87,7 +94,11 @@ fn failure(message: impl Into<String>) -> Json {
 }
 
 /// Runs one request; every outcome is a `{"data", "errors"}` answer.
-pub(super) async fn execute(engine: &Arc<Engine>, request: GraphqlRequest) -> Json {
+pub(super) async fn execute(
+    engine: &Arc<Engine>,
+    principal: &Principal,
+    request: GraphqlRequest,
+) -> Json {
     let Some(text) = request.query.filter(|text| !text.trim().is_empty()) else {
         return failure("Must provide query string.");
     };
@@ -153,7 +164,7 @@ pub(super) async fn execute(engine: &Arc<Engine>, request: GraphqlRequest) -> Js
         fragments: &document.fragments,
         variables: &variables,
     };
-    match run_operation(engine, &context, root_type, &operation.selection).await {
+    match run_operation(engine, principal, &context, root_type, &operation.selection).await {
         Ok((data, errors)) => {
             let errors = if errors.is_empty() {
                 Json::Null
@@ -227,6 +238,7 @@ impl RootField {
 /// fails the whole request.
 async fn run_operation(
     engine: &Arc<Engine>,
+    principal: &Principal,
     context: &Context<'_>,
     root_type: &str,
     selection: &[document::Selection],
@@ -286,7 +298,7 @@ async fn run_operation(
             .find(|(name, _)| name == root.argument())
             .map(|(_, value)| context.input(value))
             .unwrap_or(Json::Null);
-        let value = match resolve(engine, root, input).await {
+        let value = match resolve(engine, principal, root, input).await {
             Ok(source) => context.complete_object(object, &source, &field.selections)?,
             Err(error) => {
                 errors.push(error.0.message);
@@ -318,25 +330,32 @@ fn rest_request<T: DeserializeOwned>(input: Json) -> MlflowResult<T> {
 }
 
 /// Resolves one root field to the REST answer it stands for.
-async fn resolve(engine: &Arc<Engine>, root: RootField, input: Json) -> MlflowResult<Json> {
+async fn resolve(
+    engine: &Arc<Engine>,
+    principal: &Principal,
+    root: RootField,
+    input: Json,
+) -> MlflowResult<Json> {
     match root {
-        RootField::GetExperiment => experiments::get_experiment(engine, rest_request(input)?),
+        RootField::GetExperiment => {
+            experiments::get_experiment(engine, principal, rest_request(input)?)
+        }
         RootField::GetRun => {
-            let mut answer = runs::get_run(engine, rest_request(input)?).await?;
+            let mut answer = runs::get_run(engine, principal, rest_request(input)?).await?;
             if let Some(run) = answer.get_mut("run") {
                 add_experiments(engine, std::slice::from_mut(run));
             }
             Ok(answer)
         }
         RootField::SearchRuns => {
-            let mut answer = runs::search_runs(engine, rest_request(input)?).await?;
+            let mut answer = runs::search_runs(engine, principal, rest_request(input)?).await?;
             if let Some(Json::Array(runs)) = answer.get_mut("runs") {
                 add_experiments(engine, runs);
             }
             Ok(answer)
         }
         RootField::GetMetricHistoryBulkInterval => {
-            let read = metrics::read_bulk_interval(engine, rest_request(input)?).await?;
+            let read = metrics::read_bulk_interval(engine, principal, rest_request(input)?).await?;
             let mut points = Vec::new();
             for (run_id, series) in &read.runs {
                 let run_id = run_id.to_string();
@@ -352,9 +371,11 @@ async fn resolve(engine: &Arc<Engine>, root: RootField, input: Json) -> MlflowRe
             }
             Ok(json!({ "metrics": points }))
         }
-        RootField::ListArtifacts => artifacts::list(engine, rest_request(input)?),
+        RootField::ListArtifacts => artifacts::list(engine, principal, rest_request(input)?),
         RootField::SearchModelVersions => Ok(json!({})),
-        RootField::SearchDatasets => experiments::search_datasets(engine, rest_request(input)?),
+        RootField::SearchDatasets => {
+            experiments::search_datasets(engine, principal, rest_request(input)?)
+        }
         RootField::Test | RootField::TestMutation => Ok(json!({ "output": input })),
     }
 }
