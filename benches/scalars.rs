@@ -2,6 +2,9 @@
 //! - `parquet_10m`: 1,000 points from a 10-million-point series persisted in
 //!   one Parquet file (39 row groups);
 //! - `parquet_10m_smoothed`: the same with smoothing 0.9;
+//! - `parquet_1m_chart_2400`: 2,400 points (a 600-pixel dashboard chart)
+//!   of a 1-million-point series, buckets narrower than a block: every
+//!   point decoded;
 //! - `buffers_10m`: the same series still in the run's Arrow buffer;
 //! - `one_key_100_runs`: one key across 100 runs of 100,000 points each
 //!   (persisted), 1,000 points per run.
@@ -171,6 +174,20 @@ fn bench(c: &mut Criterion) {
                     "loss",
                     &SeriesParams::default(),
                 ))
+                .expect("read")
+        })
+    });
+    // A dashboard chart 600 pixels wide: 4 points per pixel column, so
+    // buckets of about 1,700 points, narrower than the 4,096-row blocks
+    // whose aggregates a read could take whole: every point is decoded.
+    let chart = SeriesParams {
+        max_points: 2400,
+        ..SeriesParams::default()
+    };
+    group.bench_function("parquet_1m_chart_2400", |b| {
+        b.iter(|| {
+            runtime
+                .block_on(query::read_series(&persisted, short, "loss", &chart))
                 .expect("read")
         })
     });

@@ -322,6 +322,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let address = listener.local_addr()?;
         tracing::info!(%address, data_dir = %args.data_dir.display(), wal_sync = %args.wal_sync, shards, auth = ?auth.mode, "serving");
         println!("stepstore listening on http://{address}");
+        println!("dashboard: http://{address}/ui");
         let server_config = ServerConfig {
             max_request_bytes: args.max_request_mb.max(1) << 20,
             sql: args.sql_limits.query_config(),

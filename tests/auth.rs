@@ -8,7 +8,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{TestServer, python_or_skip, run_pytest};
+use common::{TestServer, assert_pytest_passed, browser_or_skip, python_or_skip, run_pytest};
 use serde_json::{Value, json};
 
 fn stepstore(args: &[&str]) -> std::process::Output {
@@ -390,7 +390,7 @@ fn the_mlflow_client_authenticates_with_its_own_settings() {
     let dir = tempfile::tempdir().unwrap();
     let writer = create_token(dir.path(), "trainer", "write");
     let reader = create_token(dir.path(), "viewer", "read");
-    let server = TestServer::start(dir.path(), &["--auth", "required"]);
+    let mut server = TestServer::start(dir.path(), &["--auth", "required"]);
     let run = run_pytest(
         &python,
         "tests/python/test_mlflow_auth.py",
@@ -402,11 +402,54 @@ fn the_mlflow_client_authenticates_with_its_own_settings() {
         ],
         std::time::Duration::from_secs(300),
     );
-    assert!(
-        run.passed(),
-        "{:?}\n{}\n{}",
-        run.status,
-        run.stdout,
-        run.stderr
+    assert_pytest_passed(&run, "pytest", &common::tail(&server.stop(), 100));
+}
+
+#[test]
+fn the_web_pages_work_with_auth_required() {
+    let Some(python) = browser_or_skip("the_web_pages_work_with_auth_required") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let reader = create_token(dir.path(), "browser", "read");
+    let writer = create_token(dir.path(), "seed", "write");
+    // The MLflow UI too, when the test command installed a build of it.
+    let build = std::env::var("STEPSTORE_MLFLOW_UI_ROOTS")
+        .ok()
+        .and_then(|roots| roots.split(':').next().map(str::to_string))
+        .filter(|root| !root.is_empty())
+        .map(|root| format!("{root}/mlflow/server/js/build"));
+    let mut args = vec!["--auth", "required"];
+    if let Some(build) = &build {
+        args.extend(["--mlflow-ui", build.as_str()]);
+    }
+    let mut server = TestServer::start(dir.path(), &args);
+    let response = reqwest::blocking::Client::new()
+        .post(server.url("/api/v1/runs"))
+        .bearer_auth(&writer)
+        .json(&json!({"experiment_name": "secured-experiment", "run_name": "r"}))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let shots = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("web-auth")
+        .display()
+        .to_string();
+    let run = run_pytest(
+        &python,
+        "tests/python/test_web_auth.py",
+        &[
+            ("STEPSTORE_URL", &server.base_url),
+            ("MLFLOW_TRACKING_URI", &server.base_url),
+            ("STEPSTORE_TOKEN", &reader),
+            ("STEPSTORE_EXPERIMENT", "secured-experiment"),
+            ("STEPSTORE_SHOTS", &shots),
+            (
+                "STEPSTORE_MLFLOW_UI",
+                if build.is_some() { "1" } else { "0" },
+            ),
+        ],
+        std::time::Duration::from_secs(300),
     );
+    assert_pytest_passed(&run, "pytest", &common::tail(&server.stop(), 100));
 }

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, python_or_skip, run_pytest, tail};
+use common::{TestServer, assert_pytest_passed, python_or_skip, run_pytest, tail};
 
 /// The longest the whole pytest session may take before it is killed.
 const PYTEST_DEADLINE: Duration = Duration::from_secs(20 * 60);
@@ -29,18 +29,5 @@ fn official_mlflow_client_works_against_the_tracking_api() {
         &[("MLFLOW_TRACKING_URI", &server.base_url)],
         PYTEST_DEADLINE,
     );
-    let server_log = tail(&server.stop(), 200);
-    match run.status {
-        None => panic!(
-            "pytest did not finish within {PYTEST_DEADLINE:?}:\n{}\n{}\n\
-             --- server log (last lines) ---\n{server_log}",
-            run.stdout, run.stderr
-        ),
-        Some(status) if !run.passed() => panic!(
-            "the MLflow client tests failed ({status}):\n{}\n{}\n\
-             --- server log (last lines) ---\n{server_log}",
-            run.stdout, run.stderr
-        ),
-        Some(_) => {}
-    }
+    assert_pytest_passed(&run, "the MLflow client tests", &tail(&server.stop(), 200));
 }

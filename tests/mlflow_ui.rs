@@ -15,7 +15,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{TestServer, python_or_skip, run_pytest, tail};
+use common::{TestServer, assert_pytest_passed, browser_or_skip, run_pytest, tail};
 
 /// The longest one version's browser session may take.
 const PYTEST_DEADLINE: Duration = Duration::from_secs(10 * 60);
@@ -37,14 +37,6 @@ fn ui_roots(test: &str) -> Option<Vec<PathBuf>> {
         return None;
     }
     Some(roots)
-}
-
-/// Why the browser cannot run, if it cannot.
-fn browser_missing() -> Option<String> {
-    ["/usr/bin/chromium", "/usr/bin/chromedriver"]
-        .iter()
-        .find(|path| !Path::new(path).exists())
-        .map(|path| format!("{path} is missing (apt-get install chromium chromium-driver)"))
 }
 
 fn build_of(root: &Path) -> PathBuf {
@@ -70,16 +62,12 @@ fn version_of(root: &Path) -> String {
 #[test]
 fn the_mlflow_ui_works_on_stepstore_in_a_real_browser() {
     let test = "the_mlflow_ui_works_on_stepstore_in_a_real_browser";
-    let Some(python) = python_or_skip(test) else {
+    let Some(python) = browser_or_skip(test) else {
         return;
     };
     let Some(roots) = ui_roots(test) else {
         return;
     };
-    if let Some(missing) = browser_missing() {
-        eprintln!("SKIPPED {test}: {missing}");
-        return;
-    }
     for (index, root) in roots.iter().enumerate() {
         let version = version_of(root);
         let dir = tempfile::tempdir().unwrap();
@@ -117,13 +105,7 @@ fn the_mlflow_ui_works_on_stepstore_in_a_real_browser() {
             server_log.contains(&format!("version=\"{version}\"")),
             "the server did not serve MLflow UI {version}:\n{server_log}"
         );
-        assert!(
-            run.passed(),
-            "the MLflow UI {version} flows failed ({:?}):\n{}\n{}\n--- server log ---\n{server_log}",
-            run.status,
-            run.stdout,
-            run.stderr
-        );
+        assert_pytest_passed(&run, &format!("the MLflow UI {version} flows"), &server_log);
     }
 }
 

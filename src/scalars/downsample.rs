@@ -297,6 +297,67 @@ impl Downsampler {
         (index, edge(index as u128), end)
     }
 
+    /// Takes consecutive points by step, unsmoothed, already in x order
+    /// (`steps` nondecreasing; the merged read's order): the same as
+    /// pushing each point with `x = step`, numbered from `seq`. Once
+    /// bucketing, each bucket's run of points is reduced by scanning the
+    /// value column for its first smallest, first greatest and first NaN
+    /// value; only those points, and the run's first and last, reach the
+    /// bucket.
+    pub fn push_step_slice(&mut self, seq: u64, steps: &[i64], timestamps: &[i64], values: &[f64]) {
+        let point = |index: usize| Point {
+            seq: seq + index as u64,
+            x: steps[index],
+            step: steps[index],
+            timestamp: timestamps[index],
+            value: values[index],
+            smoothed: values[index],
+        };
+        // In x order, the points inside the range are one stretch.
+        let begin = steps.partition_point(|&step| step < self.lo);
+        let end = steps.partition_point(|&step| step <= self.hi);
+        let mut index = begin;
+        while index < end && !self.overflowed {
+            self.push(point(index));
+            index += 1;
+        }
+        while index < end {
+            let (bucket, _, bucket_end) = self.bucket_of(steps[index]);
+            // At least the point itself (a slice out of order must not
+            // stall the loop).
+            let run_end = (index + steps[index..end].partition_point(|&step| step < bucket_end))
+                .max(index + 1);
+            let run = &values[index..run_end];
+            // Simple passes the compiler keeps branch-free: the smallest
+            // and greatest values (NaN ignored, as `f64::min` / `max` do),
+            // then the first point holding each.
+            let smallest = run.iter().fold(f64::INFINITY, |a, &value| a.min(value));
+            let greatest = run.iter().fold(f64::NEG_INFINITY, |a, &value| a.max(value));
+            let min = run.iter().position(|&value| value == smallest);
+            let max = run.iter().position(|&value| value == greatest);
+            let non_finite = run.iter().filter(|value| !value.is_finite()).count() as u64;
+            let nan = if non_finite > 0 {
+                run.iter().position(|value| value.is_nan())
+            } else {
+                None
+            };
+            let mut kept = [Some(0), min, max, nan, Some(run.len() - 1)];
+            kept.sort_unstable();
+            if let Some(target) = self.buckets.get_mut(bucket) {
+                let mut previous = None;
+                for offset in kept.into_iter().flatten() {
+                    if previous != Some(offset) {
+                        target.add(point(index + offset));
+                        previous = Some(offset);
+                    }
+                }
+            }
+            self.total += run.len() as u64;
+            self.non_finite += non_finite;
+            index = run_end;
+        }
+    }
+
     #[inline]
     fn add_to_bucket(&mut self, point: Point) {
         let (index, start, end) = self.cached;
@@ -456,6 +517,72 @@ mod tests {
             assert!(kept.contains(&x), "{x} kept: {kept:?}");
         }
         assert!(result.points.len() <= 10, "at most 1.25 x the budget");
+    }
+
+    #[test]
+    fn step_slices_give_what_pushing_each_point_gives() {
+        use rand::rngs::SmallRng;
+        use rand::{Rng, SeedableRng};
+        let mut rng = SmallRng::seed_from_u64(11);
+        for round in 0..300 {
+            let len = rng.random_range(0..3000usize);
+            let mut step = rng.random_range(-50..50i64);
+            let mut steps = Vec::with_capacity(len);
+            let mut values = Vec::with_capacity(len);
+            for _ in 0..len {
+                // Repeated steps (ties), NaN, infinities and equal values.
+                step += rng.random_range(0..3);
+                steps.push(step);
+                values.push(match rng.random_range(0..40) {
+                    0 => f64::NAN,
+                    1 => f64::INFINITY,
+                    2 => f64::NEG_INFINITY,
+                    3..=10 => 1.0,
+                    _ => rng.random_range(-100.0..100.0),
+                });
+            }
+            let timestamps: Vec<i64> = (0..len as i64).map(|i| 1000 + i).collect();
+            let lo = rng.random_range(-60..60i64);
+            let hi = lo + rng.random_range(0..4000i64);
+            let max_points = [0, 4, 7, 40, 100, 1000][round % 6];
+            let by_point = run(
+                lo,
+                hi,
+                max_points,
+                (0..len).map(|i| Point {
+                    seq: 9 + i as u64,
+                    x: steps[i],
+                    step: steps[i],
+                    timestamp: timestamps[i],
+                    value: values[i],
+                    smoothed: values[i],
+                }),
+            );
+            let mut sliced = Downsampler::new(lo, hi, max_points);
+            // In pieces, as a reader hands over decoded batches.
+            let mut start = 0;
+            while start < len {
+                let stop = (start + rng.random_range(1..700)).min(len);
+                sliced.push_step_slice(
+                    9 + start as u64,
+                    &steps[start..stop],
+                    &timestamps[start..stop],
+                    &values[start..stop],
+                );
+                start = stop;
+            }
+            let sliced = sliced.finish();
+            assert_eq!(sliced.total, by_point.total, "round {round}");
+            assert_eq!(sliced.non_finite, by_point.non_finite, "round {round}");
+            assert_eq!(sliced.downsampled, by_point.downsampled, "round {round}");
+            let key = |points: &[Point]| -> Vec<(u64, i64, u64)> {
+                points
+                    .iter()
+                    .map(|p| (p.seq, p.x, p.value.to_bits()))
+                    .collect()
+            };
+            assert_eq!(key(&sliced.points), key(&by_point.points), "round {round}");
+        }
     }
 
     #[test]

@@ -255,6 +255,12 @@ fn read_full(
     let mut ema = params.smoothing.map(Ema::new);
     let mut seq = 0u64;
     snapshot.for_each_slice(bounds, &mut |steps, timestamps, values| {
+        if by_step && ema.is_none() {
+            // Slices come in step order: reduce each bucket's run at once.
+            downsampler.push_step_slice(seq, steps, timestamps, values);
+            seq += steps.len() as u64;
+            return Ok(true);
+        }
         for ((&step, &timestamp), &value) in steps.iter().zip(timestamps).zip(values) {
             let smoothed = match &mut ema {
                 Some(ema) => ema.next(value),
@@ -329,17 +335,9 @@ impl PointSink for StepSink<'_> {
         timestamps: &[i64],
         values: &[f64],
     ) -> Result<bool, ScalarError> {
-        for ((&step, &timestamp), &value) in steps.iter().zip(timestamps).zip(values) {
-            self.downsampler.push(Point {
-                seq: self.seq,
-                x: step,
-                step,
-                timestamp,
-                value,
-                smoothed: value,
-            });
-            self.seq += 1;
-        }
+        self.downsampler
+            .push_step_slice(self.seq, steps, timestamps, values);
+        self.seq += steps.len() as u64;
         Ok(true)
     }
 

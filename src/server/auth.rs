@@ -117,6 +117,11 @@ pub fn requirement(method: &Method, path: &str, metrics_public: bool) -> Require
     if path == "/metrics" && metrics_public {
         return Requirement::Open;
     }
+    // The dashboard's own files hold no data (they are in the binary);
+    // the page asks for a token itself and sends it with every API call.
+    if path == "/ui" || path.starts_with("/ui/") {
+        return Requirement::Open;
+    }
     if path == "/api/v1/tokens" || path.starts_with("/api/v1/tokens/") {
         return Requirement::Scope(Scope::Admin);
     }
@@ -332,7 +337,13 @@ mod tests {
             (Method::GET, "/api/v1/tokens", S(Scope::Admin)),
             (Method::DELETE, "/api/v1/tokens/ci", S(Scope::Admin)),
             (Method::GET, "/", S(Scope::Read)),
-            (Method::GET, "/ui/", S(Scope::Read)),
+            (
+                Method::GET,
+                "/static-files/static/js/main.js",
+                S(Scope::Read),
+            ),
+            (Method::GET, "/ui/", Open),
+            (Method::GET, "/ui/js/main.js", Open),
         ];
         for (method, path, expected) in cases {
             assert_eq!(needs(method.clone(), path), expected, "{method} {path}");

@@ -443,6 +443,44 @@ pub fn run_bench(args: &[&str]) -> Value {
     serde_json::from_str(&stdout).unwrap_or_else(|error| panic!("{error}: {stdout}"))
 }
 
+/// The Python interpreter and a browser for the browser tests, or `None`
+/// after printing why `test` is skipped: they need `STEPSTORE_PYTHON`
+/// (with Selenium) and Debian's chromium and chromedriver
+/// (`STEPSTORE_CHROMIUM`, `STEPSTORE_CHROMEDRIVER` to use others), which
+/// `./scripts/test.sh` installs.
+pub fn browser_or_skip(test: &str) -> Option<PathBuf> {
+    let python = python_or_skip(test)?;
+    for (variable, default) in [
+        ("STEPSTORE_CHROMIUM", "/usr/bin/chromium"),
+        ("STEPSTORE_CHROMEDRIVER", "/usr/bin/chromedriver"),
+    ] {
+        let path = std::env::var(variable).unwrap_or_else(|_| default.to_string());
+        if !Path::new(&path).exists() {
+            eprintln!(
+                "SKIPPED {test}: {path} is missing (apt-get install chromium chromium-driver, \
+                 or ./scripts/test.sh)"
+            );
+            return None;
+        }
+    }
+    Some(python)
+}
+
+/// Fails the test with pytest's output unless every test passed.
+pub fn assert_pytest_passed(run: &PytestRun, what: &str, server_log: &str) {
+    match run.status {
+        None => panic!(
+            "{what} did not finish in time:\n{}\n{}\n--- server log (last lines) ---\n{server_log}",
+            run.stdout, run.stderr
+        ),
+        Some(status) if !run.passed() => panic!(
+            "{what} failed ({status}):\n{}\n{}\n--- server log (last lines) ---\n{server_log}",
+            run.stdout, run.stderr
+        ),
+        Some(_) => {}
+    }
+}
+
 /// How a pytest session ended.
 pub struct PytestRun {
     /// The exit status; `None` when it was killed at the deadline.

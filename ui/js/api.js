@@ -45,6 +45,7 @@ export function askToken(reason) {
     reason ||
     "The token is kept in this browser's local storage and sent as Authorization: Bearer … with every request.";
   input.value = token();
+  document.getElementById("token-forget").hidden = !token();
   pendingAsk = new Promise((resolve) => {
     dialog.addEventListener(
       "close",
@@ -88,6 +89,10 @@ export async function api(path, { method, body, headers = {}, raw = false, signa
     method: method || (body === undefined ? "GET" : "POST"),
     headers: { ...headers },
     signal,
+    // The token goes in the header; no cookies or cached Basic credentials,
+    // so a 401 reaches the page (and its token dialog) instead of the
+    // browser's own login prompt.
+    credentials: "omit",
   };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";

@@ -1,16 +1,16 @@
 // One chart: one metric key, one line per selected run, drawn by uPlot.
 // Owns the chart's data (the series the server sent, plus live points), its
 // budget (4 points per pixel column of the plot), the non-finite markers
-// (▲ +∞ at the top, ▼ −∞ at the bottom, ◆ NaN on the x axis), the hover
-// tooltip (step, time, value of every run at that x, the nearest in bold),
-// drag-to-zoom (reported to the view, which refetches the range) and
-// double-click to zoom out. With smoothing, the raw curve is drawn faint
-// behind the smoothed one.
+// (▲ +∞ at the top, ▼ −∞ at the bottom, ◆ NaN on the x axis), drag-to-zoom
+// (reported to the view, which refetches the range) and double-click to
+// zoom out. With smoothing, the raw curve is drawn faint behind the
+// smoothed one. The hover tooltip is tooltip.js.
 
 import { colorAt, faded } from "./colors.js";
-import { escapeHtml, formatCount, formatSeconds, formatTick, formatTime, formatValue, h } from "./format.js";
-import { MAX_BUDGET, align, fetchSeries, xOf } from "./series.js";
 import { runName } from "./catalog.js";
+import { formatCount, formatSeconds, formatTick, h } from "./format.js";
+import { MAX_BUDGET, align, fetchSeries, xOf } from "./series.js";
+import { Tooltip } from "./tooltip.js";
 
 /** Plot heights: in a grid of charts, and alone (the whole width). */
 const HEIGHT = 250;
@@ -18,30 +18,9 @@ const HEIGHT_ALONE = 380;
 const Y_AXIS = 62;
 const X_AXIS = 34;
 const MARK = { nan: "◆", pos: "▲", neg: "▼" };
-/** Pixels from the cursor within which a run's point counts as under it. */
-const HOVER_PX = 12;
 
 function xLabel(x) {
   return x === "step" ? "step" : x === "wall_time" ? "time" : "relative time";
-}
-
-function formatX(x, value, series, index) {
-  if (x === "step") return `step ${formatCount(series ? series.steps[index] : Math.round(value))}`;
-  if (x === "wall_time") return formatTime(value * 1000);
-  return formatSeconds(value);
-}
-
-/** The index in sorted `xs` nearest to `value`. */
-function nearest(xs, value) {
-  let lo = 0;
-  let hi = xs.length - 1;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if (xs[mid] < value) lo = mid + 1;
-    else hi = mid;
-  }
-  if (lo > 0 && Math.abs(xs[lo - 1] - value) <= Math.abs(xs[lo] - value)) return lo - 1;
-  return lo;
 }
 
 export class Chart {
@@ -63,10 +42,9 @@ export class Chart {
     this.title = h("h3.chart-title", { title: key }, key);
     this.meta = h("span.chart-meta");
     this.message = h("div.chart-message", {}, "Loading…");
-    this.tooltip = h("div.chart-tooltip", { hidden: true });
-    this.dot = h("div.chart-dot", { hidden: true });
+    this.tooltip = new Tooltip(this);
     this.legend = h("div.chart-foot");
-    this.body = h("div.chart-body", {}, this.message, this.tooltip, this.dot);
+    this.body = h("div.chart-body", {}, this.message, this.tooltip.box, this.tooltip.dot);
     this.root = h("div.chart-card", { dataset: { key } }, h("div.chart-head", {}, this.title, this.meta), this.body, this.legend);
   }
 
@@ -141,6 +119,7 @@ export class Chart {
       this.pending.push([runId, points]);
       return;
     }
+    this.ensureSeries(runId);
     const series = this.series.get(runId);
     if (!series || !this.x) return;
     let added = 0;
@@ -171,9 +150,9 @@ export class Chart {
     if (this.liveSince > this.budget) this.view.scheduleReload(this);
   }
 
-  /** Adds an empty series for a run whose first points arrive live. */
+  /** Adds an empty series for a selected run whose first points arrive live. */
   ensureSeries(runId) {
-    if (this.series.has(runId) || !this.x) return;
+    if (this.series.has(runId) || !this.x || !this.view.selection().runs.includes(runId)) return;
     this.series.set(runId, {
       runId,
       key: this.key,
@@ -216,12 +195,12 @@ export class Chart {
     for (let position = 0; position < runs.length; position++) {
       data.push(aligned[1 + position * width]);
       const color = colorAt(runs[position].index);
-      config.push({ label: runName(runs[position].id), stroke: smoothed ? faded(color, 0.28) : color, width: smoothed ? 1 : 1.5, spanGaps: true });
+      config.push({ label: runName(runs[position].id), stroke: smoothed ? faded(color, 0.2) : color, width: smoothed ? 1 : 1.5, spanGaps: true });
     }
     if (smoothed) {
       for (let position = 0; position < runs.length; position++) {
         data.push(aligned[2 + position * 2]);
-        config.push({ label: `${runName(runs[position].id)} (smoothed)`, stroke: colorAt(runs[position].index), width: 1.75, spanGaps: true });
+        config.push({ label: `${runName(runs[position].id)} (smoothed)`, stroke: colorAt(runs[position].index), width: 2, spanGaps: true });
       }
     }
     const signature = `${this.x}|${config.map((item) => item.stroke).join(",")}`;
@@ -230,7 +209,7 @@ export class Chart {
       this.signature = signature;
       this.plot = new uPlot(this.options(config), data, this.body);
       this.plot.over.addEventListener("dblclick", () => this.view.zoom(null));
-      this.plot.over.addEventListener("mouseleave", () => this.hideTooltip());
+      this.plot.over.addEventListener("mouseleave", () => this.tooltip.hide());
     } else {
       this.plot.setData(data);
     }
@@ -279,7 +258,7 @@ export class Chart {
       hooks: {
         setSelect: [(plot) => this.selected(plot)],
         draw: [(plot) => this.drawMarkers(plot), () => this.drawn()],
-        setCursor: [(plot) => this.hover(plot)],
+        setCursor: [(plot) => this.tooltip.update(plot)],
       },
     };
   }
@@ -371,84 +350,6 @@ export class Chart {
       ...[...kinds].map((kind) => h("span.marker-key", { dataset: { kind } }, `${MARK[kind]} ${names[kind]}`)),
     );
     this.legend.hidden = !kinds.size;
-  }
-
-  hideTooltip() {
-    this.tooltip.hidden = true;
-    this.dot.hidden = true;
-  }
-
-  /** The tooltip: each run's point nearest the cursor's x, the nearest point overall in bold. */
-  hover(plot) {
-    const { left, top } = plot.cursor;
-    if (left == null || left < 0) {
-      this.hideTooltip();
-      return;
-    }
-    const value = plot.posToVal(left, "x");
-    const rows = [];
-    let best = null;
-    for (const run of this.ordered()) {
-      const series = run.series;
-      if (!series.xs.length) continue;
-      const index = nearest(series.xs, value);
-      const px = plot.valToPos(series.xs[index], "x");
-      if (Math.abs(px - left) > HOVER_PX) continue;
-      // Among this run's points under the cursor, the one nearest vertically.
-      let chosen = index;
-      let chosenDistance = Infinity;
-      for (let other = index; other >= 0 && Math.abs(plot.valToPos(series.xs[other], "x") - left) <= HOVER_PX; other--) {
-        const distance = this.distance(plot, series, other, left, top);
-        if (distance < chosenDistance) [chosen, chosenDistance] = [other, distance];
-      }
-      for (let other = index + 1; other < series.xs.length && Math.abs(plot.valToPos(series.xs[other], "x") - left) <= HOVER_PX; other++) {
-        const distance = this.distance(plot, series, other, left, top);
-        if (distance < chosenDistance) [chosen, chosenDistance] = [other, distance];
-      }
-      const row = { run, index: chosen, distance: chosenDistance };
-      rows.push(row);
-      if (!best || row.distance < best.distance) best = row;
-    }
-    if (!rows.length) {
-      this.hideTooltip();
-      return;
-    }
-    const shown = this.smoothing > 0 ? "smoothed" : "values";
-    rows.sort((a, b) => (b.run.series[shown][b.index] ?? -Infinity) - (a.run.series[shown][a.index] ?? -Infinity));
-    const bestSeries = best.run.series;
-    const lines = rows.slice(0, 12).map((row) => {
-      const series = row.run.series;
-      const raw = formatValue(series.values[row.index]);
-      const smooth = series.smoothed ? ` <span class="muted">raw ${escapeHtml(raw)}</span>` : "";
-      const main = series.smoothed ? formatValue(series.smoothed[row.index]) : raw;
-      const step = this.x === "step" ? "" : ` <span class="muted">step ${formatCount(series.steps[row.index])}</span>`;
-      return `<div class="tt-row${row === best ? " best" : ""}"><span class="swatch" style="background:${colorAt(row.run.index)}"></span><span class="tt-run">${escapeHtml(runName(row.run.id))}</span><span class="tt-value">${escapeHtml(main)}</span>${smooth}${step}</div>`;
-    });
-    if (rows.length > 12) lines.push(`<div class="muted">${rows.length - 12} more runs</div>`);
-    const head = formatX(this.x, bestSeries.xs[best.index], bestSeries, best.index);
-    const time = this.x === "wall_time" ? "" : ` <span class="muted">${escapeHtml(formatTime(bestSeries.timestamps[best.index]))}</span>`;
-    this.tooltip.innerHTML = `<div class="tt-head">${escapeHtml(head)}${time}</div>${lines.join("")}`;
-    this.tooltip.hidden = false;
-    const plotLeft = plot.over.offsetLeft;
-    const plotTop = plot.over.offsetTop;
-    const tipWidth = this.tooltip.offsetWidth;
-    const x = plotLeft + left + 14 + tipWidth > this.body.clientWidth ? plotLeft + left - 14 - tipWidth : plotLeft + left + 14;
-    this.tooltip.style.left = `${Math.max(0, x)}px`;
-    this.tooltip.style.top = `${plotTop + 4}px`;
-    const bestValue = (bestSeries.smoothed || bestSeries.values)[best.index];
-    if (Number.isFinite(bestValue)) {
-      this.dot.hidden = false;
-      this.dot.style.left = `${plotLeft + plot.valToPos(bestSeries.xs[best.index], "x")}px`;
-      this.dot.style.top = `${plotTop + plot.valToPos(bestValue, "y")}px`;
-      this.dot.style.borderColor = colorAt(best.run.index);
-    } else this.dot.hidden = true;
-  }
-
-  distance(plot, series, index, left, top) {
-    const value = (series.smoothed || series.values)[index];
-    const dx = plot.valToPos(series.xs[index], "x") - left;
-    const dy = Number.isFinite(value) ? plot.valToPos(value, "y") - top : 40;
-    return Math.hypot(dx, dy);
   }
 
   resize() {

@@ -9,7 +9,8 @@
 import { catalog, loadRuns, metricKeys, runName } from "./catalog.js";
 import { Chart } from "./chart.js";
 import { colorAt } from "./colors.js";
-import { formatCount, formatSeconds, formatTime, h } from "./format.js";
+import { ChartsToolbar } from "./charts-toolbar.js";
+import { formatCount, h } from "./format.js";
 import { Live } from "./live.js";
 import { setStatus, showError } from "./notice.js";
 import { state, update } from "./state.js";
@@ -38,19 +39,19 @@ export class ChartsView {
     this.live = new Live({
       onPoints: (runId, points) => this.livePoints(runId, points),
       onEnd: (runId, status) => this.runEnded(runId, status),
-      onPoll: () => this.reloadVisible(),
+      onPoll: (ids) => this.poll(ids),
       onChange: () => this.renderLive(),
     });
     this.debug = {
       charts: () => [...this.charts.values()].map((chart) => chart.snapshot()),
       perf: () => this.perf,
     };
-    this.buildToolbar();
+    this.toolbar = new ChartsToolbar(() => this.zoom(null));
     this.legend = h("div.run-legend");
     this.notice = h("div.charts-notice", { hidden: true });
     this.grid = h("div.charts-grid");
     this.empty = h("div.empty-state", { hidden: true });
-    root.append(this.toolbar, this.legend, this.notice, this.empty, this.grid);
+    root.append(this.toolbar.root, this.legend, this.notice, this.empty, this.grid);
     this.visibility = new IntersectionObserver((entries) => this.visibilityChanged(entries), { rootMargin: "200px" });
     let resizeTimer = 0;
     let width = 0;
@@ -62,69 +63,6 @@ export class ChartsView {
     }).observe(this.grid);
   }
 
-  buildToolbar() {
-    this.keyChips = h("div.key-chips");
-    this.keyOptions = h("datalist", { id: "key-options" });
-    this.keyInput = h("input.key-input", {
-      type: "text",
-      list: "key-options",
-      placeholder: "Add a key or glob (train/*)",
-      "aria-label": "Add a metric key or glob",
-      spellcheck: "false",
-    });
-    const keyForm = h(
-      "form.key-form",
-      {
-        onsubmit: (event) => {
-          event.preventDefault();
-          this.addKeys(this.keyInput.value);
-        },
-      },
-      h("span.toolbar-label", {}, "Keys"),
-      this.keyChips,
-      this.keyInput,
-      this.keyOptions,
-    );
-    this.keyInput.addEventListener("change", () => {
-      // Picking a suggestion from the list adds it at once.
-      if (metricKeys(state.runs).includes(this.keyInput.value)) this.addKeys(this.keyInput.value);
-    });
-    this.xSelect = h(
-      "select",
-      { "aria-label": "x axis", onchange: () => update({ x: this.xSelect.value, range: null }) },
-      h("option", { value: "step" }, "Step"),
-      h("option", { value: "wall_time" }, "Wall time"),
-      h("option", { value: "relative_time" }, "Relative time"),
-    );
-    this.smoothInput = h("input", { type: "range", min: "0", max: "0.99", step: "0.01", value: "0", "aria-label": "Smoothing" });
-    this.smoothValue = h("output.smooth-value", {}, "0");
-    let smoothTimer = 0;
-    this.smoothInput.addEventListener("input", () => {
-      this.smoothValue.textContent = Number(this.smoothInput.value).toFixed(2);
-      clearTimeout(smoothTimer);
-      smoothTimer = setTimeout(() => update({ smooth: Number(this.smoothInput.value) }), 250);
-    });
-    this.zoomText = h("span.zoom-text");
-    this.resetButton = h("button.ghost", { type: "button", onclick: () => this.zoom(null) }, "Reset zoom");
-    this.liveText = h("span.live-text");
-    this.toolbar = h(
-      "div.toolbar.charts-toolbar",
-      {},
-      keyForm,
-      h("label.toolbar-field", {}, h("span.toolbar-label", {}, "x"), this.xSelect),
-      h(
-        "label.toolbar-field",
-        { title: "Exponential moving average computed by the server over every point; the raw curve stays faint behind" },
-        h("span.toolbar-label", {}, "Smoothing"),
-        this.smoothInput,
-        this.smoothValue,
-      ),
-      h("span.zoom", {}, this.zoomText, this.resetButton),
-      h("span.spacer"),
-      this.liveText,
-    );
-  }
-
   selection() {
     return { runs: state.runs, x: state.x, range: state.range, smoothing: state.smooth };
   }
@@ -133,7 +71,7 @@ export class ChartsView {
     performance.mark("curves:open");
     this.measuring = true;
     this.perf = null;
-    this.syncControls();
+    this.toolbar.sync();
     this.runsLoaded = "";
     this.rebuild(true);
   }
@@ -146,52 +84,10 @@ export class ChartsView {
   }
 
   update(changed) {
-    this.syncControls();
+    this.toolbar.sync();
     if (changed.has("runs")) this.runsLoaded = "";
     if (changed.has("runs") || changed.has("keys")) this.rebuild(changed.has("runs"));
     else if (changed.has("x") || changed.has("range") || changed.has("smooth")) this.reloadAll();
-  }
-
-  syncControls() {
-    this.xSelect.value = state.x;
-    this.smoothInput.value = String(state.smooth);
-    this.smoothValue.textContent = state.smooth.toFixed(2);
-    const range = state.range;
-    this.resetButton.hidden = !range;
-    if (range) {
-      const text =
-        state.x === "step"
-          ? `steps ${formatCount(range[0])} – ${formatCount(range[1])}`
-          : state.x === "wall_time"
-            ? `${formatTime(range[0] * 1000)} – ${formatTime(range[1] * 1000)}`
-            : `${formatSeconds(range[0])} – ${formatSeconds(range[1])}`;
-      this.zoomText.textContent = `Zoomed to ${text}`;
-    } else this.zoomText.textContent = "Drag on a chart to zoom";
-    this.keyChips.replaceChildren(
-      ...(state.keys.length
-        ? state.keys.map((pattern) =>
-            h(
-              "span.chip",
-              {},
-              pattern,
-              h("button.chip-remove", { type: "button", title: `Remove ${pattern}`, onclick: () => this.removeKey(pattern) }, "×"),
-            ),
-          )
-        : [h("span.chip.muted", {}, "all keys")]),
-    );
-  }
-
-  addKeys(text) {
-    const added = text
-      .split(",")
-      .map((key) => key.trim())
-      .filter(Boolean);
-    this.keyInput.value = "";
-    if (added.length) update({ keys: [...new Set([...state.keys, ...added])] });
-  }
-
-  removeKey(pattern) {
-    update({ keys: state.keys.filter((key) => key !== pattern) });
   }
 
   /** The keys to chart: exact keys as given, globs expanded over the runs' keys. */
@@ -206,7 +102,7 @@ export class ChartsView {
     return [...new Set(keys)];
   }
 
-  /** Whether the keys can be known without reading the runs (no glob, or the runs are known). */
+  /** Whether the charts' keys are known without the runs' keys (no glob among the patterns). */
   keysKnown() {
     return state.keys.length > 0 && state.keys.every((pattern) => !/[*?]/.test(pattern));
   }
@@ -239,7 +135,7 @@ export class ChartsView {
       this.empty.replaceChildren(h("p", {}, "No key of the selected runs matches."), h("p.muted", {}, "Add a key or a glob such as train/*."));
     }
     this.setCharts(keys.slice(0, MAX_CHARTS), reload);
-    this.keyOptions.replaceChildren(...metricKeys(state.runs).slice(0, 500).map((key) => h("option", { value: key })));
+    this.toolbar.suggest(metricKeys(state.runs));
   }
 
   setCharts(keys, reload = false) {
@@ -275,13 +171,23 @@ export class ChartsView {
   /** Reads the selected runs (names, statuses, keys), then completes the charts. */
   async refreshRuns() {
     const wanted = this.runsLoaded;
+    let found;
+    setStatus("Reading the selected runs…");
     try {
-      await loadRuns(state.runs);
+      found = new Set((await loadRuns(state.runs)).map((run) => run.id));
+      setStatus("");
     } catch (error) {
       showError(`Cannot read the selected runs: ${error.message}`);
       return;
     }
     if (wanted !== this.runsLoaded || this.root.hidden) return;
+    const gone = state.runs.filter((id) => !found.has(id));
+    if (gone.length) {
+      // A shared link can name runs deleted since: leave them out.
+      showError(`${gone.length} selected run${gone.length === 1 ? " no longer exists" : "s no longer exist"}: ${gone.join(", ")}`);
+      update({ runs: state.runs.filter((id) => found.has(id)) });
+      return;
+    }
     const before = [...this.charts.keys()].join("\n");
     this.renderLegend();
     if (this.chartKeys().slice(0, MAX_CHARTS).join("\n") !== before) this.rebuild(false);
@@ -295,8 +201,16 @@ export class ChartsView {
     }
   }
 
-  reloadVisible() {
+  /** Runs beyond the stream limit: read the charts again, and see whether they still run. */
+  async poll(ids) {
     for (const chart of this.charts.values()) if (chart.visible && !this.inflight.has(chart)) chart.load();
+    try {
+      await loadRuns(ids);
+    } catch {
+      return;
+    }
+    this.renderLegend();
+    this.follow();
   }
 
   visibilityChanged(entries) {
@@ -370,6 +284,12 @@ export class ChartsView {
   /** Starts (or adjusts) following the running runs once the charts hold their data. */
   follow() {
     if (this.root.hidden || this.inflight.size) return;
+    if (!this.charts.size) {
+      this.live.stop();
+      return;
+    }
+    // Streams start after the steps the charts hold: wait for their first read.
+    if (![...this.charts.values()].some((chart) => chart.fetches > 0)) return;
     const keys = [...this.charts.keys()];
     const running = state.runs.filter((id) => catalog.runs.get(id)?.status === "RUNNING");
     const runs = running.map((id) => {
@@ -396,9 +316,7 @@ export class ChartsView {
       const chart = this.charts.get(key);
       if (!chart) continue;
       const visible = list.filter((point) => this.inRange(point));
-      if (!visible.length) continue;
-      if (!chart.pending) chart.ensureSeries(runId);
-      chart.append(runId, visible);
+      if (visible.length) chart.append(runId, visible);
     }
   }
 
@@ -439,7 +357,7 @@ export class ChartsView {
   }
 
   renderLive() {
-    const streams = this.live.debug.streams().filter((stream) => stream.state !== "ended");
+    const streams = this.live.streamStates().filter((stream) => stream.state !== "ended");
     const polled = this.live.polled.length;
     const parts = [];
     if (streams.length) {
@@ -447,10 +365,6 @@ export class ChartsView {
       parts.push(`● live: ${streams.length} run${streams.length === 1 ? "" : "s"} streaming${states.has("reconnecting") || states.has("paused") ? " (reconnecting)" : ""}`);
     }
     if (polled) parts.push(`${polled} more refreshed every few seconds`);
-    const text = parts.join(" · ");
-    if (text === this.liveText.textContent) return;
-    this.liveText.textContent = text;
-    this.liveText.classList.toggle("on", Boolean(streams.length || polled));
-    this.renderLegend();
+    if (this.toolbar.setLive(parts.join(" · "))) this.renderLegend();
   }
 }

@@ -6,6 +6,7 @@
 // stream; further running runs are followed by re-reading the charts every
 // few seconds (`onPoll`).
 
+import { askToken } from "./api.js";
 import { readEventStream } from "./sse.js";
 
 /** Runs followed by a stream at once (the rest are polled). */
@@ -50,10 +51,12 @@ class Stream {
       });
     } catch (error) {
       if (this.closed || this.paused) return;
+      if (error.status === 401 && !(await askToken("The live stream needs an API token."))) {
+        this.stop(error);
+        return;
+      }
       if (error.status && error.status !== 401 && error.status < 500) {
-        this.state = `stopped: ${error.message}`;
-        this.closed = true;
-        this.live.changed();
+        this.stop(error);
         return;
       }
     }
@@ -80,6 +83,13 @@ class Stream {
       this.afterStep = data.resume_after_step;
       this.lastEventId = null;
     }
+    this.live.changed();
+  }
+
+  /** Gives up on a stream the server refuses (run deleted, bad key, no token). */
+  stop(error) {
+    this.state = `stopped: ${error.message}`;
+    this.closed = true;
     this.live.changed();
   }
 
@@ -118,16 +128,10 @@ export class Live {
     this.streams = new Map();
     this.polled = [];
     this.pollTimer = 0;
+    // For the browser tests: the streams' states, and a way to drop the
+    // connections as a network failure would.
     this.debug = {
-      streams: () =>
-        [...this.streams.values()].map((stream) => ({
-          run_id: stream.runId,
-          state: stream.state,
-          connections: stream.connections,
-          points: stream.points,
-          last_event_id: stream.lastEventId,
-        })),
-      polled: () => [...this.polled],
+      streams: () => this.streamStates(),
       pause: () => this.streams.forEach((stream) => stream.pause()),
       resume: () => this.streams.forEach((stream) => stream.resume()),
     };
@@ -166,6 +170,17 @@ export class Live {
     this.polled = [];
     clearInterval(this.pollTimer);
     this.changed();
+  }
+
+  /** Each stream: run, state (connecting, live, reconnecting, ended, ...), connections, points received, last event id. */
+  streamStates() {
+    return [...this.streams.values()].map((stream) => ({
+      run_id: stream.runId,
+      state: stream.state,
+      connections: stream.connections,
+      points: stream.points,
+      last_event_id: stream.lastEventId,
+    }));
   }
 
   /** Runs being followed (streamed or polled). */

@@ -66,10 +66,14 @@ async function loadRunCounts() {
   }
 }
 
+const VIEW_NAMES = { runs: "Runs", charts: "Charts", sql: "SQL", run: "Run" };
+
 function route(changed) {
   for (const tab of document.querySelectorAll("#tabs a")) {
     tab.classList.toggle("active", tab.dataset.view === state.view);
   }
+  const experiment = catalog.experiments.find((item) => item.experiment_id === state.exp);
+  document.title = [VIEW_NAMES[state.view], experiment?.name, "stepstore"].filter(Boolean).join(" · ");
   if (changed.has("exp")) renderExperiments();
   if (active !== state.view) {
     if (active) {

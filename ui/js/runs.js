@@ -190,7 +190,7 @@ export class RunsView {
       {
         id: "start",
         label: "Started",
-        width: 150,
+        width: 160,
         sortable: true,
         value: (run) => run.start,
         cell: (run) => escapeHtml(formatTime(run.start)),

@@ -22,7 +22,7 @@ export async function fetchSeries({ runs, key, x, range, budget, smoothing, sign
   }
   if (smoothing > 0) body.smoothing = smoothing;
   const response = await api("/api/v1/scalars", { body, signal });
-  return response.series.filter((json) => json.key === key).map((json) => decode(json, x));
+  return response.series.map((json) => decode(json, x));
 }
 
 /** One series as the chart keeps it (plain arrays, so live points can be appended). */

@@ -13,7 +13,7 @@ import { ApiError, authHeaders } from "./api.js";
 export async function readEventStream(url, { lastEventId, onEvent, signal }) {
   const headers = { Accept: "text/event-stream" };
   if (lastEventId != null) headers["Last-Event-ID"] = String(lastEventId);
-  const response = await fetch(url, { headers: authHeaders(headers), signal, cache: "no-store" });
+  const response = await fetch(url, { headers: authHeaders(headers), signal, cache: "no-store", credentials: "omit" });
   if (!response.ok) {
     let message = `HTTP ${response.status}`;
     try {
