@@ -21,6 +21,8 @@ use stepstore::bench::BenchConfig;
 use stepstore::engine::{Engine, EngineConfig};
 use stepstore::ingest::IngestConfig;
 use stepstore::server::auth::AuthSettings;
+use stepstore::server::connection::ConnectionLimits;
+use stepstore::server::hygiene::{AllowedHosts, HygieneSettings};
 use stepstore::server::mlflow_ui::{MlflowUi, MlflowUiSource};
 use stepstore::server::{self, ServerConfig};
 use stepstore::wal::SyncPolicy;
@@ -183,6 +185,31 @@ struct ServeArgs {
     /// Serve /metrics without a token.
     #[arg(long, env = "STEPSTORE_METRICS_PUBLIC")]
     metrics_public: bool,
+    /// Host names requests may be addressed to (comma-separated; `*`:
+    /// any). Default: the listen address, localhost, 127.0.0.1 and ::1;
+    /// localhost and any IP address when listening on every address.
+    #[arg(long, env = "STEPSTORE_ALLOWED_HOSTS", value_delimiter = ',')]
+    allowed_hosts: Vec<String>,
+    /// Origins (`https://host:port`, comma-separated, or `*`) whose web
+    /// pages may call this server; none by default.
+    #[arg(
+        long = "cors-origin",
+        env = "STEPSTORE_CORS_ORIGIN",
+        value_delimiter = ','
+    )]
+    cors_origins: Vec<String>,
+    /// Connections served at once; past it a new connection gets 503.
+    #[arg(long, env = "STEPSTORE_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
+    /// Time a client has to send a request's headers, from the connection's
+    /// opening or the previous response (so also the idle keep-alive time).
+    #[arg(long, env = "STEPSTORE_HEADER_TIMEOUT", default_value = "30s",
+          value_parser = humantime::parse_duration)]
+    header_timeout: Duration,
+    /// Longest pause while a request body arrives; a stalled upload gets 408.
+    #[arg(long, env = "STEPSTORE_BODY_TIMEOUT", default_value = "30s",
+          value_parser = humantime::parse_duration)]
+    body_timeout: Duration,
     #[command(flatten)]
     sql_limits: sql_cli::SqlLimits,
 }
@@ -328,6 +355,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             sql: args.sql_limits.query_config(),
             mlflow_ui,
             auth,
+            hygiene: HygieneSettings {
+                allowed_hosts: AllowedHosts::from_flag(&args.allowed_hosts, args.listen),
+                cors_origins: args.cors_origins.clone(),
+            },
+            connections: ConnectionLimits {
+                max_connections: args.max_connections.max(1),
+                header_timeout: args.header_timeout.max(Duration::from_millis(100)),
+                body_timeout: args.body_timeout.max(Duration::from_millis(100)),
+                ..ConnectionLimits::default()
+            },
         };
         server::serve(Arc::clone(&engine), listener, server_config, shutdown_signal())
             .await

@@ -8,19 +8,21 @@ use prometheus_client::registry::Registry;
 
 use crate::engine::TelemetrySnapshot;
 
-/// A counter kept outside the engine (by the HTTP layer): name, help,
-/// value.
+/// A counter or gauge kept outside the engine (by the HTTP layer): name,
+/// help, value.
 pub type ExtraCounter = (&'static str, &'static str, u64);
 
-/// Renders `snapshot` and `extra` counters in the Prometheus (OpenMetrics)
-/// text format.
+/// Renders `snapshot`, `extra` counters and `gauges` in the Prometheus
+/// (OpenMetrics) text format.
 pub fn render(
     snapshot: TelemetrySnapshot,
     extra: &[ExtraCounter],
+    gauges: &[ExtraCounter],
 ) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::with_prefix("stepstore");
     registry.register_collector(Box::new(SnapshotCollector(snapshot)));
     registry.register_collector(Box::new(ExtraCollector(extra.to_vec())));
+    registry.register_collector(Box::new(ExtraGauges(gauges.to_vec())));
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)?;
     Ok(text)
@@ -39,6 +41,21 @@ impl Collector for ExtraCollector {
             let metric_encoder =
                 encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric_encoder)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct ExtraGauges(Vec<ExtraCounter>);
+
+impl Collector for ExtraGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for &(name, help, value) in &self.0 {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            let metric_encoder =
+                encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric_encoder)?;
         }
         Ok(())
     }
@@ -151,6 +168,7 @@ mod tests {
                 ..TelemetrySnapshot::default()
             },
             &[("auth_unauthenticated", "Refused requests", 3)],
+            &[("connections_open", "Open connections", 2)],
         )
         .unwrap();
         assert!(
@@ -162,6 +180,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("stepstore_buffer_bytes 7"), "{text}");
+        assert!(text.contains("stepstore_connections_open 2"), "{text}");
         assert!(
             text.contains("# TYPE stepstore_wal_unpersisted_bytes gauge"),
             "{text}"

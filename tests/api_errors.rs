@@ -227,7 +227,7 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
 }
 
 #[test]
-fn writes_past_the_buffer_limit_get_503_and_smaller_ones_still_pass() {
+fn writes_larger_than_the_whole_buffer_budget_get_413_and_smaller_ones_still_pass() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(
         dir.path(),
@@ -238,10 +238,16 @@ fn writes_past_the_buffer_limit_get_503_and_smaller_ones_still_pass() {
     let too_many: Vec<Value> = (0..40_000)
         .map(|step| json!({"key": "loss", "value": 0.5, "step": step}))
         .collect();
-    assert_error(
-        server.request("POST", &path, Some(&json!({"points": too_many}))),
-        503,
-        "TEMPORARILY_UNAVAILABLE",
+    // Retrying cannot help a write that can never fit: 413, not a 503
+    // that clients retry forever.
+    let (status, body) = server.request("POST", &path, Some(&json!({"points": too_many})));
+    assert_error((status, body.clone()), 413, "REQUEST_LIMIT_EXCEEDED");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("--buffer-budget-mb"),
+        "{body}"
     );
     assert!(
         server.series(&run_id, "loss").0.is_empty(),

@@ -1,7 +1,8 @@
 //! Arrow IPC stream: record batches with columns `run_id` and `key`
 //! (strings, plain or dictionary-encoded), `step` (integer), `value`
-//! (float) and optionally `timestamp` (integer ms or a millisecond
-//! timestamp). Dictionary-encoded `run_id` and `key` columns are the fast
+//! (float) and optionally `timestamp` (integer milliseconds, or an Arrow
+//! timestamp of any unit, converted to milliseconds: pandas writes
+//! nanoseconds). Dictionary-encoded `run_id` and `key` columns are the fast
 //! path: each distinct value is checked once, then rows are routed by index.
 
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, DictionaryArray, RecordBatch, StringArray};
 use arrow::buffer::Buffer;
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type};
+use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type, TimeUnit};
 use arrow::ipc::reader::StreamDecoder;
 use bytes::Bytes;
 
@@ -43,6 +44,35 @@ fn cast_to(array: &ArrayRef, to: &DataType, name: &str) -> Result<ArrayRef, Bulk
             array.data_type()
         ))
     })
+}
+
+/// The `timestamp` column as integer milliseconds. An Arrow timestamp is
+/// converted from its unit (rounding down to the millisecond); any other
+/// type is cast and taken as milliseconds.
+fn timestamps_ms(array: &ArrayRef) -> Result<ArrayRef, BulkError> {
+    let DataType::Timestamp(unit, _) = array.data_type() else {
+        return cast_to(array, &DataType::Int64, "timestamp");
+    };
+    let unit = *unit;
+    // A timestamp cast to Int64 keeps its raw count of `unit`s.
+    let raw = cast_to(array, &DataType::Int64, "timestamp")?;
+    let raw = raw.as_primitive::<Int64Type>();
+    let converted = match unit {
+        TimeUnit::Second => {
+            raw.try_unary::<_, Int64Type, _>(|seconds| {
+                seconds.checked_mul(1000).ok_or_else(|| {
+                    arrow::error::ArrowError::ComputeError(format!(
+                        "{seconds} s is out of range in milliseconds"
+                    ))
+                })
+            })
+            .map_err(|error| BulkError::Invalid(format!("column 'timestamp' (seconds): {error}")))?
+        }
+        TimeUnit::Millisecond => raw.clone(),
+        TimeUnit::Microsecond => raw.unary::<_, Int64Type>(|micros| micros.div_euclid(1_000)),
+        TimeUnit::Nanosecond => raw.unary::<_, Int64Type>(|nanos| nanos.div_euclid(1_000_000)),
+    };
+    Ok(Arc::new(converted))
 }
 
 fn refuse_nulls(array: &dyn Array, name: &str, first_row: usize) -> Result<(), BulkError> {
@@ -114,7 +144,7 @@ fn decode_batch(
         "value",
     )?;
     let timestamps = column(batch, "timestamp")?
-        .map(|array| cast_to(&array, &DataType::Int64, "timestamp"))
+        .map(|array| timestamps_ms(&array))
         .transpose()?;
     refuse_nulls(&run_column, "run_id", first_row)?;
     refuse_nulls(&key_column, "key", first_row)?;
@@ -273,6 +303,70 @@ mod tests {
             columns.push(Arc::new(Int64Array::from(vec![7i64; rows])));
         }
         RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+    }
+
+    #[test]
+    fn timestamp_columns_of_every_unit_become_milliseconds() {
+        use arrow::array::{
+            TimestampMicrosecondArray, TimestampMillisecondArray, TimestampNanosecondArray,
+            TimestampSecondArray,
+        };
+        let millis = 1_732_530_000_123i64;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(TimestampSecondArray::from(vec![millis / 1000])),
+            Arc::new(TimestampMillisecondArray::from(vec![millis]).with_timezone("UTC")),
+            Arc::new(TimestampMicrosecondArray::from(vec![millis * 1000 + 999])),
+            Arc::new(TimestampNanosecondArray::from(vec![
+                millis * 1_000_000 + 999_999,
+            ])),
+        ];
+        let expected = [millis / 1000 * 1000, millis, millis, millis];
+        for (column, expected) in columns.into_iter().zip(expected) {
+            let batch = with_timestamp_column(column.clone());
+            let runs = decode(Bytes::from(stream(&[batch])), 0, 100)
+                .unwrap_or_else(|error| panic!("{}: {error}", column.data_type()));
+            let batches = runs.finish();
+            assert_eq!(
+                batches[0].1.timestamps,
+                [expected],
+                "{}",
+                column.data_type()
+            );
+        }
+        // Before 1970, nanoseconds round down like the other units.
+        let batch = with_timestamp_column(Arc::new(TimestampNanosecondArray::from(vec![-1i64])));
+        let batches = decode(Bytes::from(stream(&[batch])), 0, 100)
+            .unwrap()
+            .finish();
+        assert_eq!(batches[0].1.timestamps, [-1]);
+        // Seconds too large for milliseconds are refused, not wrapped.
+        let batch =
+            with_timestamp_column(Arc::new(TimestampSecondArray::from(vec![i64::MAX / 10])));
+        let Err(error) = decode(Bytes::from(stream(&[batch])), 0, 100) else {
+            panic!("seconds past the millisecond range were accepted");
+        };
+        assert!(error.to_string().contains("out of range"), "{error}");
+    }
+
+    fn with_timestamp_column(timestamps: ArrayRef) -> RecordBatch {
+        let schema = Schema::new(vec![
+            Field::new("run_id", DataType::Utf8, false),
+            Field::new("key", DataType::Utf8, false),
+            Field::new("step", DataType::Int64, false),
+            Field::new("value", DataType::Float64, false),
+            Field::new("timestamp", timestamps.data_type().clone(), false),
+        ]);
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(StringArray::from(vec![RUN_A])),
+                Arc::new(StringArray::from(vec!["loss"])),
+                Arc::new(Int64Array::from(vec![1i64])),
+                Arc::new(Float64Array::from(vec![0.5])),
+                timestamps,
+            ],
+        )
+        .unwrap()
     }
 
     #[test]

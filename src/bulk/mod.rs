@@ -37,6 +37,14 @@ pub enum BulkError {
         /// The limit.
         limit: usize,
     },
+    /// An NDJSON line is longer than a point can be.
+    #[error("line {line} is longer than the limit of {limit} bytes for one point")]
+    LineTooLong {
+        /// The line's number (from 1).
+        line: usize,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 impl Classify for BulkError {
@@ -44,7 +52,7 @@ impl Classify for BulkError {
         match self {
             BulkError::Malformed(_) => ErrorKind::MalformedRequest,
             BulkError::Invalid(_) => ErrorKind::InvalidParameter,
-            BulkError::TooManyPoints { .. } => ErrorKind::TooLarge,
+            BulkError::TooManyPoints { .. } | BulkError::LineTooLong { .. } => ErrorKind::TooLarge,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! NDJSON: one point per line, `{"run_id", "key", "step", "value",
 //! "timestamp"?}`. The decoder is fed the body chunk by chunk as it
-//! arrives, so the text is never held whole; blank lines are skipped.
+//! arrives, so the text is never held whole; blank lines are skipped. A
+//! line may be at most [`MAX_LINE_BYTES`] long.
 
 use std::borrow::Cow;
 
@@ -22,6 +23,10 @@ struct Point<'a> {
     value: JsonF64,
     timestamp: Option<i64>,
 }
+
+/// Longest line: a point is a few hundred bytes at most (a 500-byte key,
+/// a run id, four numbers), so this leaves room for any spacing.
+pub const MAX_LINE_BYTES: usize = 64 << 10;
 
 /// An incremental NDJSON decoder.
 pub struct NdjsonDecoder {
@@ -52,23 +57,41 @@ impl NdjsonDecoder {
         if !self.pending.is_empty() {
             match rest.iter().position(|&byte| byte == b'\n') {
                 None => {
-                    self.pending.extend_from_slice(rest);
+                    self.keep_pending(rest)?;
                     return Ok(());
                 }
                 Some(end) => {
-                    let mut line = std::mem::take(&mut self.pending);
-                    line.extend_from_slice(&rest[..end]);
+                    self.keep_pending(&rest[..end])?;
+                    let line = std::mem::take(&mut self.pending);
                     self.decode_line(&line)?;
                     rest = &rest[end + 1..];
                 }
             }
         }
         while let Some(end) = rest.iter().position(|&byte| byte == b'\n') {
+            if end > MAX_LINE_BYTES {
+                return Err(self.line_too_long());
+            }
             self.decode_line(&rest[..end])?;
             rest = &rest[end + 1..];
         }
-        self.pending.extend_from_slice(rest);
+        self.keep_pending(rest)
+    }
+
+    /// Keeps the start of a line that continues in the next chunk.
+    fn keep_pending(&mut self, part: &[u8]) -> Result<(), BulkError> {
+        if self.pending.len() + part.len() > MAX_LINE_BYTES {
+            return Err(self.line_too_long());
+        }
+        self.pending.extend_from_slice(part);
         Ok(())
+    }
+
+    fn line_too_long(&self) -> BulkError {
+        BulkError::LineTooLong {
+            line: self.line + 1,
+            limit: MAX_LINE_BYTES,
+        }
     }
 
     /// Decodes the last line (one without a final newline) and returns the
@@ -157,6 +180,35 @@ mod tests {
             assert_eq!(batch.values[3], 3.5);
             assert!(batch.timestamps.iter().all(|&timestamp| timestamp == 42));
         }
+    }
+
+    #[test]
+    fn a_line_longer_than_the_limit_is_refused_whole_or_in_pieces() {
+        let long = format!("{}\n", " ".repeat(MAX_LINE_BYTES + 1));
+        let mut decoder = NdjsonDecoder::new(0, 10);
+        decoder.feed(format!("{}\n", lines(2)).as_bytes()).unwrap();
+        let error = decoder.feed(long.as_bytes()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!("line 3 is longer than the limit of {MAX_LINE_BYTES} bytes for one point")
+        );
+        // Fed in small pieces with no newline: refused once the pending
+        // part passes the limit, never held whole.
+        let mut decoder = NdjsonDecoder::new(0, 10);
+        let piece = vec![b' '; 4096];
+        let mut refused = None;
+        for round in 0..100 {
+            if let Err(error) = decoder.feed(&piece) {
+                refused = Some((round, error));
+                break;
+            }
+        }
+        let (round, error) = refused.expect("refused");
+        assert_eq!(round, MAX_LINE_BYTES / piece.len());
+        assert!(
+            matches!(error, BulkError::LineTooLong { line: 1, .. }),
+            "{error}"
+        );
     }
 
     #[test]

@@ -119,6 +119,20 @@ pub enum EngineError {
         /// The limit.
         limit: u64,
     },
+    /// One request's points need more buffer memory than the whole budget:
+    /// retrying cannot help.
+    #[error(
+        "the request's {points} points need about {bytes} bytes of buffer memory, more than the \
+         whole buffer budget of {limit} bytes (--buffer-budget-mb); send fewer points per request"
+    )]
+    LargerThanBudget {
+        /// Points in the request.
+        points: usize,
+        /// Buffer memory they need.
+        bytes: u64,
+        /// The budget.
+        limit: u64,
+    },
     /// The engine is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -163,7 +177,9 @@ impl Classify for EngineError {
             EngineError::Auth(error) => error.kind(),
             EngineError::AccessDenied(error) => error.kind(),
             EngineError::Overloaded { .. } | EngineError::ShuttingDown => ErrorKind::Overloaded,
+            EngineError::LargerThanBudget { .. } => ErrorKind::TooLarge,
             EngineError::ReadOnly => ErrorKind::InvalidParameter,
+            EngineError::Wal(WalError::RecordTooLarge { .. }) => ErrorKind::TooLarge,
             EngineError::Wal(_)
             | EngineError::DataDirInUse(_)
             | EngineError::Io { .. }
@@ -723,7 +739,17 @@ impl Engine {
             return Ok(0);
         }
         let bytes = points as u64 * BYTES_PER_POINT;
+        let limit = self.config.ingest.buffer_budget_bytes;
+        if bytes > limit {
+            return Err(EngineError::LargerThanBudget {
+                points,
+                bytes,
+                limit,
+            });
+        }
         let _guard = self.reserve_buffer_room(bytes).await?;
+        // Refused here, before it is acknowledged, if its WAL frame would be
+        // over the frame limit (replay would refuse it).
         let body = WalRecordRef::Metrics(&routed).encode()?;
         let mut signals = Vec::with_capacity(routed.len());
         let mut responses = Vec::with_capacity(routed.len());
@@ -761,7 +787,8 @@ impl Engine {
     /// buffers (released when the guard drops, by then the points are
     /// buffered and counted there). While the budget is full, waits for
     /// written buffers to give memory back, up to `overload_wait`; a write
-    /// that can never fit, or that waited in vain, is `Overloaded`.
+    /// that waited in vain is `Overloaded` (one that can never fit was
+    /// refused before, as `LargerThanBudget`).
     async fn reserve_buffer_room(&self, bytes: u64) -> Result<InFlightGuard, EngineError> {
         let limit = self.config.ingest.buffer_budget_bytes;
         let stats = self.ingester.stats();
@@ -778,7 +805,7 @@ impl Engine {
                 return Ok(guard);
             }
             drop(guard);
-            if bytes > limit || tokio::time::Instant::now() >= deadline {
+            if tokio::time::Instant::now() >= deadline {
                 return Err(EngineError::Overloaded {
                     buffered: buffered - bytes,
                     limit,

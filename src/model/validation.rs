@@ -6,8 +6,11 @@ use thiserror::Error;
 
 use super::ids::truncate_for_message;
 
-/// Longest key (metric, param or tag name) MLflow accepts.
+/// Longest key (metric, param or tag name) MLflow accepts, in characters.
 pub const MAX_KEY_LENGTH: usize = 250;
+/// Longest key in bytes of UTF-8 (checked first, before characters are
+/// counted).
+pub const MAX_KEY_BYTES: usize = 500;
 /// Longest param value.
 pub const MAX_PARAM_VALUE_LENGTH: usize = 6000;
 /// Longest tag value.
@@ -100,7 +103,7 @@ impl crate::error_kind::Classify for ValidationError {
 }
 
 /// Checks a metric, param or tag key against MLflow's rules: non-empty, at
-/// most 250 characters, only `^[/\w.\- :]*$`, and unchanged by path
+/// most 250 characters (and 500 bytes), only `^[/\w.\- :]*$`, and unchanged by path
 /// normalisation (no `..` segments, no leading or doubled `/`).
 pub fn validate_key(kind: KeyKind, key: &str) -> Result<(), ValidationError> {
     let refuse = |reason: String| ValidationError::InvalidKey {
@@ -110,6 +113,12 @@ pub fn validate_key(kind: KeyKind, key: &str) -> Result<(), ValidationError> {
     };
     if key.is_empty() {
         return Err(refuse("names may not be empty".to_string()));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(refuse(format!(
+            "{} bytes of UTF-8, longer than the limit of {MAX_KEY_BYTES}",
+            key.len()
+        )));
     }
     let length = key.chars().count();
     if length > MAX_KEY_LENGTH {
@@ -317,9 +326,22 @@ mod tests {
             "a.b-c_d",
             "ünïcode",
             "x".repeat(250).as_str(),
+            "é".repeat(250).as_str(),
         ] {
             validate_key(KeyKind::Metric, key).unwrap();
         }
+    }
+
+    #[test]
+    fn refuses_keys_over_the_byte_limit_before_counting() {
+        // 250 characters of 3 bytes each: within the character limit, over
+        // the byte limit.
+        let wide = "語".repeat(250);
+        let error = validate_key(KeyKind::Metric, &wide).unwrap_err();
+        assert!(error.to_string().contains("750 bytes"), "{error}");
+        let huge = "x".repeat(10 << 20);
+        let error = validate_key(KeyKind::Metric, &huge).unwrap_err();
+        assert!(error.to_string().contains("bytes of UTF-8"), "{error}");
     }
 
     #[test]

@@ -374,7 +374,7 @@ fn series_of(result: Downsampled, params: &SeriesParams, origin: i64) -> ScalarS
         relative_times: (params.x == XAxis::RelativeTime).then(|| {
             points
                 .iter()
-                .map(|point| (point.timestamp - origin) as f64 / 1000.0)
+                .map(|point| (i128::from(point.timestamp) - i128::from(origin)) as f64 / 1000.0)
                 .collect()
         }),
         total_points: result.total,

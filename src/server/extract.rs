@@ -10,17 +10,56 @@ use serde::de::DeserializeOwned;
 use super::error::ApiError;
 use crate::model::{ExperimentId, RunId};
 
-/// Maps a body that could not be read (too large, or broken) to an error.
+/// Maps a body that could not be read (too large, stalled, or broken) to
+/// an error.
 pub fn body_error(rejection: BytesRejection) -> ApiError {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "REQUEST_LIMIT_EXCEEDED",
-            "the request body is larger than the server's limit (see --max-request-mb)",
-        )
+    if super::connection::is_body_stall(&rejection) {
+        body_stalled(&rejection)
+    } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        body_too_large()
     } else {
         ApiError::malformed(format!("cannot read the request body: {rejection}"))
     }
+}
+
+/// Maps an error met while streaming a body to an error (408 for a stall,
+/// else 400).
+pub fn body_stream_error(error: axum::Error) -> ApiError {
+    if super::connection::is_body_stall(&error) {
+        body_stalled(&error)
+    } else if is_over_length_limit(&error) {
+        body_too_large()
+    } else {
+        ApiError::malformed(format!("cannot read the request body: {error}"))
+    }
+}
+
+fn body_too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "REQUEST_LIMIT_EXCEEDED",
+        "the request body is larger than the server's limit (see --max-request-mb)",
+    )
+}
+
+/// Whether a streamed body passed the body limit.
+fn is_over_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if error.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        current = error.source();
+    }
+    false
+}
+
+fn body_stalled(error: &dyn std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "REQUEST_TIMEOUT",
+        format!("cannot read the request body: {error}"),
+    )
 }
 
 /// Parses a JSON body; syntax errors are `MALFORMED_REQUEST`, wrong types

@@ -5,16 +5,16 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::header;
+use axum::{Json, RequestExt};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use super::auth::Access;
 use super::error::ApiError;
-use super::extract::body_error;
+use super::extract::{body_error, body_stream_error};
 use crate::bulk::ndjson::NdjsonDecoder;
 use crate::bulk::{self, ARROW_STREAM, COLUMNAR_JSON, NDJSON, RunBatches};
 use crate::engine::Engine;
@@ -48,16 +48,15 @@ async fn ingest(
     let runs: RunBatches = match media_type.as_str() {
         NDJSON | "application/jsonl" | "application/json-seq" => {
             let mut decoder = NdjsonDecoder::new(now, MAX_POINTS_PER_REQUEST);
-            let mut stream = request.into_body().into_data_stream();
+            // The body limit applies to streamed bodies too.
+            let mut stream = request.into_limited_body().into_data_stream();
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|error| {
-                    ApiError::malformed(format!("cannot read the request body: {error}"))
-                })?;
+                let chunk = chunk.map_err(body_stream_error)?;
                 decoder.feed(&chunk)?;
             }
             decoder.finish()?
         }
-        COLUMNAR_JSON | ARROW_STREAM | "" => {
+        COLUMNAR_JSON | ARROW_STREAM => {
             let body = Bytes::from_request(request, &engine)
                 .await
                 .map_err(body_error)?;

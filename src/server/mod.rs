@@ -2,9 +2,11 @@
 //! graceful shutdown. Handlers only translate requests for the engine.
 
 pub mod auth;
+pub mod connection;
 pub mod dashboard;
 pub mod error;
 pub mod extract;
+pub mod hygiene;
 pub mod ingest;
 pub mod mlflow;
 pub mod mlflow_ui;
@@ -42,6 +44,10 @@ pub struct ServerConfig {
     pub mlflow_ui: Option<Arc<mlflow_ui::MlflowUi>>,
     /// Whether and how requests authenticate.
     pub auth: auth::AuthSettings,
+    /// Allowed host names, CORS origins.
+    pub hygiene: hygiene::HygieneSettings,
+    /// Open connections and HTTP timeouts.
+    pub connections: connection::ConnectionLimits,
 }
 
 impl Default for ServerConfig {
@@ -51,13 +57,31 @@ impl Default for ServerConfig {
             sql: QueryConfig::default(),
             mlflow_ui: None,
             auth: auth::AuthSettings::default(),
+            hygiene: hygiene::HygieneSettings::default(),
+            connections: connection::ConnectionLimits::default(),
         }
     }
 }
 
-/// Every route of the server, behind the auth layer.
+/// Counters of the HTTP layer, shown on `/metrics`.
+#[derive(Debug, Default)]
+pub struct ServerCounters {
+    /// Refused credentials and scopes.
+    pub auth: Arc<auth::AuthCounters>,
+    /// Connections and timeouts.
+    pub connections: Arc<connection::ConnectionCounters>,
+}
+
+/// Every route of the server, behind the hygiene and auth layers.
 pub fn router(engine: Arc<Engine>, config: &ServerConfig) -> Router {
-    let counters = Arc::new(auth::AuthCounters::default());
+    router_with_counters(engine, config, Arc::new(ServerCounters::default()))
+}
+
+fn router_with_counters(
+    engine: Arc<Engine>,
+    config: &ServerConfig,
+    counters: Arc<ServerCounters>,
+) -> Router {
     let metrics_counters = Arc::clone(&counters);
     let mut routes = Router::new()
         .route("/health", get(health))
@@ -84,7 +108,7 @@ pub fn router(engine: Arc<Engine>, config: &ServerConfig) -> Router {
     let auth_state = auth::AuthLayerState {
         engine: Arc::clone(&engine),
         settings: config.auth,
-        counters,
+        counters: Arc::clone(&counters.auth),
     };
     routes
         .fallback(unknown_endpoint)
@@ -94,39 +118,77 @@ pub fn router(engine: Arc<Engine>, config: &ServerConfig) -> Router {
             auth_state,
             auth::authenticate,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(config.hygiene.clone()),
+            hygiene::check,
+        ))
         .with_state(engine)
 }
 
-/// Serves until `shutdown` resolves, then lets in-flight requests finish.
+/// Serves until `shutdown` resolves, then lets in-flight requests finish
+/// (within the connection limits' grace period).
 pub async fn serve(
     engine: Arc<Engine>,
     listener: TcpListener,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(engine, &config))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let counters = Arc::new(ServerCounters::default());
+    let routes = router_with_counters(engine, &config, Arc::clone(&counters));
+    connection::serve(
+        listener,
+        routes,
+        config.connections,
+        Arc::clone(&counters.connections),
+        shutdown,
+    )
+    .await
 }
 
 async fn health() -> impl IntoResponse {
     axum::Json(json!({ "status": "ok" }))
 }
 
-async fn prometheus_metrics(engine: Arc<Engine>, counters: Arc<auth::AuthCounters>) -> Response {
+async fn prometheus_metrics(engine: Arc<Engine>, counters: Arc<ServerCounters>) -> Response {
+    let connections = &counters.connections;
     let extra = [
         (
             "auth_unauthenticated",
             "Requests refused for missing or invalid credentials (401)",
-            counters.unauthenticated.load(Ordering::Relaxed),
+            counters.auth.unauthenticated.load(Ordering::Relaxed),
         ),
         (
             "auth_forbidden",
             "Requests refused because the token lacks the scope or experiment (403)",
-            counters.forbidden.load(Ordering::Relaxed),
+            counters.auth.forbidden.load(Ordering::Relaxed),
+        ),
+        (
+            "connections_accepted",
+            "Connections accepted and served",
+            connections.accepted.load(Ordering::Relaxed),
+        ),
+        (
+            "connections_refused",
+            "Connections refused with 503 because --max-connections were open",
+            connections.refused.load(Ordering::Relaxed),
+        ),
+        (
+            "header_timeouts",
+            "Connections closed because request headers did not arrive within --header-timeout",
+            connections.header_timeouts.load(Ordering::Relaxed),
+        ),
+        (
+            "body_timeouts",
+            "Requests answered 408 because their body paused longer than --body-timeout",
+            connections.body_timeouts.load(Ordering::Relaxed),
         ),
     ];
-    match crate::observability::render(engine.telemetry(), &extra) {
+    let gauges = [(
+        "connections_open",
+        "HTTP connections open now",
+        connections.open.load(Ordering::Relaxed),
+    )];
+    match crate::observability::render(engine.telemetry(), &extra, &gauges) {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,

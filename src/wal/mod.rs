@@ -73,6 +73,17 @@ pub enum WalError {
     /// The log was shut down.
     #[error("the WAL is shut down")]
     ShutDown,
+    /// A record is larger than one frame may be; nothing was written.
+    #[error(
+        "the request makes a WAL record of {bytes} bytes, more than the frame limit of {limit} \
+         bytes; send it in smaller requests"
+    )]
+    RecordTooLarge {
+        /// The record's size.
+        bytes: usize,
+        /// The frame limit.
+        limit: usize,
+    },
 }
 
 impl WalError {
@@ -294,6 +305,12 @@ impl Wal {
         if self.shared.poisoned.load(Ordering::SeqCst) {
             return Err(self.shared.poison_error());
         }
+        if body.len() > frame::MAX_BODY_LEN {
+            return Err(WalError::RecordTooLarge {
+                bytes: body.len(),
+                limit: frame::MAX_BODY_LEN,
+            });
+        }
         let body_crc = frame::body_checksum(&body);
         let mut sequencer = self.sequencer();
         let lsn = sequencer.next_lsn;
@@ -453,6 +470,27 @@ mod tests {
         );
         assert!("sometimes".parse::<SyncPolicy>().is_err());
         assert!("interval:0ms".parse::<SyncPolicy>().is_err());
+    }
+
+    #[test]
+    fn a_record_over_the_frame_limit_is_refused_before_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(config(dir.path(), SyncPolicy::Always, 1 << 20), 0).unwrap();
+        // Zeroed pages are only mapped, never touched: the check comes
+        // before the checksum.
+        let body = vec![0u8; frame::MAX_BODY_LEN + 1];
+        let error = wal
+            .append(body, Box::new(|_, _| panic!("a refused record completed")))
+            .unwrap_err();
+        assert!(
+            matches!(error, WalError::RecordTooLarge { bytes, limit }
+                if bytes == frame::MAX_BODY_LEN + 1 && limit == frame::MAX_BODY_LEN),
+            "{error}"
+        );
+        // Nothing was written and the LSN was not used.
+        assert_eq!(append_and_wait(&wal, b"next"), 1);
+        wal.shutdown();
+        assert_eq!(read_all(dir.path()), vec![(1, b"next".to_vec())]);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use thiserror::Error;
 use crate::catalog::{NewExperiment, NewRun, RunUpdate};
 use crate::engine::{Engine, EngineError, ViewType};
 use crate::error_kind::{Classify, ErrorKind};
-use crate::model::validation::{KeyKind, MAX_KEY_LENGTH, validate_key};
+use crate::model::validation::{KeyKind, MAX_KEY_BYTES, MAX_KEY_LENGTH, validate_key};
 use crate::model::{ExperimentId, MetricBatchBuilder, RunId, RunStatus};
 use event::decode_event;
 use tfrecord::{RecordReader, TfRecordError};
@@ -194,7 +194,17 @@ pub fn key_for_tag(tag: &str) -> Option<String> {
         .filter(|segment| !segment.is_empty() && *segment != ".")
         .map(|segment| if segment == ".." { "__" } else { segment })
         .collect();
-    let key: String = segments.join("/").chars().take(MAX_KEY_LENGTH).collect();
+    let mut key = String::new();
+    for character in segments.join("/").chars().take(MAX_KEY_LENGTH) {
+        if key.len() + character.len_utf8() > MAX_KEY_BYTES {
+            break;
+        }
+        key.push(character);
+    }
+    // Cutting may leave a trailing `/` or `.` segment that the rules refuse.
+    while key.ends_with('/') || key.ends_with("/.") || key.ends_with("/..") {
+        key.pop();
+    }
     validate_key(KeyKind::Metric, &key).ok().map(|()| key)
 }
 

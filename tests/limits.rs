@@ -1,0 +1,96 @@
+//! Resource bounds end to end: each test sends what a bound refuses, then
+//! checks the answer names the limit, nothing was stored, and the server
+//! still serves.
+
+mod common;
+
+use common::TestServer;
+use serde_json::{Value, json};
+
+fn post_ndjson(server: &TestServer, body: Vec<u8>) -> (u16, Value) {
+    let response = reqwest::blocking::Client::new()
+        .post(server.url("/api/v1/ingest"))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .expect("request");
+    let status = response.status().as_u16();
+    let text = response.text().expect("text");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn ndjson_lines(run: &str, steps: std::ops::Range<i64>) -> Vec<u8> {
+    steps
+        .map(|step| {
+            format!("{{\"run_id\":\"{run}\",\"key\":\"loss\",\"step\":{step},\"value\":0.5}}\n")
+        })
+        .collect::<String>()
+        .into_bytes()
+}
+
+#[test]
+fn streamed_ndjson_bodies_obey_the_body_limit_and_the_line_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start(dir.path(), &["--max-request-mb", "1"]);
+    let run = server.create_run("limits", "ndjson");
+    let (status, body) = post_ndjson(&server, ndjson_lines(&run, 0..10));
+    assert_eq!(status, 200, "{body}");
+    // About 1.6 MB of valid lines: past the 1 MiB limit although streamed.
+    let (status, body) = post_ndjson(&server, ndjson_lines(&run, 10..20_010));
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["error_code"], "REQUEST_LIMIT_EXCEEDED", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("--max-request-mb"),
+        "{body}"
+    );
+    // One line longer than a point can be.
+    let mut long = ndjson_lines(&run, 20_010..20_012);
+    long.extend(std::iter::repeat_n(b' ', 100_000));
+    long.extend_from_slice(b"{}\n");
+    let (status, body) = post_ndjson(&server, long);
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(
+        body["message"], "line 3 is longer than the limit of 65536 bytes for one point",
+        "{body}"
+    );
+    // Neither refused request stored a point.
+    assert_eq!(server.series(&run, "loss").0, (0..10).collect::<Vec<i64>>());
+    server.stop();
+}
+
+#[test]
+fn keys_are_limited_in_bytes_as_well_as_characters() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start(dir.path(), &[]);
+    let run = server.create_run("limits", "keys");
+    let wide = "語".repeat(250);
+    let (status, body) = server.request(
+        "POST",
+        &format!("/api/v1/runs/{run}/metrics"),
+        Some(&json!({"step": 1, "values": {wide.clone(): 1.0}})),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("750 bytes"),
+        "{body}"
+    );
+    let (status, body) = server.request(
+        "POST",
+        "/api/2.0/mlflow/runs/log-parameter",
+        Some(&json!({"run_id": run, "key": wide, "value": "x"})),
+    );
+    assert_eq!(status, 400, "{body}");
+    let narrow = "é".repeat(250);
+    server.post(
+        &format!("/api/v1/runs/{run}/metrics"),
+        &json!({"step": 1, "values": {narrow.clone(): 1.0}}),
+    );
+    assert_eq!(server.series(&run, &narrow).0, vec![1]);
+    server.stop();
+}
