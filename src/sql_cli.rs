@@ -27,6 +27,10 @@ pub struct SqlLimits {
     /// SQL queries that run at once (more wait their turn).
     #[arg(long, env = "STEPSTORE_SQL_MAX_CONCURRENT", default_value_t = 4)]
     pub sql_max_concurrent: usize,
+    /// Largest encoded SQL result (JSON, CSV or Arrow) a server sends, in
+    /// MiB.
+    #[arg(long, env = "STEPSTORE_SQL_MAX_RESULT_MB", default_value_t = 256)]
+    pub sql_max_result_mb: usize,
 }
 
 impl SqlLimits {
@@ -36,6 +40,7 @@ impl SqlLimits {
             memory_limit_bytes: self.sql_memory_mb.max(1) << 20,
             time_limit: Duration::from_secs(self.sql_timeout_secs.max(1)),
             max_concurrent: self.sql_max_concurrent.max(1),
+            max_result_bytes: self.sql_max_result_mb.max(1) << 20,
             ..QueryConfig::default()
         }
     }

@@ -94,3 +94,90 @@ fn keys_are_limited_in_bytes_as_well_as_characters() {
     assert_eq!(server.series(&run, &narrow).0, vec![1]);
     server.stop();
 }
+
+fn sql(server: &TestServer, query: &str, format: &str) -> (u16, Value) {
+    server.request(
+        "POST",
+        "/api/v1/sql",
+        Some(&json!({"query": query, "format": format})),
+    )
+}
+
+#[test]
+fn sql_results_and_growing_functions_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start(
+        dir.path(),
+        &["--sql-memory-mb", "256", "--sql-max-result-mb", "32"],
+    );
+    let run = server.create_run("limits", "sql");
+    server.post(
+        &format!("/api/v1/runs/{run}/metrics"),
+        &json!({"step": 1, "values": {"loss": 0.5}}),
+    );
+    // A result far past --sql-max-result-mb, in every format: 400 before
+    // anything is sent, while the rows stream through the encoder.
+    for format in ["json", "csv", "arrow"] {
+        let (status, body) = sql(
+            &server,
+            "SELECT value FROM generate_series(1, 100000000)",
+            format,
+        );
+        assert_eq!(status, 400, "{format}: {body}");
+        assert_eq!(body["error_code"], "RESOURCE_EXHAUSTED", "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("--sql-max-result-mb"),
+            "{body}"
+        );
+    }
+    // Functions that would allocate gigabytes outside the memory pool.
+    for query in [
+        "SELECT repeat('x', 2000000000) AS r",
+        "SELECT repeat(repeat('x', 1000), 1000000) AS r",
+        "SELECT lpad('x', 2000000000) AS r",
+        "SELECT rpad('x', 2000000000, 'yz') AS r",
+        "SELECT range(1, 1000000000) AS r",
+        "SELECT generate_series(1, 1000000000) AS r",
+        "SELECT range(DATE '1900-01-01', DATE '2100-01-01', INTERVAL '1 second') AS r",
+        "SELECT array_repeat(1, 1000000000) AS r",
+        "SELECT replace(repeat('x', 1000000), 'x', repeat('y', 1000)) AS r",
+        "SELECT regexp_replace(repeat('x', 100000), '', repeat('y', 10000), 'g') AS r",
+        "SELECT repeat(key, 100000000) FROM metrics",
+    ] {
+        let (status, body) = sql(&server, query, "json");
+        assert_eq!(status, 400, "{query}: {body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.contains("limit of 64 MiB for one call"),
+            "{query}: {body}"
+        );
+    }
+    // Within the limits they work as before.
+    let (status, body) = sql(
+        &server,
+        "SELECT repeat('ab', 3) AS r, lpad('7', 3, '0') AS p",
+        "json",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"][0]["r"], "ababab");
+    assert_eq!(body["rows"][0]["p"], "007");
+    let (status, body) = sql(&server, "SELECT cardinality(range(1, 1001)) AS n", "json");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"][0]["n"], 1000);
+    let (status, body) = sql(
+        &server,
+        "SELECT count(*) AS n FROM generate_series(1, 1000000)",
+        "json",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"][0]["n"], 1_000_000);
+    // The server stayed within its limits and still serves.
+    let peak = server.peak_rss_bytes();
+    assert!(peak < 700 << 20, "peak RSS {} MiB", peak >> 20);
+    assert_eq!(server.get("/health")["status"], "ok");
+    assert_eq!(server.series(&run, "loss").0, vec![1]);
+    server.stop();
+}

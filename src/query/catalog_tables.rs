@@ -90,7 +90,7 @@ pub fn run_key_value_schema() -> SchemaRef {
 }
 
 /// Registers the five catalog tables in `context`.
-pub fn register(context: &SessionContext, catalog: &CatalogState) -> DfResult<()> {
+pub fn register(context: &SessionContext, catalog: &CatalogState) -> DfResult<usize> {
     let experiments: Vec<&Experiment> = catalog.experiments().collect();
     let mut runs: Vec<&Run> = catalog.runs().collect();
     runs.sort_by(|a, b| {
@@ -106,11 +106,13 @@ pub fn register(context: &SessionContext, catalog: &CatalogState) -> DfResult<()
         ),
         ("tags", run_key_values_batch(&runs, |run| run.tags.iter())?),
     ];
+    let mut bytes = 0;
     for (name, batch) in tables {
+        bytes += batch.get_array_memory_size();
         let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
         context.register_table(name, Arc::new(table))?;
     }
-    Ok(())
+    Ok(bytes)
 }
 
 fn experiments_batch(experiments: &[&Experiment]) -> DfResult<RecordBatch> {

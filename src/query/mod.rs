@@ -14,9 +14,13 @@
 //! Only statements that read are accepted ([`safety`]); each query runs
 //! under a memory limit and a time limit on a runtime of its own, so a
 //! heavy query neither takes the server down nor starves its HTTP threads.
-//! Results can be rendered as JSON rows, CSV, an Arrow IPC stream or a
-//! text table ([`output`]).
+//! The catalog tables count against the memory limit, functions that
+//! allocate outside it are bounded ([`bounded_functions`]), and results are
+//! encoded batch by batch as JSON rows, CSV, an Arrow IPC stream or a text
+//! table ([`output`]) within `--sql-max-result-mb`, on the query threads
+//! and within the query's time limit and turn.
 
+mod bounded_functions;
 pub mod catalog_tables;
 mod constant_key_aggregate;
 pub mod latest_table;
@@ -38,7 +42,7 @@ use datafusion::common::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{
-    GreedyMemoryPool, MemoryConsumer, MemoryPool, TrackConsumersPool,
+    GreedyMemoryPool, MemoryConsumer, MemoryPool, MemoryReservation, TrackConsumersPool,
 };
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
@@ -49,6 +53,7 @@ use tokio::sync::Semaphore;
 use crate::engine::{Engine, EngineError};
 use crate::error_kind::{Classify, ErrorKind};
 use crate::model::ExperimentId;
+use output::{OutputFormat, ResultEncoder};
 
 /// Limits and execution settings of SQL queries.
 #[derive(Clone, Debug)]
@@ -65,6 +70,8 @@ pub struct QueryConfig {
     /// Worker threads of the query runtime, and DataFusion's target
     /// partitions.
     pub threads: usize,
+    /// Largest encoded result, in bytes.
+    pub max_result_bytes: usize,
 }
 
 impl Default for QueryConfig {
@@ -77,6 +84,7 @@ impl Default for QueryConfig {
             time_limit: Duration::from_secs(60),
             max_concurrent: 4,
             threads,
+            max_result_bytes: 256 << 20,
         }
     }
 }
@@ -114,6 +122,15 @@ pub enum QueryError {
     /// The result could not be encoded.
     #[error("cannot encode the result: {0}")]
     Output(String),
+    /// The encoded result passed its limit.
+    #[error(
+        "the result is larger than the limit of {limit_mb} MiB (--sql-max-result-mb): add a \
+         LIMIT, filters or aggregate more"
+    )]
+    ResultTooLarge {
+        /// The limit in MiB.
+        limit_mb: usize,
+    },
 }
 
 impl QueryError {
@@ -139,9 +156,9 @@ impl Classify for QueryError {
     fn kind(&self) -> ErrorKind {
         match self {
             QueryError::Refused(_) | QueryError::Invalid(_) => ErrorKind::InvalidParameter,
-            QueryError::MemoryLimit { .. } | QueryError::TimeLimit(_) => {
-                ErrorKind::InvalidParameter
-            }
+            QueryError::MemoryLimit { .. }
+            | QueryError::TimeLimit(_)
+            | QueryError::ResultTooLarge { .. } => ErrorKind::InvalidParameter,
             QueryError::Engine(error) => error.kind(),
             QueryError::Internal(_) | QueryError::Output(_) => ErrorKind::Internal,
         }
@@ -227,6 +244,38 @@ impl QueryService {
         sql: &str,
         allowed: Option<Arc<BTreeSet<ExperimentId>>>,
     ) -> Result<QueryResult, QueryError> {
+        match self.spawn(sql, allowed, None).await? {
+            QueryOutput::Batches(result) => Ok(result),
+            QueryOutput::Encoded(_) => Err(QueryError::Internal(
+                "the query returned an encoding instead of batches".to_string(),
+            )),
+        }
+    }
+
+    /// Runs one SQL statement (over the experiments in `allowed` when
+    /// given) and encodes its result in `format` as the batches arrive,
+    /// within `max_result_bytes`; the encoding runs on the query threads
+    /// and counts against the query's turn and time limit.
+    pub async fn execute_encoded(
+        self: &Arc<Self>,
+        sql: &str,
+        allowed: Option<Arc<BTreeSet<ExperimentId>>>,
+        format: OutputFormat,
+    ) -> Result<Vec<u8>, QueryError> {
+        match self.spawn(sql, allowed, Some(format)).await? {
+            QueryOutput::Encoded(bytes) => Ok(bytes),
+            QueryOutput::Batches(result) => format.encode(&result),
+        }
+    }
+
+    /// Runs a statement on the query threads under the time limit; aborts
+    /// it when the caller stops waiting.
+    async fn spawn(
+        self: &Arc<Self>,
+        sql: &str,
+        allowed: Option<Arc<BTreeSet<ExperimentId>>>,
+        format: Option<OutputFormat>,
+    ) -> Result<QueryOutput, QueryError> {
         let Some(runtime) = self.runtime.as_ref() else {
             return Err(QueryError::Internal(
                 "the query service is stopped".to_string(),
@@ -236,7 +285,8 @@ impl QueryService {
         let sql = sql.to_string();
         let time_limit = self.config.time_limit;
         let task = runtime.spawn(async move {
-            match tokio::time::timeout(time_limit, service.run(&sql, allowed.as_deref())).await {
+            let run = service.run(&sql, allowed.as_deref(), format);
+            match tokio::time::timeout(time_limit, run).await {
                 Ok(outcome) => outcome,
                 Err(_) => Err(QueryError::TimeLimit(time_limit)),
             }
@@ -254,18 +304,20 @@ impl QueryService {
         }
     }
 
-    /// Plans and runs one statement on the current runtime.
+    /// Plans and runs one statement on the current runtime; collects its
+    /// batches, or encodes them in `format` as they arrive.
     async fn run(
         &self,
         sql: &str,
         allowed: Option<&BTreeSet<ExperimentId>>,
-    ) -> Result<QueryResult, QueryError> {
+        format: Option<OutputFormat>,
+    ) -> Result<QueryOutput, QueryError> {
         let _turn = self
             .turns
             .acquire()
             .await
             .map_err(|_| QueryError::Internal("the query service is stopped".to_string()))?;
-        let (context, pool) = self.session(allowed)?;
+        let (context, pool, _catalog_memory) = self.session(allowed)?;
         let state = context.state();
         let dialect = state.config().options().sql_parser.dialect;
         let statement = state
@@ -291,21 +343,42 @@ impl QueryService {
             .execute_stream()
             .await
             .map_err(|error| QueryError::from_datafusion(error, &self.config))?;
-        // The result counts against the same limit as the operators.
-        let reservation = MemoryConsumer::new("query result").register(&pool);
-        let mut batches = Vec::new();
-        while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(|error| QueryError::from_datafusion(error, &self.config))?;
-            reservation
-                .try_grow(batch.get_array_memory_size())
-                .map_err(|error| QueryError::from_datafusion(error, &self.config))?;
-            if batch.num_rows() > 0 {
-                batches.push(batch);
+        let output = match format {
+            Some(format) => {
+                let mut encoder =
+                    ResultEncoder::new(format, Arc::clone(&schema), self.config.max_result_bytes)?;
+                // The encoding counts against the memory limit too.
+                let reservation = MemoryConsumer::new("encoded result").register(&pool);
+                while let Some(batch) = stream.next().await {
+                    let batch =
+                        batch.map_err(|error| QueryError::from_datafusion(error, &self.config))?;
+                    encoder.push(&batch)?;
+                    reservation
+                        .try_resize(encoder.bytes())
+                        .map_err(|error| QueryError::from_datafusion(error, &self.config))?;
+                }
+                QueryOutput::Encoded(encoder.finish()?)
             }
-        }
+            None => {
+                // The result counts against the same limit as the operators.
+                let reservation = MemoryConsumer::new("query result").register(&pool);
+                let mut batches = Vec::new();
+                while let Some(batch) = stream.next().await {
+                    let batch =
+                        batch.map_err(|error| QueryError::from_datafusion(error, &self.config))?;
+                    reservation
+                        .try_grow(batch.get_array_memory_size())
+                        .map_err(|error| QueryError::from_datafusion(error, &self.config))?;
+                    if batch.num_rows() > 0 {
+                        batches.push(batch);
+                    }
+                }
+                QueryOutput::Batches(QueryResult { schema, batches })
+            }
+        };
         drop(stream);
         drop(context);
-        Ok(QueryResult { schema, batches })
+        Ok(output)
     }
 
     /// A session with the tables registered (holding only the experiments
@@ -313,7 +386,7 @@ impl QueryService {
     fn session(
         &self,
         allowed: Option<&BTreeSet<ExperimentId>>,
-    ) -> Result<(SessionContext, Arc<dyn MemoryPool>), QueryError> {
+    ) -> Result<(SessionContext, Arc<dyn MemoryPool>, MemoryReservation), QueryError> {
         let internal = |error: DataFusionError| QueryError::Internal(error.to_string());
         let pool: Arc<dyn MemoryPool> = Arc::new(TrackConsumersPool::new(
             GreedyMemoryPool::new(self.config.memory_limit_bytes),
@@ -329,7 +402,7 @@ impl QueryService {
         let config = SessionConfig::new()
             .with_target_partitions(self.config.threads.max(1))
             .with_information_schema(true);
-        let state = SessionStateBuilder::new()
+        let mut state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(runtime)
             .with_default_features()
@@ -337,12 +410,19 @@ impl QueryService {
                 constant_key_aggregate::ConstantKeyAggregateRule,
             ))
             .build();
+        bounded_functions::register(&mut state, self.config.memory_limit_bytes / 4)
+            .map_err(internal)?;
         let context = SessionContext::new_with_state(state);
         let catalog = match allowed {
             Some(allowed) => Arc::new(self.engine.catalog_state().restricted_to(allowed)),
             None => Arc::new(self.engine.catalog_state()),
         };
-        catalog_tables::register(&context, &catalog).map_err(internal)?;
+        // The catalog tables are the query's memory too.
+        let catalog_bytes = catalog_tables::register(&context, &catalog).map_err(internal)?;
+        let catalog_memory = MemoryConsumer::new("catalog tables").register(&pool);
+        catalog_memory
+            .try_grow(catalog_bytes)
+            .map_err(|error| QueryError::from_datafusion(error, &self.config))?;
         let mut runs = run_filter::RunList::from_catalog(&catalog);
         if allowed.is_some() {
             runs = runs.closed();
@@ -365,7 +445,7 @@ impl QueryService {
                 )),
             )
             .map_err(internal)?;
-        Ok((context, pool))
+        Ok((context, pool, catalog_memory))
     }
 }
 
@@ -375,6 +455,12 @@ impl Drop for QueryService {
             runtime.shutdown_background();
         }
     }
+}
+
+/// What a query hands back: its batches, or their encoding.
+enum QueryOutput {
+    Batches(QueryResult),
+    Encoded(Vec<u8>),
 }
 
 /// Aborts a spawned query when the caller stops waiting for it.

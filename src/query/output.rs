@@ -13,7 +13,7 @@ use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{
     DataType, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, Schema,
-    UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+    SchemaRef, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
 };
 use arrow::error::ArrowError;
 use arrow::ipc::reader::StreamReader;
@@ -92,42 +92,181 @@ impl OutputFormat {
     }
 }
 
+/// Encodes a result batch by batch as the query produces it, so that only
+/// the encoded bytes are kept (never every batch and its encoding at
+/// once), and refuses a result whose encoding passes `max_bytes`.
+pub struct ResultEncoder {
+    format: OutputFormat,
+    schema: SchemaRef,
+    max_bytes: usize,
+    out: Vec<u8>,
+    rows: usize,
+    /// Arrow: the stream writer (owning `out` while it writes).
+    arrow: Option<StreamWriter<Vec<u8>>>,
+    /// Table: the batches, laid out at the end (column widths need every
+    /// row); their memory counts against `max_bytes`.
+    table: Vec<RecordBatch>,
+    table_bytes: usize,
+}
+
+impl ResultEncoder {
+    /// An encoder for a result with `schema`, writing its header.
+    pub fn new(
+        format: OutputFormat,
+        schema: SchemaRef,
+        max_bytes: usize,
+    ) -> Result<Self, QueryError> {
+        let mut encoder = ResultEncoder {
+            format,
+            schema,
+            max_bytes,
+            out: Vec::new(),
+            rows: 0,
+            arrow: None,
+            table: Vec::new(),
+            table_bytes: 0,
+        };
+        match format {
+            OutputFormat::Json => {
+                let columns: Vec<Value> = encoder
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|field| {
+                        serde_json::json!({"name": field.name(), "type": field.data_type().to_string()})
+                    })
+                    .collect();
+                encoder.out.extend_from_slice(b"{\"columns\":");
+                serde_json::to_writer(&mut encoder.out, &columns).map_err(output_error)?;
+                encoder.out.extend_from_slice(b",\"rows\":[");
+            }
+            OutputFormat::Csv => {
+                let header: Vec<String> = encoder
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|field| csv_field(field.name()))
+                    .collect();
+                encoder.out.extend_from_slice(header.join(",").as_bytes());
+                encoder.out.extend_from_slice(b"\r\n");
+            }
+            OutputFormat::Arrow => {
+                encoder.arrow = Some(
+                    StreamWriter::try_new(Vec::new(), encoder.schema.as_ref())
+                        .map_err(output_error)?,
+                );
+            }
+            OutputFormat::Table => {}
+        }
+        Ok(encoder)
+    }
+
+    /// Encodes one batch.
+    pub fn push(&mut self, batch: &RecordBatch) -> Result<(), QueryError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        match self.format {
+            OutputFormat::Json => {
+                let values: Vec<Vec<Value>> = batch
+                    .columns()
+                    .iter()
+                    .map(json_values)
+                    .collect::<Result<_, _>>()
+                    .map_err(output_error)?;
+                for row in 0..batch.num_rows() {
+                    let mut object = Map::with_capacity(values.len());
+                    for (field, column) in self.schema.fields().iter().zip(&values) {
+                        object.insert(field.name().clone(), column[row].clone());
+                    }
+                    if self.rows + row > 0 {
+                        self.out.push(b',');
+                    }
+                    serde_json::to_writer(&mut self.out, &Value::Object(object))
+                        .map_err(output_error)?;
+                    // Checked every row: one batch can encode to far more
+                    // than its Arrow size.
+                    self.check(self.out.len())?;
+                }
+            }
+            OutputFormat::Csv => {
+                write_csv_rows(&mut self.out, batch, self.max_bytes)?;
+            }
+            OutputFormat::Arrow => {
+                if let Some(writer) = self.arrow.as_mut() {
+                    writer.write(batch).map_err(output_error)?;
+                    let written = writer.get_ref().len();
+                    self.check(written)?;
+                }
+            }
+            OutputFormat::Table => {
+                self.table_bytes += batch.get_array_memory_size();
+                self.check(self.table_bytes)?;
+                self.table.push(batch.clone());
+            }
+        }
+        self.rows += batch.num_rows();
+        self.check(self.out.len())
+    }
+
+    fn check(&self, bytes: usize) -> Result<(), QueryError> {
+        if bytes > self.max_bytes {
+            return Err(QueryError::ResultTooLarge {
+                limit_mb: self.max_bytes >> 20,
+            });
+        }
+        Ok(())
+    }
+
+    /// Rows encoded so far.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Bytes held so far (the encoding, or a table's batches).
+    pub fn bytes(&self) -> usize {
+        match (&self.arrow, self.format) {
+            (Some(writer), _) => writer.get_ref().capacity(),
+            (None, OutputFormat::Table) => self.table_bytes,
+            (None, _) => self.out.capacity(),
+        }
+    }
+
+    /// Finishes the document and returns its bytes.
+    pub fn finish(mut self) -> Result<Vec<u8>, QueryError> {
+        match self.format {
+            OutputFormat::Json => {
+                self.out.extend_from_slice(b"],\"row_count\":");
+                self.out.extend_from_slice(self.rows.to_string().as_bytes());
+                self.out.push(b'}');
+                Ok(self.out)
+            }
+            OutputFormat::Csv => Ok(self.out),
+            OutputFormat::Arrow => match self.arrow.take() {
+                Some(writer) => writer.into_inner().map_err(output_error),
+                None => Ok(self.out),
+            },
+            OutputFormat::Table => to_table(&QueryResult {
+                schema: self.schema,
+                batches: self.table,
+            })
+            .map(String::into_bytes),
+        }
+    }
+}
+
 fn output_error(error: impl std::fmt::Display) -> QueryError {
     QueryError::Output(error.to_string())
 }
 
 /// The result as a JSON document (see the module docs).
 pub fn to_json(result: &QueryResult) -> Result<Vec<u8>, QueryError> {
-    let columns: Vec<Value> = result
-        .schema
-        .fields()
-        .iter()
-        .map(|field| {
-            serde_json::json!({"name": field.name(), "type": field.data_type().to_string()})
-        })
-        .collect();
-    let mut rows = Vec::with_capacity(result.num_rows());
+    let mut encoder =
+        ResultEncoder::new(OutputFormat::Json, Arc::clone(&result.schema), usize::MAX)?;
     for batch in &result.batches {
-        let values: Vec<Vec<Value>> = batch
-            .columns()
-            .iter()
-            .map(json_values)
-            .collect::<Result<_, _>>()
-            .map_err(output_error)?;
-        for row in 0..batch.num_rows() {
-            let mut object = Map::with_capacity(values.len());
-            for (field, column) in result.schema.fields().iter().zip(&values) {
-                object.insert(field.name().clone(), column[row].clone());
-            }
-            rows.push(Value::Object(object));
-        }
+        encoder.push(batch)?;
     }
-    let document = serde_json::json!({
-        "columns": columns,
-        "rows": rows,
-        "row_count": result.num_rows(),
-    });
-    serde_json::to_vec(&document).map_err(output_error)
+    encoder.finish()
 }
 
 /// Finite floats as numbers, the others as MLflow-style strings.
@@ -221,34 +360,42 @@ fn json_values(column: &ArrayRef) -> Result<Vec<Value>, ArrowError> {
 
 /// The result as CSV with a header row.
 pub fn to_csv(result: &QueryResult) -> Result<Vec<u8>, QueryError> {
-    let mut out = Vec::new();
-    let header: Vec<String> = result
-        .schema
-        .fields()
-        .iter()
-        .map(|field| csv_field(field.name()))
-        .collect();
-    out.extend_from_slice(header.join(",").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    let options = FormatOptions::default().with_null("");
+    let mut encoder =
+        ResultEncoder::new(OutputFormat::Csv, Arc::clone(&result.schema), usize::MAX)?;
     for batch in &result.batches {
-        let formatters: Vec<ArrayFormatter<'_>> = batch
-            .columns()
-            .iter()
-            .map(|column| ArrayFormatter::try_new(column.as_ref(), &options))
-            .collect::<Result<_, _>>()
-            .map_err(output_error)?;
-        for row in 0..batch.num_rows() {
-            for (index, formatter) in formatters.iter().enumerate() {
-                if index > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(csv_field(&formatter.value(row).to_string()).as_bytes());
+        encoder.push(batch)?;
+    }
+    encoder.finish()
+}
+
+/// Appends `batch` as CSV rows, refusing output past `max_bytes`.
+fn write_csv_rows(
+    out: &mut Vec<u8>,
+    batch: &RecordBatch,
+    max_bytes: usize,
+) -> Result<(), QueryError> {
+    let options = FormatOptions::default().with_null("");
+    let formatters: Vec<ArrayFormatter<'_>> = batch
+        .columns()
+        .iter()
+        .map(|column| ArrayFormatter::try_new(column.as_ref(), &options))
+        .collect::<Result<_, _>>()
+        .map_err(output_error)?;
+    for row in 0..batch.num_rows() {
+        for (index, formatter) in formatters.iter().enumerate() {
+            if index > 0 {
+                out.push(b',');
             }
-            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(csv_field(&formatter.value(row).to_string()).as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        if out.len() > max_bytes {
+            return Err(QueryError::ResultTooLarge {
+                limit_mb: max_bytes >> 20,
+            });
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Quotes a CSV field when it holds a separator, quote or line break.
@@ -313,6 +460,41 @@ mod tests {
             schema,
             batches: vec![batch],
         }
+    }
+
+    #[test]
+    fn every_format_refuses_a_result_past_its_limit() {
+        let result = sample();
+        for format in [
+            OutputFormat::Json,
+            OutputFormat::Csv,
+            OutputFormat::Arrow,
+            OutputFormat::Table,
+        ] {
+            let mut encoder = ResultEncoder::new(format, Arc::clone(&result.schema), 1024).unwrap();
+            let mut refused = None;
+            for _ in 0..1000 {
+                if let Err(error) = encoder.push(&result.batches[0]) {
+                    refused = Some(error);
+                    break;
+                }
+            }
+            let error = refused.unwrap_or_else(|| panic!("{format:?} was never refused"));
+            assert!(
+                matches!(error, QueryError::ResultTooLarge { .. }),
+                "{format:?}: {error}"
+            );
+        }
+        // Under the limit, the streamed JSON is the same document.
+        let mut encoder =
+            ResultEncoder::new(OutputFormat::Json, Arc::clone(&result.schema), 1 << 20).unwrap();
+        encoder.push(&result.batches[0]).unwrap();
+        encoder.push(&result.batches[0]).unwrap();
+        assert_eq!(encoder.rows(), 4);
+        let json: Value = serde_json::from_slice(&encoder.finish().unwrap()).unwrap();
+        assert_eq!(json["row_count"], 4);
+        assert_eq!(json["rows"].as_array().unwrap().len(), 4);
+        assert_eq!(json["rows"][2]["name"], "a,b");
     }
 
     #[test]

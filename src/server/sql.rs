@@ -58,19 +58,9 @@ async fn run_sql(
         ),
     };
     // A token limited to experiments queries tables holding only those.
-    let result = service
-        .execute_within(&request.query, access.experiments.clone())
+    let encoded = service
+        .execute_encoded(&request.query, access.experiments.clone(), format)
         .await
-        .map_err(sql_error)?;
-    let encoded = tokio::task::spawn_blocking(move || format.encode(&result))
-        .await
-        .map_err(|error| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "INTERNAL_ERROR",
-                format!("encoding the result failed: {error}"),
-            )
-        })?
         .map_err(sql_error)?;
     Ok(([(header::CONTENT_TYPE, format.media_type())], encoded).into_response())
 }
@@ -79,7 +69,7 @@ async fn run_sql(
 pub fn sql_error(error: QueryError) -> ApiError {
     match &error {
         QueryError::Refused(_) | QueryError::Invalid(_) => ApiError::invalid(error.to_string()),
-        QueryError::MemoryLimit { .. } => ApiError::new(
+        QueryError::MemoryLimit { .. } | QueryError::ResultTooLarge { .. } => ApiError::new(
             StatusCode::BAD_REQUEST,
             "RESOURCE_EXHAUSTED",
             error.to_string(),
