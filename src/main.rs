@@ -206,10 +206,15 @@ struct ServeArgs {
     #[arg(long, env = "STEPSTORE_HEADER_TIMEOUT", default_value = "30s",
           value_parser = humantime::parse_duration)]
     header_timeout: Duration,
-    /// Longest pause while a request body arrives; a stalled upload gets 408.
+    /// Longest pause while a request body arrives (a stalled upload gets
+    /// 408) or while an answer is written (a client that reads nothing for
+    /// this long is disconnected).
     #[arg(long, env = "STEPSTORE_BODY_TIMEOUT", default_value = "30s",
           value_parser = humantime::parse_duration)]
     body_timeout: Duration,
+    /// Live streams (`/api/v1/runs/{id}/stream`) open at once; past it 503.
+    #[arg(long, env = "STEPSTORE_MAX_STREAMS", default_value_t = 256)]
+    max_streams: usize,
     #[command(flatten)]
     sql_limits: sql_cli::SqlLimits,
 }
@@ -365,6 +370,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 body_timeout: args.body_timeout.max(Duration::from_millis(100)),
                 ..ConnectionLimits::default()
             },
+            max_streams: args.max_streams.max(1),
         };
         server::serve(Arc::clone(&engine), listener, server_config, shutdown_signal())
             .await

@@ -181,3 +181,70 @@ fn sql_results_and_growing_functions_are_bounded() {
     assert_eq!(server.series(&run, "loss").0, vec![1]);
     server.stop();
 }
+
+/// Opens a live stream on a raw connection and reads its response head.
+fn open_stream(server: &TestServer, run: &str, query: &str) -> (std::net::TcpStream, String) {
+    use std::io::{Read, Write};
+    let address = server.base_url.trim_start_matches("http://").to_string();
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /api/v1/runs/{run}/stream?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 2048];
+    let read = stream.read(&mut head).expect("read");
+    (stream, String::from_utf8_lossy(&head[..read]).to_string())
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn live_streams_are_capped_and_a_follower_that_stops_reading_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start(dir.path(), &["--max-streams", "1", "--body-timeout", "1s"]);
+    let run = server.create_run("limits", "live");
+    // Enough stored points that their events fill every socket buffer.
+    let steps: Vec<i64> = (0..1_000_000).collect();
+    let values: Vec<f64> = steps.iter().map(|&step| step as f64 * 0.5).collect();
+    let (status, body) = server.request(
+        "POST",
+        "/api/v1/ingest",
+        Some(&json!({"batches": [{"run_id": run, "steps": steps, "values": {"loss": values}}]})),
+    );
+    assert_eq!(status, 200, "{body}");
+
+    // A follower that never reads past the response head.
+    let (stalled, head) = open_stream(&server, &run, "keys=loss&after_step=-1");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // The only slot is taken: the next stream is refused, clearly.
+    let (_, refused) = open_stream(&server, &run, "keys=loss");
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(refused.contains("--max-streams"), "{refused}");
+    // The server gives up on the stalled reader (its socket stays full for
+    // --body-timeout), closes it and frees the slot.
+    wait_for("the stalled follower to be dropped", || {
+        server.metric("stepstore_write_timeouts_total") >= 1.0
+            && server.metric("stepstore_streams_open") == 0.0
+    });
+    drop(stalled);
+    let (reader, head) = open_stream(&server, &run, "keys=loss");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    drop(reader);
+    assert!(server.metric("stepstore_streams_refused_total") >= 1.0);
+    assert_eq!(server.get("/health")["status"], "ok");
+    assert_eq!(server.series(&run, "loss").0.len(), 1_000_000);
+    server.stop();
+}

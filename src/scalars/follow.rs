@@ -31,6 +31,20 @@ use crate::wal::Lsn;
 /// Stored points sent per event.
 pub const STORED_POINTS_PER_EVENT: usize = 10_000;
 
+/// How long a follower waits for room in its event queue before it takes
+/// the reader as gone (a reader that does not read must not hold a thread
+/// or a task forever).
+pub const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Queues an event, waiting at most [`SEND_TIMEOUT`]; false when the
+/// reader is gone or stalled.
+async fn send(events: &mpsc::Sender<FollowEvent>, event: FollowEvent) -> bool {
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, events.send(event)).await,
+        Ok(Ok(()))
+    )
+}
+
 /// One point sent to a follower.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FollowPoint {
@@ -81,7 +95,7 @@ pub async fn follow(
     events: mpsc::Sender<FollowEvent>,
 ) {
     if let Err(error) = follow_inner(&engine, &request, &events).await {
-        let _ = events.send(FollowEvent::Failed(error.to_string())).await;
+        send(&events, FollowEvent::Failed(error.to_string())).await;
     }
 }
 
@@ -106,10 +120,13 @@ async fn follow_inner(
                 continue;
             };
             let sender = events.clone();
+            let runtime = tokio::runtime::Handle::current();
             let (sent_max, open) = tokio::task::spawn_blocking(move || {
                 let (files, buffered) = sources.into_parts();
                 let snapshot = SeriesSnapshot::new(&key, files, buffered);
-                send_stored(&snapshot, lower, &sender)
+                send_stored(&snapshot, lower, &|event| {
+                    runtime.block_on(send(&sender, event))
+                })
             })
             .await
             .map_err(|error| ScalarError::Task(error.to_string()))??;
@@ -128,7 +145,7 @@ async fn follow_inner(
                 Ok(event) => Ok(event),
                 Err(TryRecvError::Lagged(count)) => Err(RecvError::Lagged(count)),
                 Err(TryRecvError::Empty | TryRecvError::Closed) => {
-                    let _ = events.send(FollowEvent::End(status)).await;
+                    send(events, FollowEvent::End(status)).await;
                     return Ok(());
                 }
             },
@@ -163,21 +180,23 @@ async fn follow_inner(
                         continue;
                     }
                     max_step = max_step.max(points.iter().map(|point| point.step).max());
-                    if events.send(FollowEvent::Points(points)).await.is_err() {
+                    if !send(events, FollowEvent::Points(points)).await {
                         return Ok(());
                     }
                 }
                 LiveEvent::Ended(status) => {
-                    let _ = events.send(FollowEvent::End(*status)).await;
+                    send(events, FollowEvent::End(*status)).await;
                     return Ok(());
                 }
             },
             Err(RecvError::Lagged(_)) => {
-                let _ = events
-                    .send(FollowEvent::Lagged {
+                send(
+                    events,
+                    FollowEvent::Lagged {
                         resume_after_step: max_step,
-                    })
-                    .await;
+                    },
+                )
+                .await;
                 return Ok(());
             }
             Err(RecvError::Closed) => return Ok(()),
@@ -185,12 +204,13 @@ async fn follow_inner(
     }
 }
 
-/// Sends the stored points with a step of at least `lower`; returns the
-/// greatest step sent and whether the receiver is still there. Blocking.
+/// Sends the stored points with a step of at least `lower` through `send`
+/// (false: the reader is gone or stalled); returns the greatest step sent
+/// and whether the reader is still there. Blocking.
 fn send_stored(
     snapshot: &SeriesSnapshot,
     lower: i64,
-    events: &mpsc::Sender<FollowEvent>,
+    send: &dyn Fn(FollowEvent) -> bool,
 ) -> Result<(Option<i64>, bool), ScalarError> {
     let mut chunk: Vec<FollowPoint> = Vec::new();
     let mut max_step = None;
@@ -209,9 +229,7 @@ fn send_stored(
             });
             max_step = max_step.max(Some(step));
             if chunk.len() >= STORED_POINTS_PER_EVENT
-                && events
-                    .blocking_send(FollowEvent::Points(std::mem::take(&mut chunk)))
-                    .is_err()
+                && !send(FollowEvent::Points(std::mem::take(&mut chunk)))
             {
                 open = false;
                 return Ok(false);
@@ -219,7 +237,7 @@ fn send_stored(
         }
         Ok(true)
     })?;
-    if open && !chunk.is_empty() && events.blocking_send(FollowEvent::Points(chunk)).is_err() {
+    if open && !chunk.is_empty() && !send(FollowEvent::Points(chunk)) {
         open = false;
     }
     Ok((max_step, open))

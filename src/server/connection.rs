@@ -7,7 +7,9 @@
 //!   counted from the connection's opening or the end of the previous
 //!   response, so it is also how long an idle keep-alive connection stays;
 //! - `--body-timeout`: the longest pause while a request body arrives (a
-//!   stalled upload gets 408 and its connection is closed);
+//!   stalled upload gets 408 and its connection is closed), and while an
+//!   answer is written (a client that reads nothing for that long, such as
+//!   a live-stream follower that stopped reading, is disconnected);
 //! - on shutdown, connections finish their request within a grace period,
 //!   then are dropped (live streams would otherwise hold the server).
 
@@ -68,6 +70,9 @@ pub struct ConnectionCounters {
     pub header_timeouts: AtomicU64,
     /// Requests answered 408 because their body stalled.
     pub body_timeouts: AtomicU64,
+    /// Connections closed because the client read nothing of an answer
+    /// for the body timeout.
+    pub write_timeouts: AtomicU64,
 }
 
 /// Refusals being written at once; past this a refused connection is
@@ -139,9 +144,9 @@ pub async fn serve(
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout);
-        let connection = graceful.watch(
-            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)),
-        );
+        let io = WriteTimeout::new(stream, limits.body_timeout, Arc::clone(&counters));
+        let connection = graceful
+            .watch(builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service)));
         let counters = Arc::clone(&counters);
         tokio::spawn(async move {
             if let Err(error) = connection.await {
@@ -194,6 +199,103 @@ async fn refuse(mut stream: TcpStream, max_connections: usize) {
     );
     if stream.write_all(response.as_bytes()).await.is_ok() {
         let _ = stream.shutdown().await;
+    }
+}
+
+/// A connection whose writes fail once the peer has taken no byte for the
+/// timeout (its receive window stayed full), so that a client that stops
+/// reading cannot hold its connection and what feeds it forever.
+struct WriteTimeout {
+    inner: TcpStream,
+    timeout: Duration,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    counters: Arc<ConnectionCounters>,
+}
+
+impl WriteTimeout {
+    fn new(inner: TcpStream, timeout: Duration, counters: Arc<ConnectionCounters>) -> Self {
+        WriteTimeout {
+            inner,
+            timeout,
+            deadline: None,
+            counters,
+        }
+    }
+
+    /// Turns a pending write into an error once it has been pending for
+    /// the timeout; any progress resets the clock.
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        outcome: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if outcome.is_ready() {
+            self.deadline = None;
+            return outcome;
+        }
+        let timeout = self.timeout;
+        let deadline = self
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.counters.write_timeouts.fetch_add(1, Ordering::Relaxed);
+                Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "the client read nothing for {} s (--body-timeout)",
+                        timeout.as_secs_f64()
+                    ),
+                )))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for WriteTimeout {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for WriteTimeout {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let outcome = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.watch(cx, outcome)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let outcome = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.watch(cx, outcome)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let outcome = Pin::new(&mut this.inner).poll_flush(cx);
+        this.watch(cx, outcome)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

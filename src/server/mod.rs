@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub hygiene: hygiene::HygieneSettings,
     /// Open connections and HTTP timeouts.
     pub connections: connection::ConnectionLimits,
+    /// Live streams open at once (`--max-streams`).
+    pub max_streams: usize,
 }
 
 impl Default for ServerConfig {
@@ -59,22 +61,35 @@ impl Default for ServerConfig {
             auth: auth::AuthSettings::default(),
             hygiene: hygiene::HygieneSettings::default(),
             connections: connection::ConnectionLimits::default(),
+            max_streams: 256,
         }
     }
 }
 
 /// Counters of the HTTP layer, shown on `/metrics`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ServerCounters {
     /// Refused credentials and scopes.
     pub auth: Arc<auth::AuthCounters>,
     /// Connections and timeouts.
     pub connections: Arc<connection::ConnectionCounters>,
+    /// Live streams.
+    pub streams: Arc<scalars::StreamSlots>,
+}
+
+impl ServerCounters {
+    fn new(config: &ServerConfig) -> Self {
+        ServerCounters {
+            auth: Arc::default(),
+            connections: Arc::default(),
+            streams: Arc::new(scalars::StreamSlots::new(config.max_streams.max(1))),
+        }
+    }
 }
 
 /// Every route of the server, behind the hygiene and auth layers.
 pub fn router(engine: Arc<Engine>, config: &ServerConfig) -> Router {
-    router_with_counters(engine, config, Arc::new(ServerCounters::default()))
+    router_with_counters(engine, config, Arc::new(ServerCounters::new(config)))
 }
 
 fn router_with_counters(
@@ -94,7 +109,7 @@ fn router_with_counters(
         .merge(native::routes())
         .merge(ingest::routes())
         .merge(mlflow::routes())
-        .merge(scalars::routes())
+        .merge(scalars::routes(Arc::clone(&counters.streams)))
         .merge(tensorboard::routes())
         .merge(tokens::routes());
     match QueryService::new(Arc::clone(&engine), config.sql.clone()) {
@@ -133,7 +148,7 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let counters = Arc::new(ServerCounters::default());
+    let counters = Arc::new(ServerCounters::new(&config));
     let routes = router_with_counters(engine, &config, Arc::clone(&counters));
     connection::serve(
         listener,
@@ -151,6 +166,7 @@ async fn health() -> impl IntoResponse {
 
 async fn prometheus_metrics(engine: Arc<Engine>, counters: Arc<ServerCounters>) -> Response {
     let connections = &counters.connections;
+    let streams = &counters.streams;
     let extra = [
         (
             "auth_unauthenticated",
@@ -182,12 +198,34 @@ async fn prometheus_metrics(engine: Arc<Engine>, counters: Arc<ServerCounters>) 
             "Requests answered 408 because their body paused longer than --body-timeout",
             connections.body_timeouts.load(Ordering::Relaxed),
         ),
+        (
+            "write_timeouts",
+            "Connections closed because the client read nothing of an answer for --body-timeout",
+            connections.write_timeouts.load(Ordering::Relaxed),
+        ),
+        (
+            "streams_opened",
+            "Live streams (/api/v1/runs/{id}/stream) opened",
+            streams.opened.load(Ordering::Relaxed),
+        ),
+        (
+            "streams_refused",
+            "Live streams refused with 503 because --max-streams were open",
+            streams.refused.load(Ordering::Relaxed),
+        ),
     ];
-    let gauges = [(
-        "connections_open",
-        "HTTP connections open now",
-        connections.open.load(Ordering::Relaxed),
-    )];
+    let gauges = [
+        (
+            "connections_open",
+            "HTTP connections open now",
+            connections.open.load(Ordering::Relaxed),
+        ),
+        (
+            "streams_open",
+            "Live streams open now",
+            streams.open() as u64,
+        ),
+    ];
     match crate::observability::render(engine.telemetry(), &extra, &gauges) {
         Ok(text) => (
             [(

@@ -32,8 +32,9 @@ type ApiResult<T> = Result<T, ApiError>;
 type EngineState = State<Arc<Engine>>;
 
 /// The scalar routes (the single-series read is
-/// [`get_metric_series`], routed with the native API).
-pub fn routes() -> Router<Arc<Engine>> {
+/// [`get_metric_series`], routed with the native API); `streams` bounds
+/// the live streams open at once.
+pub fn routes(streams: Arc<StreamSlots>) -> Router<Arc<Engine>> {
     Router::new()
         .route("/api/v1/runs/{run_id}/metrics", get(list_metric_keys))
         .route(
@@ -41,7 +42,39 @@ pub fn routes() -> Router<Arc<Engine>> {
             get(get_metric_series),
         )
         .route("/api/v1/scalars", post(query_scalars))
-        .route("/api/v1/runs/{run_id}/stream", get(stream_run))
+        .route(
+            "/api/v1/runs/{run_id}/stream",
+            get(stream_run).layer(axum::Extension(streams)),
+        )
+}
+
+/// The live streams (`/api/v1/runs/{id}/stream`) that may be open at once
+/// (`--max-streams`), and the counts `/metrics` shows.
+#[derive(Debug)]
+pub struct StreamSlots {
+    slots: Arc<tokio::sync::Semaphore>,
+    max: usize,
+    /// Streams refused because `max` were open.
+    pub refused: std::sync::atomic::AtomicU64,
+    /// Streams opened since start.
+    pub opened: std::sync::atomic::AtomicU64,
+}
+
+impl StreamSlots {
+    /// Room for `max` streams.
+    pub fn new(max: usize) -> Self {
+        StreamSlots {
+            slots: Arc::new(tokio::sync::Semaphore::new(max)),
+            max,
+            refused: Default::default(),
+            opened: Default::default(),
+        }
+    }
+
+    /// Streams open now.
+    pub fn open(&self) -> usize {
+        self.max.saturating_sub(self.slots.available_permits())
+    }
 }
 
 /// Parses a query string into `T`; unknown or malformed parameters are
@@ -328,6 +361,7 @@ fn to_sse(event: &FollowEvent, last_id: Option<i64>) -> Event {
 /// fell behind (`resume_after_step`) or a failed read.
 async fn stream_run(
     State(engine): EngineState,
+    axum::Extension(streams): axum::Extension<Arc<StreamSlots>>,
     access: Access,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
@@ -336,6 +370,22 @@ async fn stream_run(
     let id = run_id(&id)?;
     let query: StreamQuery = parse_query(query.as_deref())?;
     engine.run_for(&access, id)?;
+    let Ok(slot) = Arc::clone(&streams.slots).try_acquire_owned() else {
+        streams
+            .refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "TEMPORARILY_UNAVAILABLE",
+            format!(
+                "{} live streams are open, the server's limit (--max-streams); retry later",
+                streams.max
+            ),
+        ));
+    };
+    streams
+        .opened
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let keys = query
         .keys
         .as_deref()
@@ -366,15 +416,16 @@ async fn stream_run(
         },
         sender,
     ));
+    // The slot is held as long as the response body lives.
     let events = futures_util::stream::unfold(
-        (receiver, after_step),
-        |(mut receiver, mut last_id)| async move {
+        (receiver, after_step, slot),
+        |(mut receiver, mut last_id, slot)| async move {
             let event = receiver.recv().await?;
             if let FollowEvent::Points(points) = &event {
                 last_id = last_id.max(points.iter().map(|point| point.step).max());
             }
             let sse = to_sse(&event, last_id);
-            Some((Ok::<Event, Infallible>(sse), (receiver, last_id)))
+            Some((Ok::<Event, Infallible>(sse), (receiver, last_id, slot)))
         },
     );
     Ok(Sse::new(events)
