@@ -170,6 +170,10 @@ struct ServeArgs {
     /// Seconds a metric write waits for buffer room before it gets 503.
     #[arg(long, env = "STEPSTORE_OVERLOAD_WAIT_SECS", default_value_t = 10)]
     overload_wait_secs: u64,
+    /// Distinct metric keys one run may have; a request adding more is
+    /// refused.
+    #[arg(long, env = "STEPSTORE_MAX_KEYS_PER_RUN", default_value_t = 100_000)]
+    max_keys_per_run: usize,
     /// Largest request body in MiB.
     #[arg(long, env = "STEPSTORE_MAX_REQUEST_MB", default_value_t = 64)]
     max_request_mb: usize,
@@ -328,6 +332,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.wal_sync = args.wal_sync;
     config.wal_segment_bytes = args.wal_segment_mb.max(1) << 20;
     config.overload_wait = Duration::from_secs(args.overload_wait_secs);
+    config.max_keys_per_run = args.max_keys_per_run.max(1);
     config.ingest = ingest;
     let engine = Engine::open(config)
         .with_context(|| format!("cannot open data directory {}", args.data_dir.display()))?;

@@ -248,3 +248,119 @@ fn live_streams_are_capped_and_a_follower_that_stops_reading_is_dropped() {
     assert_eq!(server.series(&run, "loss").0.len(), 1_000_000);
     server.stop();
 }
+
+#[test]
+fn a_run_may_not_pass_its_key_param_and_tag_caps() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start(dir.path(), &["--max-keys-per-run", "50"]);
+    let run = server.create_run("limits", "keys");
+    let path = format!("/api/v1/runs/{run}/metrics");
+    // Eight writers race to add new keys, three per request.
+    let accepted = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for writer in 0..8 {
+            let (server, path, accepted) = (&server, &path, &accepted);
+            scope.spawn(move || {
+                for request in 0..10 {
+                    let values: serde_json::Map<String, Value> = (0..3)
+                        .map(|index| (format!("w{writer}/r{request}/k{index}"), json!(1.0)))
+                        .collect();
+                    let (status, body) =
+                        server.request("POST", path, Some(&json!({"step": 1, "values": values})));
+                    match status {
+                        200 => {
+                            accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        400 => assert!(
+                            body["message"]
+                                .as_str()
+                                .unwrap()
+                                .contains("--max-keys-per-run"),
+                            "{body}"
+                        ),
+                        other => panic!("{other}: {body}"),
+                    }
+                }
+            });
+        }
+    });
+    let accepted = accepted.into_inner();
+    let keys = server.get(&path)["metrics"].as_array().unwrap().len();
+    assert_eq!(
+        keys,
+        accepted * 3,
+        "every accepted request's keys, and no other"
+    );
+    assert!(keys <= 50, "{keys} keys");
+    // Without racing requests the cap is reached exactly.
+    for index in keys..50 {
+        server.post(
+            &path,
+            &json!({"step": 1, "values": {format!("fill/{index}"): 1.0}}),
+        );
+    }
+    let (status, body) = server.request(
+        "POST",
+        &path,
+        Some(&json!({"step": 1, "values": {"one/too/many": 1.0}})),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("limit of 50 per run"),
+        "{body}"
+    );
+    assert_eq!(server.get(&path)["metrics"].as_array().unwrap().len(), 50);
+    // Keys the run has are always accepted.
+    let first = server.get(&path)["metrics"][0]["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    server.post(&path, &json!({"step": 2, "values": {first: 2.0}}));
+    // Params and tags: a request past 10,000 per run changes nothing.
+    let params: serde_json::Map<String, Value> = (0..10_001)
+        .map(|index| (format!("p{index}"), json!("x")))
+        .collect();
+    let (status, body) = server.request(
+        "POST",
+        &format!("/api/v1/runs/{run}/params"),
+        Some(&Value::Object(params)),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 10000 params"),
+        "{body}"
+    );
+    let tags: serde_json::Map<String, Value> = (0..10_001)
+        .map(|index| (format!("t{index}"), json!("x")))
+        .collect();
+    let (status, body) = server.request(
+        "POST",
+        &format!("/api/v1/runs/{run}/tags"),
+        Some(&Value::Object(tags)),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 10000 tags"),
+        "{body}"
+    );
+    let stored = server.get(&format!("/api/v1/runs/{run}"));
+    assert_eq!(stored["params"].as_object().unwrap().len(), 0, "{stored}");
+    // After a restart the cap still holds (counts come from storage).
+    server.restart();
+    let (status, body) = server.request(
+        "POST",
+        &path,
+        Some(&json!({"step": 3, "values": {"new/a": 1.0, "new/b": 1.0, "new/c": 1.0}})),
+    );
+    assert_eq!(status, 400, "{body}");
+    server.stop();
+}

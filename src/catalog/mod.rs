@@ -75,6 +75,16 @@ pub enum CatalogError {
     /// The operation needs an active entity (or a deleted one, to restore).
     #[error("{0}")]
     InvalidState(String),
+    /// A run would hold more params, tags or dataset inputs than allowed.
+    #[error("a run may have at most {limit} {what}; this request would make {count}")]
+    TooManyPerRun {
+        /// What is counted.
+        what: &'static str,
+        /// How many the run would have.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The WAL refused the mutation.
     #[error(transparent)]
     Wal(#[from] WalError),
@@ -114,7 +124,9 @@ impl CatalogError {
 impl Classify for CatalogError {
     fn kind(&self) -> ErrorKind {
         match self {
-            CatalogError::Invalid(_) | CatalogError::InvalidState(_) => ErrorKind::InvalidParameter,
+            CatalogError::Invalid(_)
+            | CatalogError::InvalidState(_)
+            | CatalogError::TooManyPerRun { .. } => ErrorKind::InvalidParameter,
             CatalogError::ExperimentNotFound(_)
             | CatalogError::RunNotFound(_)
             | CatalogError::TagNotFound { .. } => ErrorKind::NotFound,
@@ -404,6 +416,8 @@ impl Catalog {
             tags.entry(USER_TAG.to_string())
                 .or_insert_with(|| request.user_id.clone());
         }
+        room_for("params", params.len(), 0, MAX_PARAMS_PER_RUN)?;
+        room_for("tags", tags.len(), 0, MAX_TAGS_PER_RUN)?;
         let mut param_map = BTreeMap::new();
         let run_id = RunId::new_random();
         for (key, value) in params {
@@ -538,6 +552,12 @@ impl Catalog {
             if new_params.is_empty() {
                 return Ok(((), None));
             }
+            room_for(
+                "params",
+                new_params.len(),
+                run.params.len(),
+                MAX_PARAMS_PER_RUN,
+            )?;
             Ok((
                 (),
                 Some(CatalogMutation::LogParams {
@@ -557,10 +577,17 @@ impl Catalog {
     ) -> Result<((), Option<L::Ticket>), CatalogError> {
         let tags = validated_tags(tags)?;
         self.commit(log, |state| {
-            ensure_run_active(find_run(state, run_id)?)?;
+            let run = find_run(state, run_id)?;
+            ensure_run_active(run)?;
             if tags.is_empty() {
                 return Ok(((), None));
             }
+            let new_keys: std::collections::HashSet<&str> = tags
+                .iter()
+                .map(|(key, _)| key.as_str())
+                .filter(|key| !run.tags.contains_key(*key))
+                .collect();
+            room_for("tags", new_keys.len(), run.tags.len(), MAX_TAGS_PER_RUN)?;
             Ok(((), Some(CatalogMutation::SetRunTags { run_id, tags })))
         })
     }
@@ -592,6 +619,12 @@ impl Catalog {
             if fresh.is_empty() {
                 return Ok(((), None));
             }
+            room_for(
+                "dataset inputs",
+                fresh.len(),
+                run.inputs.len(),
+                MAX_INPUTS_PER_RUN,
+            )?;
             Ok((
                 (),
                 Some(CatalogMutation::LogInputs {
@@ -697,6 +730,27 @@ pub fn ensure_run_active(run: &Run) -> Result<(), CatalogError> {
             "The run {} must be in the 'active' state. Current state is deleted.",
             run.run_id
         )));
+    }
+    Ok(())
+}
+
+/// Params one run may have.
+pub const MAX_PARAMS_PER_RUN: usize = 10_000;
+/// Tags one run may have.
+pub const MAX_TAGS_PER_RUN: usize = 10_000;
+/// Dataset inputs one run may have.
+pub const MAX_INPUTS_PER_RUN: usize = 10_000;
+
+/// Refuses adding `adding` to `existing` past `limit`.
+fn room_for(
+    what: &'static str,
+    adding: usize,
+    existing: usize,
+    limit: usize,
+) -> Result<(), CatalogError> {
+    let count = existing + adding;
+    if count > limit {
+        return Err(CatalogError::TooManyPerRun { what, count, limit });
     }
     Ok(())
 }

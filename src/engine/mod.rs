@@ -6,6 +6,7 @@
 //! apply (catalog in memory, or points into the run's buffer), answer. Reads
 //! see every acknowledged write.
 
+mod key_budget;
 mod maintenance;
 mod recovery;
 pub mod wal_record;
@@ -64,6 +65,8 @@ pub struct EngineConfig {
     /// usual, but writes are refused, no maintenance runs, and shutdown
     /// leaves buffers to the WAL instead of writing files.
     pub read_only: bool,
+    /// Distinct metric keys one run may have (`--max-keys-per-run`).
+    pub max_keys_per_run: usize,
 }
 
 impl EngineConfig {
@@ -80,6 +83,7 @@ impl EngineConfig {
             snapshot_interval: Duration::from_secs(30),
             artifact_root: None,
             read_only: false,
+            max_keys_per_run: 100_000,
         }
     }
 }
@@ -133,6 +137,21 @@ pub enum EngineError {
         /// The budget.
         limit: u64,
     },
+    /// A batch would give its run more distinct metric keys than allowed.
+    #[error(
+        "run {run_id} has {have} metric keys and this request adds {adding} more, past the \
+         limit of {limit} per run (--max-keys-per-run)"
+    )]
+    TooManyKeys {
+        /// The run.
+        run_id: RunId,
+        /// Keys it has (or has in flight).
+        have: usize,
+        /// New keys in the request.
+        adding: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The engine is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -178,6 +197,7 @@ impl Classify for EngineError {
             EngineError::AccessDenied(error) => error.kind(),
             EngineError::Overloaded { .. } | EngineError::ShuttingDown => ErrorKind::Overloaded,
             EngineError::LargerThanBudget { .. } => ErrorKind::TooLarge,
+            EngineError::TooManyKeys { .. } => ErrorKind::InvalidParameter,
             EngineError::ReadOnly => ErrorKind::InvalidParameter,
             EngineError::Wal(WalError::RecordTooLarge { .. }) => ErrorKind::TooLarge,
             EngineError::Wal(_)
@@ -295,6 +315,7 @@ pub struct Engine {
     wal: Wal,
     ingester: Arc<Ingester>,
     in_flight_bytes: Arc<AtomicU64>,
+    key_budgets: Arc<key_budget::KeyBudgets>,
     snapshot_lsn: AtomicU64,
     last_snapshot: Mutex<Instant>,
     accepting: AtomicBool,
@@ -364,12 +385,14 @@ impl Engine {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "recovered"
         );
+        let key_budgets = key_budget::KeyBudgets::new(config.max_keys_per_run.max(1));
         let engine = Arc::new(Engine {
             config,
             catalog,
             wal,
             ingester,
             in_flight_bytes: Arc::new(AtomicU64::new(0)),
+            key_budgets,
             snapshot_lsn: AtomicU64::new(snapshot_lsn),
             last_snapshot: Mutex::new(Instant::now()),
             accepting: AtomicBool::new(true),
@@ -635,6 +658,7 @@ impl Engine {
         wait_durable(ticket).await?;
         if ends {
             self.ingester.run_ended(run_id);
+            self.key_budgets.forget(run_id);
             self.ingester.live().publish_end(run_id, run.status);
         }
         Ok(run)
@@ -738,6 +762,7 @@ impl Engine {
         if points == 0 {
             return Ok(0);
         }
+        let key_reservations = self.reserve_keys(&routed).await?;
         let bytes = points as u64 * BYTES_PER_POINT;
         let limit = self.config.ingest.buffer_budget_bytes;
         if bytes > limit {
@@ -777,10 +802,61 @@ impl Engine {
             }),
         )?;
         let mut accepted = 0;
-        for response in responses {
-            accepted += response.await.map_err(|_| EngineError::ShuttingDown)??;
+        for (response, reservation) in responses.into_iter().zip(key_reservations) {
+            let applied = response.await.map_err(|_| EngineError::ShuttingDown)??;
+            self.key_budgets.settle(reservation, applied.run_keys);
+            accepted += applied.points;
         }
         Ok(accepted)
+    }
+
+    /// Reserves room for the batches' new metric keys under
+    /// `--max-keys-per-run`, or refuses the request before anything is
+    /// written.
+    async fn reserve_keys(
+        &self,
+        batches: &[(RunId, MetricBatch)],
+    ) -> Result<Vec<key_budget::KeyReservation>, EngineError> {
+        let mut reservations = Vec::with_capacity(batches.len());
+        for (run_id, batch) in batches {
+            let run_id = *run_id;
+            let mut loaded = false;
+            loop {
+                match self.key_budgets.try_reserve(run_id, batch.keys.len()) {
+                    key_budget::Quick::Reserved(reservation) => {
+                        reservations.push(reservation);
+                        break;
+                    }
+                    key_budget::Quick::Unknown if !loaded => {
+                        let known = self.ingester.run_summaries(run_id).await?.len();
+                        self.key_budgets.load(run_id, known);
+                        loaded = true;
+                    }
+                    key_budget::Quick::Unknown | key_budget::Quick::Tight => {
+                        let summaries = self.ingester.run_summaries(run_id).await?;
+                        let existing: std::collections::HashSet<&str> =
+                            summaries.iter().map(|(key, _)| key.as_str()).collect();
+                        let new_keys = batch
+                            .keys
+                            .iter()
+                            .filter(|key| !existing.contains(key.as_str()))
+                            .count();
+                        let reservation = self
+                            .key_budgets
+                            .reserve_exact(run_id, new_keys, existing.len())
+                            .map_err(|refused| EngineError::TooManyKeys {
+                                run_id,
+                                have: refused.have,
+                                adding: refused.adding,
+                                limit: refused.limit,
+                            })?;
+                        reservations.push(reservation);
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(reservations)
     }
 
     /// Reserves `bytes` of the buffer budget for a write on its way to the

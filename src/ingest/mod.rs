@@ -159,8 +159,17 @@ impl IngestStats {
     }
 }
 
+/// What a shard reports once it applied a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// Points applied.
+    pub points: usize,
+    /// Distinct metric keys the run has now.
+    pub run_keys: usize,
+}
+
 /// Tells a writer its points are applied (or why not).
-pub type AppliedSignal = oneshot::Sender<Result<usize, IngestError>>;
+pub type AppliedSignal = oneshot::Sender<Result<Applied, IngestError>>;
 
 /// A run's persisted state found at start.
 pub struct LoadedRun {

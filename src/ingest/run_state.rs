@@ -60,6 +60,11 @@ impl RunState {
         run
     }
 
+    /// Distinct keys the run has.
+    pub(crate) fn key_count(&self) -> usize {
+        self.key_names.len()
+    }
+
     /// The run key id of `key`, adding it when new.
     pub(crate) fn intern(&mut self, key: &str) -> u32 {
         if let Some(&id) = self.key_lookup.get(key) {

@@ -215,7 +215,10 @@ impl Shard {
                     .fetch_add(points as u64, Ordering::Relaxed);
                 self.stats.add_buffer_bytes(grown);
                 if let Some(applied) = applied {
-                    let _ = applied.send(Ok(points));
+                    let _ = applied.send(Ok(super::Applied {
+                        points,
+                        run_keys: run.key_count(),
+                    }));
                 }
                 self.live.publish_points(run_id, lsn, &batch);
                 if full {
