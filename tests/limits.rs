@@ -364,3 +364,129 @@ fn a_run_may_not_pass_its_key_param_and_tag_caps() {
     assert_eq!(status, 400, "{body}");
     server.stop();
 }
+
+#[test]
+fn reads_are_bounded_per_answer_and_requests_per_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start(dir.path(), &[]);
+    let run = server.create_run("limits", "reads");
+    let steps: Vec<i64> = (0..1_000_001).collect();
+    let values: Vec<f64> = steps.iter().map(|&step| step as f64).collect();
+    let acc: Vec<Value> = steps
+        .iter()
+        .map(|&step| if step < 10 { json!(0.5) } else { Value::Null })
+        .collect();
+    let (status, body) = server.request(
+        "POST",
+        "/api/v1/ingest",
+        Some(&json!({"batches": [{"run_id": run, "steps": steps, "values": {"loss": values, "acc": acc}}]})),
+    );
+    assert_eq!(status, 200, "{body}");
+    // Every point of a series past the limit: refused, naming it.
+    let (status, body) = server.request(
+        "GET",
+        &format!("/api/v1/runs/{run}/metrics/loss?max_points=0"),
+        None,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("1000000 points"),
+        "{body}"
+    );
+    // ... unless a range narrows it, or the answer is downsampled.
+    let (status, body) = server.request(
+        "GET",
+        &format!("/api/v1/runs/{run}/metrics/loss?max_points=0&start=10&end=19"),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["steps"].as_array().unwrap().len(), 10);
+    let (status, body) = server.request(
+        "POST",
+        "/api/v1/scalars",
+        Some(&json!({"runs": [run], "keys": ["loss", "acc"], "max_points": 0})),
+    );
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = server.request(
+        "GET",
+        &format!("/data/plugin/scalars/scalars?run={run}&tag=loss&max_points=0"),
+        None,
+    );
+    assert_eq!(status, 400, "{body}");
+    // MLflow's get-history pages at 1,000,000 points; the client follows
+    // next_page_token.
+    let history = server.get(&format!(
+        "/api/2.0/mlflow/metrics/get-history?run_id={run}&metric_key=loss"
+    ));
+    assert_eq!(history["metrics"].as_array().unwrap().len(), 1_000_000);
+    let token = history["next_page_token"]
+        .as_str()
+        .expect("a next page")
+        .to_string();
+    let rest = server.get(&format!(
+        "/api/2.0/mlflow/metrics/get-history?run_id={run}&metric_key=loss&page_token={token}"
+    ));
+    assert_eq!(rest["metrics"].as_array().unwrap().len(), 1);
+    assert!(
+        rest.get("next_page_token").is_none(),
+        "{}",
+        rest["next_page_token"]
+    );
+    // Lists in one request are capped.
+    let patterns: Vec<String> = (0..101).map(|index| format!("k{index}/*")).collect();
+    let (status, body) = server.request(
+        "POST",
+        "/api/v1/scalars",
+        Some(&json!({"runs": [run], "keys": patterns})),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("at most 100"),
+        "{body}"
+    );
+    let experiments: Vec<String> = (0..1001).map(|index| index.to_string()).collect();
+    let (status, body) = server.request(
+        "POST",
+        "/api/2.0/mlflow/runs/search",
+        Some(&json!({"experiment_ids": experiments})),
+    );
+    assert_eq!(status, 400, "{body}");
+    let long_pattern = format!("params.x LIKE '{}'", "%a".repeat(6000));
+    let (status, body) = server.request(
+        "POST",
+        "/api/2.0/mlflow/runs/search",
+        Some(&json!({"experiment_ids": ["0"], "filter": long_pattern})),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 10000 characters"),
+        "{body}"
+    );
+    let long_filter = format!("params.x = '{}'", "a".repeat(200_000));
+    let (status, body) = server.request(
+        "POST",
+        "/api/2.0/mlflow/runs/search",
+        Some(&json!({"experiment_ids": ["0"], "filter": long_filter})),
+    );
+    assert_eq!(status, 400, "{body}");
+    // An adversarial pattern within the limits answers (linear matching).
+    server.post(
+        &format!("/api/v1/runs/{run}/params"),
+        &json!({"x": "a".repeat(6000)}),
+    );
+    let experiment = server.get(&format!("/api/v1/runs/{run}"))["experiment_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, body) = server.request(
+        "POST",
+        "/api/2.0/mlflow/runs/search",
+        Some(&json!({"experiment_ids": [experiment], "filter": format!("params.x LIKE '{}b'", "%a".repeat(4000))})),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(server.get("/health")["status"], "ok");
+    server.stop();
+}

@@ -55,6 +55,17 @@ pub enum ScalarError {
     /// A background read task failed.
     #[error("background read failed: {0}")]
     Task(String),
+    /// `max_points=0` (every point) would answer with too many points.
+    #[error(
+        "{what} hold more than {limit} points, the most one answer with max_points=0 (every \
+         point) may carry; ask for max_points (spikes are kept) or a narrower start/end range"
+    )]
+    TooManyPoints {
+        /// What was asked for.
+        what: &'static str,
+        /// The limit.
+        limit: usize,
+    },
     /// A file's block aggregates disagree with its rows (the read falls
     /// back to the full scan).
     #[error("block aggregates cannot be used: {0}")]
@@ -65,6 +76,7 @@ impl Classify for ScalarError {
     fn kind(&self) -> ErrorKind {
         match self {
             ScalarError::Invalid(_) => ErrorKind::InvalidParameter,
+            ScalarError::TooManyPoints { .. } => ErrorKind::InvalidParameter,
             ScalarError::Engine(error) => error.kind(),
             ScalarError::Io { .. }
             | ScalarError::InvalidFile { .. }

@@ -40,6 +40,11 @@ pub const MAX_MAX_POINTS: usize = 100_000;
 pub const MAX_RUNS: usize = 1_000;
 /// The most series (run and key pairs) one query may return.
 pub const MAX_SERIES: usize = 5_000;
+/// Most points one answer carries with `max_points=0` (every point), over
+/// all of its series.
+pub const MAX_EVERY_POINT: usize = 1_000_000;
+/// Most key patterns (exact keys or globs) in one query.
+pub const MAX_KEY_PATTERNS: usize = 100;
 /// Series read at the same time by one query.
 const PARALLEL_READS: usize = 4;
 
@@ -254,7 +259,14 @@ fn read_full(
     let mut downsampler = Downsampler::new(lo, hi, params.max_points);
     let mut ema = params.smoothing.map(Ema::new);
     let mut seq = 0u64;
+    let every_point = params.max_points == 0;
     snapshot.for_each_slice(bounds, &mut |steps, timestamps, values| {
+        if every_point && seq as usize + steps.len() > MAX_EVERY_POINT {
+            return Err(ScalarError::TooManyPoints {
+                what: "the series' steps in range",
+                limit: MAX_EVERY_POINT,
+            });
+        }
         if by_step && ema.is_none() {
             // Slices come in step order: reduce each bucket's run at once.
             downsampler.push_step_slice(seq, steps, timestamps, values);
@@ -436,6 +448,12 @@ pub async fn query(
             "give at least one key (an exact name or a glob such as train/*)".into(),
         ));
     }
+    if keys.len() > MAX_KEY_PATTERNS {
+        return Err(ScalarError::Invalid(format!(
+            "at most {MAX_KEY_PATTERNS} keys or patterns per query, not {}",
+            keys.len()
+        )));
+    }
     let mut unique: Vec<RunId> = Vec::with_capacity(runs.len());
     for &run_id in runs {
         if !unique.contains(&run_id) {
@@ -458,9 +476,23 @@ pub async fn query(
             jobs.len()
         )));
     }
+    // With every point asked for, the answer stops growing at the limit
+    // (each series is also capped as it is read).
+    let points = std::sync::atomic::AtomicUsize::new(0);
+    let points = &points;
     futures_util::stream::iter(jobs)
         .map(|(run_id, key)| async move {
             let series = read_series(engine, run_id, &key, params).await?;
+            if params.max_points == 0
+                && points.fetch_add(series.steps.len(), std::sync::atomic::Ordering::Relaxed)
+                    + series.steps.len()
+                    > MAX_EVERY_POINT
+            {
+                return Err(ScalarError::TooManyPoints {
+                    what: "the selected series",
+                    limit: MAX_EVERY_POINT,
+                });
+            }
             Ok::<_, ScalarError>(SeriesResult {
                 run_id,
                 key,

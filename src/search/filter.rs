@@ -6,6 +6,8 @@
 //! means (run field, experiment field) is decided by the caller through an
 //! [`EntityResolver`].
 
+use std::collections::HashMap;
+
 use super::SearchError;
 
 /// A comparison operator.
@@ -461,6 +463,12 @@ fn describe(token: &Token) -> String {
 /// Parses a filter into its comparisons (joined by `AND`). An empty or
 /// blank filter is no comparison at all.
 pub fn parse_filter(text: &str) -> Result<Vec<RawComparison>, SearchError> {
+    if text.len() > MAX_FILTER_BYTES {
+        return Err(SearchError::InvalidFilter(format!(
+            "the filter is {} bytes long, more than the limit of {MAX_FILTER_BYTES}",
+            text.len()
+        )));
+    }
     let mut parser = Parser {
         tokens: tokenize(text)?,
         position: 0,
@@ -473,6 +481,14 @@ pub fn parse_filter(text: &str) -> Result<Vec<RawComparison>, SearchError> {
         let identifier = parser.identifier()?;
         let comparator = parser.comparator()?;
         let value = parser.value(comparator)?;
+        if let (Comparator::Like | Comparator::ILike, Literal::Text(pattern)) = (comparator, &value)
+            && pattern.chars().count() > MAX_LIKE_PATTERN_CHARS
+        {
+            return Err(SearchError::InvalidFilter(format!(
+                "a {} pattern may be at most {MAX_LIKE_PATTERN_CHARS} characters long",
+                comparator.as_str()
+            )));
+        }
         comparisons.push(RawComparison {
             identifier,
             comparator,
@@ -532,8 +548,60 @@ pub fn parse_order_by(text: &str) -> Result<RawOrderBy, SearchError> {
     })
 }
 
+/// Longest filter text, in bytes.
+pub const MAX_FILTER_BYTES: usize = 100_000;
+
+/// Longest `LIKE` / `ILIKE` pattern, in characters (longer than any value
+/// a run can hold).
+pub const MAX_LIKE_PATTERN_CHARS: usize = 10_000;
+
 /// SQL `LIKE` matching: `%` is any run of characters, `_` one character.
+/// Patterns become regular expressions (the `regex` crate runs in time
+/// linear in the text for a given pattern, with no backtracking), compiled
+/// once per thread and pattern.
 pub fn like_matches(pattern: &str, text: &str, case_insensitive: bool) -> bool {
+    thread_local! {
+        static COMPILED: std::cell::RefCell<HashMap<(String, bool), Option<regex::Regex>>> =
+            std::cell::RefCell::new(HashMap::new());
+    }
+    COMPILED.with(|compiled| {
+        let mut compiled = compiled.borrow_mut();
+        if compiled.len() > 256 {
+            compiled.clear();
+        }
+        let matcher = compiled
+            .entry((pattern.to_string(), case_insensitive))
+            .or_insert_with(|| like_regex(pattern, case_insensitive));
+        match matcher {
+            Some(regex) => regex.is_match(text),
+            None => like_matches_by_scan(pattern, text, case_insensitive),
+        }
+    })
+}
+
+/// The anchored regular expression of a `LIKE` pattern (`None` when it
+/// is too large to compile).
+fn like_regex(pattern: &str, case_insensitive: bool) -> Option<regex::Regex> {
+    let mut expression = String::with_capacity(pattern.len() * 2 + 8);
+    expression.push_str(if case_insensitive { "(?is)^" } else { "(?s)^" });
+    let mut literal = [0u8; 4];
+    for character in pattern.chars() {
+        match character {
+            '%' => expression.push_str(".*"),
+            '_' => expression.push('.'),
+            other => expression.push_str(&regex::escape(other.encode_utf8(&mut literal))),
+        }
+    }
+    expression.push('$');
+    regex::RegexBuilder::new(&expression)
+        .size_limit(16 << 20)
+        .build()
+        .ok()
+}
+
+/// Wildcard matching with backtracking to the last `%`, for patterns too
+/// large for a regular expression.
+fn like_matches_by_scan(pattern: &str, text: &str, case_insensitive: bool) -> bool {
     let fold = |value: &str| -> Vec<char> {
         if case_insensitive {
             value.to_lowercase().chars().collect()
@@ -543,7 +611,6 @@ pub fn like_matches(pattern: &str, text: &str, case_insensitive: bool) -> bool {
     };
     let pattern = fold(pattern);
     let text = fold(text);
-    // Iterative wildcard matching with backtracking to the last `%`.
     let (mut p, mut t) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {
@@ -652,5 +719,27 @@ mod tests {
         assert!(like_matches("%", "", false));
         assert!(like_matches("%b%c", "abxbc", false));
         assert!(!like_matches("abc", "abcd", false));
+        // Regular-expression characters are literal; `.` is not a wildcard.
+        assert!(like_matches("a.b(c)+", "a.b(c)+", false));
+        assert!(!like_matches("a.b", "axb", false));
+        assert!(like_matches("%\nx", "a\nb\nx", false));
+        assert!(like_matches("ÉTÉ%", "été 2026", true));
+        // The scan agrees with the expressions on these cases.
+        for (pattern, text) in [
+            ("%x%", "abxcd"),
+            ("a_c", "abbc"),
+            ("%b%c", "abxbc"),
+            ("%", ""),
+        ] {
+            assert_eq!(
+                like_matches_by_scan(pattern, text, false),
+                like_matches(pattern, text, false),
+                "{pattern} {text}"
+            );
+        }
+        // An adversarial pattern on a long value stays fast (linear).
+        let text = "a".repeat(8000);
+        let pattern = format!("{}b", "%a".repeat(5000));
+        assert!(!like_matches(&pattern, &text, false));
     }
 }

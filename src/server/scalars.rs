@@ -395,6 +395,13 @@ async fn stream_run(
         .filter(|key| !key.is_empty())
         .map(KeyPattern::parse)
         .collect::<Result<Vec<_>, _>>()?;
+    if keys.len() > query::MAX_KEY_PATTERNS {
+        return Err(ApiError::invalid(format!(
+            "at most {} keys or patterns per stream, not {}",
+            query::MAX_KEY_PATTERNS,
+            keys.len()
+        )));
+    }
     let last_event_id = headers
         .get("last-event-id")
         .and_then(|value| value.to_str().ok())

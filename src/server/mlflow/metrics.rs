@@ -57,6 +57,9 @@ pub(super) struct GetHistory {
     max_results: Option<i64>,
 }
 
+/// Most points one `get-history` answer carries.
+pub const MAX_HISTORY_PAGE: usize = 1_000_000;
+
 /// Points encoded per chunk of a streamed `get-history` answer.
 const HISTORY_CHUNK_POINTS: usize = 8_192;
 
@@ -79,9 +82,11 @@ pub(super) async fn get_history(
         .as_deref()
         .filter(|token| !token.is_empty());
     let offset = page_token.map(decode_offset).transpose()?.unwrap_or(0);
+    // One answer carries at most MAX_HISTORY_PAGE points; the rest follow
+    // through `next_page_token`, which the MLflow client follows.
     let size = match request.max_results {
-        None => usize::MAX,
-        Some(value) if value > 0 => value as usize,
+        None => MAX_HISTORY_PAGE,
+        Some(value) if value > 0 => (value as usize).min(MAX_HISTORY_PAGE),
         Some(value) => {
             return Err(invalid(format!(
                 "Invalid value {value} for parameter 'max_results' supplied. It must be a \

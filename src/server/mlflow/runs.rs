@@ -37,6 +37,8 @@ type EngineState = State<Arc<Engine>>;
 
 /// Most metrics one `log-batch` request may carry (MLflow's limit).
 pub const MAX_BATCH_METRICS: usize = 1000;
+/// Most experiments one `runs/search` may name.
+pub const MAX_SEARCH_EXPERIMENTS: usize = 1000;
 /// Most params one `log-batch` request may carry.
 pub const MAX_BATCH_PARAMS: usize = 100;
 /// Most tags one `log-batch` request may carry.
@@ -491,6 +493,12 @@ pub(super) async fn search_runs(
     let filter = parse_run_filter(request.filter.as_deref().unwrap_or(""))?;
     let order = parse_run_order(&request.order_by)?;
     let view = view_type(request.run_view_type.as_deref(), ViewType::ActiveOnly)?;
+    if request.experiment_ids.len() > MAX_SEARCH_EXPERIMENTS {
+        return Err(invalid(format!(
+            "experiment_ids may name at most {MAX_SEARCH_EXPERIMENTS} experiments, not {}",
+            request.experiment_ids.len()
+        )));
+    }
     let experiment_ids = request
         .experiment_ids
         .iter()
