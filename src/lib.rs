@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod bench;
+mod bounded_decode;
 pub mod bulk;
 pub mod catalog;
 pub mod engine;

@@ -105,7 +105,22 @@ fn first_row_of(indices: &[i32], index: usize) -> usize {
 
 /// Decodes an Arrow IPC stream; `now` stands in for missing timestamps.
 /// The body's buffers are used in place (no copy) where they are aligned.
+///
+/// arrow-rs's IPC reader can panic on a malformed stream (a buffer offset
+/// past the body, found by `tests/hostile_inputs.rs`); such a panic is
+/// caught here and is a malformed-body error like any other.
 pub fn decode(body: Bytes, now: i64, max_points: usize) -> Result<RunBatches, BulkError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decode_stream(body, now, max_points)
+    }))
+    .unwrap_or_else(|_| {
+        Err(BulkError::Malformed(
+            "bad Arrow IPC stream: its buffers point outside the message".to_string(),
+        ))
+    })
+}
+
+fn decode_stream(body: Bytes, now: i64, max_points: usize) -> Result<RunBatches, BulkError> {
     let malformed = |error: arrow::error::ArrowError| {
         BulkError::Malformed(format!("bad Arrow IPC stream: {error}"))
     };

@@ -64,8 +64,7 @@ pub fn load_latest(dir: &Path) -> Result<Option<CatalogState>, CatalogError> {
         return Err(corrupt("checksum mismatch".to_string()));
     }
     let (mut state, _): (CatalogState, usize) =
-        bincode::serde::decode_from_slice(body, bincode::config::standard())
-            .map_err(|error| corrupt(error.to_string()))?;
+        crate::bounded_decode::decode(body).map_err(|error| corrupt(error.to_string()))?;
     if state.applied_lsn != lsn {
         return Err(corrupt(format!(
             "names LSN {lsn} but holds state at LSN {}",

@@ -51,8 +51,8 @@ impl WalRecord {
         if version != RECORD_VERSION {
             return Err(decode_error(format!("unknown record version {version}")));
         }
-        let (record, used) = bincode::serde::decode_from_slice(rest, bincode::config::standard())
-            .map_err(|error| decode_error(error.to_string()))?;
+        let (record, used) =
+            crate::bounded_decode::decode(rest).map_err(|error| decode_error(error.to_string()))?;
         if used != rest.len() {
             return Err(decode_error(format!(
                 "{} trailing bytes after the record",
