@@ -7,22 +7,15 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::TestServer;
 use serde_json::{Value, json};
 
-fn address(server: &TestServer) -> String {
-    server.base_url.trim_start_matches("http://").to_string()
-}
-
 /// Sends raw bytes and reads whatever comes back until the server closes
 /// or 20 s pass.
 fn raw(server: &TestServer, bytes: &[u8]) -> String {
-    let mut stream = TcpStream::connect(address(server)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
+    let mut stream = server.connect_raw();
     let _ = stream.write_all(bytes);
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
@@ -119,7 +112,7 @@ fn the_server_survives_every_attack_with_its_data_intact() {
     // Slow clients hold connections for the whole attack.
     let slow: Vec<TcpStream> = (0..8)
         .map(|_| {
-            let mut stream = TcpStream::connect(address(&server)).unwrap();
+            let mut stream = server.connect_raw();
             stream
                 .write_all(b"POST /api/v1/ingest HTTP/1.1\r\nHost: 127.0.0.1\r\n")
                 .unwrap();
@@ -229,7 +222,7 @@ fn the_server_survives_every_attack_with_its_data_intact() {
     assert_eq!(status, 400);
     let streams: Vec<TcpStream> = (0..6)
         .map(|_| {
-            let mut stream = TcpStream::connect(address(&server)).unwrap();
+            let mut stream = server.connect_raw();
             write!(
                 stream,
                 "GET /api/v1/runs/{run}/stream?keys=loss HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"

@@ -274,17 +274,23 @@ fn snapshot_body_sample() -> Vec<u8> {
     SAMPLE.get_or_init(engine_samples).1.clone()
 }
 
-fn engine_samples() -> (Vec<u8>, Vec<u8>) {
+/// An engine on `dir` holding one experiment and one run (with a param
+/// and tags), made on `runtime`.
+fn engine_with_run(
+    dir: &std::path::Path,
+    sync: stepstore::wal::SyncPolicy,
+    runtime: &tokio::runtime::Runtime,
+) -> (
+    Arc<stepstore::engine::Engine>,
+    stepstore::model::ExperimentId,
+    stepstore::model::RunId,
+) {
     use stepstore::catalog::{NewExperiment, NewRun};
     use stepstore::engine::{Engine, EngineConfig};
-    use stepstore::model::MetricBatchBuilder;
-    let dir = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let engine = Engine::open(EngineConfig::new(dir.path())).unwrap();
-    runtime.block_on(async {
+    let mut config = EngineConfig::new(dir);
+    config.wal_sync = sync;
+    let engine = Engine::open(config).unwrap();
+    let (experiment, run) = runtime.block_on(async {
         let experiment = engine
             .create_experiment(NewExperiment {
                 name: "fuzz".to_string(),
@@ -304,13 +310,25 @@ fn engine_samples() -> (Vec<u8>, Vec<u8>) {
             })
             .await
             .unwrap();
+        (experiment, run.run_id)
+    });
+    (engine, experiment, run)
+}
+
+fn engine_samples() -> (Vec<u8>, Vec<u8>) {
+    use stepstore::model::MetricBatchBuilder;
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (engine, _, run) =
+        engine_with_run(dir.path(), stepstore::wal::SyncPolicy::Always, &runtime);
+    runtime.block_on(async {
         let mut batch = MetricBatchBuilder::new();
         batch.push("loss", 1, 5, 0.5);
         batch.push("acc", 1, 5, f64::NAN);
-        engine
-            .log_metrics(run.run_id, batch.finish())
-            .await
-            .unwrap();
+        engine.log_metrics(run, batch.finish()).await.unwrap();
     });
     let wal_dir = dir.path().join("wal");
     let mut segments: Vec<_> = std::fs::read_dir(&wal_dir)
@@ -352,8 +370,6 @@ fn arrow_ipc_single_byte_edits_never_panic() {
 fn mlflow_json_bodies_never_panic_or_fail_inside() {
     use axum::body::Body;
     use axum::http::Request;
-    use stepstore::catalog::{NewExperiment, NewRun};
-    use stepstore::engine::{Engine, EngineConfig};
     use stepstore::server::{self, ServerConfig};
     use tower::ServiceExt;
 
@@ -363,31 +379,9 @@ fn mlflow_json_bodies_never_panic_or_fail_inside() {
         .enable_all()
         .build()
         .unwrap();
-    let mut engine_config = EngineConfig::new(dir.path());
-    engine_config.wal_sync = stepstore::wal::SyncPolicy::Off;
-    let engine = Engine::open(engine_config).unwrap();
-    let (experiment, run) = runtime.block_on(async {
-        let experiment = engine
-            .create_experiment(NewExperiment {
-                name: "fuzz".to_string(),
-                artifact_location: None,
-                tags: Vec::new(),
-            })
-            .await
-            .unwrap();
-        let run = engine
-            .create_run(NewRun {
-                experiment_id: experiment,
-                run_name: Some("r".to_string()),
-                user_id: String::new(),
-                start_time: 1,
-                params: Vec::new(),
-                tags: Vec::new(),
-            })
-            .await
-            .unwrap();
-        (experiment.to_string(), run.run_id.to_string())
-    });
+    let (engine, experiment, run) =
+        engine_with_run(dir.path(), stepstore::wal::SyncPolicy::Off, &runtime);
+    let (experiment, run) = (experiment.to_string(), run.to_string());
     let router = server::router(Arc::clone(&engine), &ServerConfig::default());
     let endpoints: Vec<(&str, String)> = vec![
         (

@@ -5,28 +5,15 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::TestServer;
 use serde_json::{Value, json};
 
-/// The `host:port` of a test server.
-fn address(server: &TestServer) -> String {
-    server
-        .base_url
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string()
-}
-
 /// Sends one raw HTTP/1.1 request and reads the whole answer (the
 /// request asks the server to close the connection).
 fn raw_request(server: &TestServer, request: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(address(server)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .expect("timeout");
+    let mut stream = server.connect_raw();
     stream.write_all(request.as_bytes()).expect("write");
     let mut answer = String::new();
     stream.read_to_string(&mut answer).expect("read");
@@ -120,7 +107,7 @@ fn bodies_not_declared_json_change_nothing() {
 fn host_names_are_checked_against_the_allowed_list() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), &[]);
-    let port = address(&server).rsplit(':').next().unwrap().to_string();
+    let port = server.address().rsplit(':').next().unwrap().to_string();
     for host in [
         format!("127.0.0.1:{port}"),
         format!("localhost:{port}"),
@@ -244,10 +231,7 @@ fn slow_headers_and_stalled_bodies_are_cut_off() {
     );
     let run = server.create_run("slow", "r");
     // Headers that never finish: the server closes the connection.
-    let mut stream = TcpStream::connect(address(&server)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
+    let mut stream = server.connect_raw();
     stream
         .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         .unwrap();
@@ -259,10 +243,7 @@ fn slow_headers_and_stalled_bodies_are_cut_off() {
         "the connection stayed open"
     );
     // An idle keep-alive connection is closed too.
-    let mut stream = TcpStream::connect(address(&server)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
+    let mut stream = server.connect_raw();
     stream
         .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .unwrap();
@@ -272,10 +253,7 @@ fn slow_headers_and_stalled_bodies_are_cut_off() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     // A body that stops halfway: 408, and the points are not logged.
     let body = json!({"step": 1, "values": {"loss": 0.5}}).to_string();
-    let mut stream = TcpStream::connect(address(&server)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
+    let mut stream = server.connect_raw();
     write!(
         stream,
         "POST /api/v1/runs/{run}/metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\
@@ -291,10 +269,7 @@ fn slow_headers_and_stalled_bodies_are_cut_off() {
     assert!(answer.contains("REQUEST_TIMEOUT"), "{answer}");
     assert!(answer.contains("--body-timeout"), "{answer}");
     // Streamed NDJSON bodies too.
-    let mut stream = TcpStream::connect(address(&server)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
+    let mut stream = server.connect_raw();
     let line =
         format!("{{\"run_id\": \"{run}\", \"key\": \"loss\", \"step\": 2, \"value\": 1.0}}\n");
     write!(
@@ -323,10 +298,7 @@ fn connections_past_the_cap_get_503_and_slots_come_back() {
     // both slots.
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut stream = TcpStream::connect(address(&server)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
+        let mut stream = server.connect_raw();
         stream
             .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             .unwrap();
@@ -380,10 +352,7 @@ fn shutdown_does_not_wait_forever_for_a_live_stream() {
         &json!({"step": 1, "values": {"loss": 0.5}}),
     );
     // A follower that keeps its stream open.
-    let mut stream = TcpStream::connect(address(&server)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
+    let mut stream = server.connect_raw();
     write!(
         stream,
         "GET /api/v1/runs/{run}/stream?keys=loss HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"

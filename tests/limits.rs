@@ -185,11 +185,7 @@ fn sql_results_and_growing_functions_are_bounded() {
 /// Opens a live stream on a raw connection and reads its response head.
 fn open_stream(server: &TestServer, run: &str, query: &str) -> (std::net::TcpStream, String) {
     use std::io::{Read, Write};
-    let address = server.base_url.trim_start_matches("http://").to_string();
-    let mut stream = std::net::TcpStream::connect(address).expect("connect");
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
-        .unwrap();
+    let mut stream = server.connect_raw();
     write!(
         stream,
         "GET /api/v1/runs/{run}/stream?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"

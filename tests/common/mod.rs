@@ -163,6 +163,23 @@ impl TestServer {
             .clone()
     }
 
+    /// The `host:port` the server listens on.
+    pub fn address(&self) -> String {
+        self.base_url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string()
+    }
+
+    /// A raw connection to the server whose reads give up after 60 s.
+    pub fn connect_raw(&self) -> std::net::TcpStream {
+        let stream = std::net::TcpStream::connect(self.address()).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("read timeout");
+        stream
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base_url, path)
     }
