@@ -486,3 +486,97 @@ fn reads_are_bounded_per_answer_and_requests_per_list() {
     assert_eq!(server.get("/health")["status"], "ok");
     server.stop();
 }
+
+#[test]
+fn history_pages_follow_mlflow_order_and_bulk_reads_stop_at_their_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start(dir.path(), &[]);
+    let backwards = server.create_run("history", "clock-goes-back");
+    let forwards = server.create_run("history", "clock-goes-forward");
+    // Steps 0..6 at times 100.., then steps 6..12 at times 50..: MLflow
+    // orders a history by timestamp first.
+    for (steps, first_time) in [(0..6i64, 100i64), (6..12, 50)] {
+        let steps: Vec<i64> = steps.collect();
+        let times: Vec<i64> = (0..steps.len() as i64).map(|i| first_time + i).collect();
+        let values: Vec<f64> = steps.iter().map(|&step| step as f64).collect();
+        server.post(
+            "/api/v1/ingest",
+            &json!({"batches": [
+                {"run_id": backwards, "steps": steps, "timestamps": times, "values": {"loss": values}},
+                {"run_id": forwards, "steps": steps, "timestamps": steps.iter().map(|s| 1_000 + s).collect::<Vec<_>>(), "values": {"loss": values}}
+            ]}),
+        );
+    }
+    let mut paged = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut path = format!(
+            "/api/2.0/mlflow/metrics/get-history?run_id={backwards}&metric_key=loss&max_results=5"
+        );
+        if let Some(token) = &token {
+            path.push_str(&format!("&page_token={token}"));
+        }
+        let page = server.get(&path);
+        let metrics = page["metrics"].as_array().unwrap();
+        assert!(metrics.len() <= 5, "{page}");
+        paged.extend(
+            metrics
+                .iter()
+                .map(|metric| metric["step"].as_i64().unwrap()),
+        );
+        match page["next_page_token"].as_str() {
+            Some(next) => token = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(paged, [6, 7, 8, 9, 10, 11, 0, 1, 2, 3, 4, 5]);
+    // get-history-bulk: the first max_results points of each run, in the
+    // order the runs were named, each point naming its run.
+    let bulk = server.get(&format!(
+        "/api/2.0/mlflow/metrics/get-history-bulk?run_id={forwards}&run_id={backwards}\
+         &metric_key=loss&max_results=3"
+    ));
+    let points: Vec<(String, i64)> = bulk["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|metric| {
+            (
+                metric["run_id"].as_str().unwrap().to_string(),
+                metric["step"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, i64)> = [(&forwards, 0), (&forwards, 1), (&forwards, 2)]
+        .into_iter()
+        .chain([(&backwards, 6), (&backwards, 7), (&backwards, 8)])
+        .map(|(run, step)| (run.clone(), step))
+        .collect();
+    assert_eq!(points, expected);
+    // A key no run has: an empty answer. An unknown run: an error, no
+    // partial answer.
+    let empty = server.get(&format!(
+        "/api/2.0/mlflow/metrics/get-history-bulk?run_id={forwards}&metric_key=absent"
+    ));
+    assert_eq!(empty, json!({}));
+    let (status, body) = server.request(
+        "GET",
+        &format!(
+            "/api/2.0/mlflow/metrics/get-history-bulk?run_id={forwards}\
+             &run_id=0123456789abcdef0123456789abcdef&metric_key=loss"
+        ),
+        None,
+    );
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error_code"], "RESOURCE_DOES_NOT_EXIST", "{body}");
+    let (status, body) = server.request(
+        "GET",
+        &format!(
+            "/api/2.0/mlflow/metrics/get-history-bulk?run_id={forwards}&metric_key=loss\
+             &max_results=25001"
+        ),
+        None,
+    );
+    assert_eq!(status, 400, "{body}");
+    server.stop();
+}

@@ -7,10 +7,12 @@
 //! - [`smoothing`] is the debiased EMA;
 //! - [`downsample`] keeps each bucket's first, min, max and last point;
 //! - [`query`] plans and runs series reads (one or many runs and keys);
+//! - [`history`] pages through every point of a series in MLflow's order;
 //! - [`follow`] turns stored and live points into a resumable stream.
 
 pub mod downsample;
 pub mod follow;
+pub mod history;
 pub mod query;
 pub mod smoothing;
 pub mod stream;

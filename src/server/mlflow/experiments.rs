@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::request::{
-    MlflowResult, body, parse_experiment_id, query, required, required_experiment_id,
+    MlflowResult, body, off_async, parse_experiment_id, query, required, required_experiment_id,
 };
 use super::wire::{self, ExperimentJson, KeyValue, optional_i64};
 use super::{empty, page_response, view_type};
@@ -112,8 +112,10 @@ pub(super) struct SearchExperiments {
     view_type: Option<String>,
 }
 
-fn search_experiments(
-    engine: &Engine,
+/// `experiments/search`: filtering, sorting and rendering run off the
+/// async threads.
+async fn search_experiments(
+    engine: &Arc<Engine>,
     principal: &Principal,
     request: SearchExperiments,
 ) -> MlflowResult<Json<Value>> {
@@ -121,16 +123,22 @@ fn search_experiments(
     let filter = parse_experiment_filter(request.filter.as_deref().unwrap_or(""))?;
     let order = parse_experiment_order(&request.order_by)?;
     let view = view_type(request.view_type.as_deref(), ViewType::ActiveOnly)?;
-    let mut experiments = engine.experiments(view);
-    experiments.retain(|experiment| principal.can_see(experiment.experiment_id));
-    let selected = select_experiments(experiments, &filter, &order);
-    let page = paginate(selected, request.page_token.as_deref(), size)?;
-    let experiments: Vec<ExperimentJson> = page.items.iter().map(ExperimentJson::from).collect();
-    Ok(page_response(
-        "experiments",
-        &experiments,
-        page.next_page_token,
-    ))
+    let engine = Arc::clone(engine);
+    let principal = principal.clone();
+    off_async(move || {
+        let mut experiments = engine.experiments(view);
+        experiments.retain(|experiment| principal.can_see(experiment.experiment_id));
+        let selected = select_experiments(experiments, &filter, &order);
+        let page = paginate(selected, request.page_token.as_deref(), size)?;
+        let experiments: Vec<ExperimentJson> =
+            page.items.iter().map(ExperimentJson::from).collect();
+        Ok(page_response(
+            "experiments",
+            &experiments,
+            page.next_page_token,
+        ))
+    })
+    .await
 }
 
 pub(super) async fn search_post(
@@ -138,7 +146,7 @@ pub(super) async fn search_post(
     access: Access,
     request: Result<Bytes, BytesRejection>,
 ) -> MlflowResult<Json<Value>> {
-    search_experiments(&engine, &access, body(request)?)
+    search_experiments(&engine, &access, body(request)?).await
 }
 
 pub(super) async fn search_get(
@@ -146,7 +154,7 @@ pub(super) async fn search_get(
     access: Access,
     uri: Uri,
 ) -> MlflowResult<Json<Value>> {
-    search_experiments(&engine, &access, query(&uri)?)
+    search_experiments(&engine, &access, query(&uri)?).await
 }
 
 #[derive(Deserialize)]

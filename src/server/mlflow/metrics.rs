@@ -4,23 +4,22 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::request::{
     MlflowResult, invalid, missing, parse_run_id, query, required, required_run_id,
 };
-use super::wire::{self, MetricJson, optional_i64};
+use super::wire::{self, optional_i64};
 use crate::auth::Principal;
 use crate::engine::Engine;
+use crate::model::RunId;
 use crate::model::validation::{KeyKind, validate_key};
-use crate::model::{MetricSeries, RunId};
-use crate::scalars::{self, KeyPattern, ScalarSeries, SeriesParams, XAxis};
+use crate::scalars::history::{self, History};
+use crate::scalars::{self, KeyPattern, ScalarError, ScalarSeries, SeriesParams, XAxis};
 use crate::search::page::{decode_offset, encode_offset};
 use crate::server::auth::Access;
 
@@ -32,20 +31,6 @@ pub const MAX_BULK_RUNS: usize = 100;
 pub const MAX_BULK_INTERVAL_RESULTS: i64 = 2500;
 /// Most points per run a bulk read returns (MLflow's limit).
 pub const MAX_BULK_RESULTS_PER_RUN: i64 = 25_000;
-
-/// The points of a series as MLflow `Metric`s.
-fn points(series: &MetricSeries, key: &str, run_id: Option<RunId>) -> Vec<MetricJson> {
-    let run_id = run_id.map(|id| id.to_string());
-    (0..series.len())
-        .map(|index| MetricJson {
-            key: key.to_string(),
-            value: series.values[index],
-            timestamp: series.timestamps[index],
-            step: series.steps[index],
-            run_id: run_id.clone(),
-        })
-        .collect()
-}
 
 #[derive(Deserialize)]
 pub(super) struct GetHistory {
@@ -60,15 +45,92 @@ pub(super) struct GetHistory {
 /// Most points one `get-history` answer carries.
 pub const MAX_HISTORY_PAGE: usize = 1_000_000;
 
-/// Points encoded per chunk of a streamed `get-history` answer.
-const HISTORY_CHUNK_POINTS: usize = 8_192;
+/// Bytes of JSON sent per chunk of a streamed answer.
+const CHUNK_BYTES: usize = 512 * 1024;
+
+/// A JSON answer written on a blocking thread and streamed to the client
+/// chunk by chunk, so an answer of a million points is never held whole.
+struct ChunkedJson {
+    sender: tokio::sync::mpsc::Sender<Result<Bytes, ScalarError>>,
+    chunk: Vec<u8>,
+}
+
+impl ChunkedJson {
+    /// A writer and the response body it feeds.
+    fn new() -> (ChunkedJson, Body) {
+        let (sender, receiver) = tokio::sync::mpsc::channel(2);
+        let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|chunk| (chunk, receiver))
+        });
+        let writer = ChunkedJson {
+            sender,
+            chunk: Vec::with_capacity(CHUNK_BYTES + 1024),
+        };
+        (writer, Body::from_stream(body))
+    }
+
+    /// The bytes written so far, to append to.
+    fn out(&mut self) -> &mut Vec<u8> {
+        &mut self.chunk
+    }
+
+    /// Sends the chunk once it is full; `false` when the client went away.
+    fn flush_if_full(&mut self) -> bool {
+        if self.chunk.len() < CHUNK_BYTES {
+            return true;
+        }
+        let full = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK_BYTES + 1024));
+        self.sender.blocking_send(Ok(Bytes::from(full))).is_ok()
+    }
+
+    /// Sends what is left.
+    fn finish(self) {
+        let _ = self.sender.blocking_send(Ok(Bytes::from(self.chunk)));
+    }
+
+    /// Ends the answer with an error: the status is already sent, so the
+    /// body is cut off (no final chunk) and the client sees a failed read,
+    /// never a silently short answer.
+    fn fail(self, error: ScalarError, what: &'static str) {
+        tracing::error!(%error, what, "read failed in the middle of an answer");
+        let _ = self.sender.blocking_send(Err(error));
+    }
+}
+
+/// A streamed JSON response.
+fn json_response(body: Body) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Writes the points of one page of `history` as MLflow `Metric`s after
+/// `written` earlier ones; returns how many points there are now, or
+/// `None` when the client went away.
+fn write_page(
+    writer: &mut ChunkedJson,
+    history: &History,
+    (offset, limit): (usize, usize),
+    key_json: &[u8],
+    run_id_json: Option<&[u8]>,
+    mut written: usize,
+) -> Result<Option<usize>, ScalarError> {
+    let mut open = true;
+    history.page(offset, limit, &mut |step, timestamp, value| {
+        let out = writer.out();
+        out.extend_from_slice(if written == 0 { b"\"metrics\":[" } else { b"," });
+        written += 1;
+        wire::write_metric(out, key_json, value, timestamp, step, run_id_json);
+        open = writer.flush_if_full();
+        open
+    })?;
+    Ok(open.then_some(written))
+}
 
 /// `GET metrics/get-history`: every point of one key of one run, ordered
 /// by timestamp, then step, then value (as MLflow's SQL store orders it);
-/// paged when `max_results` is given. The order is found and the JSON
-/// written off the async threads, straight from the series' columns, and
-/// streamed in chunks, so the answer is never held whole beside the
-/// series.
+/// paged when `max_results` is given. Read and written off the async
+/// threads and streamed in chunks: memory stays at one decoded batch and
+/// one chunk unless the series' timestamps go backwards (see
+/// [`crate::scalars::history`]).
 pub(super) async fn get_history(
     State(engine): EngineState,
     access: Access,
@@ -95,83 +157,32 @@ pub(super) async fn get_history(
         }
     };
     engine.run_for(&access, run_id)?;
-    let series = engine.metric_series(run_id, &key).await?;
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(2);
+    let history = history::history(&engine, run_id, &key).await?;
+    let (mut writer, body) = ChunkedJson::new();
     tokio::task::spawn_blocking(move || {
-        let order = history_order(&series);
-        let end = offset.saturating_add(size).min(series.len());
-        let start = offset.min(end);
-        let next_page_token = (end < series.len()).then(|| encode_offset(end));
+        let end = offset.saturating_add(size).min(history.len());
         let key_json = wire::json_string(&key);
-        let mut chunk = Vec::with_capacity(HISTORY_CHUNK_POINTS.min(end - start) * 80 + 64);
-        chunk.push(b'{');
-        if start < end {
-            chunk.extend_from_slice(b"\"metrics\":[");
+        writer.out().push(b'{');
+        let written = match write_page(&mut writer, &history, (offset, size), &key_json, None, 0) {
+            Ok(Some(written)) => written,
+            Ok(None) => return,
+            Err(error) => return writer.fail(error, "get-history"),
+        };
+        if written > 0 {
+            writer.out().push(b']');
         }
-        for position in start..end {
-            let index = order.as_ref().map_or(position, |order| order[position]);
-            if position > start {
-                chunk.push(b',');
+        if end < history.len() {
+            let out = writer.out();
+            if written > 0 {
+                out.push(b',');
             }
-            wire::write_metric(
-                &mut chunk,
-                &key_json,
-                series.values[index],
-                series.timestamps[index],
-                series.steps[index],
-                None,
-            );
-            if chunk.len() >= HISTORY_CHUNK_POINTS * 64 {
-                let full =
-                    std::mem::replace(&mut chunk, Vec::with_capacity(HISTORY_CHUNK_POINTS * 80));
-                if sender.blocking_send(Bytes::from(full)).is_err() {
-                    return; // The client went away.
-                }
-            }
+            out.extend_from_slice(b"\"next_page_token\":");
+            out.extend_from_slice(&wire::json_string(&encode_offset(end)));
         }
-        if start < end {
-            chunk.push(b']');
-        }
-        if let Some(token) = next_page_token {
-            if start < end {
-                chunk.push(b',');
-            }
-            chunk.extend_from_slice(b"\"next_page_token\":");
-            chunk.extend_from_slice(&wire::json_string(&token));
-        }
-        chunk.push(b'}');
-        let _ = sender.blocking_send(Bytes::from(chunk));
+        writer.out().push(b'}');
+        writer.finish();
     });
-    let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
-        receiver
-            .recv()
-            .await
-            .map(|bytes| (Ok::<_, std::convert::Infallible>(bytes), receiver))
-    });
-    Ok((
-        [(header::CONTENT_TYPE, "application/json")],
-        Body::from_stream(body),
-    )
-        .into_response())
-}
-
-/// The permutation that orders a series by (timestamp, step, value), or
-/// `None` when it already is in that order (the common case: timestamps
-/// grow with steps).
-fn history_order(series: &MetricSeries) -> Option<Vec<usize>> {
-    let compare = |a: usize, b: usize| {
-        series.timestamps[a]
-            .cmp(&series.timestamps[b])
-            .then(series.steps[a].cmp(&series.steps[b]))
-            .then(series.values[a].total_cmp(&series.values[b]))
-    };
-    let sorted = (1..series.len()).all(|index| compare(index - 1, index).is_le());
-    if sorted {
-        return None;
-    }
-    let mut order: Vec<usize> = (0..series.len()).collect();
-    order.sort_by(|&a, &b| compare(a, b));
-    Some(order)
+    Ok(json_response(body))
 }
 
 fn run_ids_of(texts: &[String]) -> MlflowResult<Vec<RunId>> {
@@ -188,20 +199,6 @@ fn run_ids_of(texts: &[String]) -> MlflowResult<Vec<RunId>> {
     texts.iter().map(|text| parse_run_id(text)).collect()
 }
 
-async fn series_of_runs(
-    engine: &Engine,
-    principal: &Principal,
-    run_ids: &[RunId],
-    key: &str,
-) -> MlflowResult<Vec<MetricSeries>> {
-    let mut all = Vec::with_capacity(run_ids.len());
-    for &run_id in run_ids {
-        engine.run_for(principal, run_id)?;
-        all.push(engine.metric_series(run_id, key).await?);
-    }
-    Ok(all)
-}
-
 #[derive(Deserialize)]
 pub(super) struct GetHistoryBulk {
     #[serde(default)]
@@ -213,33 +210,61 @@ pub(super) struct GetHistoryBulk {
     max_results: Option<i64>,
 }
 
-/// `GET metrics/get-history-bulk`: the first `max_results` points of one
-/// key for each of several runs.
+/// `GET metrics/get-history-bulk`: for each of several runs (in the order
+/// asked), the first `max_results` points of one key in MLflow's order
+/// (timestamp, step, value). Runs are read one after the other and the
+/// answer is streamed, so at most one run's page is in memory.
 pub(super) async fn get_history_bulk(
     State(engine): EngineState,
     access: Access,
     uri: Uri,
-) -> MlflowResult<Json<Value>> {
+) -> MlflowResult<Response> {
     let mut request: GetHistoryBulk = query(&uri)?;
     request.run_ids.append(&mut request.run_id);
     let run_ids = run_ids_of(&request.run_ids)?;
-    let key = required(&request.metric_key, "metric_key")?;
+    let key = required(&request.metric_key, "metric_key")?.to_string();
     let limit = request.max_results.unwrap_or(MAX_BULK_RESULTS_PER_RUN);
     if limit <= 0 || limit > MAX_BULK_RESULTS_PER_RUN {
         return Err(invalid(format!(
             "max_results must be between 1 and {MAX_BULK_RESULTS_PER_RUN}, got {limit}"
         )));
     }
-    let mut metrics = Vec::new();
-    for (run_id, series) in run_ids
-        .iter()
-        .zip(series_of_runs(&engine, &access, &run_ids, key).await?)
-    {
-        let mut run_points = points(&series, key, Some(*run_id));
-        run_points.truncate(limit as usize);
-        metrics.extend(run_points);
+    // Every run's points are captured first (files and buffer segments
+    // are shared, not copied), so the answer is one consistent view and a
+    // run deleted meanwhile is a clean error, not a cut answer.
+    let mut histories = Vec::with_capacity(run_ids.len());
+    for &run_id in &run_ids {
+        engine.run_for(&access, run_id)?;
+        histories.push((run_id, history::history(&engine, run_id, &key).await?));
     }
-    Ok(Json(json!({ "metrics": metrics })))
+    let (mut writer, body) = ChunkedJson::new();
+    tokio::task::spawn_blocking(move || {
+        let key_json = wire::json_string(&key);
+        writer.out().push(b'{');
+        let mut written = 0;
+        for (run_id, history) in &histories {
+            let run_json = wire::json_string(&run_id.to_string());
+            let page = (0, limit as usize);
+            match write_page(
+                &mut writer,
+                history,
+                page,
+                &key_json,
+                Some(&run_json),
+                written,
+            ) {
+                Ok(Some(now)) => written = now,
+                Ok(None) => return,
+                Err(error) => return writer.fail(error, "get-history-bulk"),
+            }
+        }
+        if written > 0 {
+            writer.out().push(b']');
+        }
+        writer.out().push(b'}');
+        writer.finish();
+    });
+    Ok(json_response(body))
 }
 
 #[derive(Deserialize)]
@@ -404,22 +429,6 @@ pub(super) async fn get_history_bulk_interval(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn history_order_is_by_timestamp_then_step_then_value() {
-        let in_order = MetricSeries {
-            steps: vec![0, 1, 1, 2],
-            timestamps: vec![10, 20, 20, 30],
-            values: vec![1.0, 0.5, 0.7, 0.1],
-        };
-        assert_eq!(history_order(&in_order), None);
-        let out_of_order = MetricSeries {
-            steps: vec![0, 1, 2, 3],
-            timestamps: vec![10, 40, 20, 20],
-            values: vec![1.0, 0.5, f64::NAN, 0.1],
-        };
-        assert_eq!(history_order(&out_of_order), Some(vec![0, 2, 3, 1]));
-    }
 
     #[test]
     fn series_over_the_budget_lose_nan_markers_then_all_but_their_ends() {

@@ -38,6 +38,25 @@ impl IntoResponse for MlflowError {
 /// The result of an MLflow handler.
 pub type MlflowResult<T> = Result<T, MlflowError>;
 
+/// Runs CPU work of a request (filtering, sorting, encoding) on the
+/// blocking pool, so that a large search never stalls the async threads
+/// that serve every other request.
+pub async fn off_async<T: Send + 'static>(
+    work: impl FnOnce() -> MlflowResult<T> + Send + 'static,
+) -> MlflowResult<T> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(error) => {
+            tracing::error!(%error, "request work failed off the async threads");
+            Err(MlflowError(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL_ERROR",
+                format!("the request's work failed: {error}"),
+            )))
+        }
+    }
+}
+
 /// 400 `INVALID_PARAMETER_VALUE` with a message.
 pub fn invalid(message: impl Into<String>) -> MlflowError {
     MlflowError(ApiError::invalid(message))

@@ -15,8 +15,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::request::{
-    MlflowResult, body, body_bytes, invalid, missing, parse_body, parse_experiment_id, query,
-    required, required_run_id,
+    MlflowResult, body, body_bytes, invalid, missing, off_async, parse_body, parse_experiment_id,
+    query, required, required_run_id,
 };
 use super::wire::{self, DatasetInputJson, KeyValue, RunInfoJson, RunJson, optional_i64};
 use super::{empty, page_response, view_type};
@@ -485,7 +485,7 @@ pub(super) async fn search(
 
 /// `runs/search`'s answer: `{"runs": [...], "next_page_token": ...}`.
 pub(super) async fn search_runs(
-    engine: &Engine,
+    engine: &Arc<Engine>,
     principal: &Principal,
     request: SearchRuns,
 ) -> MlflowResult<Value> {
@@ -510,34 +510,42 @@ pub(super) async fn search_runs(
     for &id in &experiment_ids {
         principal.check_experiment(id)?;
     }
-    let runs = engine.runs_in(&experiment_ids, view);
+    // Listing, filtering, sorting and rendering are linear in the
+    // experiments' runs (or n log n): they run off the async threads.
+    let runs = {
+        let engine = Arc::clone(engine);
+        off_async(move || Ok(engine.runs_in(&experiment_ids, view))).await?
+    };
     let run_ids: Vec<_> = runs.iter().map(|run| run.run_id).collect();
     let summaries = engine.runs_metric_summaries(&run_ids).await?;
-    let candidates: Vec<SearchableRun> = runs
-        .into_iter()
-        .zip(summaries.iter())
-        .map(|(run, summaries)| SearchableRun {
-            run,
-            latest_metrics: summaries
-                .iter()
-                .map(|(key, summary)| (key.clone(), summary.latest_value))
-                .collect(),
-        })
-        .collect();
-    let summary_of: HashMap<_, &Vec<(String, KeySummary)>> =
-        run_ids.iter().copied().zip(summaries.iter()).collect();
-    let selected = select_runs(candidates, &filter, &order);
-    let page = paginate(selected, request.page_token.as_deref(), size)?;
-    let runs: Vec<RunJson> = page
-        .items
-        .iter()
-        .map(|candidate| {
-            let summaries = summary_of
-                .get(&candidate.run.run_id)
-                .map(|summaries| summaries.as_slice())
-                .unwrap_or(&[]);
-            RunJson::new(&candidate.run, summaries)
-        })
-        .collect();
-    Ok(page_response("runs", &runs, page.next_page_token).0)
+    off_async(move || {
+        let candidates: Vec<SearchableRun> = runs
+            .into_iter()
+            .zip(summaries.iter())
+            .map(|(run, summaries)| SearchableRun {
+                run,
+                latest_metrics: summaries
+                    .iter()
+                    .map(|(key, summary)| (key.clone(), summary.latest_value))
+                    .collect(),
+            })
+            .collect();
+        let summary_of: HashMap<_, &Vec<(String, KeySummary)>> =
+            run_ids.iter().copied().zip(summaries.iter()).collect();
+        let selected = select_runs(candidates, &filter, &order);
+        let page = paginate(selected, request.page_token.as_deref(), size)?;
+        let runs: Vec<RunJson> = page
+            .items
+            .iter()
+            .map(|candidate| {
+                let summaries = summary_of
+                    .get(&candidate.run.run_id)
+                    .map(|summaries| summaries.as_slice())
+                    .unwrap_or(&[]);
+                RunJson::new(&candidate.run, summaries)
+            })
+            .collect();
+        Ok(page_response("runs", &runs, page.next_page_token).0)
+    })
+    .await
 }
