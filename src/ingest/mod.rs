@@ -359,6 +359,9 @@ pub(crate) enum DataMessage {
 }
 
 /// Reads, notices and persister replies, on the unbounded control channel.
+/// A shard applies the data messages queued when a control message arrives
+/// before handling it, so a control message sent after a data message sees
+/// its effect.
 pub(crate) enum ControlMessage {
     ReadSeries {
         run_id: RunId,
@@ -884,6 +887,41 @@ mod tests {
         });
         let series = read(&ingester, run_id, "k").await;
         assert_eq!(series.steps, (0..5010).collect::<Vec<_>>());
+        ingester.shutdown();
+    }
+
+    #[tokio::test]
+    async fn reads_and_run_ends_come_after_the_data_sent_before_them() {
+        // `select!` over the two channels picks at random: without the
+        // shard applying queued data first, a read sent right after an
+        // apply could miss it (as after replay, whose applies wait for
+        // nothing).
+        let dir = tempfile::tempdir().unwrap();
+        let config = IngestConfig {
+            shards: 1,
+            ..IngestConfig::default()
+        };
+        let ingester = start(dir.path(), config);
+        for round in 0..200i64 {
+            let run_id = RunId::new_random();
+            for part in 0..4 {
+                let first = part * 10;
+                ingester.apply(
+                    run_id,
+                    ExperimentId::DEFAULT,
+                    (round * 4 + part + 1) as Lsn,
+                    batch("k", first..first + 10),
+                    None,
+                );
+            }
+            assert_eq!(
+                read(&ingester, run_id, "k").await.len(),
+                40,
+                "round {round}"
+            );
+            let summaries = ingester.run_summaries(run_id).await.unwrap();
+            assert_eq!(summaries[0].1.count, 40, "round {round}");
+        }
         ingester.shutdown();
     }
 }

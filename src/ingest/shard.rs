@@ -175,9 +175,16 @@ impl Shard {
         tracing::debug!(shard = self.index, runs = self.runs.len(), "shard started");
         loop {
             crossbeam_channel::select! {
-                recv(control) -> message => match message {
-                    Ok(ControlMessage::Shutdown) | Err(_) => break,
-                    Ok(message) => self.on_control(message),
+                recv(control) -> message => {
+                    // `select!` picks among ready channels at random: the
+                    // data already queued when a control message arrives
+                    // is applied first, so a read or a run end sent after
+                    // an apply (by one thread, or after replay) sees it.
+                    self.apply_queued(&data);
+                    match message {
+                        Ok(ControlMessage::Shutdown) | Err(_) => break,
+                        Ok(message) => self.on_control(message),
+                    }
                 },
                 recv(data) -> message => match message {
                     Ok(message) => self.on_data(message),
@@ -190,6 +197,17 @@ impl Shard {
             }
         }
         tracing::debug!(shard = self.index, "shard stopped");
+    }
+
+    /// Applies the data messages queued now (not those sent meanwhile, so
+    /// a steady writer cannot hold control messages back).
+    fn apply_queued(&mut self, data: &Receiver<DataMessage>) {
+        for _ in 0..data.len() {
+            match data.try_recv() {
+                Ok(message) => self.on_data(message),
+                Err(_) => break,
+            }
+        }
     }
 
     fn on_data(&mut self, message: DataMessage) {
