@@ -79,7 +79,8 @@ pub struct TokenStore {
 impl TokenStore {
     /// Opens the store in `dir` (created if missing).
     pub fn open(dir: &Path) -> Result<TokenStore, AuthError> {
-        fs::create_dir_all(dir).map_err(|source| AuthError::io("create", dir, source))?;
+        crate::durable_fs::create_dir_synced(dir)
+            .map_err(|source| AuthError::io("create", dir, source))?;
         let path = dir.join(FILE);
         let tokens = match fs::read(&path) {
             Ok(bytes) => {

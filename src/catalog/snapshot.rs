@@ -46,7 +46,8 @@ fn list_snapshots(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>, CatalogError> {
 /// Loads the newest snapshot in `dir`, or `None` when there is none. A
 /// damaged newest snapshot is an error: the WAL before it may be gone.
 pub fn load_latest(dir: &Path) -> Result<Option<CatalogState>, CatalogError> {
-    fs::create_dir_all(dir).map_err(|source| CatalogError::io("create", dir, source))?;
+    crate::durable_fs::create_dir_synced(dir)
+        .map_err(|source| CatalogError::io("create", dir, source))?;
     let Some((lsn, path)) = list_snapshots(dir)?.pop() else {
         return Ok(None);
     };
@@ -75,32 +76,61 @@ pub fn load_latest(dir: &Path) -> Result<Option<CatalogState>, CatalogError> {
     Ok(Some(state))
 }
 
+/// A catalog state encoded for a snapshot, not yet written: encoding needs
+/// the catalog's read lock, writing and syncing do not.
+pub struct EncodedSnapshot {
+    lsn: Lsn,
+    body: Vec<u8>,
+}
+
+/// Encodes `state` (the caller holds its lock only for this).
+pub fn encode(state: &CatalogState) -> Result<EncodedSnapshot, CatalogError> {
+    let body = bincode::serde::encode_to_vec(state, bincode::config::standard())
+        .map_err(|error| CatalogError::Encode(error.to_string()))?;
+    Ok(EncodedSnapshot {
+        lsn: state.applied_lsn,
+        body,
+    })
+}
+
+impl EncodedSnapshot {
+    /// The LSN of the last change the snapshot holds.
+    pub fn lsn(&self) -> Lsn {
+        self.lsn
+    }
+
+    /// Writes the snapshot as the newest one (temporary file, sync, rename,
+    /// directory sync) and removes older ones. Returns its size in bytes.
+    pub fn write(self, dir: &Path) -> Result<u64, CatalogError> {
+        let EncodedSnapshot { lsn, body } = self;
+        let path = snapshot_path(dir, lsn);
+        let temp = path.with_extension("bin.tmp");
+        {
+            let mut file =
+                File::create(&temp).map_err(|source| CatalogError::io("create", &temp, source))?;
+            file.write_all(MAGIC)
+                .and_then(|()| file.write_all(&crc32c::crc32c(&body).to_le_bytes()))
+                .and_then(|()| file.write_all(&body))
+                .and_then(|()| file.sync_all())
+                .map_err(|source| CatalogError::io("write", &temp, source))?;
+        }
+        fs::rename(&temp, &path).map_err(|source| CatalogError::io("rename", &temp, source))?;
+        File::open(dir)
+            .and_then(|handle| handle.sync_all())
+            .map_err(|source| CatalogError::io("sync directory", dir, source))?;
+        for (older, old) in list_snapshots(dir)? {
+            if older < lsn {
+                fs::remove_file(&old).map_err(|source| CatalogError::io("remove", &old, source))?;
+            }
+        }
+        Ok(body.len() as u64 + 12)
+    }
+}
+
 /// Writes `state` as the newest snapshot and removes older ones. Returns
 /// the snapshot's size in bytes.
 pub fn write(dir: &Path, state: &CatalogState) -> Result<u64, CatalogError> {
-    let body = bincode::serde::encode_to_vec(state, bincode::config::standard())
-        .map_err(|error| CatalogError::Encode(error.to_string()))?;
-    let path = snapshot_path(dir, state.applied_lsn);
-    let temp = path.with_extension("bin.tmp");
-    {
-        let mut file =
-            File::create(&temp).map_err(|source| CatalogError::io("create", &temp, source))?;
-        file.write_all(MAGIC)
-            .and_then(|()| file.write_all(&crc32c::crc32c(&body).to_le_bytes()))
-            .and_then(|()| file.write_all(&body))
-            .and_then(|()| file.sync_all())
-            .map_err(|source| CatalogError::io("write", &temp, source))?;
-    }
-    fs::rename(&temp, &path).map_err(|source| CatalogError::io("rename", &temp, source))?;
-    File::open(dir)
-        .and_then(|handle| handle.sync_all())
-        .map_err(|source| CatalogError::io("sync directory", dir, source))?;
-    for (lsn, old) in list_snapshots(dir)? {
-        if lsn < state.applied_lsn {
-            fs::remove_file(&old).map_err(|source| CatalogError::io("remove", &old, source))?;
-        }
-    }
-    Ok(body.len() as u64 + 12)
+    encode(state)?.write(dir)
 }
 
 #[cfg(test)]

@@ -1013,9 +1013,15 @@ impl Engine {
         if !force && last.elapsed() < self.config.snapshot_interval {
             return Ok(Some(current + 1));
         }
-        let bytes = snapshot::write(&self.config.data_dir.join(recovery::CATALOG_DIR), &state)?;
-        let lsn = state.applied_lsn;
+        // The lock is held only to copy the state (as every SQL query
+        // does): encoding, writing and syncing the file under it would
+        // stall every change to the catalog meanwhile.
+        let copy = state.clone();
         drop(state);
+        let encoded = snapshot::encode(&copy)?;
+        drop(copy);
+        let lsn = encoded.lsn();
+        let bytes = encoded.write(&self.config.data_dir.join(recovery::CATALOG_DIR))?;
         self.snapshot_lsn.store(lsn, Ordering::SeqCst);
         *last = Instant::now();
         tracing::debug!(lsn, bytes, "wrote catalog snapshot");

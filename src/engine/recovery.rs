@@ -3,7 +3,7 @@
 //! write is back exactly once.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File};
+use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -25,7 +25,8 @@ const LOCK_FILE: &str = "LOCK";
 
 /// Takes the exclusive lock on the data directory for this process.
 pub(crate) fn lock_data_dir(data_dir: &Path) -> Result<File, EngineError> {
-    fs::create_dir_all(data_dir).map_err(|source| EngineError::io("create", data_dir, source))?;
+    crate::durable_fs::create_dir_synced(data_dir)
+        .map_err(|source| EngineError::io("create", data_dir, source))?;
     let path = data_dir.join(LOCK_FILE);
     let file = File::options()
         .create(true)
@@ -119,7 +120,8 @@ pub(crate) fn replay_wal(
     ingester: &Ingester,
     covered: &HashMap<RunId, Vec<(Lsn, Lsn)>>,
 ) -> Result<ReplayOutcome, EngineError> {
-    fs::create_dir_all(wal_dir).map_err(|source| EngineError::io("create", wal_dir, source))?;
+    crate::durable_fs::create_dir_synced(wal_dir)
+        .map_err(|source| EngineError::io("create", wal_dir, source))?;
     let mut outcome = ReplayOutcome {
         last_lsn: 0,
         catalog_records: 0,

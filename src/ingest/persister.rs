@@ -43,7 +43,9 @@ pub(crate) fn run(jobs: Receiver<PersistJob>, layout: MetricsLayout) {
                 reply,
             } => {
                 let path = layout.file_path(experiment_id, run_id, seq);
-                let outcome = write_chunk(&chunk, &path, seq);
+                let outcome = layout
+                    .prepare_dir_of(&path)
+                    .and_then(|()| write_chunk(&chunk, &path, seq));
                 if let Err(error) = &outcome {
                     tracing::error!(%run_id, seq, %error, "persisting a buffer failed; it stays in memory and is retried");
                 }

@@ -6,8 +6,10 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use super::StorageError;
+use crate::durable_fs::create_dir_synced;
 use crate::model::{ExperimentId, RunId};
 
 const EXPERIMENT_PREFIX: &str = "experiment_id=";
@@ -30,12 +32,34 @@ pub struct RunDirectory {
 #[derive(Clone, Debug)]
 pub struct MetricsLayout {
     root: PathBuf,
+    /// Held while a run directory is created and its entries synced, so
+    /// that no writer finds a directory whose entry is not durable yet.
+    creating_dirs: Arc<Mutex<()>>,
 }
 
 impl MetricsLayout {
     /// The tree under `root` (normally `<data-dir>/metrics`).
     pub fn new(root: PathBuf) -> Self {
-        MetricsLayout { root }
+        MetricsLayout {
+            root,
+            creating_dirs: Arc::default(),
+        }
+    }
+
+    /// Makes sure the directory a file of the tree goes in exists and that
+    /// its entry (and its parents' entries) are durable, before a file in
+    /// it counts as persisted.
+    pub fn prepare_dir_of(&self, file: &Path) -> Result<(), StorageError> {
+        let Some(dir) = file.parent() else {
+            return Ok(());
+        };
+        let _creating = self
+            .creating_dirs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        create_dir_synced(dir)
+            .map(|_| ())
+            .map_err(|source| StorageError::io("create directory", dir, source))
     }
 
     /// Its root directory.
@@ -64,7 +88,7 @@ impl MetricsLayout {
     /// Lists every run directory and its files. Leftover temporary files
     /// (from a crash mid-write) are removed; unknown names are ignored.
     pub fn scan(&self) -> Result<Vec<RunDirectory>, StorageError> {
-        fs::create_dir_all(&self.root)
+        create_dir_synced(&self.root)
             .map_err(|source| StorageError::io("create", &self.root, source))?;
         let mut found = Vec::new();
         for experiment_dir in read_dir_paths(&self.root)? {
@@ -156,5 +180,18 @@ mod tests {
         assert_eq!(runs[0].experiment_id, experiment);
         assert_eq!(runs[0].files, vec![(7, path)]);
         assert!(!temp.exists(), "leftover temp file removed");
+    }
+
+    #[test]
+    fn directories_are_created_with_their_parents_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = MetricsLayout::new(dir.path().join("metrics"));
+        let file = layout.file_path(ExperimentId::DEFAULT, RunId::new_random(), 1);
+        assert!(!file.parent().unwrap().exists());
+        layout.prepare_dir_of(&file).unwrap();
+        assert!(file.parent().unwrap().is_dir());
+        // A second call finds it and creates nothing.
+        layout.prepare_dir_of(&file).unwrap();
+        assert!(!create_dir_synced(file.parent().unwrap()).unwrap());
     }
 }

@@ -59,6 +59,24 @@ pub enum WalError {
         /// What is wrong.
         reason: String,
     },
+    /// The log's LSNs are not continuous: a middle segment is missing, or
+    /// segments were renamed or restored out of order.
+    #[error(
+        "WAL records are missing: {path} at byte {offset} holds LSN {found} where LSN {expected} \
+         should follow. A segment between was removed, renamed or restored out of order; \
+         refusing to start rather than skip acknowledged data. Restore the missing segment; \
+         moving {path} and every later segment aside starts without their records"
+    )]
+    Gap {
+        /// The segment where the gap shows.
+        path: PathBuf,
+        /// Offset of the frame after the gap.
+        offset: u64,
+        /// The LSN that should have come next.
+        expected: Lsn,
+        /// The LSN found instead.
+        found: Lsn,
+    },
     /// A record's payload could not be decoded.
     #[error("WAL record {lsn} cannot be decoded: {message}")]
     Decode {
@@ -241,7 +259,7 @@ impl Wal {
     /// highest record: existing segments are kept (until their content is
     /// persisted) and a new segment is started for new records.
     pub fn open(config: WalConfig, last_lsn: Lsn) -> Result<Wal, WalError> {
-        std::fs::create_dir_all(&config.dir)
+        crate::durable_fs::create_dir_synced(&config.dir)
             .map_err(|source| WalError::io("create directory", &config.dir, source))?;
         let mut segments = Vec::new();
         for existing in segment::list_segments(&config.dir)? {

@@ -105,16 +105,7 @@ where
     while offset < bytes.len() {
         match next_frame(&bytes, offset) {
             Ok((lsn, body_range)) => {
-                if lsn <= summary.last_lsn || lsn < segment.first_lsn {
-                    return Err(WalError::Corrupt {
-                        path: path.clone(),
-                        offset: offset as u64,
-                        reason: format!(
-                            "LSN {lsn} is out of order (previous {})",
-                            summary.last_lsn
-                        ),
-                    });
-                }
+                check_continuity(segment, offset as u64, lsn, summary)?;
                 apply(lsn, &bytes[body_range.clone()])?;
                 summary.last_lsn = lsn;
                 summary.records += 1;
@@ -142,6 +133,37 @@ where
                 break;
             }
         }
+    }
+    Ok(())
+}
+
+/// Checks that the frame at `offset` of `segment`, holding `lsn`, comes
+/// right after the last record read (LSNs run on without a gap from the
+/// oldest kept segment), and that a segment starts with the LSN it is
+/// named after.
+fn check_continuity(
+    segment: &SegmentFile,
+    offset: u64,
+    lsn: u64,
+    summary: &ReplaySummary,
+) -> Result<(), WalError> {
+    if summary.records > 0 && lsn != summary.last_lsn + 1 {
+        return Err(WalError::Gap {
+            path: segment.path.clone(),
+            offset,
+            expected: summary.last_lsn + 1,
+            found: lsn,
+        });
+    }
+    if offset == 0 && lsn != segment.first_lsn {
+        return Err(WalError::Corrupt {
+            path: segment.path.clone(),
+            offset,
+            reason: format!(
+                "the segment is named after LSN {} but starts with LSN {lsn} (renamed?)",
+                segment.first_lsn
+            ),
+        });
     }
     Ok(())
 }
@@ -332,5 +354,59 @@ mod tests {
         let bytes = fs::read(&old).unwrap();
         fs::write(&old, &bytes[..bytes.len() - 2]).unwrap();
         assert!(matches!(collect(dir.path()), Err(WalError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn a_missing_or_reordered_middle_segment_stops_replay() {
+        // Segments 1..=2, 3..=4, 5..=6: the middle one removed.
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(dir.path(), 1, &[b"a", b"b"]);
+        let middle = write_segment(dir.path(), 3, &[b"c", b"d"]);
+        let last = write_segment(dir.path(), 5, &[b"e", b"f"]);
+        fs::remove_file(&middle).unwrap();
+        match collect(dir.path()) {
+            Err(WalError::Gap {
+                path,
+                offset,
+                expected,
+                found,
+            }) => {
+                assert_eq!((path, offset, expected, found), (last.clone(), 0, 3, 5));
+            }
+            other => panic!("expected a gap, got {other:?}"),
+        }
+        let message = collect(dir.path()).unwrap_err().to_string();
+        assert!(message.contains("LSN 3 should follow"), "{message}");
+        // Nothing was truncated or removed.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
+
+        // Two segments swapped by renaming: the names no longer match.
+        let dir = tempfile::tempdir().unwrap();
+        let first = write_segment(dir.path(), 1, &[b"a", b"b"]);
+        let second = write_segment(dir.path(), 3, &[b"c", b"d"]);
+        let parked = dir.path().join("parked");
+        fs::rename(&first, &parked).unwrap();
+        fs::rename(&second, &first).unwrap();
+        fs::rename(&parked, &second).unwrap();
+        assert!(matches!(
+            collect(dir.path()),
+            Err(WalError::Corrupt { .. } | WalError::Gap { .. })
+        ));
+
+        // A gap inside one segment (a frame cut out of the middle).
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = Vec::new();
+        for lsn in [1u64, 2, 4] {
+            encode_frame_into(&mut bytes, lsn, b"x", body_checksum(b"x"));
+        }
+        fs::write(segment_path(dir.path(), 1), bytes).unwrap();
+        assert!(matches!(
+            collect(dir.path()),
+            Err(WalError::Gap {
+                expected: 3,
+                found: 4,
+                ..
+            })
+        ));
     }
 }
