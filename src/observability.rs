@@ -64,7 +64,12 @@ impl Collector for ExtraGauges {
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snapshot = &self.0;
-        let counters: [(&str, &str, u64); 7] = [
+        let counters: [(&str, &str, u64); 8] = [
+            (
+                "quarantined_files",
+                "Damaged metric files moved to the quarantine directory at start",
+                snapshot.quarantined_files,
+            ),
             (
                 "points_ingested",
                 "Metric points applied to buffers since start",

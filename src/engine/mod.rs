@@ -264,6 +264,8 @@ pub struct TelemetrySnapshot {
     pub experiments: u64,
     /// Runs in the catalog.
     pub runs: u64,
+    /// Damaged metric files moved to quarantine at start.
+    pub quarantined_files: u64,
 }
 
 /// The WAL as the catalog's mutation log.
@@ -322,6 +324,8 @@ pub struct Engine {
     shut_down: AtomicBool,
     maintenance: Mutex<Option<maintenance::MaintenanceHandle>>,
     tokens: TokenStore,
+    /// Damaged metric files moved to quarantine at start.
+    quarantined_files: u64,
     _lock: File,
 }
 
@@ -337,7 +341,8 @@ impl Engine {
             format!("file://{}", absolute.join("artifacts").display())
         });
         let layout = MetricsLayout::new(data_dir.join(recovery::METRICS_DIR));
-        let files = recovery::load_metric_files(&layout)?;
+        let files = recovery::load_metric_files(&layout, &data_dir.join(recovery::QUARANTINE_DIR))?;
+        let quarantined_files = files.quarantined;
         let catalog_dir = data_dir.join(recovery::CATALOG_DIR);
         let catalog_state = recovery::load_catalog(&catalog_dir, &artifact_root)?;
         let snapshot_lsn = catalog_state.applied_lsn;
@@ -381,6 +386,7 @@ impl Engine {
             wal_metric_records = replayed.metric_records,
             wal_records_already_persisted = replayed.skipped_metric_records,
             wal_torn_bytes = replayed.truncated_bytes,
+            quarantined_files,
             last_lsn,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "recovered"
@@ -399,6 +405,7 @@ impl Engine {
             shut_down: AtomicBool::new(false),
             maintenance: Mutex::new(None),
             tokens,
+            quarantined_files,
             _lock: lock,
         });
         if engine.config.read_only {
@@ -973,6 +980,7 @@ impl Engine {
             wal_bytes_written: wal.bytes_written,
             experiments: state.experiments().count() as u64,
             runs: state.run_count() as u64,
+            quarantined_files: self.quarantined_files,
         }
     }
 

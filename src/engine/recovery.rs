@@ -3,8 +3,8 @@
 //! write is back exactly once.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::path::Path;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::EngineError;
@@ -13,7 +13,7 @@ use crate::catalog::{Catalog, CatalogState, snapshot};
 use crate::ingest::{Ingester, LoadedRun};
 use crate::model::{KeySummary, RunId, now_millis};
 use crate::storage::file_meta::{normalise_ranges, ranges_contain};
-use crate::storage::{MetricsLayout, PersistedFile};
+use crate::storage::{MetricsLayout, PersistedFile, StorageError};
 use crate::wal::{self, Lsn};
 
 /// Names of the data directory's parts.
@@ -21,6 +21,8 @@ pub(crate) const WAL_DIR: &str = "wal";
 pub(crate) const CATALOG_DIR: &str = "catalog";
 pub(crate) const METRICS_DIR: &str = "metrics";
 pub(crate) const AUTH_DIR: &str = "auth";
+/// Where damaged metric files are moved at start.
+pub(crate) const QUARANTINE_DIR: &str = "quarantine";
 const LOCK_FILE: &str = "LOCK";
 
 /// Takes the exclusive lock on the data directory for this process.
@@ -46,24 +48,94 @@ pub(crate) struct LoadedFiles {
     pub(crate) covered: HashMap<RunId, Vec<(Lsn, Lsn)>>,
     /// Highest LSN any file covers.
     pub(crate) max_lsn: Lsn,
+    /// Damaged files moved to the quarantine directory.
+    pub(crate) quarantined: u64,
+}
+
+/// Whether an error opening a metric file means the file is damaged (as
+/// opposed to the file system failing, which stops the start).
+fn is_damage(error: &StorageError) -> bool {
+    match error {
+        StorageError::Parquet { .. } | StorageError::Metadata { .. } | StorageError::Arrow(_) => {
+            true
+        }
+        StorageError::Io { source, .. } => matches!(
+            source.kind(),
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+        ),
+    }
+}
+
+/// Moves a damaged metric file from the metrics tree to the same place
+/// under `quarantine` (a numbered suffix when that name is taken), syncing
+/// both directories. Returns the new path.
+fn quarantine(metrics_root: &Path, quarantine: &Path, path: &Path) -> Result<PathBuf, EngineError> {
+    let relative = path.strip_prefix(metrics_root).unwrap_or(path);
+    let mut target = quarantine.join(relative);
+    let mut attempt = 1;
+    while target.exists() {
+        target = quarantine.join(format!("{}.{attempt}", relative.display()));
+        attempt += 1;
+    }
+    if let Some(parent) = target.parent() {
+        crate::durable_fs::create_dir_synced(parent)
+            .map_err(|source| EngineError::io("create", parent, source))?;
+    }
+    fs::rename(path, &target).map_err(|source| EngineError::io("quarantine", path, source))?;
+    for dir in [path.parent(), target.parent()].into_iter().flatten() {
+        File::open(dir)
+            .and_then(|handle| handle.sync_all())
+            .map_err(|source| EngineError::io("sync directory", dir, source))?;
+    }
+    Ok(target)
 }
 
 /// Opens every metric file, removing those a compaction already replaced.
-pub(crate) fn load_metric_files(layout: &MetricsLayout) -> Result<LoadedFiles, EngineError> {
+/// A damaged file (its footer or stepstore's metadata cannot be read) does
+/// not stop the start: it is moved to `quarantine_dir`, and the run's points
+/// still in the WAL come back through replay, since no file covers them any
+/// more.
+pub(crate) fn load_metric_files(
+    layout: &MetricsLayout,
+    quarantine_dir: &Path,
+) -> Result<LoadedFiles, EngineError> {
     let mut loaded = LoadedFiles {
         runs: Vec::new(),
         covered: HashMap::new(),
         max_lsn: 0,
+        quarantined: 0,
     };
     for directory in layout.scan()? {
         let mut opened = Vec::with_capacity(directory.files.len());
+        let mut damaged = Vec::new();
         for (seq, path) in &directory.files {
-            opened.push(PersistedFile::open(*seq, path)?);
+            match PersistedFile::open(*seq, path) {
+                Ok(file) => opened.push(file),
+                Err(error) if is_damage(&error) => damaged.push((*seq, path, error)),
+                Err(error) => return Err(error.into()),
+            }
         }
         let replaced: Vec<u64> = opened
             .iter()
             .flat_map(|(_, metadata)| metadata.compacted_from.iter().copied())
             .collect();
+        for (seq, path, error) in damaged {
+            if replaced.contains(&seq) {
+                // A compaction output holds its points: nothing is lost.
+                tracing::warn!(path = %path.display(), %error, "removing a damaged metric file that compaction already replaced");
+                fs::remove_file(path).map_err(|source| EngineError::io("remove", path, source))?;
+                continue;
+            }
+            let moved = quarantine(layout.root(), quarantine_dir, path)?;
+            loaded.quarantined += 1;
+            tracing::error!(
+                path = %path.display(),
+                moved_to = %moved.display(),
+                run_id = %directory.run_id,
+                %error,
+                "a damaged metric file was moved to quarantine; the run's points still in the WAL are rebuilt, the rest of that file is missing from the run"
+            );
+        }
         let mut files = Vec::new();
         let mut summaries: BTreeMap<String, KeySummary> = BTreeMap::new();
         let mut ranges = Vec::new();

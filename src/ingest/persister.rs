@@ -8,7 +8,7 @@ use crossbeam_channel::{Receiver, Sender};
 use super::ControlMessage;
 use super::buffer::FrozenChunk;
 use crate::model::{ExperimentId, RunId};
-use crate::storage::compaction::compact_files;
+use crate::storage::compaction::{compact_files, remove_output};
 use crate::storage::{MetricFileWriter, MetricsLayout, PersistedFile, StorageError};
 
 /// Work for a persister thread.
@@ -65,7 +65,13 @@ pub(crate) fn run(jobs: Receiver<PersistJob>, layout: MetricsLayout) {
                 let path = layout.file_path(experiment_id, run_id, seq);
                 let started = std::time::Instant::now();
                 let outcome = compact_files(&inputs, &path)
-                    .and_then(|written| PersistedFile::open(seq, &written.path))
+                    .and_then(|written| {
+                        PersistedFile::open(seq, &written.path).inspect_err(|_| {
+                            if let Err(error) = remove_output(&written.path) {
+                                tracing::error!(%error, "a compaction output that cannot be opened could not be removed");
+                            }
+                        })
+                    })
                     .map(|(file, _)| Arc::new(file));
                 match &outcome {
                     Ok(file) => tracing::info!(

@@ -1,0 +1,144 @@
+//! Damaged metric files at start: a file whose footer cannot be read no
+//! longer stops the server. It is moved to `quarantine/` (counted on
+//! `/metrics`, named in the log), the other runs are served, and the run's
+//! points still in the WAL are rebuilt from it.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{TestServer, parquet_files};
+use serde_json::json;
+
+/// The metric files of one run.
+fn files_of(data_dir: &Path, run_id: &str) -> Vec<PathBuf> {
+    parquet_files(data_dir)
+        .into_iter()
+        .filter(|path| path.to_string_lossy().contains(&format!("run_id={run_id}")))
+        .collect()
+}
+
+/// Cuts the end of a file (the Parquet footer and its magic).
+fn cut_footer(path: &Path) {
+    let length = fs::metadata(path).unwrap().len();
+    let file = fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.set_len(length - 12).unwrap();
+    file.sync_all().unwrap();
+}
+
+fn log_points(server: &TestServer, run_id: &str, steps: std::ops::Range<i64>) {
+    let points: Vec<_> = steps
+        .map(|step| json!({"key": "loss", "value": step as f64, "step": step}))
+        .collect();
+    server.post(
+        &format!("/api/v1/runs/{run_id}/metrics"),
+        &json!({ "points": points }),
+    );
+}
+
+fn quarantined(data_dir: &Path) -> usize {
+    let root = data_dir.join("quarantine");
+    let mut found = 0;
+    let mut stack = vec![root];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                found += 1;
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_damaged_file_whose_wal_is_gone_is_quarantined_and_the_rest_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start(dir.path(), &[]);
+    let damaged_run = server.create_run("damage", "damaged");
+    let intact_run = server.create_run("damage", "intact");
+    log_points(&server, &damaged_run, 0..100);
+    log_points(&server, &intact_run, 0..100);
+    // A clean stop persists the buffers and removes the WAL they came from.
+    server.stop();
+    let damaged = files_of(dir.path(), &damaged_run);
+    assert!(!damaged.is_empty());
+    for file in &damaged {
+        cut_footer(file);
+    }
+
+    let mut server = TestServer::start(dir.path(), &[]);
+    assert_eq!(server.series(&intact_run, "loss").0.len(), 100);
+    // The damaged run is still served; the file's points are gone.
+    let (steps, _, _) = server.series(&damaged_run, "loss");
+    assert!(steps.is_empty(), "{steps:?}");
+    assert_eq!(
+        server.metric("stepstore_quarantined_files_total"),
+        damaged.len() as f64
+    );
+    assert!(files_of(dir.path(), &damaged_run).is_empty());
+    assert_eq!(quarantined(dir.path()), damaged.len());
+    // The run takes new points, and the next start is clean.
+    log_points(&server, &damaged_run, 100..110);
+    let log = server.stop();
+    assert!(log.contains("quarantine"), "the log names the move:\n{log}");
+    let server = TestServer::start(dir.path(), &[]);
+    assert_eq!(server.metric("stepstore_quarantined_files_total"), 0.0);
+    assert_eq!(
+        server.series(&damaged_run, "loss").0,
+        (100..110).collect::<Vec<_>>()
+    );
+    assert_eq!(server.series(&intact_run, "loss").0.len(), 100);
+}
+
+#[test]
+fn a_damaged_file_whose_points_are_still_in_the_wal_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    // Buffers are persisted only when a run ends.
+    let args = ["--flush-age-secs", "3600", "--flush-rows", "100000000"];
+    let mut server = TestServer::start(dir.path(), &args);
+    // A run that keeps its points buffered holds the WAL from its first
+    // record on, so the WAL still has the finished run's points when its
+    // file is written.
+    let buffered_run = server.create_run("damage", "still-training");
+    log_points(&server, &buffered_run, 0..10);
+    let finished_run = server.create_run("damage", "finished");
+    log_points(&server, &finished_run, 0..500);
+    server.post(
+        "/api/2.0/mlflow/runs/update",
+        &json!({"run_id": finished_run, "status": "FINISHED"}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while files_of(dir.path(), &finished_run).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the finished run was never persisted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.kill();
+    let damaged = files_of(dir.path(), &finished_run);
+    for file in &damaged {
+        cut_footer(file);
+    }
+
+    let server = TestServer::start(dir.path(), &args);
+    assert_eq!(
+        server.series(&finished_run, "loss").0,
+        (0..500).collect::<Vec<_>>(),
+        "every point is back from the WAL"
+    );
+    assert_eq!(server.series(&buffered_run, "loss").0.len(), 10);
+    assert_eq!(
+        server.metric("stepstore_quarantined_files_total"),
+        damaged.len() as f64
+    );
+    assert_eq!(quarantined(dir.path()), damaged.len());
+}
