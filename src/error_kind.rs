@@ -20,6 +20,9 @@ pub enum ErrorKind {
     TooLarge,
     /// The server is over its buffer budget; retry later (503).
     Overloaded,
+    /// The server cannot make the change durable now (a full disk, an I/O
+    /// error); nothing was acknowledged, retry later (507).
+    InsufficientStorage,
     /// Something failed on the server (500).
     Internal,
 }

@@ -132,8 +132,8 @@ impl Classify for CatalogError {
             | CatalogError::TagNotFound { .. } => ErrorKind::NotFound,
             CatalogError::ExperimentNameTaken { .. } => ErrorKind::AlreadyExists,
             CatalogError::ParamConflict { .. } => ErrorKind::ParamConflict,
-            CatalogError::Wal(_)
-            | CatalogError::Encode(_)
+            CatalogError::Wal(error) => error.kind(),
+            CatalogError::Encode(_)
             | CatalogError::CorruptSnapshot { .. }
             | CatalogError::Io { .. } => ErrorKind::Internal,
         }

@@ -199,11 +199,10 @@ impl Classify for EngineError {
             EngineError::LargerThanBudget { .. } => ErrorKind::TooLarge,
             EngineError::TooManyKeys { .. } => ErrorKind::InvalidParameter,
             EngineError::ReadOnly => ErrorKind::InvalidParameter,
-            EngineError::Wal(WalError::RecordTooLarge { .. }) => ErrorKind::TooLarge,
-            EngineError::Wal(_)
-            | EngineError::DataDirInUse(_)
-            | EngineError::Io { .. }
-            | EngineError::Task(_) => ErrorKind::Internal,
+            EngineError::Wal(error) => error.kind(),
+            EngineError::DataDirInUse(_) | EngineError::Io { .. } | EngineError::Task(_) => {
+                ErrorKind::Internal
+            }
         }
     }
 }
@@ -370,12 +369,13 @@ impl Engine {
         for run_id in ended {
             ingester.run_ended(run_id);
         }
-        let wal = Wal::open(
+        let wal = Wal::open_continuing(
             WalConfig {
                 dir: wal_dir,
                 sync: config.wal_sync,
                 segment_bytes: config.wal_segment_bytes,
             },
+            replayed.last_lsn,
             last_lsn,
         )?;
         tracing::info!(
@@ -958,6 +958,22 @@ impl Engine {
     }
 
     // ---- operations --------------------------------------------------
+
+    /// What keeps the server from taking writes durably now (a full disk,
+    /// an I/O error), one line each; empty when healthy. Reads are served
+    /// either way.
+    pub fn health_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(reason) = self.wal.degraded() {
+            problems.push(format!("writes are refused (507): {reason}"));
+        }
+        if let Some(reason) = self.ingester.stats().persist_failing() {
+            problems.push(format!(
+                "buffers cannot be written to metric files (retried; the WAL keeps them): {reason}"
+            ));
+        }
+        problems
+    }
 
     /// Values for `/metrics`.
     pub fn telemetry(&self) -> TelemetrySnapshot {

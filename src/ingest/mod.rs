@@ -59,10 +59,10 @@ impl Classify for IngestError {
     fn kind(&self) -> ErrorKind {
         match self {
             IngestError::ShutDown => ErrorKind::Overloaded,
-            IngestError::Wal(_)
-            | IngestError::Storage(_)
-            | IngestError::Spawn(_)
-            | IngestError::Flush(_) => ErrorKind::Internal,
+            IngestError::Wal(error) => error.kind(),
+            IngestError::Storage(_) | IngestError::Spawn(_) | IngestError::Flush(_) => {
+                ErrorKind::Internal
+            }
         }
     }
 }
@@ -115,6 +115,8 @@ pub struct IngestStats {
     files_persisted: AtomicU64,
     compactions: AtomicU64,
     persist_failures: AtomicU64,
+    /// The error of the last file write, while none has succeeded since.
+    persist_failing: Mutex<Option<String>>,
     memory_freed: tokio::sync::Notify,
 }
 
@@ -151,6 +153,23 @@ impl IngestStats {
     /// Failed file writes since start (each is retried).
     pub fn persist_failures(&self) -> u64 {
         self.persist_failures.load(Ordering::Relaxed)
+    }
+    /// Why file writes fail, while the last one failed (it is retried).
+    pub fn persist_failing(&self) -> Option<String> {
+        self.persist_failing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+    /// Records the outcome of a file write.
+    fn set_persist_failing(&self, reason: Option<String>) {
+        let mut failing = self
+            .persist_failing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if failing.is_some() || reason.is_some() {
+            *failing = reason;
+        }
     }
     /// Notified (`notify_waiters`) each time written buffers give their
     /// memory back, for writers waiting for room under the budget.

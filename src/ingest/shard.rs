@@ -439,6 +439,7 @@ impl Shard {
     ) {
         match outcome {
             Ok(file) => {
+                self.stats.set_persist_failing(None);
                 if let Some(pending) = self.pending.remove(&chunk_id) {
                     self.frozen_bytes = self.frozen_bytes.saturating_sub(pending.bytes);
                     self.stats
@@ -461,6 +462,7 @@ impl Shard {
             }
             Err(error) => {
                 self.stats.persist_failures.fetch_add(1, Ordering::Relaxed);
+                self.stats.set_persist_failing(Some(error.to_string()));
                 if let Some(pending) = self.pending.get_mut(&chunk_id) {
                     pending.failed_at = Some(Instant::now());
                 }

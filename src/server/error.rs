@@ -61,6 +61,9 @@ impl ApiError {
             ErrorKind::ParamConflict => (StatusCode::CONFLICT, "INVALID_PARAMETER_VALUE"),
             ErrorKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "REQUEST_LIMIT_EXCEEDED"),
             ErrorKind::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "TEMPORARILY_UNAVAILABLE"),
+            ErrorKind::InsufficientStorage => {
+                (StatusCode::INSUFFICIENT_STORAGE, "INSUFFICIENT_STORAGE")
+            }
             ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),
         };
         if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
@@ -82,6 +85,9 @@ impl ApiError {
             ErrorKind::PermissionDenied => (StatusCode::FORBIDDEN, "PERMISSION_DENIED"),
             ErrorKind::AlreadyExists => (StatusCode::BAD_REQUEST, "RESOURCE_ALREADY_EXISTS"),
             ErrorKind::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "TEMPORARILY_UNAVAILABLE"),
+            ErrorKind::InsufficientStorage => {
+                (StatusCode::INSUFFICIENT_STORAGE, "INSUFFICIENT_STORAGE")
+            }
             ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {

@@ -160,8 +160,16 @@ pub async fn serve(
     .await
 }
 
-async fn health() -> impl IntoResponse {
-    axum::Json(json!({ "status": "ok" }))
+/// `GET /health`: `{"status": "ok"}`, or `{"status": "degraded",
+/// "problems": [...]}` while writes cannot be made durable (reads are still
+/// served, so the status stays 200).
+async fn health(State(engine): State<Arc<Engine>>) -> impl IntoResponse {
+    let problems = engine.health_problems();
+    if problems.is_empty() {
+        axum::Json(json!({ "status": "ok" }))
+    } else {
+        axum::Json(json!({ "status": "degraded", "problems": problems }))
+    }
 }
 
 async fn prometheus_metrics(engine: Arc<Engine>, counters: Arc<ServerCounters>) -> Response {

@@ -24,6 +24,8 @@ use std::time::Duration;
 use crossbeam_channel::{Sender, bounded, unbounded};
 use thiserror::Error;
 
+use crate::error_kind::{Classify, ErrorKind};
+
 pub use segment::{ReplaySummary, replay};
 
 /// A log sequence number: the position of a record in the log, from 1.
@@ -102,6 +104,21 @@ pub enum WalError {
         /// The frame limit.
         limit: usize,
     },
+}
+
+impl Classify for WalError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            // A write or sync that failed: nothing acknowledged, and the
+            // log takes writes again once the disk does.
+            WalError::Io { .. } | WalError::Poisoned(_) => ErrorKind::InsufficientStorage,
+            WalError::RecordTooLarge { .. } => ErrorKind::TooLarge,
+            WalError::ShutDown => ErrorKind::Overloaded,
+            WalError::Corrupt { .. } | WalError::Gap { .. } | WalError::Decode { .. } => {
+                ErrorKind::Internal
+            }
+        }
+    }
 }
 
 impl WalError {
@@ -186,6 +203,8 @@ pub(crate) struct WalShared {
     completed_lsn: AtomicU64,
     poisoned: AtomicBool,
     poison_message: Mutex<String>,
+    /// Why the last group failed, while no group has succeeded since.
+    degraded: Mutex<Option<String>>,
     fsyncs: AtomicU64,
     bytes_written: AtomicU64,
 }
@@ -195,6 +214,21 @@ impl WalShared {
         self.segments
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records why the last group failed, or that the last group was
+    /// written (`None`).
+    fn set_degraded(&self, reason: Option<String>) {
+        let mut degraded = self
+            .degraded
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if degraded.is_some() || reason.is_some() {
+            if reason.is_none() {
+                tracing::info!("WAL writes succeed again");
+            }
+            *degraded = reason;
+        }
     }
 
     fn poison(&self, message: String) {
@@ -259,6 +293,20 @@ impl Wal {
     /// highest record: existing segments are kept (until their content is
     /// persisted) and a new segment is started for new records.
     pub fn open(config: WalConfig, last_lsn: Lsn) -> Result<Wal, WalError> {
+        Wal::open_continuing(config, last_lsn, last_lsn)
+    }
+
+    /// Opens the log after replay found `log_last_lsn` as its highest
+    /// record while other stores (metric files, the catalog snapshot) have
+    /// seen LSNs up to `last_lsn`: new records continue after `last_lsn`,
+    /// and when the log holds records, the LSNs between are written as
+    /// empty frames first, so the LSNs on disk stay continuous.
+    pub fn open_continuing(
+        config: WalConfig,
+        log_last_lsn: Lsn,
+        last_lsn: Lsn,
+    ) -> Result<Wal, WalError> {
+        let last_lsn = last_lsn.max(log_last_lsn);
         crate::durable_fs::create_dir_synced(&config.dir)
             .map_err(|source| WalError::io("create directory", &config.dir, source))?;
         let mut segments = Vec::new();
@@ -280,6 +328,7 @@ impl Wal {
                 path: existing.path,
             });
         }
+        let has_records = !segments.is_empty();
         // Older segments' true last LSN is the next one's first minus one.
         for index in 0..segments.len().saturating_sub(1) {
             let next_first = segments[index + 1].first_lsn;
@@ -290,15 +339,20 @@ impl Wal {
             completed_lsn: AtomicU64::new(last_lsn),
             poisoned: AtomicBool::new(false),
             poison_message: Mutex::new(String::new()),
+            degraded: Mutex::new(None),
             fsyncs: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
         });
-        let active = writer::ActiveSegment::create(&config.dir, last_lsn + 1, &shared)?;
+        let skipped = (has_records && log_last_lsn < last_lsn).then(|| log_last_lsn + 1..=last_lsn);
+        let first_new = skipped
+            .as_ref()
+            .map_or(last_lsn + 1, |skipped| *skipped.start());
+        let active = writer::ActiveSegment::create(&config.dir, first_new, &shared)?;
         let (sender, receiver) = unbounded();
         let thread_shared = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
             .name("stepstore-wal".to_string())
-            .spawn(move || writer::run(receiver, thread_shared, config, active))
+            .spawn(move || writer::run(receiver, thread_shared, config, active, skipped))
             .map_err(|source| WalError::io("spawn writer thread", Path::new("."), source))?;
         Ok(Wal {
             sequencer: Mutex::new(Sequencer {
@@ -405,6 +459,20 @@ impl Wal {
             }
         }
         Ok(removed)
+    }
+
+    /// Why writes fail, while they do: the last write or sync failed (a
+    /// full disk, an I/O error) and none has succeeded since, or the log
+    /// stopped for good. `None` when healthy.
+    pub fn degraded(&self) -> Option<String> {
+        if self.shared.poisoned.load(Ordering::SeqCst) {
+            return Some(self.shared.poison_error().to_string());
+        }
+        self.shared
+            .degraded
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// Counters for `/metrics`.
@@ -527,6 +595,43 @@ mod tests {
         assert_eq!(append_and_wait(&reopened, b"next"), 11);
         reopened.shutdown();
         assert_eq!(read_all(dir.path()).len(), 11);
+    }
+
+    #[test]
+    fn lsns_seen_beyond_the_log_are_written_as_empty_frames() {
+        // The log ends at 3 but a snapshot or file has seen 7: new records
+        // start at 8, and 4..=7 are written as empty frames first, so the
+        // next replay finds no gap.
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(config(dir.path(), SyncPolicy::Always, 1 << 20), 0).unwrap();
+        for body in [b"a", b"b", b"c"] {
+            append_and_wait(&wal, body);
+        }
+        wal.shutdown();
+        let config = config(dir.path(), SyncPolicy::Always, 1 << 20);
+        let reopened = Wal::open_continuing(config.clone(), 3, 7).unwrap();
+        assert_eq!(append_and_wait(&reopened, b"h"), 8);
+        reopened.shutdown();
+        let records = read_all(dir.path());
+        let lsns: Vec<Lsn> = records.iter().map(|(lsn, _)| *lsn).collect();
+        assert_eq!(lsns, [1, 2, 3, 8], "empty frames are passed over");
+        // Reopened again without a write in between: still continuous.
+        let again = Wal::open_continuing(config.clone(), 8, 8).unwrap();
+        again.shutdown();
+        let empty_log = tempfile::tempdir().unwrap();
+        let fresh = Wal::open_continuing(
+            WalConfig {
+                dir: empty_log.path().to_path_buf(),
+                ..config
+            },
+            0,
+            41,
+        )
+        .unwrap();
+        assert_eq!(append_and_wait(&fresh, b"x"), 42);
+        fresh.shutdown();
+        assert_eq!(read_all(empty_log.path()), vec![(42, b"x".to_vec())]);
+        assert_eq!(read_all(dir.path()).len(), 4);
     }
 
     #[test]

@@ -106,7 +106,11 @@ where
         match next_frame(&bytes, offset) {
             Ok((lsn, body_range)) => {
                 check_continuity(segment, offset as u64, lsn, summary)?;
-                apply(lsn, &bytes[body_range.clone()])?;
+                // An empty frame stands for a record whose write failed
+                // (never acknowledged): it keeps the LSNs continuous.
+                if !body_range.is_empty() {
+                    apply(lsn, &bytes[body_range.clone()])?;
+                }
                 summary.last_lsn = lsn;
                 summary.records += 1;
                 offset = body_range.end;

@@ -2,6 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::ops::RangeInclusive;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 
-use super::frame::encode_frame_into;
+use super::frame::{body_checksum, encode_frame_into};
 use super::segment::{segment_path, sync_directory};
 use super::{
     AppendRequest, Lsn, SegmentState, SyncPolicy, WalConfig, WalError, WalShared, WriterCommand,
@@ -61,6 +62,8 @@ struct Writer {
     unsynced: bool,
     last_sync: Instant,
     frames: Vec<u8>,
+    /// LSNs of failed groups not yet written as empty frames.
+    skipped: Option<RangeInclusive<Lsn>>,
 }
 
 /// The writer thread's loop; returns when every sender is gone.
@@ -69,8 +72,12 @@ pub(crate) fn run(
     shared: Arc<WalShared>,
     config: WalConfig,
     active: ActiveSegment,
+    skipped: Option<RangeInclusive<Lsn>>,
 ) {
-    let written_lsn = shared.completed_lsn.load(Ordering::SeqCst);
+    let written_lsn = match &skipped {
+        Some(skipped) => skipped.start() - 1,
+        None => shared.completed_lsn.load(Ordering::SeqCst),
+    };
     let mut writer = Writer {
         shared,
         config,
@@ -79,6 +86,7 @@ pub(crate) fn run(
         unsynced: false,
         last_sync: Instant::now(),
         frames: Vec::with_capacity(1 << 20),
+        skipped,
     };
     let mut group: Vec<AppendRequest> = Vec::new();
     loop {
@@ -130,11 +138,17 @@ impl Writer {
     }
 
     /// Writes one group of records, syncs per policy, then completes them.
+    /// A group that cannot be written or synced fails (its records are not
+    /// acknowledged) without stopping the log: the segment is cut back to
+    /// its last whole frame, the group's LSNs are remembered as skipped,
+    /// and the next group writes an empty frame for each of them before
+    /// its own, so the LSNs on disk stay continuous. Every new group is the
+    /// probe: once the disk takes writes again, the log is healthy again.
     fn commit(&mut self, group: &mut Vec<AppendRequest>) {
         let result = self.write_group(group);
-        if let Err(error) = &result {
-            tracing::error!(%error, "WAL write failed; refusing further writes");
-            self.shared.poison(error.to_string());
+        match &result {
+            Ok(()) => self.shared.set_degraded(None),
+            Err(error) => self.on_failed_group(group, error),
         }
         let mut last = self.written_lsn;
         for request in group.drain(..) {
@@ -146,6 +160,57 @@ impl Writer {
         }
     }
 
+    fn on_failed_group(&mut self, group: &[AppendRequest], error: &WalError) {
+        if self.shared.poisoned.load(Ordering::SeqCst) {
+            return;
+        }
+        // Under the interval and off policies, records written earlier
+        // were acknowledged before their sync: after a failed sync they
+        // cannot be vouched for (a later sync may report success for pages
+        // the kernel dropped), so the log stops as before. A failed write
+        // leaves them intact, and cutting back syncs them.
+        let failed_sync = matches!(
+            error,
+            WalError::Io {
+                operation: "sync",
+                ..
+            }
+        );
+        let cut = if failed_sync && self.config.sync != SyncPolicy::Always {
+            Err(WalError::Poisoned(
+                "a sync failed with acknowledged records unsynced".into(),
+            ))
+        } else {
+            self.cut_back()
+        };
+        if let Err(cut_error) = cut {
+            tracing::error!(%error, %cut_error, "WAL write failed and the segment could not be cut back; refusing further writes");
+            self.shared.poison(error.to_string());
+            return;
+        }
+        if let (Some(first), Some(last)) = (group.first(), group.last()) {
+            let skipped = self.skipped.get_or_insert(first.lsn..=last.lsn);
+            *skipped = *skipped.start()..=last.lsn;
+        }
+        tracing::error!(
+            %error,
+            records = group.len(),
+            "WAL write failed; the records are refused and the log keeps taking writes"
+        );
+        self.shared.set_degraded(Some(error.to_string()));
+    }
+
+    /// Cuts the active segment back to its last whole, synced frame.
+    fn cut_back(&mut self) -> Result<(), WalError> {
+        self.active
+            .file
+            .set_len(self.active.bytes)
+            .and_then(|()| self.active.file.sync_all())
+            .map_err(|source| WalError::io("cut back", &self.active.path, source))?;
+        self.unsynced = false;
+        Ok(())
+    }
+
     fn write_group(&mut self, group: &[AppendRequest]) -> Result<(), WalError> {
         if self.shared.poisoned.load(Ordering::SeqCst) {
             return Err(self.shared.poison_error());
@@ -154,6 +219,11 @@ impl Writer {
             self.rotate()?;
         }
         self.frames.clear();
+        // Skipped LSNs first: an empty frame each, which replay passes over.
+        let skipped = self.skipped.clone();
+        for lsn in skipped.clone().into_iter().flatten() {
+            encode_frame_into(&mut self.frames, lsn, &[], body_checksum(&[]));
+        }
         for request in group {
             encode_frame_into(
                 &mut self.frames,
@@ -177,6 +247,10 @@ impl Writer {
         self.shared
             .bytes_written
             .fetch_add(written, Ordering::Relaxed);
+        if let Some(skipped) = skipped {
+            self.written_lsn = *skipped.end();
+            self.skipped = None;
+        }
         if let Some(last) = group.last() {
             self.written_lsn = last.lsn;
         }
