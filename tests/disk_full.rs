@@ -129,6 +129,49 @@ fn a_full_disk_refuses_writes_keeps_reads_and_recovers_without_a_restart() {
     );
     // Reads are served, with exactly the acknowledged points.
     assert_eq!(server.series(&run, "loss").0, acknowledged);
+    // Catalog changes are refused too and leave nothing behind. A small
+    // record may still fit in the log's last page: retry until refused.
+    let refused_tag = (0..50)
+        .find_map(|attempt| {
+            let key = format!("refused{attempt}");
+            let (status, body) = server.request(
+                "POST",
+                &format!("/api/v1/runs/{run}/tags"),
+                Some(&json!({ key.clone(): "x" })),
+            );
+            match status {
+                200 => None,
+                507 => {
+                    assert_eq!(body["error_code"], "INSUFFICIENT_STORAGE", "{body}");
+                    Some(key)
+                }
+                other => panic!("unexpected {other}: {body}"),
+            }
+        })
+        .expect("a catalog change refused");
+    let shown = server.get(&format!("/api/v1/runs/{run}"));
+    assert!(!shown.to_string().contains(&refused_tag), "{shown}");
+    let refused_experiment = (0..50)
+        .find_map(|attempt| {
+            let name = format!("made-while-full-{attempt}");
+            let (status, body) = server.request(
+                "POST",
+                "/api/2.0/mlflow/experiments/create",
+                Some(&json!({ "name": name })),
+            );
+            match status {
+                200 => None,
+                507 => Some(name),
+                other => panic!("unexpected {other}: {body}"),
+            }
+        })
+        .expect("an experiment refused");
+    let (status, _) = server.request(
+        "GET",
+        &format!("/api/2.0/mlflow/experiments/get-by-name?experiment_name={refused_experiment}"),
+        None,
+    );
+    assert_eq!(status, 404, "a refused experiment does not exist");
 
     // Space comes back: the next write succeeds, no restart.
     fs::remove_file(&filler).unwrap();
@@ -138,11 +181,26 @@ fn a_full_disk_refuses_writes_keeps_reads_and_recovers_without_a_restart() {
     next += 200;
     assert_eq!(server.get("/health")["status"], "ok");
     assert_eq!(server.series(&run, "loss").0, acknowledged);
+    server.post(
+        "/api/2.0/mlflow/experiments/create",
+        &json!({ "name": refused_experiment }),
+    );
+    server.post(
+        &format!("/api/v1/runs/{run}/tags"),
+        &json!({"stage": "kept"}),
+    );
 
-    // A clean restart keeps every acknowledged point and nothing else.
+    // A clean restart keeps every acknowledged point and change, and
+    // nothing else.
     server.stop();
     server.start_again();
     assert_eq!(server.series(&run, "loss").0, acknowledged);
+    let shown = server.get(&format!("/api/v1/runs/{run}"));
+    assert!(shown.to_string().contains("kept"), "{shown}");
+    assert!(!shown.to_string().contains(&refused_tag), "{shown}");
+    server.get(&format!(
+        "/api/2.0/mlflow/experiments/get-by-name?experiment_name={refused_experiment}"
+    ));
 
     // Full again, then SIGKILL while refusing writes; space back; start.
     let filler = fill(tmpfs.path());

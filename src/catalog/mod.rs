@@ -216,6 +216,24 @@ impl Catalog {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Where new experiments' artifacts go.
+    pub fn artifact_root(&self) -> &str {
+        &self.artifact_root
+    }
+
+    /// Replaces the state with what `rebuild` makes of it, under the write
+    /// lock (no change can be made meanwhile); `None` keeps it.
+    pub fn rebuild_with<E>(
+        &self,
+        rebuild: impl FnOnce(&CatalogState) -> Result<Option<CatalogState>, E>,
+    ) -> Result<(), E> {
+        let mut state = self.write();
+        if let Some(rebuilt) = rebuild(&state)? {
+            *state = rebuilt;
+        }
+        Ok(())
+    }
+
     /// Re-applies a mutation read back from the WAL.
     pub fn replay(&self, lsn: Lsn, mutation: &CatalogMutation) {
         let mut state = self.write();

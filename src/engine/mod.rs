@@ -6,6 +6,7 @@
 //! apply (catalog in memory, or points into the run's buffer), answer. Reads
 //! see every acknowledged write.
 
+mod catalog_log;
 mod key_budget;
 mod maintenance;
 mod recovery;
@@ -23,8 +24,7 @@ use tokio::sync::oneshot;
 use crate::auth::{AccessDenied, AuthError, Principal, TokenStore};
 use crate::catalog::CatalogState;
 use crate::catalog::{
-    Catalog, CatalogError, CatalogMutation, MutationLog, NewExperiment, NewRun, RunUpdate,
-    ensure_run_active, snapshot,
+    Catalog, CatalogError, NewExperiment, NewRun, RunUpdate, ensure_run_active, snapshot,
 };
 use crate::error_kind::{Classify, ErrorKind};
 use crate::ingest::{
@@ -38,6 +38,7 @@ use crate::model::{
 };
 use crate::storage::{MetricsLayout, StorageError};
 use crate::wal::{Lsn, SyncPolicy, Wal, WalConfig, WalError};
+use catalog_log::WalMutationLog;
 use wal_record::WalRecordRef;
 
 /// Settings of the engine.
@@ -267,36 +268,6 @@ pub struct TelemetrySnapshot {
     pub quarantined_files: u64,
 }
 
-/// The WAL as the catalog's mutation log.
-struct WalMutationLog<'a> {
-    wal: &'a Wal,
-}
-
-type DurableTicket = oneshot::Receiver<Result<(), WalError>>;
-
-impl MutationLog for WalMutationLog<'_> {
-    type Ticket = DurableTicket;
-
-    fn record(&self, mutation: &CatalogMutation) -> Result<(Lsn, DurableTicket), CatalogError> {
-        let body = WalRecordRef::Catalog(mutation).encode()?;
-        let (sender, receiver) = oneshot::channel();
-        let lsn = self.wal.append(
-            body,
-            Box::new(move |_, result| {
-                let _ = sender.send(result);
-            }),
-        )?;
-        Ok((lsn, receiver))
-    }
-}
-
-async fn wait_durable(ticket: Option<DurableTicket>) -> Result<(), EngineError> {
-    match ticket {
-        Some(ticket) => Ok(ticket.await.map_err(|_| EngineError::ShuttingDown)??),
-        None => Ok(()),
-    }
-}
-
 /// Subtracts in-flight bytes when a metric write completes or is abandoned.
 struct InFlightGuard {
     counter: Arc<AtomicU64>,
@@ -325,6 +296,12 @@ pub struct Engine {
     tokens: TokenStore,
     /// Damaged metric files moved to quarantine at start.
     quarantined_files: u64,
+    /// Set when a catalog change could not be made durable, until the
+    /// catalog is rebuilt without it (see [`catalog_log`]).
+    catalog_in_doubt: Arc<AtomicBool>,
+    /// Held by a checkpoint (snapshot and WAL segment removal) and by a
+    /// catalog rollback, which reads the snapshot and the WAL.
+    checkpoint_lock: Mutex<()>,
     _lock: File,
 }
 
@@ -406,6 +383,8 @@ impl Engine {
             maintenance: Mutex::new(None),
             tokens,
             quarantined_files,
+            catalog_in_doubt: Arc::default(),
+            checkpoint_lock: Mutex::new(()),
             _lock: lock,
         });
         if engine.config.read_only {
@@ -431,7 +410,10 @@ impl Engine {
     }
 
     fn log(&self) -> WalMutationLog<'_> {
-        WalMutationLog { wal: &self.wal }
+        WalMutationLog {
+            wal: &self.wal,
+            in_doubt: &self.catalog_in_doubt,
+        }
     }
 
     fn ensure_accepting(&self) -> Result<(), EngineError> {
@@ -455,7 +437,7 @@ impl Engine {
         let (id, ticket) = self
             .catalog
             .create_experiment(&self.log(), request, now_millis())?;
-        wait_durable(ticket).await?;
+        self.wait_durable(ticket).await?;
         Ok(id)
     }
 
@@ -511,7 +493,7 @@ impl Engine {
         let ((), ticket) =
             self.catalog
                 .rename_experiment(&self.log(), experiment_id, name, now_millis())?;
-        wait_durable(ticket).await
+        self.wait_durable(ticket).await
     }
 
     /// Soft-deletes or restores an experiment.
@@ -527,7 +509,7 @@ impl Engine {
             stage,
             now_millis(),
         )?;
-        wait_durable(ticket).await
+        self.wait_durable(ticket).await
     }
 
     /// Sets experiment tags.
@@ -540,7 +522,7 @@ impl Engine {
         let ((), ticket) =
             self.catalog
                 .set_experiment_tags(&self.log(), experiment_id, tags, now_millis())?;
-        wait_durable(ticket).await
+        self.wait_durable(ticket).await
     }
 
     /// Deletes an experiment tag.
@@ -553,7 +535,7 @@ impl Engine {
         let ((), ticket) =
             self.catalog
                 .delete_experiment_tag(&self.log(), experiment_id, key, now_millis())?;
-        wait_durable(ticket).await
+        self.wait_durable(ticket).await
     }
 
     // ---- runs --------------------------------------------------------
@@ -562,7 +544,7 @@ impl Engine {
     pub async fn create_run(&self, request: NewRun) -> Result<Run, EngineError> {
         self.ensure_accepting()?;
         let (run, ticket) = self.catalog.create_run(&self.log(), request)?;
-        wait_durable(ticket).await?;
+        self.wait_durable(ticket).await?;
         Ok(run)
     }
 
@@ -662,7 +644,7 @@ impl Engine {
             update.end_time = Some(now_millis());
         }
         let (run, ticket) = self.catalog.update_run(&self.log(), run_id, update)?;
-        wait_durable(ticket).await?;
+        self.wait_durable(ticket).await?;
         if ends {
             self.ingester.run_ended(run_id);
             self.key_budgets.forget(run_id);
@@ -681,7 +663,7 @@ impl Engine {
         let ((), ticket) =
             self.catalog
                 .set_run_lifecycle(&self.log(), run_id, stage, now_millis())?;
-        wait_durable(ticket).await
+        self.wait_durable(ticket).await
     }
 
     /// Logs params (immutable: a different value for a logged key is refused).
@@ -692,7 +674,7 @@ impl Engine {
     ) -> Result<(), EngineError> {
         self.ensure_accepting()?;
         let ((), ticket) = self.catalog.log_params(&self.log(), run_id, params)?;
-        wait_durable(ticket).await
+        self.wait_durable(ticket).await
     }
 
     /// Sets run tags.
@@ -703,7 +685,7 @@ impl Engine {
     ) -> Result<(), EngineError> {
         self.ensure_accepting()?;
         let ((), ticket) = self.catalog.set_run_tags(&self.log(), run_id, tags)?;
-        wait_durable(ticket).await
+        self.wait_durable(ticket).await
     }
 
     /// Records datasets a run used.
@@ -714,14 +696,14 @@ impl Engine {
     ) -> Result<(), EngineError> {
         self.ensure_accepting()?;
         let ((), ticket) = self.catalog.log_inputs(&self.log(), run_id, inputs)?;
-        wait_durable(ticket).await
+        self.wait_durable(ticket).await
     }
 
     /// Deletes a run tag.
     pub async fn delete_run_tag(&self, run_id: RunId, key: String) -> Result<(), EngineError> {
         self.ensure_accepting()?;
         let ((), ticket) = self.catalog.delete_run_tag(&self.log(), run_id, key)?;
-        wait_durable(ticket).await
+        self.wait_durable(ticket).await
     }
 
     // ---- metrics -----------------------------------------------------
@@ -1004,6 +986,10 @@ impl Engine {
     /// writing a catalog snapshot first when one is due (or `force`d).
     /// Blocking.
     pub fn checkpoint(&self, force_snapshot: bool) -> Result<(), EngineError> {
+        let _checkpoint = self
+            .checkpoint_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         // Read first: every record up to it has been handed to a shard or
         // applied to the catalog by the time the bounds below are taken.
         let completed = self.wal.completed_lsn();
@@ -1033,6 +1019,14 @@ impl Engine {
         let current = self.snapshot_lsn.load(Ordering::SeqCst);
         if state.applied_lsn == current {
             return Ok(None);
+        }
+        // Only a durable state is snapshotted: not one holding changes
+        // still on their way to the WAL, nor one that failed and waits to
+        // be rolled back.
+        if state.applied_lsn > self.wal.completed_lsn()
+            || self.catalog_in_doubt.load(Ordering::SeqCst)
+        {
+            return Ok(Some(current + 1));
         }
         if !force && last.elapsed() < self.config.snapshot_interval {
             return Ok(Some(current + 1));

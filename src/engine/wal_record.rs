@@ -42,6 +42,13 @@ impl WalRecordRef<'_> {
 }
 
 impl WalRecord {
+    /// Whether a record body holds a catalog change, read from its first
+    /// bytes without decoding a metric batch (bincode writes the variant
+    /// index first, as a varint: 0 for `Catalog`).
+    pub fn is_catalog(body: &[u8]) -> bool {
+        body.first() == Some(&RECORD_VERSION) && body.get(1) == Some(&0)
+    }
+
     /// Decodes the body of record `lsn`.
     pub fn decode(lsn: Lsn, body: &[u8]) -> Result<WalRecord, WalError> {
         let decode_error = |message: String| WalError::Decode { lsn, message };
@@ -67,6 +74,23 @@ impl WalRecord {
 mod tests {
     use super::*;
     use crate::model::MetricBatchBuilder;
+
+    #[test]
+    fn catalog_records_are_told_apart_without_decoding() {
+        let mutation = CatalogMutation::DeleteRunTag {
+            run_id: RunId::new_random(),
+            key: "k".into(),
+        };
+        let catalog = WalRecordRef::Catalog(&mutation).encode().unwrap();
+        assert!(WalRecord::is_catalog(&catalog));
+        let mut builder = MetricBatchBuilder::new();
+        builder.push("loss", 3, 1000, 0.5);
+        let metrics = WalRecordRef::Metrics(&[(RunId::new_random(), builder.finish())])
+            .encode()
+            .unwrap();
+        assert!(!WalRecord::is_catalog(&metrics));
+        assert!(!WalRecord::is_catalog(&[]));
+    }
 
     #[test]
     fn metric_records_round_trip_bit_exactly() {

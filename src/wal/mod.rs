@@ -26,7 +26,7 @@ use thiserror::Error;
 
 use crate::error_kind::{Classify, ErrorKind};
 
-pub use segment::{ReplaySummary, replay};
+pub use segment::{ReplaySummary, read_live, replay};
 
 /// A log sequence number: the position of a record in the log, from 1.
 pub type Lsn = u64;
@@ -199,8 +199,10 @@ pub(crate) struct SegmentState {
 /// State shared by the handle and the writer thread.
 pub(crate) struct WalShared {
     segments: Mutex<Vec<SegmentState>>,
-    /// Highest LSN whose completion callback has run.
+    /// Highest LSN whose completion callback has run with success.
     completed_lsn: AtomicU64,
+    /// Highest LSN whose completion callback has run, with success or not.
+    processed_lsn: AtomicU64,
     poisoned: AtomicBool,
     poison_message: Mutex<String>,
     /// Why the last group failed, while no group has succeeded since.
@@ -337,6 +339,7 @@ impl Wal {
         let shared = Arc::new(WalShared {
             segments: Mutex::new(segments),
             completed_lsn: AtomicU64::new(last_lsn),
+            processed_lsn: AtomicU64::new(last_lsn),
             poisoned: AtomicBool::new(false),
             poison_message: Mutex::new(String::new()),
             degraded: Mutex::new(None),
@@ -459,6 +462,12 @@ impl Wal {
             }
         }
         Ok(removed)
+    }
+
+    /// The highest LSN whose record was written or refused: every record
+    /// up to it has had its completion callback.
+    pub fn processed_lsn(&self) -> Lsn {
+        self.shared.processed_lsn.load(Ordering::SeqCst)
     }
 
     /// Why writes fail, while they do: the last write or sync failed (a

@@ -86,6 +86,57 @@ where
     Ok(summary)
 }
 
+/// Reads the records with LSNs up to `upto` while the log is live (a
+/// writer may be appending): nothing is truncated, and a frame that is not
+/// whole yet at the end of the newest segment ends the read. Other damage
+/// and gaps are errors, as in [`replay`].
+pub fn read_live<F>(dir: &Path, upto: u64, mut apply: F) -> Result<ReplaySummary, WalError>
+where
+    F: FnMut(u64, &[u8]) -> Result<(), WalError>,
+{
+    let segments = list_segments(dir)?;
+    let mut summary = ReplaySummary {
+        segments: segments.len(),
+        ..ReplaySummary::default()
+    };
+    'segments: for (index, segment) in segments.iter().enumerate() {
+        if segment.first_lsn > upto {
+            break;
+        }
+        let is_newest = index + 1 == segments.len();
+        let bytes = fs::read(&segment.path)
+            .map_err(|source| WalError::io("read", &segment.path, source))?;
+        let mut offset = 0usize;
+        while offset < bytes.len() {
+            match next_frame(&bytes, offset) {
+                Ok((lsn, body_range)) => {
+                    if lsn > upto {
+                        break 'segments;
+                    }
+                    check_continuity(segment, offset as u64, lsn, &summary)?;
+                    if !body_range.is_empty() {
+                        apply(lsn, &bytes[body_range.clone()])?;
+                    }
+                    summary.last_lsn = lsn;
+                    summary.records += 1;
+                    offset = body_range.end;
+                }
+                Err(damage) if is_newest && damage.may_be_torn_write(&bytes[offset..]) => {
+                    break 'segments;
+                }
+                Err(damage) => {
+                    return Err(WalError::Corrupt {
+                        path: segment.path.clone(),
+                        offset: offset as u64,
+                        reason: damage.describe().to_string(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(summary)
+}
+
 fn replay_segment<F>(
     segment: &SegmentFile,
     is_newest: bool,

@@ -158,6 +158,7 @@ impl Writer {
         if result.is_ok() {
             self.shared.completed_lsn.store(last, Ordering::SeqCst);
         }
+        self.shared.processed_lsn.fetch_max(last, Ordering::SeqCst);
     }
 
     fn on_failed_group(&mut self, group: &[AppendRequest], error: &WalError) {
