@@ -67,10 +67,39 @@ pub struct ReplaySummary {
     pub segments: usize,
 }
 
+/// How a read of the log treats its end.
+#[derive(Clone, Copy)]
+enum ReadMode {
+    /// At start: a torn frame at the end of the newest segment is cut off.
+    Recover,
+    /// While a writer appends: records past `upto` are not read, and a
+    /// frame not whole yet ends the read; nothing is changed on disk.
+    Live { upto: u64 },
+}
+
 /// Reads every record of every segment in `dir` in LSN order and hands it
 /// to `apply`. A torn tail of the newest segment is truncated; any other
-/// damage stops replay with [`WalError::Corrupt`].
-pub fn replay<F>(dir: &Path, mut apply: F) -> Result<ReplaySummary, WalError>
+/// damage stops replay with [`WalError::Corrupt`], a gap in LSNs with
+/// [`WalError::Gap`].
+pub fn replay<F>(dir: &Path, apply: F) -> Result<ReplaySummary, WalError>
+where
+    F: FnMut(u64, &[u8]) -> Result<(), WalError>,
+{
+    read_log(dir, ReadMode::Recover, apply)
+}
+
+/// Reads the records with LSNs up to `upto` while the log is live (a
+/// writer may be appending): nothing is truncated, and a frame that is not
+/// whole yet at the end of the newest segment ends the read. Other damage
+/// and gaps are errors, as in [`replay`].
+pub fn read_live<F>(dir: &Path, upto: u64, apply: F) -> Result<ReplaySummary, WalError>
+where
+    F: FnMut(u64, &[u8]) -> Result<(), WalError>,
+{
+    read_log(dir, ReadMode::Live { upto }, apply)
+}
+
+fn read_log<F>(dir: &Path, mode: ReadMode, mut apply: F) -> Result<ReplaySummary, WalError>
 where
     F: FnMut(u64, &[u8]) -> Result<(), WalError>,
 {
@@ -80,69 +109,27 @@ where
         ..ReplaySummary::default()
     };
     for (index, segment) in segments.iter().enumerate() {
-        let is_newest = index + 1 == segments.len();
-        replay_segment(segment, is_newest, &mut summary, &mut apply)?;
-    }
-    Ok(summary)
-}
-
-/// Reads the records with LSNs up to `upto` while the log is live (a
-/// writer may be appending): nothing is truncated, and a frame that is not
-/// whole yet at the end of the newest segment ends the read. Other damage
-/// and gaps are errors, as in [`replay`].
-pub fn read_live<F>(dir: &Path, upto: u64, mut apply: F) -> Result<ReplaySummary, WalError>
-where
-    F: FnMut(u64, &[u8]) -> Result<(), WalError>,
-{
-    let segments = list_segments(dir)?;
-    let mut summary = ReplaySummary {
-        segments: segments.len(),
-        ..ReplaySummary::default()
-    };
-    'segments: for (index, segment) in segments.iter().enumerate() {
-        if segment.first_lsn > upto {
+        if let ReadMode::Live { upto } = mode
+            && segment.first_lsn > upto
+        {
             break;
         }
         let is_newest = index + 1 == segments.len();
-        let bytes = fs::read(&segment.path)
-            .map_err(|source| WalError::io("read", &segment.path, source))?;
-        let mut offset = 0usize;
-        while offset < bytes.len() {
-            match next_frame(&bytes, offset) {
-                Ok((lsn, body_range)) => {
-                    if lsn > upto {
-                        break 'segments;
-                    }
-                    check_continuity(segment, offset as u64, lsn, &summary)?;
-                    if !body_range.is_empty() {
-                        apply(lsn, &bytes[body_range.clone()])?;
-                    }
-                    summary.last_lsn = lsn;
-                    summary.records += 1;
-                    offset = body_range.end;
-                }
-                Err(damage) if is_newest && damage.may_be_torn_write(&bytes[offset..]) => {
-                    break 'segments;
-                }
-                Err(damage) => {
-                    return Err(WalError::Corrupt {
-                        path: segment.path.clone(),
-                        offset: offset as u64,
-                        reason: damage.describe().to_string(),
-                    });
-                }
-            }
+        if !read_segment(segment, is_newest, mode, &mut summary, &mut apply)? {
+            break;
         }
     }
     Ok(summary)
 }
 
-fn replay_segment<F>(
+/// Reads one segment; returns whether the read goes on to the next.
+fn read_segment<F>(
     segment: &SegmentFile,
     is_newest: bool,
+    mode: ReadMode,
     summary: &mut ReplaySummary,
     apply: &mut F,
-) -> Result<(), WalError>
+) -> Result<bool, WalError>
 where
     F: FnMut(u64, &[u8]) -> Result<(), WalError>,
 {
@@ -156,6 +143,11 @@ where
     while offset < bytes.len() {
         match next_frame(&bytes, offset) {
             Ok((lsn, body_range)) => {
+                if let ReadMode::Live { upto } = mode
+                    && lsn > upto
+                {
+                    return Ok(false);
+                }
                 check_continuity(segment, offset as u64, lsn, summary)?;
                 // An empty frame stands for a record whose write failed
                 // (never acknowledged): it keeps the LSNs continuous.
@@ -175,6 +167,9 @@ where
                         reason: damage.describe().to_string(),
                     });
                 }
+                if let ReadMode::Live { .. } = mode {
+                    return Ok(false); // Still being written.
+                }
                 let cut = (bytes.len() - offset) as u64;
                 tracing::warn!(
                     path = %path.display(),
@@ -189,7 +184,7 @@ where
             }
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Checks that the frame at `offset` of `segment`, holding `lsn`, comes
@@ -463,5 +458,34 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_live_read_stops_at_its_bound_and_never_cuts_a_frame_being_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_segment(dir.path(), 1, &[b"a", b"b", b"c"]);
+        let mut bytes = fs::read(&path).unwrap();
+        let whole = bytes.len();
+        // Half of a fourth frame: a writer in the middle of appending it.
+        let mut next = Vec::new();
+        encode_frame_into(&mut next, 4, b"dddd", body_checksum(b"dddd"));
+        bytes.extend_from_slice(&next[..next.len() / 2]);
+        fs::write(&path, &bytes).unwrap();
+        let mut seen = Vec::new();
+        let summary = read_live(dir.path(), 2, |lsn, _| {
+            seen.push(lsn);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((seen.clone(), summary.last_lsn), (vec![1, 2], 2));
+        seen.clear();
+        read_live(dir.path(), 10, |lsn, _| {
+            seen.push(lsn);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, [1, 2, 3]);
+        assert_eq!(fs::read(&path).unwrap().len(), bytes.len(), "nothing cut");
+        assert!(bytes.len() > whole);
     }
 }
