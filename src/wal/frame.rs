@@ -1,7 +1,8 @@
 //! The on-disk frame of one WAL record.
 //!
 //! ```text
-//! offset  0  u32 LE  body length
+//! offset  0  u32 LE  body length; the top bit marks the first frame
+//!                    written after a sync (the start of a sync group)
 //! offset  4  u64 LE  LSN (log sequence number)
 //! offset 12  u32 LE  CRC32C of the body
 //! offset 16  u32 LE  CRC32C of bytes 0..16 (the header)
@@ -10,6 +11,9 @@
 //!
 //! The header has its own checksum so that a damaged length is told apart
 //! from a frame cut short by a crash: only the latter may be truncated away.
+//! The sync-group mark tells replay where durable data ends: after a power
+//! loss only the last group (written, not yet synced) may be damaged, in
+//! any of its bytes.
 
 /// Size of a frame header in bytes.
 pub const HEADER_LEN: usize = 20;
@@ -25,7 +29,12 @@ pub struct FrameHeader {
     pub lsn: u64,
     /// CRC32C of the body.
     pub body_crc: u32,
+    /// Whether the frame is the first written after a sync.
+    pub starts_sync_group: bool,
 }
+
+/// The length field's bit that marks the start of a sync group.
+const SYNC_GROUP_START: u32 = 1 << 31;
 
 /// Why a header could not be read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,10 +45,15 @@ pub enum HeaderProblem {
     BadLength,
 }
 
-/// Writes the frame header for `body` with `lsn` into `out`, then the body.
-pub fn encode_frame_into(out: &mut Vec<u8>, lsn: u64, body: &[u8], body_crc: u32) {
+/// Writes the frame header for `body` with `lsn` into `out`, then the body;
+/// the header marks the start of a sync group or not.
+pub fn encode_frame(out: &mut Vec<u8>, lsn: u64, body: &[u8], body_crc: u32, starts_group: bool) {
     let start = out.len();
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    let mut length = body.len() as u32;
+    if starts_group {
+        length |= SYNC_GROUP_START;
+    }
+    out.extend_from_slice(&length.to_le_bytes());
     out.extend_from_slice(&lsn.to_le_bytes());
     out.extend_from_slice(&body_crc.to_le_bytes());
     let header_crc = crc32c::crc32c(&out[start..start + 16]);
@@ -58,7 +72,8 @@ pub fn decode_header(bytes: &[u8; HEADER_LEN]) -> Result<FrameHeader, HeaderProb
     if crc32c::crc32c(&bytes[..16]) != stored_crc {
         return Err(HeaderProblem::BadChecksum);
     }
-    let body_len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+    let length = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    let body_len = (length & !SYNC_GROUP_START) as usize;
     if body_len > MAX_BODY_LEN {
         return Err(HeaderProblem::BadLength);
     }
@@ -68,6 +83,7 @@ pub fn decode_header(bytes: &[u8; HEADER_LEN]) -> Result<FrameHeader, HeaderProb
         body_len,
         lsn: u64::from_le_bytes(lsn_bytes),
         body_crc: u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]),
+        starts_sync_group: length & SYNC_GROUP_START != 0,
     })
 }
 
@@ -79,7 +95,7 @@ mod tests {
     fn frame_round_trips() {
         let body = b"hello wal";
         let mut out = Vec::new();
-        encode_frame_into(&mut out, 42, body, body_checksum(body));
+        encode_frame(&mut out, 42, body, body_checksum(body), true);
         assert_eq!(out.len(), HEADER_LEN + body.len());
         let header: [u8; HEADER_LEN] = out[..HEADER_LEN].try_into().unwrap();
         let parsed = decode_header(&header).unwrap();
@@ -91,7 +107,7 @@ mod tests {
     #[test]
     fn any_flipped_header_bit_is_detected() {
         let mut out = Vec::new();
-        encode_frame_into(&mut out, 7, b"x", body_checksum(b"x"));
+        encode_frame(&mut out, 7, b"x", body_checksum(b"x"), false);
         for bit in 0..(HEADER_LEN * 8) {
             let mut damaged: [u8; HEADER_LEN] = out[..HEADER_LEN].try_into().unwrap();
             damaged[bit / 8] ^= 1 << (bit % 8);

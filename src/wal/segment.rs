@@ -159,7 +159,10 @@ where
                 offset = body_range.end;
             }
             Err(damage) => {
-                let torn = is_newest && damage.may_be_torn_write(&bytes[offset..]);
+                // After a power loss only the last sync group can be
+                // damaged, anywhere in its bytes: damage in the newest
+                // segment is a torn tail unless a later group follows.
+                let torn = is_newest && !synced_data_follows(&bytes, offset, summary.last_lsn);
                 if !torn {
                     return Err(WalError::Corrupt {
                         path: path.clone(),
@@ -246,21 +249,28 @@ impl FrameDamage {
             FrameDamage::BadBody => "frame body checksum mismatch",
         }
     }
+}
 
-    /// Whether this damage looks like a write cut short by a crash: an
-    /// incomplete frame at the end, or a final frame whose bytes did not all
-    /// reach the disk (a zero-filled header included).
-    fn may_be_torn_write(self, rest: &[u8]) -> bool {
-        match self {
-            FrameDamage::ShortHeader | FrameDamage::ShortBody | FrameDamage::BadBodyAtEnd => true,
-            FrameDamage::BadHeader => rest.iter().all(|&byte| byte == 0),
-            FrameDamage::BadLength | FrameDamage::BadBody => false,
-        }
-    }
+/// Whether a whole frame that starts a sync group, with an LSN above
+/// `after`, begins anywhere past `damaged`: then the damage is followed by
+/// data synced after it, so it is not the torn tail of a power loss.
+fn synced_data_follows(bytes: &[u8], damaged: usize, after: u64) -> bool {
+    (damaged + 1..bytes.len()).any(|offset| {
+        matches!(next_frame_header(bytes, offset),
+            Ok((header, _)) if header.starts_sync_group && header.lsn > after)
+    })
 }
 
 /// Parses the frame at `offset`: its LSN and the byte range of its body.
 fn next_frame(bytes: &[u8], offset: usize) -> Result<(u64, std::ops::Range<usize>), FrameDamage> {
+    next_frame_header(bytes, offset).map(|(header, body)| (header.lsn, body))
+}
+
+/// Parses and checks the frame at `offset`: its header and body range.
+fn next_frame_header(
+    bytes: &[u8],
+    offset: usize,
+) -> Result<(frame::FrameHeader, std::ops::Range<usize>), FrameDamage> {
     let rest = &bytes[offset..];
     let Some(header_bytes) = rest.get(..HEADER_LEN) else {
         return Err(FrameDamage::ShortHeader);
@@ -283,7 +293,7 @@ fn next_frame(bytes: &[u8], offset: usize) -> Result<(u64, std::ops::Range<usize
             FrameDamage::BadBody
         });
     }
-    Ok((header.lsn, body_start..body_end))
+    Ok((header, body_start..body_end))
 }
 
 fn truncate_file(path: &Path, length: u64) -> Result<(), WalError> {
@@ -306,16 +316,17 @@ pub fn sync_directory(dir: &Path) -> Result<(), WalError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wal::frame::{body_checksum, encode_frame_into};
+    use crate::wal::frame::{body_checksum, encode_frame};
 
     fn write_segment(dir: &Path, first_lsn: u64, bodies: &[&[u8]]) -> PathBuf {
         let mut bytes = Vec::new();
         for (index, body) in bodies.iter().enumerate() {
-            encode_frame_into(
+            encode_frame(
                 &mut bytes,
                 first_lsn + index as u64,
                 body,
                 body_checksum(body),
+                true,
             );
         }
         let path = segment_path(dir, first_lsn);
@@ -447,7 +458,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut bytes = Vec::new();
         for lsn in [1u64, 2, 4] {
-            encode_frame_into(&mut bytes, lsn, b"x", body_checksum(b"x"));
+            encode_frame(&mut bytes, lsn, b"x", body_checksum(b"x"), true);
         }
         fs::write(segment_path(dir.path(), 1), bytes).unwrap();
         assert!(matches!(
@@ -468,7 +479,7 @@ mod tests {
         let whole = bytes.len();
         // Half of a fourth frame: a writer in the middle of appending it.
         let mut next = Vec::new();
-        encode_frame_into(&mut next, 4, b"dddd", body_checksum(b"dddd"));
+        encode_frame(&mut next, 4, b"dddd", body_checksum(b"dddd"), true);
         bytes.extend_from_slice(&next[..next.len() / 2]);
         fs::write(&path, &bytes).unwrap();
         let mut seen = Vec::new();
@@ -487,5 +498,83 @@ mod tests {
         assert_eq!(seen, [1, 2, 3]);
         assert_eq!(fs::read(&path).unwrap().len(), bytes.len(), "nothing cut");
         assert!(bytes.len() > whole);
+    }
+
+    /// A segment of two sync groups of three frames each, as the writer
+    /// lays them out (the first frame after a sync carries the mark);
+    /// returns the bytes, where the second group starts, and the bodies.
+    fn two_groups() -> (Vec<u8>, usize, Vec<Vec<u8>>) {
+        let bodies: Vec<Vec<u8>> = (1..=6u8).map(|lsn| vec![lsn; 300]).collect();
+        let mut bytes = Vec::new();
+        let mut second = 0;
+        for (index, body) in bodies.iter().enumerate() {
+            if index == 3 {
+                second = bytes.len();
+            }
+            let starts = index == 0 || index == 3;
+            encode_frame(
+                &mut bytes,
+                index as u64 + 1,
+                body,
+                body_checksum(body),
+                starts,
+            );
+        }
+        (bytes, second, bodies)
+    }
+
+    #[test]
+    fn power_loss_in_the_last_group_at_any_offset_keeps_every_synced_frame() {
+        let (bytes, second, bodies) = two_groups();
+        let window = 64;
+        for offset in second..bytes.len() {
+            let mut cut = bytes[..offset].to_vec();
+            let mut zero_tail = bytes.clone();
+            zero_tail[offset..].fill(0);
+            let mut zero_window = bytes.clone();
+            let end = (offset + window).min(bytes.len());
+            zero_window[offset..end].fill(0);
+            let mut garbage_window = bytes.clone();
+            garbage_window[offset..end].fill(0xA5);
+            for (name, damaged) in [
+                ("cut", std::mem::take(&mut cut)),
+                ("zero tail", zero_tail),
+                ("zero window", zero_window),
+                ("garbage window", garbage_window),
+            ] {
+                let dir = tempfile::tempdir().unwrap();
+                let path = segment_path(dir.path(), 1);
+                fs::write(&path, &damaged).unwrap();
+                let (records, _) = collect(dir.path())
+                    .unwrap_or_else(|error| panic!("{name} at {offset}: {error}"));
+                assert!(records.len() >= 3, "{name} at {offset}: {}", records.len());
+                for (index, (lsn, body)) in records.iter().enumerate() {
+                    assert_eq!(*lsn, index as u64 + 1, "{name} at {offset}");
+                    assert_eq!(body, &bodies[index], "{name} at {offset}");
+                }
+                // The damaged tail is gone: a second start is clean.
+                let (again, summary) = collect(dir.path()).unwrap();
+                assert_eq!(again, records, "{name} at {offset}");
+                assert_eq!(summary.truncated_bytes, 0, "{name} at {offset}");
+            }
+        }
+    }
+
+    #[test]
+    fn damage_in_a_synced_group_followed_by_a_later_group_is_an_error() {
+        let (bytes, second, _) = two_groups();
+        let window = 64;
+        for offset in 0..second - window {
+            let mut damaged = bytes.clone();
+            damaged[offset..offset + window].fill(0);
+            let dir = tempfile::tempdir().unwrap();
+            let path = segment_path(dir.path(), 1);
+            fs::write(&path, &damaged).unwrap();
+            match collect(dir.path()) {
+                Err(WalError::Corrupt { .. }) => {}
+                other => panic!("zeroes at {offset}: expected an error, got {other:?}"),
+            }
+            assert_eq!(fs::read(&path).unwrap(), damaged, "nothing cut at {offset}");
+        }
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 
-use super::frame::{body_checksum, encode_frame_into};
+use super::frame::{body_checksum, encode_frame};
 use super::segment::{segment_path, sync_directory};
 use super::{
     AppendRequest, Lsn, SegmentState, SyncPolicy, WalConfig, WalError, WalShared, WriterCommand,
@@ -220,18 +220,24 @@ impl Writer {
             self.rotate()?;
         }
         self.frames.clear();
+        // The first frame after a sync starts a sync group: replay knows
+        // that damage before a later group's start is not a torn tail.
+        let mut starts_group = !self.unsynced;
         // Skipped LSNs first: an empty frame each, which replay passes over.
         let skipped = self.skipped.clone();
         for lsn in skipped.clone().into_iter().flatten() {
-            encode_frame_into(&mut self.frames, lsn, &[], body_checksum(&[]));
+            encode_frame(&mut self.frames, lsn, &[], body_checksum(&[]), starts_group);
+            starts_group = false;
         }
         for request in group {
-            encode_frame_into(
+            encode_frame(
                 &mut self.frames,
                 request.lsn,
                 &request.body,
                 request.body_crc,
+                starts_group,
             );
+            starts_group = false;
         }
         self.active
             .file
