@@ -355,15 +355,24 @@ fn shutdown_does_not_wait_forever_for_a_live_stream() {
     let mut stream = server.connect_raw();
     write!(
         stream,
-        "GET /api/v1/runs/{run}/stream?keys=loss HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        "GET /api/v1/runs/{run}/stream?keys=loss&after_step=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     )
     .unwrap();
     let mut buffer = [0u8; 4096];
     let read = stream.read(&mut buffer).unwrap();
     assert!(String::from_utf8_lossy(&buffer[..read]).starts_with("HTTP/1.1 200"));
-    // SIGTERM: the stream is cut after the grace period and the server
-    // exits cleanly, with the point kept.
+    // SIGTERM: the follower gets a last event saying where to resume, its
+    // stream closes, and the server exits cleanly with the point kept.
     server.stop();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    let rest =
+        String::from_utf8_lossy(&buffer[..read]).to_string() + &String::from_utf8_lossy(&rest);
+    assert!(rest.contains("SERVER_SHUTTING_DOWN"), "{rest}");
+    assert!(rest.contains("\"resume_after_step\":1"), "{rest}");
     drop(stream);
     let mut server = TestServer::start(dir.path(), &[]);
     let (steps, _, _) = server.series(&run, "loss");

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::model::{MetricBatch, RunId, RunStatus};
 use crate::wal::Lsn;
@@ -36,10 +36,23 @@ pub enum LiveEvent {
 }
 
 /// The per-run channels.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LiveHub {
     followers: AtomicUsize,
     runs: Mutex<HashMap<RunId, broadcast::Sender<Arc<LiveEvent>>>>,
+    /// Becomes `true` when the server shuts down: every follower sends its
+    /// last event and closes, so that shutdown does not wait for streams.
+    closing: watch::Sender<bool>,
+}
+
+impl Default for LiveHub {
+    fn default() -> Self {
+        LiveHub {
+            followers: AtomicUsize::new(0),
+            runs: Mutex::default(),
+            closing: watch::Sender::new(false),
+        }
+    }
 }
 
 /// A follower's subscription to one run; unsubscribes when dropped.
@@ -68,6 +81,16 @@ impl LiveHub {
             hub: Arc::clone(self),
             receiver,
         }
+    }
+
+    /// Tells every follower, now and to come, that the server is closing.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// A receiver that sees `true` once the server is closing.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     /// Number of live subscriptions.

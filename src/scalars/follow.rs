@@ -73,6 +73,12 @@ pub enum FollowEvent {
     },
     /// Reading failed; nothing follows.
     Failed(String),
+    /// The server is shutting down; reconnect with `after_step` once it is
+    /// back. Nothing follows.
+    Closing {
+        /// The greatest step sent so far (or the requested `after_step`).
+        resume_after_step: Option<i64>,
+    },
 }
 
 /// What to follow.
@@ -99,6 +105,19 @@ pub async fn follow(
     }
 }
 
+/// Resolves once the server is closing (never, if the hub is gone).
+async fn server_closing(closing: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let closed = *closing.borrow_and_update();
+        if closed {
+            return;
+        }
+        if closing.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 async fn follow_inner(
     engine: &Arc<Engine>,
     request: &FollowRequest,
@@ -106,6 +125,7 @@ async fn follow_inner(
 ) -> Result<(), ScalarError> {
     let run_id = request.run_id;
     let mut subscription = engine.live().subscribe(run_id);
+    let mut closing = engine.live().closing();
     let mut thresholds: HashMap<String, Lsn> = HashMap::new();
     let mut max_step = request.after_step;
     if let Some(after_step) = request.after_step {
@@ -151,6 +171,10 @@ async fn follow_inner(
             },
             None => tokio::select! {
                 () = events.closed() => return Ok(()),
+                () = server_closing(&mut closing) => {
+                    send(events, FollowEvent::Closing { resume_after_step: max_step }).await;
+                    return Ok(());
+                }
                 received = subscription.receiver.recv() => received,
             },
         };

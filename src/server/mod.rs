@@ -149,7 +149,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let counters = Arc::new(ServerCounters::new(&config));
+    let live = Arc::clone(engine.live());
     let routes = router_with_counters(engine, &config, Arc::clone(&counters));
+    // Live streams never end by themselves: told first, they send their
+    // last event and close, so the grace period is not spent on them.
+    let shutdown = async move {
+        shutdown.await;
+        live.close();
+    };
     connection::serve(
         listener,
         routes,

@@ -345,6 +345,14 @@ fn to_sse(event: &FollowEvent, last_id: Option<i64>) -> Event {
             })
             .to_string(),
         ),
+        FollowEvent::Closing { resume_after_step } => Event::default().event("error").data(
+            json!({
+                "error_code": "SERVER_SHUTTING_DOWN",
+                "message": "the server is shutting down; reconnect with after_step once it is back",
+                "resume_after_step": resume_after_step,
+            })
+            .to_string(),
+        ),
         FollowEvent::Failed(message) => Event::default()
             .event("error")
             .data(json!({ "error_code": "INTERNAL_ERROR", "message": message }).to_string()),
