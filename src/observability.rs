@@ -64,7 +64,12 @@ impl Collector for ExtraGauges {
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snapshot = &self.0;
-        let counters: [(&str, &str, u64); 8] = [
+        let counters: [(&str, &str, u64); 9] = [
+            (
+                "thread_panics",
+                "Panics contained in persister and shard threads since start",
+                snapshot.thread_panics,
+            ),
             (
                 "quarantined_files",
                 "Damaged metric files moved to the quarantine directory at start",

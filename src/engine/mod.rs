@@ -266,6 +266,8 @@ pub struct TelemetrySnapshot {
     pub runs: u64,
     /// Damaged metric files moved to quarantine at start.
     pub quarantined_files: u64,
+    /// Panics contained in persister and shard threads since start.
+    pub thread_panics: u64,
 }
 
 /// Subtracts in-flight bytes when a metric write completes or is abandoned.
@@ -949,6 +951,13 @@ impl Engine {
         if let Some(reason) = self.wal.degraded() {
             problems.push(format!("writes are refused (507): {reason}"));
         }
+        let panics = self.ingester.stats().thread_panics();
+        if panics > 0 {
+            problems.push(format!(
+                "{panics} panic(s) in persister or shard threads were contained since start (see \
+                 the log; the work is retried)"
+            ));
+        }
         if let Some(reason) = self.ingester.stats().persist_failing() {
             problems.push(format!(
                 "buffers cannot be written to metric files (retried; the WAL keeps them): {reason}"
@@ -979,6 +988,7 @@ impl Engine {
             experiments: state.experiments().count() as u64,
             runs: state.run_count() as u64,
             quarantined_files: self.quarantined_files,
+            thread_panics: ingest.thread_panics(),
         }
     }
 

@@ -59,6 +59,7 @@ fn is_damage(error: &StorageError) -> bool {
         StorageError::Parquet { .. } | StorageError::Metadata { .. } | StorageError::Arrow(_) => {
             true
         }
+        StorageError::Panicked { .. } => false,
         StorageError::Io { source, .. } => matches!(
             source.kind(),
             std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData

@@ -117,6 +117,8 @@ pub struct IngestStats {
     persist_failures: AtomicU64,
     /// The error of the last file write, while none has succeeded since.
     persist_failing: Mutex<Option<String>>,
+    /// Panics contained in persister and shard threads.
+    thread_panics: AtomicU64,
     memory_freed: tokio::sync::Notify,
 }
 
@@ -153,6 +155,14 @@ impl IngestStats {
     /// Failed file writes since start (each is retried).
     pub fn persist_failures(&self) -> u64 {
         self.persist_failures.load(Ordering::Relaxed)
+    }
+    /// Panics contained in persister and shard threads since start.
+    pub fn thread_panics(&self) -> u64 {
+        self.thread_panics.load(Ordering::Relaxed)
+    }
+    /// Counts a contained panic.
+    pub(crate) fn count_panic(&self) {
+        self.thread_panics.fetch_add(1, Ordering::Relaxed);
     }
     /// Why file writes fail, while the last one failed (it is retried).
     pub fn persist_failing(&self) -> Option<String> {
@@ -442,8 +452,9 @@ impl Ingester {
         for index in 0..config.persist_threads.max(1) {
             let jobs = job_receiver.clone();
             let layout = layout.clone();
+            let persister_stats = Arc::clone(&stats);
             threads.push(spawn(format!("stepstore-persist-{index}"), move || {
-                persister::run(jobs, layout)
+                persister::run(jobs, layout, persister_stats)
             })?);
         }
         let mut per_shard: Vec<Vec<LoadedRun>> = (0..shard_count).map(|_| Vec::new()).collect();

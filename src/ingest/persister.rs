@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::ControlMessage;
 use super::buffer::FrozenChunk;
+use super::{ControlMessage, IngestStats};
 use crate::model::{ExperimentId, RunId};
 use crate::storage::compaction::{compact_files, remove_output};
 use crate::storage::{MetricFileWriter, MetricsLayout, PersistedFile, StorageError};
@@ -31,8 +31,34 @@ pub(crate) enum PersistJob {
     },
 }
 
+/// Runs `work`, turning a panic into an error (counted in `stats`), so that
+/// one bad job cannot take the thread, and every job after it, down: the
+/// shard retries a failed job as it retries any failed write.
+fn contained<T>(
+    what: &'static str,
+    stats: &IngestStats,
+    work: impl FnOnce() -> Result<T, StorageError>,
+) -> Result<T, StorageError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|payload| {
+        stats.count_panic();
+        Err(StorageError::Panicked {
+            what,
+            message: panic_message(payload.as_ref()),
+        })
+    })
+}
+
+/// The message a panic was raised with.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|message| message.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
+}
+
 /// The persister loop; returns when every job sender is gone.
-pub(crate) fn run(jobs: Receiver<PersistJob>, layout: MetricsLayout) {
+pub(crate) fn run(jobs: Receiver<PersistJob>, layout: MetricsLayout, stats: Arc<IngestStats>) {
     for job in jobs {
         match job {
             PersistJob::Chunk {
@@ -43,9 +69,11 @@ pub(crate) fn run(jobs: Receiver<PersistJob>, layout: MetricsLayout) {
                 reply,
             } => {
                 let path = layout.file_path(experiment_id, run_id, seq);
-                let outcome = layout
-                    .prepare_dir_of(&path)
-                    .and_then(|()| write_chunk(&chunk, &path, seq));
+                let outcome = contained("writing a metric file", &stats, || {
+                    layout
+                        .prepare_dir_of(&path)
+                        .and_then(|()| write_chunk(&chunk, &path, seq))
+                });
                 if let Err(error) = &outcome {
                     tracing::error!(%run_id, seq, %error, "persisting a buffer failed; it stays in memory and is retried");
                 }
@@ -64,15 +92,17 @@ pub(crate) fn run(jobs: Receiver<PersistJob>, layout: MetricsLayout) {
             } => {
                 let path = layout.file_path(experiment_id, run_id, seq);
                 let started = std::time::Instant::now();
-                let outcome = compact_files(&inputs, &path)
-                    .and_then(|written| {
-                        PersistedFile::open(seq, &written.path).inspect_err(|_| {
-                            if let Err(error) = remove_output(&written.path) {
-                                tracing::error!(%error, "a compaction output that cannot be opened could not be removed");
-                            }
+                let outcome = contained("compacting a run", &stats, || {
+                    compact_files(&inputs, &path)
+                        .and_then(|written| {
+                            PersistedFile::open(seq, &written.path).inspect_err(|_| {
+                                if let Err(error) = remove_output(&written.path) {
+                                    tracing::error!(%error, "a compaction output that cannot be opened could not be removed");
+                                }
+                            })
                         })
-                    })
-                    .map(|(file, _)| Arc::new(file));
+                        .map(|(file, _)| Arc::new(file))
+                });
                 match &outcome {
                     Ok(file) => tracing::info!(
                         %run_id,
@@ -110,4 +140,27 @@ fn write_chunk(
     let written = writer.finish(vec![(first, last)], Vec::new())?;
     let (file, _) = PersistedFile::open(seq, &written.path)?;
     Ok(Arc::new(file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_job_is_an_error_and_is_counted() {
+        let stats = IngestStats::default();
+        let outcome: Result<(), StorageError> =
+            contained("writing a metric file", &stats, || panic!("disk on fire"));
+        match outcome {
+            Err(StorageError::Panicked { what, message }) => {
+                assert_eq!(what, "writing a metric file");
+                assert_eq!(message, "disk on fire");
+            }
+            other => panic!("expected a contained panic, got {other:?}"),
+        }
+        assert_eq!(stats.thread_panics(), 1);
+        let fine = contained("compacting a run", &stats, || Ok(7));
+        assert_eq!(fine.unwrap(), 7);
+        assert_eq!(stats.thread_panics(), 1);
+    }
 }

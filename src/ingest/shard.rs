@@ -183,20 +183,36 @@ impl Shard {
                     self.apply_queued(&data);
                     match message {
                         Ok(ControlMessage::Shutdown) | Err(_) => break,
-                        Ok(message) => self.on_control(message),
+                        Ok(message) => self.contained("a control message", |shard| shard.on_control(message)),
                     }
                 },
                 recv(data) -> message => match message {
-                    Ok(message) => self.on_data(message),
+                    Ok(message) => self.contained("a data message", |shard| shard.on_data(message)),
                     Err(_) => break,
                 },
                 default(self.config.tick) => {}
             }
             if self.last_tick.elapsed() >= self.config.tick {
-                self.on_tick();
+                self.contained("a tick", Shard::on_tick);
             }
         }
         tracing::debug!(shard = self.index, "shard stopped");
+    }
+
+    /// Handles one message or tick, containing a panic: the thread and its
+    /// runs live on (the message's requester sees its reply channel closed,
+    /// an error), and the panic is logged and counted.
+    fn contained(&mut self, what: &'static str, handle: impl FnOnce(&mut Self)) {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(self)));
+        if let Err(payload) = outcome {
+            self.stats.count_panic();
+            tracing::error!(
+                shard = self.index,
+                what,
+                message = %super::persister::panic_message(payload.as_ref()),
+                "a shard thread panicked handling a message; it was contained and the shard goes on"
+            );
+        }
     }
 
     /// Applies the data messages queued now (not those sent meanwhile, so
@@ -204,7 +220,7 @@ impl Shard {
     fn apply_queued(&mut self, data: &Receiver<DataMessage>) {
         for _ in 0..data.len() {
             match data.try_recv() {
-                Ok(message) => self.on_data(message),
+                Ok(message) => self.contained("a data message", |shard| shard.on_data(message)),
                 Err(_) => break,
             }
         }

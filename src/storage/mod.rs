@@ -49,6 +49,15 @@ pub enum StorageError {
     /// Arrow refused a batch.
     #[error("arrow error: {0}")]
     Arrow(String),
+    /// The code writing or compacting a file panicked; the panic was
+    /// contained and the work is retried.
+    #[error("{what} panicked: {message}")]
+    Panicked {
+        /// What was being done.
+        what: &'static str,
+        /// The panic's message.
+        message: String,
+    },
     /// A file's contents are not what stepstore writes.
     #[error("metric file {path} is not valid: {reason}")]
     Metadata {
