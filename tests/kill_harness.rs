@@ -1,0 +1,458 @@
+//! The kill harness: a mixed workload over real HTTP, the server killed
+//! with SIGKILL at random moments and started again, and every
+//! acknowledged write checked present exactly once.
+//!
+//! The workload, per round: MLflow `log-batch` with params and tags, run
+//! creation and finishing (which persists and compacts), columnar and Arrow
+//! bulk ingest, native points and tag changes, and SQL and scalar reads
+//! meanwhile. A ledger keeps what was acknowledged and what was in flight
+//! when the server died (which may or may not have been kept). After each
+//! restart: no point is duplicated, every acknowledged point, param, tag,
+//! run and finish is there, and nothing is there that was never sent.
+//!
+//! `STEPSTORE_KILLS` sets the number of kills (20 by default; the long mode
+//! in the README runs 200) and `STEPSTORE_KILL_SEED` the random seed (the
+//! seed is printed, so a failure can be replayed).
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::ipc::writer::StreamWriter;
+use common::TestServer;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+
+/// Requests a worker sends at most per round (the kill usually comes
+/// first).
+const REQUESTS_PER_ROUND: usize = 60;
+
+/// What one request did to the store, recorded once it is answered (or
+/// lost with the server).
+#[derive(Default)]
+struct Ledger {
+    /// Per (run, key): steps acknowledged, and steps in flight at a kill.
+    points: HashMap<(String, String), (BTreeSet<i64>, BTreeSet<i64>)>,
+    /// (run, key, value, acknowledged) of params and tags.
+    params: Vec<(String, String, String, bool)>,
+    tags: Vec<(String, String, String, bool)>,
+    /// Runs whose creation was acknowledged.
+    runs: HashSet<String>,
+    /// Runs whose FINISHED update was acknowledged.
+    finished: HashSet<String>,
+    /// Reads answered with anything but 200 while the server was up.
+    failed_reads: Vec<String>,
+}
+
+impl Ledger {
+    fn points(&mut self, run: &str, key: &str, steps: impl IntoIterator<Item = i64>, acked: bool) {
+        let entry = self
+            .points
+            .entry((run.to_string(), key.to_string()))
+            .or_default();
+        let set = if acked { &mut entry.0 } else { &mut entry.1 };
+        set.extend(steps);
+    }
+}
+
+/// An HTTP client that reports a dead server as `None` instead of
+/// panicking.
+#[derive(Clone)]
+struct Client {
+    http: reqwest::blocking::Client,
+    base: String,
+}
+
+impl Client {
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Option<(u16, Value)> {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some((content_type, bytes)) = body {
+            request = request.header("content-type", content_type).body(bytes);
+        }
+        let response = request.send().ok()?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().ok()?;
+        Some((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
+    }
+
+    fn json(&self, method: &str, path: &str, body: &Value) -> Option<(u16, Value)> {
+        self.send(
+            method,
+            path,
+            Some(("application/json", body.to_string().into_bytes())),
+        )
+    }
+}
+
+fn mlflow_worker(client: Client, ledger: Arc<Mutex<Ledger>>, round: usize, stop: Arc<AtomicBool>) {
+    let api = "/api/2.0/mlflow";
+    let mut run: Option<String> = None;
+    let mut step = 0i64;
+    for request in 0..REQUESTS_PER_ROUND {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        if run.is_none() || request % 10 == 9 {
+            if let Some(old) = run.take() {
+                let body = json!({"run_id": old, "status": "FINISHED"});
+                match client.json("POST", &format!("{api}/runs/update"), &body) {
+                    Some((200, _)) => {
+                        ledger.lock().unwrap().finished.insert(old);
+                    }
+                    Some((status, body)) => panic!("runs/update: {status} {body}"),
+                    None => return,
+                }
+            }
+            let body =
+                json!({"experiment_id": "0", "run_name": format!("mlflow-{round}-{request}")});
+            match client.json("POST", &format!("{api}/runs/create"), &body) {
+                Some((200, answer)) => {
+                    let id = answer["run"]["info"]["run_id"]
+                        .as_str()
+                        .unwrap()
+                        .to_string();
+                    ledger.lock().unwrap().runs.insert(id.clone());
+                    run = Some(id);
+                    step = 0;
+                }
+                Some((status, body)) => panic!("runs/create: {status} {body}"),
+                None => return,
+            }
+        }
+        let Some(run_id) = run.clone() else { return };
+        let steps: Vec<i64> = (step..step + 20).collect();
+        step += 20;
+        let metrics: Vec<Value> = steps
+            .iter()
+            .map(|&s| json!({"key": "mlflow/loss", "value": s as f64 * 0.5, "timestamp": 1_700_000_000_000i64 + s, "step": s}))
+            .collect();
+        let (param, tag) = (format!("p{request}"), format!("t{request}"));
+        let body = json!({
+            "run_id": run_id,
+            "metrics": metrics,
+            "params": [{"key": param, "value": format!("v{request}")}],
+            "tags": [{"key": tag, "value": format!("x{round}")}],
+        });
+        let answer = client.json("POST", &format!("{api}/runs/log-batch"), &body);
+        let acked = match answer {
+            Some((200, _)) => true,
+            Some((status, body)) => panic!("log-batch: {status} {body}"),
+            None => false,
+        };
+        let mut ledger = ledger.lock().unwrap();
+        ledger.points(&run_id, "mlflow/loss", steps, acked);
+        ledger
+            .params
+            .push((run_id.clone(), param, format!("v{request}"), acked));
+        ledger.tags.push((run_id, tag, format!("x{round}"), acked));
+        if !acked {
+            return;
+        }
+    }
+}
+
+fn arrow_body(run: &str, key: &str, steps: &[i64]) -> Vec<u8> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("key", DataType::Utf8, false),
+        Field::new("step", DataType::Int64, false),
+        Field::new("value", DataType::Float64, false),
+    ]));
+    let rows = steps.len();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec![run; rows])),
+        Arc::new(StringArray::from(vec![key; rows])),
+        Arc::new(Int64Array::from(steps.to_vec())),
+        Arc::new(Float64Array::from(
+            steps.iter().map(|&s| s as f64).collect::<Vec<_>>(),
+        )),
+    ];
+    let mut out = Vec::new();
+    let mut writer = StreamWriter::try_new(&mut out, &schema).unwrap();
+    writer
+        .write(&RecordBatch::try_new(schema, columns).unwrap())
+        .unwrap();
+    writer.finish().unwrap();
+    drop(writer);
+    out
+}
+
+fn bulk_worker(client: Client, ledger: Arc<Mutex<Ledger>>, round: usize, stop: Arc<AtomicBool>) {
+    let body = json!({"experiment_name": "kill", "run_name": format!("bulk-{round}")});
+    let run = match client.json("POST", "/api/v1/runs", &body) {
+        Some((200, answer)) => answer["run_id"].as_str().unwrap().to_string(),
+        Some((status, body)) => panic!("create run: {status} {body}"),
+        None => return,
+    };
+    ledger.lock().unwrap().runs.insert(run.clone());
+    let mut step = 0i64;
+    for request in 0..REQUESTS_PER_ROUND {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let steps: Vec<i64> = (step..step + 100).collect();
+        step += 100;
+        let (keys, answer): (Vec<&str>, _) = match request % 4 {
+            0 | 1 => {
+                let values: Vec<f64> = steps.iter().map(|&s| s as f64).collect();
+                let body = json!({"batches": [{"run_id": run, "steps": steps,
+                    "values": {"bulk/a": values, "bulk/b": values}}]});
+                (
+                    vec!["bulk/a", "bulk/b"],
+                    client.json("POST", "/api/v1/ingest", &body),
+                )
+            }
+            2 => {
+                let bytes = arrow_body(&run, "arrow/x", &steps);
+                let answer = client.send(
+                    "POST",
+                    "/api/v1/ingest",
+                    Some(("application/vnd.apache.arrow.stream", bytes)),
+                );
+                (vec!["arrow/x"], answer)
+            }
+            _ => {
+                let points: Vec<Value> = steps
+                    .iter()
+                    .map(|&s| json!({"key": "native/y", "value": s as f64, "step": s}))
+                    .collect();
+                let answer = client.json(
+                    "POST",
+                    &format!("/api/v1/runs/{run}/metrics"),
+                    &json!({ "points": points }),
+                );
+                (vec!["native/y"], answer)
+            }
+        };
+        let acked = match answer {
+            Some((200, _)) => true,
+            Some((status, body)) => panic!("ingest: {status} {body}"),
+            None => false,
+        };
+        let mut ledger = ledger.lock().unwrap();
+        for key in keys {
+            ledger.points(&run, key, steps.iter().copied(), acked);
+        }
+        if !acked {
+            return;
+        }
+        if request % 7 == 3 {
+            let tag = format!("stage{request}");
+            let answer = client.json(
+                "POST",
+                &format!("/api/v1/runs/{run}/tags"),
+                &json!({ tag.clone(): "on" }),
+            );
+            let acked = matches!(answer, Some((200, _)));
+            ledger.tags.push((run.clone(), tag, "on".into(), acked));
+            if answer.is_none() {
+                return;
+            }
+        }
+    }
+}
+
+fn reader_worker(client: Client, ledger: Arc<Mutex<Ledger>>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::SeqCst) {
+        let sql = json!({"query": "SELECT key, count(*) AS n FROM metrics GROUP BY key"});
+        match client.json("POST", "/api/v1/sql", &sql) {
+            Some((200, _)) => {}
+            Some((status, body)) => ledger
+                .lock()
+                .unwrap()
+                .failed_reads
+                .push(format!("sql {status} {body}")),
+            None => return,
+        }
+        let run = ledger.lock().unwrap().runs.iter().next().cloned();
+        if let Some(run) = run {
+            match client.send(
+                "GET",
+                &format!("/api/v1/runs/{run}/metrics/bulk/a?max_points=200"),
+                None,
+            ) {
+                Some((200 | 404, _)) => {}
+                Some((status, body)) => ledger
+                    .lock()
+                    .unwrap()
+                    .failed_reads
+                    .push(format!("scalars {status} {body}")),
+                None => return,
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Checks the restarted server against the ledger for `runs` (all when
+/// `None`).
+fn verify(server: &TestServer, ledger: &Ledger, runs: Option<&HashSet<String>>, round: usize) {
+    let wanted = |run: &str| runs.is_none_or(|runs| runs.contains(run));
+    let (status, duplicates) = server.request(
+        "POST",
+        "/api/v1/sql",
+        Some(
+            &json!({"query": "SELECT run_id, key, step, count(*) AS n FROM metrics \
+                               GROUP BY run_id, key, step HAVING count(*) > 1 LIMIT 10"}),
+        ),
+    );
+    assert_eq!(status, 200, "{duplicates}");
+    assert_eq!(
+        duplicates["row_count"], 0,
+        "round {round}: duplicated points {duplicates}"
+    );
+    for ((run, key), (acked, unknown)) in &ledger.points {
+        if !wanted(run) {
+            continue;
+        }
+        let query = format!(
+            "SELECT step FROM metrics WHERE run_id = '{run}' AND key = '{key}' ORDER BY step"
+        );
+        let (status, answer) =
+            server.request("POST", "/api/v1/sql", Some(&json!({ "query": query })));
+        assert_eq!(status, 200, "{answer}");
+        let present: BTreeSet<i64> = answer["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| row["step"].as_i64().unwrap())
+            .collect();
+        let missing: Vec<_> = acked.difference(&present).take(5).collect();
+        assert!(
+            missing.is_empty(),
+            "round {round}: {run} {key}: acknowledged steps lost, e.g. {missing:?}"
+        );
+        let unexplained: Vec<_> = present
+            .iter()
+            .filter(|step| !acked.contains(step) && !unknown.contains(step))
+            .take(5)
+            .collect();
+        assert!(
+            unexplained.is_empty(),
+            "round {round}: {run} {key}: steps never sent, e.g. {unexplained:?}"
+        );
+    }
+    let mut shown: HashMap<String, Value> = HashMap::new();
+    let mut run_of = |run: &str| -> Value {
+        shown
+            .entry(run.to_string())
+            .or_insert_with(|| {
+                server.get(&format!("/api/2.0/mlflow/runs/get?run_id={run}"))["run"].clone()
+            })
+            .clone()
+    };
+    for run in ledger.runs.iter().filter(|run| wanted(run)) {
+        assert!(run_of(run).is_object(), "round {round}: run {run} lost");
+    }
+    for run in ledger.finished.iter().filter(|run| wanted(run)) {
+        assert_eq!(
+            run_of(run)["info"]["status"],
+            "FINISHED",
+            "round {round}: {run}"
+        );
+    }
+    for (field, entries) in [("params", &ledger.params), ("tags", &ledger.tags)] {
+        for (run, key, value, acked) in entries.iter().filter(|entry| wanted(&entry.0)) {
+            if !acked {
+                continue;
+            }
+            let run_json = run_of(run);
+            let found = run_json["data"][field]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|item| item["key"] == key.as_str() && item["value"] == value.as_str());
+            assert!(found, "round {round}: {field} {key}={value} of {run} lost");
+        }
+    }
+}
+
+#[test]
+fn every_acknowledged_write_survives_random_kills_exactly_once() {
+    let kills: usize = std::env::var("STEPSTORE_KILLS")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(20);
+    let seed: u64 = std::env::var("STEPSTORE_KILL_SEED")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or_else(|| rand::rng().random());
+    eprintln!("kill harness: {kills} kills, STEPSTORE_KILL_SEED={seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    // Small buffers and files so that rounds persist and compact too.
+    let args = ["--flush-rows", "2000", "--compact-after-files", "4"];
+    let mut server = TestServer::start(dir.path(), &args);
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    for round in 0..kills {
+        let client = Client {
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            base: server.base_url.clone(),
+        };
+        let runs_before: HashSet<String> = ledger.lock().unwrap().runs.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut workers = Vec::new();
+        for worker in 0..3 {
+            let (client, ledger, stop) = (client.clone(), Arc::clone(&ledger), Arc::clone(&stop));
+            workers.push(std::thread::spawn(move || match worker {
+                0 => mlflow_worker(client, ledger, round, stop),
+                1 => bulk_worker(client, ledger, round, stop),
+                _ => reader_worker(client, ledger, stop),
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(rng.random_range(50..700)));
+        server.kill();
+        stop.store(true, Ordering::SeqCst);
+        for worker in workers {
+            worker.join().expect("a worker failed");
+        }
+        server.start_again();
+        let ledger = ledger.lock().unwrap();
+        assert!(ledger.failed_reads.is_empty(), "{:?}", ledger.failed_reads);
+        let touched: HashSet<String> = ledger
+            .points
+            .keys()
+            .map(|(run, _)| run.clone())
+            .chain(ledger.runs.iter().cloned())
+            .filter(|run| !runs_before.contains(run))
+            .collect();
+        verify(&server, &ledger, Some(&touched), round);
+    }
+    // Everything, once more, after a clean restart.
+    server.restart();
+    let ledger = ledger.lock().unwrap();
+    verify(&server, &ledger, None, kills);
+    let acked: usize = ledger.points.values().map(|(acked, _)| acked.len()).sum();
+    let in_flight: usize = ledger
+        .points
+        .values()
+        .map(|(_, unknown)| unknown.len())
+        .sum();
+    eprintln!(
+        "kill harness: {kills} kills, {acked} acknowledged points (all present once), {in_flight} \
+         in flight at a kill, {} runs, {} finished, {} params and {} tags acknowledged",
+        ledger.runs.len(),
+        ledger.finished.len(),
+        ledger.params.iter().filter(|param| param.3).count(),
+        ledger.tags.iter().filter(|tag| tag.3).count(),
+    );
+    server.stop();
+}
