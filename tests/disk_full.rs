@@ -218,3 +218,51 @@ fn a_full_disk_refuses_writes_keeps_reads_and_recovers_without_a_restart() {
     assert_eq!(server.series(&run, "loss").0, acknowledged);
     server.stop();
 }
+
+/// Polls `/health` until `done` accepts it.
+fn wait_for_health(server: &TestServer, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let health = server.get("/health");
+        if done(&health) {
+            return health;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} never came: {health}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn metric_files_that_cannot_be_written_stay_in_the_wal_and_are_retried() {
+    let Some(tmpfs) = Tmpfs::mount_or_skip("disk_full (metric files)", 24) else {
+        return;
+    };
+    let data = tmpfs.path().join("data");
+    // Buffers are written to files one second after their first point.
+    let mut server = TestServer::start(&data, &["--flush-age-secs", "1"]);
+    let run = server.create_run("disk", "files");
+    let (status, body) = post_points(&server, &run, 0);
+    assert_eq!(status, 200, "{body}");
+    let filler = fill(tmpfs.path());
+    let health = wait_for_health(&server, "a failed file write", |health| {
+        health["problems"].as_array().is_some_and(|problems| {
+            problems
+                .iter()
+                .any(|p| p.as_str().unwrap_or("").contains("metric files"))
+        })
+    });
+    assert_eq!(health["status"], "degraded");
+    assert!(server.metric("stepstore_persist_failures_total") >= 1.0);
+    assert_eq!(server.series(&run, "loss").0, (0..200).collect::<Vec<_>>());
+    // Space comes back: the retry writes the file, health is ok again.
+    fs::remove_file(&filler).unwrap();
+    wait_for_health(&server, "recovery", |health| health["status"] == "ok");
+    assert!(server.metric("stepstore_files_persisted_total") >= 1.0);
+    server.kill();
+    server.start_again();
+    assert_eq!(server.series(&run, "loss").0, (0..200).collect::<Vec<_>>());
+    server.stop();
+}
