@@ -5,12 +5,23 @@
 //! Writes follow one path: validate, append to the WAL, wait until durable,
 //! apply (catalog in memory, or points into the run's buffer), answer. Reads
 //! see every acknowledged write.
+//!
+//! This file holds the engine value, its errors, start-up and the catalog
+//! calls; [`metric_writes`] the metric write path, [`catalog_log`] the
+//! catalog's WAL log and its rollback, [`operations`] health, telemetry,
+//! checkpoints and shutdown, [`recovery`] start-up from disk,
+//! [`key_budget`] the per-run key caps, [`maintenance`] the background
+//! checkpoint thread.
 
 mod catalog_log;
 mod key_budget;
 mod maintenance;
+mod metric_writes;
+mod operations;
 mod recovery;
 pub mod wal_record;
+
+pub use operations::TelemetrySnapshot;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -19,27 +30,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
-use tokio::sync::oneshot;
 
 use crate::auth::{AccessDenied, AuthError, Principal, TokenStore};
 use crate::catalog::CatalogState;
-use crate::catalog::{
-    Catalog, CatalogError, NewExperiment, NewRun, RunUpdate, ensure_run_active, snapshot,
-};
+use crate::catalog::{Catalog, CatalogError, NewExperiment, NewRun, RunUpdate, snapshot};
 use crate::error_kind::{Classify, ErrorKind};
-use crate::ingest::{
-    BYTES_PER_POINT, IngestConfig, IngestError, Ingester, LiveHub, RunPoints, RunSelection,
-    RunSummaries, SeriesSources,
-};
-use crate::model::validation::{KeyKind, validate_key};
+use crate::ingest::{IngestConfig, IngestError, Ingester, RunPoints, RunSelection, RunSummaries};
 use crate::model::{
-    DatasetInput, Experiment, ExperimentId, KeySummary, LifecycleStage, MetricBatch, MetricSeries,
-    Run, RunId, ValidationError, now_millis,
+    DatasetInput, Experiment, ExperimentId, KeySummary, LifecycleStage, Run, RunId,
+    ValidationError, now_millis,
 };
 use crate::storage::{MetricsLayout, StorageError};
-use crate::wal::{Lsn, SyncPolicy, Wal, WalConfig, WalError};
+use crate::wal::{SyncPolicy, Wal, WalConfig, WalError};
 use catalog_log::WalMutationLog;
-use wal_record::WalRecordRef;
 
 /// Settings of the engine.
 #[derive(Clone, Debug)]
@@ -228,57 +231,6 @@ impl ViewType {
             ViewType::DeletedOnly => stage == LifecycleStage::Deleted,
             ViewType::All => true,
         }
-    }
-}
-
-/// Values for `/metrics`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct TelemetrySnapshot {
-    /// Points applied to buffers since start.
-    pub points_ingested: u64,
-    /// Bytes of buffered points.
-    pub buffer_bytes: u64,
-    /// The most `buffer_bytes` has been since start.
-    pub buffer_bytes_peak: u64,
-    /// The buffer budget.
-    pub buffer_budget_bytes: u64,
-    /// Bytes of points accepted by the WAL but not yet buffered.
-    pub in_flight_bytes: u64,
-    /// Bytes of metric files written since start.
-    pub bytes_persisted: u64,
-    /// Metric files written since start.
-    pub files_persisted: u64,
-    /// Compactions since start.
-    pub compactions: u64,
-    /// Failed file writes since start.
-    pub persist_failures: u64,
-    /// Bytes of WAL segments still needed or not yet removed.
-    pub wal_unpersisted_bytes: u64,
-    /// WAL segment files on disk.
-    pub wal_segments: u64,
-    /// WAL syncs since start.
-    pub wal_fsyncs: u64,
-    /// WAL bytes written since start.
-    pub wal_bytes_written: u64,
-    /// Experiments in the catalog.
-    pub experiments: u64,
-    /// Runs in the catalog.
-    pub runs: u64,
-    /// Damaged metric files moved to quarantine at start.
-    pub quarantined_files: u64,
-    /// Panics contained in persister and shard threads since start.
-    pub thread_panics: u64,
-}
-
-/// Subtracts in-flight bytes when a metric write completes or is abandoned.
-struct InFlightGuard {
-    counter: Arc<AtomicU64>,
-    bytes: u64,
-}
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        self.counter.fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }
 
@@ -708,215 +660,6 @@ impl Engine {
         self.wait_durable(ticket).await
     }
 
-    // ---- metrics -----------------------------------------------------
-
-    /// Logs metric points; returns once they are durable and visible to
-    /// reads. Refused with `Overloaded` while buffers are over the limit.
-    pub async fn log_metrics(
-        &self,
-        run_id: RunId,
-        batch: MetricBatch,
-    ) -> Result<usize, EngineError> {
-        self.log_metric_batches(vec![(run_id, batch)]).await
-    }
-
-    /// Logs metric points of several runs as one durable write (one WAL
-    /// record): every run must exist and be active and every batch be
-    /// valid, or nothing is written. Returns the number of points once all
-    /// are durable and visible to reads.
-    pub async fn log_metric_batches(
-        &self,
-        batches: Vec<(RunId, MetricBatch)>,
-    ) -> Result<usize, EngineError> {
-        self.ensure_accepting()?;
-        let mut experiments = Vec::with_capacity(batches.len());
-        {
-            let state = self.catalog.read();
-            for (run_id, batch) in &batches {
-                batch.validate()?;
-                let run = state
-                    .run(*run_id)
-                    .ok_or(CatalogError::RunNotFound(*run_id))?;
-                ensure_run_active(run)?;
-                experiments.push(run.experiment_id);
-            }
-        }
-        let mut routed: Vec<(RunId, MetricBatch)> = Vec::with_capacity(batches.len());
-        let mut experiment_ids = Vec::with_capacity(batches.len());
-        for ((run_id, batch), experiment_id) in batches.into_iter().zip(experiments) {
-            if !batch.is_empty() {
-                routed.push((run_id, batch));
-                experiment_ids.push(experiment_id);
-            }
-        }
-        let points: usize = routed.iter().map(|(_, batch)| batch.len()).sum();
-        if points == 0 {
-            return Ok(0);
-        }
-        let key_reservations = self.reserve_keys(&routed).await?;
-        let bytes = points as u64 * BYTES_PER_POINT;
-        let limit = self.config.ingest.buffer_budget_bytes;
-        if bytes > limit {
-            return Err(EngineError::LargerThanBudget {
-                points,
-                bytes,
-                limit,
-            });
-        }
-        let _guard = self.reserve_buffer_room(bytes).await?;
-        // Refused here, before it is acknowledged, if its WAL frame would be
-        // over the frame limit (replay would refuse it).
-        let body = WalRecordRef::Metrics(&routed).encode()?;
-        let mut signals = Vec::with_capacity(routed.len());
-        let mut responses = Vec::with_capacity(routed.len());
-        for _ in 0..routed.len() {
-            let (applied, response) = oneshot::channel();
-            signals.push(applied);
-            responses.push(response);
-        }
-        let ingester = Arc::clone(&self.ingester);
-        self.wal.append(
-            body,
-            Box::new(move |lsn, result| match result {
-                Ok(()) => {
-                    for (((run_id, batch), experiment_id), applied) in
-                        routed.into_iter().zip(experiment_ids).zip(signals)
-                    {
-                        ingester.apply(run_id, experiment_id, lsn, batch, Some(applied));
-                    }
-                }
-                Err(error) => {
-                    for applied in signals {
-                        let _ = applied.send(Err(IngestError::Wal(error.clone())));
-                    }
-                }
-            }),
-        )?;
-        let mut accepted = 0;
-        for (response, reservation) in responses.into_iter().zip(key_reservations) {
-            let applied = response.await.map_err(|_| EngineError::ShuttingDown)??;
-            self.key_budgets.settle(reservation, applied.run_keys);
-            accepted += applied.points;
-        }
-        Ok(accepted)
-    }
-
-    /// Reserves room for the batches' new metric keys under
-    /// `--max-keys-per-run`, or refuses the request before anything is
-    /// written.
-    async fn reserve_keys(
-        &self,
-        batches: &[(RunId, MetricBatch)],
-    ) -> Result<Vec<key_budget::KeyReservation>, EngineError> {
-        let mut reservations = Vec::with_capacity(batches.len());
-        for (run_id, batch) in batches {
-            let run_id = *run_id;
-            let mut loaded = false;
-            loop {
-                match self.key_budgets.try_reserve(run_id, batch.keys.len()) {
-                    key_budget::Quick::Reserved(reservation) => {
-                        reservations.push(reservation);
-                        break;
-                    }
-                    key_budget::Quick::Unknown if !loaded => {
-                        let known = self.ingester.run_summaries(run_id).await?.len();
-                        self.key_budgets.load(run_id, known);
-                        loaded = true;
-                    }
-                    key_budget::Quick::Unknown | key_budget::Quick::Tight => {
-                        let summaries = self.ingester.run_summaries(run_id).await?;
-                        let existing: std::collections::HashSet<&str> =
-                            summaries.iter().map(|(key, _)| key.as_str()).collect();
-                        let new_keys = batch
-                            .keys
-                            .iter()
-                            .filter(|key| !existing.contains(key.as_str()))
-                            .count();
-                        let reservation = self
-                            .key_budgets
-                            .reserve_exact(run_id, new_keys, existing.len())
-                            .map_err(|refused| EngineError::TooManyKeys {
-                                run_id,
-                                have: refused.have,
-                                adding: refused.adding,
-                                limit: refused.limit,
-                            })?;
-                        reservations.push(reservation);
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(reservations)
-    }
-
-    /// Reserves `bytes` of the buffer budget for a write on its way to the
-    /// buffers (released when the guard drops, by then the points are
-    /// buffered and counted there). While the budget is full, waits for
-    /// written buffers to give memory back, up to `overload_wait`; a write
-    /// that waited in vain is `Overloaded` (one that can never fit was
-    /// refused before, as `LargerThanBudget`).
-    async fn reserve_buffer_room(&self, bytes: u64) -> Result<InFlightGuard, EngineError> {
-        let limit = self.config.ingest.buffer_budget_bytes;
-        let stats = self.ingester.stats();
-        let deadline = tokio::time::Instant::now() + self.config.overload_wait;
-        loop {
-            let freed = stats.memory_freed().notified();
-            let in_flight = self.in_flight_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
-            let guard = InFlightGuard {
-                counter: Arc::clone(&self.in_flight_bytes),
-                bytes,
-            };
-            let buffered = stats.buffer_bytes() + in_flight;
-            if buffered <= limit {
-                return Ok(guard);
-            }
-            drop(guard);
-            if tokio::time::Instant::now() >= deadline {
-                return Err(EngineError::Overloaded {
-                    buffered: buffered - bytes,
-                    limit,
-                });
-            }
-            let _ = tokio::time::timeout_at(deadline, freed).await;
-        }
-    }
-
-    /// The full series of one key of a run, in step order, buffered points
-    /// included.
-    pub async fn metric_series(
-        &self,
-        run_id: RunId,
-        key: &str,
-    ) -> Result<MetricSeries, EngineError> {
-        validate_key(KeyKind::Metric, key)?;
-        self.catalog.run(run_id)?;
-        let sources = self.ingester.series_sources(run_id, key).await?;
-        let key = key.to_string();
-        tokio::task::spawn_blocking(move || sources.collect(&key))
-            .await
-            .map_err(|error| EngineError::Task(error.to_string()))?
-            .map_err(EngineError::from)
-    }
-
-    /// Where the points of one key of a run are (files, frozen chunks and
-    /// a copy of the key's points in the active buffer), captured
-    /// atomically, for readers that stream them.
-    pub async fn series_sources(
-        &self,
-        run_id: RunId,
-        key: &str,
-    ) -> Result<SeriesSources, EngineError> {
-        validate_key(KeyKind::Metric, key)?;
-        self.catalog.run(run_id)?;
-        Ok(self.ingester.series_sources(run_id, key).await?)
-    }
-
-    /// Live notifications of acknowledged points and run ends, per run.
-    pub fn live(&self) -> &Arc<LiveHub> {
-        self.ingester.live()
-    }
-
     // ---- snapshots for queries ----------------------------------------
 
     /// A copy of the whole catalog (experiments, runs, params, tags) as of
@@ -939,165 +682,6 @@ impl Engine {
         runs: RunSelection,
     ) -> Result<Vec<RunSummaries>, EngineError> {
         Ok(self.ingester.summaries_snapshot(runs).await?)
-    }
-
-    // ---- operations --------------------------------------------------
-
-    /// What keeps the server from taking writes durably now (a full disk,
-    /// an I/O error), one line each; empty when healthy. Reads are served
-    /// either way.
-    pub fn health_problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        if let Some(reason) = self.wal.degraded() {
-            problems.push(format!("writes are refused (507): {reason}"));
-        }
-        let panics = self.ingester.stats().thread_panics();
-        if panics > 0 {
-            problems.push(format!(
-                "{panics} panic(s) in persister or shard threads were contained since start (see \
-                 the log; the work is retried)"
-            ));
-        }
-        if let Some(reason) = self.ingester.stats().persist_failing() {
-            problems.push(format!(
-                "buffers cannot be written to metric files (retried; the WAL keeps them): {reason}"
-            ));
-        }
-        problems
-    }
-
-    /// Values for `/metrics`.
-    pub fn telemetry(&self) -> TelemetrySnapshot {
-        let ingest = self.ingester.stats();
-        let wal = self.wal.stats();
-        let state = self.catalog.read();
-        TelemetrySnapshot {
-            points_ingested: ingest.points_ingested(),
-            buffer_bytes: ingest.buffer_bytes(),
-            buffer_bytes_peak: ingest.buffer_bytes_peak(),
-            buffer_budget_bytes: self.config.ingest.buffer_budget_bytes,
-            in_flight_bytes: self.in_flight_bytes.load(Ordering::Relaxed),
-            bytes_persisted: ingest.bytes_persisted(),
-            files_persisted: ingest.files_persisted(),
-            compactions: ingest.compactions(),
-            persist_failures: ingest.persist_failures(),
-            wal_unpersisted_bytes: wal.live_bytes,
-            wal_segments: wal.segments as u64,
-            wal_fsyncs: wal.fsyncs,
-            wal_bytes_written: wal.bytes_written,
-            experiments: state.experiments().count() as u64,
-            runs: state.run_count() as u64,
-            quarantined_files: self.quarantined_files,
-            thread_panics: ingest.thread_panics(),
-        }
-    }
-
-    /// Removes WAL segments whose records are all persisted elsewhere,
-    /// writing a catalog snapshot first when one is due (or `force`d).
-    /// Blocking.
-    pub fn checkpoint(&self, force_snapshot: bool) -> Result<(), EngineError> {
-        let _checkpoint = self
-            .checkpoint_lock
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // Read first: every record up to it has been handed to a shard or
-        // applied to the catalog by the time the bounds below are taken.
-        let completed = self.wal.completed_lsn();
-        let oldest_buffered = self.ingester.oldest_unpersisted_lsn()?;
-        let oldest_catalog = self.snapshot_catalog_if_due(force_snapshot)?;
-        let min_needed = [Some(completed + 1), oldest_buffered, oldest_catalog]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(completed + 1);
-        let removed = self.wal.remove_segments_before(min_needed)?;
-        if removed > 0 {
-            tracing::debug!(removed, min_needed, "removed persisted WAL segments");
-        }
-        Ok(())
-    }
-
-    /// Writes a catalog snapshot when the catalog changed since the last one
-    /// and the snapshot interval passed (or `force`). Returns the oldest LSN
-    /// of a catalog record the newest snapshot lacks, if any.
-    fn snapshot_catalog_if_due(&self, force: bool) -> Result<Option<Lsn>, EngineError> {
-        let mut last = self
-            .last_snapshot
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let state = self.catalog.read();
-        let current = self.snapshot_lsn.load(Ordering::SeqCst);
-        if state.applied_lsn == current {
-            return Ok(None);
-        }
-        // Only a durable state is snapshotted: not one holding changes
-        // still on their way to the WAL, nor one that failed and waits to
-        // be rolled back.
-        if state.applied_lsn > self.wal.completed_lsn()
-            || self.catalog_in_doubt.load(Ordering::SeqCst)
-        {
-            return Ok(Some(current + 1));
-        }
-        if !force && last.elapsed() < self.config.snapshot_interval {
-            return Ok(Some(current + 1));
-        }
-        // The lock is held only to copy the state (as every SQL query
-        // does): encoding, writing and syncing the file under it would
-        // stall every change to the catalog meanwhile.
-        let copy = state.clone();
-        drop(state);
-        let encoded = snapshot::encode(&copy)?;
-        drop(copy);
-        let lsn = encoded.lsn();
-        let bytes = encoded.write(&self.config.data_dir.join(recovery::CATALOG_DIR))?;
-        self.snapshot_lsn.store(lsn, Ordering::SeqCst);
-        *last = Instant::now();
-        tracing::debug!(lsn, bytes, "wrote catalog snapshot");
-        Ok(None)
-    }
-
-    /// Persists every buffered point to Parquet files and waits for it.
-    /// Blocking.
-    pub fn flush_buffers(&self) -> Result<(), EngineError> {
-        // Once rotation returns, every queued record has been handed on.
-        self.wal.rotate()?;
-        Ok(self.ingester.flush_all()?)
-    }
-
-    /// Stops taking writes, persists every buffer, snapshots the catalog,
-    /// removes the WAL segments that are no longer needed and stops the
-    /// background threads. Blocking; safe to call more than once.
-    pub fn shutdown(&self) -> Result<(), EngineError> {
-        self.accepting.store(false, Ordering::SeqCst);
-        if self.shut_down.swap(true, Ordering::SeqCst) {
-            return Ok(());
-        }
-        let started = Instant::now();
-        if let Some(handle) = self
-            .maintenance
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take()
-        {
-            handle.stop();
-        }
-        let outcome = if self.config.read_only {
-            Ok(())
-        } else {
-            self.flush_buffers().and_then(|()| self.checkpoint(true))
-        };
-        self.wal.shutdown();
-        self.ingester.shutdown();
-        match &outcome {
-            Ok(()) => tracing::info!(
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "engine stopped; buffers persisted"
-            ),
-            Err(error) => {
-                tracing::error!(%error, "engine stopped without persisting everything; the WAL keeps it")
-            }
-        }
-        outcome
     }
 }
 

@@ -1,0 +1,209 @@
+//! The engine's operations: health, `/metrics` values, checkpoints
+//! (catalog snapshots and WAL segment removal), flushing buffers and
+//! shutdown.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::recovery;
+use super::{Engine, EngineError};
+use crate::catalog::snapshot;
+use crate::wal::Lsn;
+
+/// Values for `/metrics`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TelemetrySnapshot {
+    /// Points applied to buffers since start.
+    pub points_ingested: u64,
+    /// Bytes of buffered points.
+    pub buffer_bytes: u64,
+    /// The most `buffer_bytes` has been since start.
+    pub buffer_bytes_peak: u64,
+    /// The buffer budget.
+    pub buffer_budget_bytes: u64,
+    /// Bytes of points accepted by the WAL but not yet buffered.
+    pub in_flight_bytes: u64,
+    /// Bytes of metric files written since start.
+    pub bytes_persisted: u64,
+    /// Metric files written since start.
+    pub files_persisted: u64,
+    /// Compactions since start.
+    pub compactions: u64,
+    /// Failed file writes since start.
+    pub persist_failures: u64,
+    /// Bytes of WAL segments still needed or not yet removed.
+    pub wal_unpersisted_bytes: u64,
+    /// WAL segment files on disk.
+    pub wal_segments: u64,
+    /// WAL syncs since start.
+    pub wal_fsyncs: u64,
+    /// WAL bytes written since start.
+    pub wal_bytes_written: u64,
+    /// Experiments in the catalog.
+    pub experiments: u64,
+    /// Runs in the catalog.
+    pub runs: u64,
+    /// Damaged metric files moved to quarantine at start.
+    pub quarantined_files: u64,
+    /// Panics contained in persister and shard threads since start.
+    pub thread_panics: u64,
+}
+
+impl Engine {
+    /// What keeps the server from taking writes durably now (a full disk,
+    /// an I/O error), one line each; empty when healthy. Reads are served
+    /// either way.
+    pub fn health_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(reason) = self.wal.degraded() {
+            problems.push(format!("writes are refused (507): {reason}"));
+        }
+        let panics = self.ingester.stats().thread_panics();
+        if panics > 0 {
+            problems.push(format!(
+                "{panics} panic(s) in persister or shard threads were contained since start (see \
+                 the log; the work is retried)"
+            ));
+        }
+        if let Some(reason) = self.ingester.stats().persist_failing() {
+            problems.push(format!(
+                "buffers cannot be written to metric files (retried; the WAL keeps them): {reason}"
+            ));
+        }
+        problems
+    }
+
+    /// Values for `/metrics`.
+    pub fn telemetry(&self) -> TelemetrySnapshot {
+        let ingest = self.ingester.stats();
+        let wal = self.wal.stats();
+        let state = self.catalog.read();
+        TelemetrySnapshot {
+            points_ingested: ingest.points_ingested(),
+            buffer_bytes: ingest.buffer_bytes(),
+            buffer_bytes_peak: ingest.buffer_bytes_peak(),
+            buffer_budget_bytes: self.config.ingest.buffer_budget_bytes,
+            in_flight_bytes: self.in_flight_bytes.load(Ordering::Relaxed),
+            bytes_persisted: ingest.bytes_persisted(),
+            files_persisted: ingest.files_persisted(),
+            compactions: ingest.compactions(),
+            persist_failures: ingest.persist_failures(),
+            wal_unpersisted_bytes: wal.live_bytes,
+            wal_segments: wal.segments as u64,
+            wal_fsyncs: wal.fsyncs,
+            wal_bytes_written: wal.bytes_written,
+            experiments: state.experiments().count() as u64,
+            runs: state.run_count() as u64,
+            quarantined_files: self.quarantined_files,
+            thread_panics: ingest.thread_panics(),
+        }
+    }
+
+    /// Removes WAL segments whose records are all persisted elsewhere,
+    /// writing a catalog snapshot first when one is due (or `force`d).
+    /// Blocking.
+    pub fn checkpoint(&self, force_snapshot: bool) -> Result<(), EngineError> {
+        let _checkpoint = self
+            .checkpoint_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Read first: every record up to it has been handed to a shard or
+        // applied to the catalog by the time the bounds below are taken.
+        let completed = self.wal.completed_lsn();
+        let oldest_buffered = self.ingester.oldest_unpersisted_lsn()?;
+        let oldest_catalog = self.snapshot_catalog_if_due(force_snapshot)?;
+        let min_needed = [Some(completed + 1), oldest_buffered, oldest_catalog]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(completed + 1);
+        let removed = self.wal.remove_segments_before(min_needed)?;
+        if removed > 0 {
+            tracing::debug!(removed, min_needed, "removed persisted WAL segments");
+        }
+        Ok(())
+    }
+
+    /// Writes a catalog snapshot when the catalog changed since the last one
+    /// and the snapshot interval passed (or `force`). Returns the oldest LSN
+    /// of a catalog record the newest snapshot lacks, if any.
+    fn snapshot_catalog_if_due(&self, force: bool) -> Result<Option<Lsn>, EngineError> {
+        let mut last = self
+            .last_snapshot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let state = self.catalog.read();
+        let current = self.snapshot_lsn.load(Ordering::SeqCst);
+        if state.applied_lsn == current {
+            return Ok(None);
+        }
+        // Only a durable state is snapshotted: not one holding changes
+        // still on their way to the WAL, nor one that failed and waits to
+        // be rolled back.
+        if state.applied_lsn > self.wal.completed_lsn()
+            || self.catalog_in_doubt.load(Ordering::SeqCst)
+        {
+            return Ok(Some(current + 1));
+        }
+        if !force && last.elapsed() < self.config.snapshot_interval {
+            return Ok(Some(current + 1));
+        }
+        // The lock is held only to copy the state (as every SQL query
+        // does): encoding, writing and syncing the file under it would
+        // stall every change to the catalog meanwhile.
+        let copy = state.clone();
+        drop(state);
+        let encoded = snapshot::encode(&copy)?;
+        drop(copy);
+        let lsn = encoded.lsn();
+        let bytes = encoded.write(&self.config.data_dir.join(recovery::CATALOG_DIR))?;
+        self.snapshot_lsn.store(lsn, Ordering::SeqCst);
+        *last = Instant::now();
+        tracing::debug!(lsn, bytes, "wrote catalog snapshot");
+        Ok(None)
+    }
+
+    /// Persists every buffered point to Parquet files and waits for it.
+    /// Blocking.
+    pub fn flush_buffers(&self) -> Result<(), EngineError> {
+        // Once rotation returns, every queued record has been handed on.
+        self.wal.rotate()?;
+        Ok(self.ingester.flush_all()?)
+    }
+
+    /// Stops taking writes, persists every buffer, snapshots the catalog,
+    /// removes the WAL segments that are no longer needed and stops the
+    /// background threads. Blocking; safe to call more than once.
+    pub fn shutdown(&self) -> Result<(), EngineError> {
+        self.accepting.store(false, Ordering::SeqCst);
+        if self.shut_down.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        if let Some(handle) = self
+            .maintenance
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+        {
+            handle.stop();
+        }
+        let outcome = if self.config.read_only {
+            Ok(())
+        } else {
+            self.flush_buffers().and_then(|()| self.checkpoint(true))
+        };
+        self.wal.shutdown();
+        self.ingester.shutdown();
+        match &outcome {
+            Ok(()) => tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "engine stopped; buffers persisted"
+            ),
+            Err(error) => {
+                tracing::error!(%error, "engine stopped without persisting everything; the WAL keeps it")
+            }
+        }
+        outcome
+    }
+}
