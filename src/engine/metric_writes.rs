@@ -200,15 +200,14 @@ impl Engine {
     }
 
     /// The full series of one key of a run, in step order, buffered points
-    /// included.
+    /// included (loaded whole: paged and downsampled reads stream through
+    /// [`Self::series_sources`] instead).
     pub async fn metric_series(
         &self,
         run_id: RunId,
         key: &str,
     ) -> Result<MetricSeries, EngineError> {
-        validate_key(KeyKind::Metric, key)?;
-        self.catalog.run(run_id)?;
-        let sources = self.ingester.series_sources(run_id, key).await?;
+        let sources = self.series_sources(run_id, key).await?;
         let key = key.to_string();
         tokio::task::spawn_blocking(move || sources.collect(&key))
             .await
