@@ -10,7 +10,7 @@ pub mod bench;
 mod bounded_decode;
 pub mod bulk;
 pub mod catalog;
-pub(crate) mod durable_fs;
+pub mod durable_fs;
 pub mod engine;
 pub mod error_kind;
 pub mod import;

@@ -18,6 +18,7 @@ use std::sync::atomic::Ordering;
 
 use stepstore::auth::{AuthMode, Scope};
 use stepstore::bench::BenchConfig;
+use stepstore::durable_fs::{FaultPlan, FileIo};
 use stepstore::engine::{Engine, EngineConfig};
 use stepstore::ingest::IngestConfig;
 use stepstore::server::auth::AuthSettings;
@@ -216,6 +217,11 @@ struct ServeArgs {
     #[arg(long, env = "STEPSTORE_BODY_TIMEOUT", default_value = "30s",
           value_parser = humantime::parse_duration)]
     body_timeout: Duration,
+    /// Least time between two catalog snapshots (the WAL's catalog records
+    /// before the newest snapshot can then be removed).
+    #[arg(long, env = "STEPSTORE_SNAPSHOT_INTERVAL", default_value = "30s",
+          value_parser = humantime::parse_duration)]
+    snapshot_interval: Duration,
     /// Live streams (`/api/v1/runs/{id}/stream`) open at once; past it 503.
     #[arg(long, env = "STEPSTORE_MAX_STREAMS", default_value_t = 256)]
     max_streams: usize,
@@ -299,6 +305,10 @@ fn auth_mode(args: &ServeArgs) -> anyhow::Result<AuthMode> {
     }
 }
 
+/// Environment variable of the fault plan tests use to make file
+/// operations fail (see `stepstore::durable_fs::FaultPlan`).
+const IO_FAULTS_ENV: &str = "STEPSTORE_IO_FAULTS";
+
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let auth = AuthSettings {
         mode: auth_mode(&args)?,
@@ -333,7 +343,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.wal_segment_bytes = args.wal_segment_mb.max(1) << 20;
     config.overload_wait = Duration::from_secs(args.overload_wait_secs);
     config.max_keys_per_run = args.max_keys_per_run.max(1);
+    config.snapshot_interval = args.snapshot_interval;
     config.ingest = ingest;
+    if let Some(plan) = std::env::var_os(IO_FAULTS_ENV) {
+        // Test hook: file operations of the write paths fail as planned.
+        let plan = plan
+            .to_str()
+            .context("STEPSTORE_IO_FAULTS is not UTF-8")?
+            .parse::<FaultPlan>()
+            .context("cannot read STEPSTORE_IO_FAULTS")?;
+        tracing::warn!(plan = ?plan, "STEPSTORE_IO_FAULTS is set: file operations will fail on purpose");
+        config.file_io = FileIo::with_faults(plan);
+    }
     let engine = Engine::open(config)
         .with_context(|| format!("cannot open data directory {}", args.data_dir.display()))?;
     if auth.mode == AuthMode::Required && engine.tokens().is_empty() {

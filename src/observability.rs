@@ -64,7 +64,12 @@ impl Collector for ExtraGauges {
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snapshot = &self.0;
-        let counters: [(&str, &str, u64); 9] = [
+        let counters: [(&str, &str, u64); 10] = [
+            (
+                "injected_io_faults",
+                "File operations failed on purpose by a test's fault plan (STEPSTORE_IO_FAULTS); 0 in production",
+                snapshot.injected_io_faults,
+            ),
             (
                 "thread_panics",
                 "Panics contained in persister and shard threads since start",
@@ -72,7 +77,7 @@ impl Collector for SnapshotCollector {
             ),
             (
                 "quarantined_files",
-                "Damaged metric files moved to the quarantine directory at start",
+                "Damaged metric files and catalog snapshot copies moved to the quarantine directory at start",
                 snapshot.quarantined_files,
             ),
             (

@@ -1,7 +1,8 @@
 //! Damaged metric files at start: a file whose footer cannot be read no
 //! longer stops the server. It is moved to `quarantine/` (counted on
 //! `/metrics`, named in the log), the other runs are served, and the run's
-//! points still in the WAL are rebuilt from it.
+//! points still in the WAL are rebuilt from it. A damaged copy of the
+//! catalog snapshot is moved there too, and the other copy used.
 
 mod common;
 
@@ -141,4 +142,70 @@ fn a_damaged_file_whose_points_are_still_in_the_wal_is_rebuilt() {
         damaged.len() as f64
     );
     assert_eq!(quarantined(dir.path()), damaged.len());
+}
+
+/// The catalog snapshot files (both copies).
+fn snapshot_files(data_dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = fs::read_dir(data_dir.join("catalog"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            name.starts_with("snapshot-") && !name.ends_with(".tmp")
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+fn flip_middle_byte(path: &Path) {
+    let mut bytes = fs::read(path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_damaged_catalog_snapshot_copy_is_quarantined_and_the_other_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start(dir.path(), &[]);
+    let run = server.create_run("snap", "r");
+    server.post(&format!("/api/v1/runs/{run}/params"), &json!({"lr": "0.1"}));
+    log_points(&server, &run, 0..10);
+    // A clean stop snapshots the catalog and removes the WAL before it.
+    server.stop();
+    let snapshots = snapshot_files(dir.path());
+    assert_eq!(snapshots.len(), 2, "{snapshots:?}");
+    assert!(snapshots[0].to_string_lossy().ends_with(".bin"));
+    assert!(snapshots[1].to_string_lossy().ends_with(".copy"));
+    flip_middle_byte(&snapshots[0]);
+
+    // The first copy is damaged: the second is used, the first moved away.
+    let mut server = TestServer::start(dir.path(), &[]);
+    let answer = server.get(&format!("/api/2.0/mlflow/runs/get?run_id={run}"));
+    assert_eq!(answer["run"]["data"]["params"][0]["key"], "lr", "{answer}");
+    assert_eq!(server.series(&run, "loss").0.len(), 10);
+    assert_eq!(server.metric("stepstore_quarantined_files_total"), 1.0);
+    assert_eq!(quarantined(dir.path()), 1);
+    // New changes are snapshotted in two good copies again.
+    server.post(&format!("/api/v1/runs/{run}/tags"), &json!({"t": "x"}));
+    server.stop();
+    assert_eq!(snapshot_files(dir.path()).len(), 2);
+
+    // Both copies damaged: the start stops, naming both files.
+    for path in snapshot_files(dir.path()) {
+        flip_middle_byte(&path);
+    }
+    let exit = TestServer::start_expecting_failure(dir.path(), &[]);
+    assert!(!exit.success);
+    assert!(
+        exit.stderr
+            .contains("every copy of the newest catalog snapshot is damaged")
+            && exit.stderr.contains(".copy")
+            && exit
+                .stderr
+                .contains("restore the catalog directory from a backup"),
+        "{}",
+        exit.stderr
+    );
 }

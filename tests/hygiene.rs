@@ -351,31 +351,59 @@ fn shutdown_does_not_wait_forever_for_a_live_stream() {
         &format!("/api/v1/runs/{run}/metrics"),
         &json!({"step": 1, "values": {"loss": 0.5}}),
     );
-    // A follower that keeps its stream open.
-    let mut stream = server.connect_raw();
-    write!(
-        stream,
-        "GET /api/v1/runs/{run}/stream?keys=loss&after_step=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-    )
-    .unwrap();
-    let mut buffer = [0u8; 4096];
-    let read = stream.read(&mut buffer).unwrap();
-    assert!(String::from_utf8_lossy(&buffer[..read]).starts_with("HTTP/1.1 200"));
-    // SIGTERM: the follower gets a last event saying where to resume, its
-    // stream closes, and the server exits cleanly with the point kept.
-    server.stop();
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+    // Buffered points of other runs, which shutdown persists.
+    for name in ["a", "b", "c"] {
+        let other = server.create_run("live", name);
+        let steps: Vec<i64> = (0..50_000).collect();
+        server.post(
+            "/api/v1/ingest",
+            &json!({"batches": [{"run_id": other, "steps": steps, "values": {"x": steps}}]}),
+        );
+    }
+    // Followers that keep their streams open.
+    let mut followers = Vec::new();
+    for _ in 0..8 {
+        let mut stream = server.connect_raw();
+        write!(
+            stream,
+            "GET /api/v1/runs/{run}/stream?keys=loss&after_step=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        )
         .unwrap();
-    let mut rest = Vec::new();
-    let _ = stream.read_to_end(&mut rest);
-    let rest =
-        String::from_utf8_lossy(&buffer[..read]).to_string() + &String::from_utf8_lossy(&rest);
-    assert!(rest.contains("SERVER_SHUTTING_DOWN"), "{rest}");
-    assert!(rest.contains("\"resume_after_step\":1"), "{rest}");
-    drop(stream);
+        let mut buffer = [0u8; 4096];
+        let read = stream.read(&mut buffer).unwrap();
+        let head = String::from_utf8_lossy(&buffer[..read]).to_string();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        followers.push((stream, head));
+    }
+    // SIGTERM: every follower gets a last event saying where to resume,
+    // its stream closes, and the server exits cleanly, within the 10 s an
+    // orchestrator gives before SIGKILL, with the points kept.
+    let started = std::time::Instant::now();
+    server.stop();
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "SIGTERM took {took:?}"
+    );
+    for (mut stream, head) in followers {
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+        let rest = head + &String::from_utf8_lossy(&rest);
+        assert!(rest.contains("SERVER_SHUTTING_DOWN"), "{rest}");
+        assert!(rest.contains("\"resume_after_step\":1"), "{rest}");
+    }
+    // The buffers were written to metric files, not left to the WAL.
+    assert!(common::parquet_files(dir.path()).len() >= 4);
     let mut server = TestServer::start(dir.path(), &[]);
     let (steps, _, _) = server.series(&run, "loss");
     assert_eq!(steps, vec![1]);
+    let count = server.post(
+        "/api/v1/sql",
+        &json!({"query": "SELECT count(*) AS n FROM metrics"}),
+    );
+    assert_eq!(count["rows"][0]["n"], 150_001, "{count}");
     server.stop();
 }

@@ -16,7 +16,7 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,6 +25,7 @@ use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray}
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::ipc::writer::StreamWriter;
 use common::TestServer;
+use common::ledger::{Client, Ledger, Outcome, verify};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -32,72 +33,6 @@ use serde_json::{Value, json};
 /// Requests a worker sends at most per round (the kill usually comes
 /// first).
 const REQUESTS_PER_ROUND: usize = 60;
-
-/// What one request did to the store, recorded once it is answered (or
-/// lost with the server).
-#[derive(Default)]
-struct Ledger {
-    /// Per (run, key): steps acknowledged, and steps in flight at a kill.
-    points: HashMap<(String, String), (BTreeSet<i64>, BTreeSet<i64>)>,
-    /// (run, key, value, acknowledged) of params and tags.
-    params: Vec<(String, String, String, bool)>,
-    tags: Vec<(String, String, String, bool)>,
-    /// Runs whose creation was acknowledged.
-    runs: HashSet<String>,
-    /// Runs whose FINISHED update was acknowledged.
-    finished: HashSet<String>,
-    /// Reads answered with anything but 200 while the server was up.
-    failed_reads: Vec<String>,
-}
-
-impl Ledger {
-    fn points(&mut self, run: &str, key: &str, steps: impl IntoIterator<Item = i64>, acked: bool) {
-        let entry = self
-            .points
-            .entry((run.to_string(), key.to_string()))
-            .or_default();
-        let set = if acked { &mut entry.0 } else { &mut entry.1 };
-        set.extend(steps);
-    }
-}
-
-/// An HTTP client that reports a dead server as `None` instead of
-/// panicking.
-#[derive(Clone)]
-struct Client {
-    http: reqwest::blocking::Client,
-    base: String,
-}
-
-impl Client {
-    fn send(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<(&str, Vec<u8>)>,
-    ) -> Option<(u16, Value)> {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
-        if let Some((content_type, bytes)) = body {
-            request = request.header("content-type", content_type).body(bytes);
-        }
-        let response = request.send().ok()?;
-        let status = response.status().as_u16();
-        let bytes = response.bytes().ok()?;
-        Some((
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        ))
-    }
-
-    fn json(&self, method: &str, path: &str, body: &Value) -> Option<(u16, Value)> {
-        self.send(
-            method,
-            path,
-            Some(("application/json", body.to_string().into_bytes())),
-        )
-    }
-}
 
 fn mlflow_worker(client: Client, ledger: Arc<Mutex<Ledger>>, round: usize, stop: Arc<AtomicBool>) {
     let api = "/api/2.0/mlflow";
@@ -155,7 +90,12 @@ fn mlflow_worker(client: Client, ledger: Arc<Mutex<Ledger>>, round: usize, stop:
             None => false,
         };
         let mut ledger = ledger.lock().unwrap();
-        ledger.points(&run_id, "mlflow/loss", steps, acked);
+        ledger.points(
+            &run_id,
+            "mlflow/loss",
+            steps,
+            Outcome::acked_or_unknown(acked),
+        );
         ledger
             .params
             .push((run_id.clone(), param, format!("v{request}"), acked));
@@ -246,7 +186,12 @@ fn bulk_worker(client: Client, ledger: Arc<Mutex<Ledger>>, round: usize, stop: A
         };
         let mut ledger = ledger.lock().unwrap();
         for key in keys {
-            ledger.points(&run, key, steps.iter().copied(), acked);
+            ledger.points(
+                &run,
+                key,
+                steps.iter().copied(),
+                Outcome::acked_or_unknown(acked),
+            );
         }
         if !acked {
             return;
@@ -299,89 +244,6 @@ fn reader_worker(client: Client, ledger: Arc<Mutex<Ledger>>, stop: Arc<AtomicBoo
     }
 }
 
-/// Checks the restarted server against the ledger for `runs` (all when
-/// `None`).
-fn verify(server: &TestServer, ledger: &Ledger, runs: Option<&HashSet<String>>, round: usize) {
-    let wanted = |run: &str| runs.is_none_or(|runs| runs.contains(run));
-    let (status, duplicates) = server.request(
-        "POST",
-        "/api/v1/sql",
-        Some(
-            &json!({"query": "SELECT run_id, key, step, count(*) AS n FROM metrics \
-                               GROUP BY run_id, key, step HAVING count(*) > 1 LIMIT 10"}),
-        ),
-    );
-    assert_eq!(status, 200, "{duplicates}");
-    assert_eq!(
-        duplicates["row_count"], 0,
-        "round {round}: duplicated points {duplicates}"
-    );
-    for ((run, key), (acked, unknown)) in &ledger.points {
-        if !wanted(run) {
-            continue;
-        }
-        let query = format!(
-            "SELECT step FROM metrics WHERE run_id = '{run}' AND key = '{key}' ORDER BY step"
-        );
-        let (status, answer) =
-            server.request("POST", "/api/v1/sql", Some(&json!({ "query": query })));
-        assert_eq!(status, 200, "{answer}");
-        let present: BTreeSet<i64> = answer["rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|row| row["step"].as_i64().unwrap())
-            .collect();
-        let missing: Vec<_> = acked.difference(&present).take(5).collect();
-        assert!(
-            missing.is_empty(),
-            "round {round}: {run} {key}: acknowledged steps lost, e.g. {missing:?}"
-        );
-        let unexplained: Vec<_> = present
-            .iter()
-            .filter(|step| !acked.contains(step) && !unknown.contains(step))
-            .take(5)
-            .collect();
-        assert!(
-            unexplained.is_empty(),
-            "round {round}: {run} {key}: steps never sent, e.g. {unexplained:?}"
-        );
-    }
-    let mut shown: HashMap<String, Value> = HashMap::new();
-    let mut run_of = |run: &str| -> Value {
-        shown
-            .entry(run.to_string())
-            .or_insert_with(|| {
-                server.get(&format!("/api/2.0/mlflow/runs/get?run_id={run}"))["run"].clone()
-            })
-            .clone()
-    };
-    for run in ledger.runs.iter().filter(|run| wanted(run)) {
-        assert!(run_of(run).is_object(), "round {round}: run {run} lost");
-    }
-    for run in ledger.finished.iter().filter(|run| wanted(run)) {
-        assert_eq!(
-            run_of(run)["info"]["status"],
-            "FINISHED",
-            "round {round}: {run}"
-        );
-    }
-    for (field, entries) in [("params", &ledger.params), ("tags", &ledger.tags)] {
-        for (run, key, value, acked) in entries.iter().filter(|entry| wanted(&entry.0)) {
-            if !acked {
-                continue;
-            }
-            let run_json = run_of(run);
-            let found = run_json["data"][field]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|item| item["key"] == key.as_str() && item["value"] == value.as_str());
-            assert!(found, "round {round}: {field} {key}={value} of {run} lost");
-        }
-    }
-}
-
 #[test]
 fn every_acknowledged_write_survives_random_kills_exactly_once() {
     let kills: usize = std::env::var("STEPSTORE_KILLS")
@@ -400,13 +262,7 @@ fn every_acknowledged_write_survives_random_kills_exactly_once() {
     let mut server = TestServer::start(dir.path(), &args);
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     for round in 0..kills {
-        let client = Client {
-            http: reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
-            base: server.base_url.clone(),
-        };
+        let client = Client::of(&server);
         let runs_before: HashSet<String> = ledger.lock().unwrap().runs.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::new();
@@ -440,11 +296,11 @@ fn every_acknowledged_write_survives_random_kills_exactly_once() {
     server.restart();
     let ledger = ledger.lock().unwrap();
     verify(&server, &ledger, None, kills);
-    let acked: usize = ledger.points.values().map(|(acked, _)| acked.len()).sum();
+    let acked: usize = ledger.points.values().map(|steps| steps.acked.len()).sum();
     let in_flight: usize = ledger
         .points
         .values()
-        .map(|(_, unknown)| unknown.len())
+        .map(|steps| steps.unknown.len())
         .sum();
     eprintln!(
         "kill harness: {kills} kills, {acked} acknowledged points (all present once), {in_flight} \

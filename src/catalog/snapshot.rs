@@ -3,23 +3,34 @@
 //!
 //! File layout: magic `STEPCAT2`, u32 LE CRC32C of the body, bincode body.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::CatalogError;
 use super::state::CatalogState;
+use crate::durable_fs::FileIo;
 use crate::wal::Lsn;
 
 const MAGIC: &[u8; 8] = b"STEPCAT2";
 const PREFIX: &str = "snapshot-";
+/// Suffix of a snapshot's first copy.
 const SUFFIX: &str = ".bin";
+/// Suffix of its second copy, read when the first is damaged.
+const COPY_SUFFIX: &str = ".copy";
 
-fn snapshot_path(dir: &Path, lsn: Lsn) -> PathBuf {
-    dir.join(format!("{PREFIX}{lsn:020}{SUFFIX}"))
+fn snapshot_path(dir: &Path, lsn: Lsn, suffix: &str) -> PathBuf {
+    dir.join(format!("{PREFIX}{lsn:020}{suffix}"))
 }
 
-fn list_snapshots(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>, CatalogError> {
+/// One snapshot file found in the catalog directory.
+struct ListedSnapshot {
+    lsn: Lsn,
+    path: PathBuf,
+}
+
+/// Snapshot files (both copies), oldest LSN first and the first copy
+/// before the second.
+fn list_snapshots(dir: &Path) -> Result<Vec<ListedSnapshot>, CatalogError> {
     let mut found = Vec::new();
     let entries = fs::read_dir(dir).map_err(|source| CatalogError::io("list", dir, source))?;
     for entry in entries {
@@ -31,29 +42,75 @@ fn list_snapshots(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>, CatalogError> {
             let _ = fs::remove_file(entry.path());
             continue;
         }
-        let lsn = name
-            .strip_prefix(PREFIX)
-            .and_then(|rest| rest.strip_suffix(SUFFIX))
-            .and_then(|digits| digits.parse::<Lsn>().ok());
-        if let Some(lsn) = lsn {
-            found.push((lsn, entry.path()));
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let parsed = [(SUFFIX, 0u8), (COPY_SUFFIX, 1)]
+            .into_iter()
+            .find_map(|(suffix, order)| {
+                rest.strip_suffix(suffix)
+                    .and_then(|digits| digits.parse::<Lsn>().ok())
+                    .map(|lsn| (lsn, order))
+            });
+        if let Some((lsn, order)) = parsed {
+            found.push((lsn, order, entry.path()));
         }
     }
     found.sort();
-    Ok(found)
+    Ok(found
+        .into_iter()
+        .map(|(lsn, _, path)| ListedSnapshot { lsn, path })
+        .collect())
 }
 
-/// Loads the newest snapshot in `dir`, or `None` when there is none. A
-/// damaged newest snapshot is an error: the WAL before it may be gone.
-pub fn load_latest(dir: &Path) -> Result<Option<CatalogState>, CatalogError> {
+/// The newest snapshot found at start.
+#[derive(Debug)]
+pub struct LoadedSnapshot {
+    /// Its catalog state.
+    pub state: CatalogState,
+    /// Damaged copies of it that were passed over for a good one: the
+    /// caller moves them out of the way.
+    pub damaged: Vec<(PathBuf, CatalogError)>,
+}
+
+/// Loads the newest snapshot in `dir`, or `None` when there is none. Each
+/// snapshot is written twice: a damaged copy is passed over (and named in
+/// the answer) for the other. When every copy of the newest snapshot is
+/// damaged, that is an error: the WAL before it is gone, so no older
+/// snapshot can stand in.
+pub fn load_latest(dir: &Path) -> Result<Option<LoadedSnapshot>, CatalogError> {
     crate::durable_fs::create_dir_synced(dir)
         .map_err(|source| CatalogError::io("create", dir, source))?;
-    let Some((lsn, path)) = list_snapshots(dir)?.pop() else {
+    let listed = list_snapshots(dir)?;
+    let Some(newest) = listed.last().map(|snapshot| snapshot.lsn) else {
         return Ok(None);
     };
-    let bytes = fs::read(&path).map_err(|source| CatalogError::io("read", &path, source))?;
+    let mut damaged = Vec::new();
+    for candidate in listed.iter().filter(|snapshot| snapshot.lsn == newest) {
+        match read_snapshot(&candidate.path, newest) {
+            Ok(state) => return Ok(Some(LoadedSnapshot { state, damaged })),
+            Err(error) => damaged.push((candidate.path.clone(), error)),
+        }
+    }
+    let reasons: Vec<String> = damaged
+        .iter()
+        .map(|(path, error)| format!("{}: {error}", path.display()))
+        .collect();
+    Err(CatalogError::CorruptSnapshot {
+        path: snapshot_path(dir, newest, SUFFIX),
+        reason: format!(
+            "every copy of the newest catalog snapshot is damaged ({}); restore the catalog \
+             directory from a backup",
+            reasons.join("; ")
+        ),
+    })
+}
+
+/// Reads and checks one snapshot file that should hold the state at `lsn`.
+fn read_snapshot(path: &Path, lsn: Lsn) -> Result<CatalogState, CatalogError> {
+    let bytes = fs::read(path).map_err(|source| CatalogError::io("read", path, source))?;
     let corrupt = |reason: String| CatalogError::CorruptSnapshot {
-        path: path.clone(),
+        path: path.to_path_buf(),
         reason,
     };
     if bytes.len() < 12 || &bytes[..8] != MAGIC {
@@ -73,7 +130,7 @@ pub fn load_latest(dir: &Path) -> Result<Option<CatalogState>, CatalogError> {
         )));
     }
     state.rebuild_indexes();
-    Ok(Some(state))
+    Ok(state)
 }
 
 /// A catalog state encoded for a snapshot, not yet written: encoding needs
@@ -99,28 +156,33 @@ impl EncodedSnapshot {
         self.lsn
     }
 
-    /// Writes the snapshot as the newest one (temporary file, sync, rename,
-    /// directory sync) and removes older ones. Returns its size in bytes.
-    pub fn write(self, dir: &Path) -> Result<u64, CatalogError> {
+    /// Writes the snapshot as the newest one, in two copies (each: temporary
+    /// file, sync, rename; then one directory sync), and removes older ones.
+    /// Returns the size of one copy in bytes.
+    pub fn write(self, dir: &Path, io: &FileIo) -> Result<u64, CatalogError> {
         let EncodedSnapshot { lsn, body } = self;
-        let path = snapshot_path(dir, lsn);
-        let temp = path.with_extension("bin.tmp");
-        {
-            let mut file =
-                File::create(&temp).map_err(|source| CatalogError::io("create", &temp, source))?;
-            file.write_all(MAGIC)
-                .and_then(|()| file.write_all(&crc32c::crc32c(&body).to_le_bytes()))
-                .and_then(|()| file.write_all(&body))
-                .and_then(|()| file.sync_all())
+        let mut header = MAGIC.to_vec();
+        header.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        for suffix in [SUFFIX, COPY_SUFFIX] {
+            let path = snapshot_path(dir, lsn, suffix);
+            let temp = dir.join(format!("{PREFIX}{lsn:020}{suffix}.tmp"));
+            let mut file = io
+                .create(&temp)
+                .map_err(|source| CatalogError::io("create", &temp, source))?;
+            io.write_all(&mut file, &temp, &header)
+                .and_then(|()| io.write_all(&mut file, &temp, &body))
+                .and_then(|()| io.sync_all(&file, &temp))
                 .map_err(|source| CatalogError::io("write", &temp, source))?;
+            drop(file);
+            io.rename(&temp, &path)
+                .map_err(|source| CatalogError::io("rename", &temp, source))?;
         }
-        fs::rename(&temp, &path).map_err(|source| CatalogError::io("rename", &temp, source))?;
-        File::open(dir)
-            .and_then(|handle| handle.sync_all())
+        io.sync_dir(dir)
             .map_err(|source| CatalogError::io("sync directory", dir, source))?;
-        for (older, old) in list_snapshots(dir)? {
-            if older < lsn {
-                fs::remove_file(&old).map_err(|source| CatalogError::io("remove", &old, source))?;
+        for older in list_snapshots(dir)? {
+            if older.lsn < lsn {
+                fs::remove_file(&older.path)
+                    .map_err(|source| CatalogError::io("remove", &older.path, source))?;
             }
         }
         Ok(body.len() as u64 + 12)
@@ -129,46 +191,101 @@ impl EncodedSnapshot {
 
 /// Writes `state` as the newest snapshot and removes older ones. Returns
 /// the snapshot's size in bytes.
-pub fn write(dir: &Path, state: &CatalogState) -> Result<u64, CatalogError> {
-    encode(state)?.write(dir)
+pub fn write(dir: &Path, state: &CatalogState, io: &FileIo) -> Result<u64, CatalogError> {
+    encode(state)?.write(dir, io)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn flip_middle_byte(path: &Path) {
+        let mut bytes = fs::read(path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 1;
+        fs::write(path, bytes).unwrap();
+    }
+
     #[test]
-    fn snapshot_round_trips_and_replaces_older_ones() {
+    fn snapshot_round_trips_in_two_copies_and_replaces_older_ones() {
         let dir = tempfile::tempdir().unwrap();
         assert!(load_latest(dir.path()).unwrap().is_none());
         let mut state = CatalogState::new("file:///tmp/artifacts", 1);
         state.applied_lsn = 5;
-        write(dir.path(), &state).unwrap();
+        write(dir.path(), &state, &FileIo::default()).unwrap();
         state.applied_lsn = 9;
-        write(dir.path(), &state).unwrap();
+        write(dir.path(), &state, &FileIo::default()).unwrap();
         let loaded = load_latest(dir.path()).unwrap().unwrap();
-        assert_eq!(loaded.applied_lsn, 9);
+        assert!(loaded.damaged.is_empty());
+        assert_eq!(loaded.state.applied_lsn, 9);
         assert_eq!(
-            loaded.experiment_by_name("Default").unwrap().name,
+            loaded.state.experiment_by_name("Default").unwrap().name,
             "Default"
         );
-        assert_eq!(list_snapshots(dir.path()).unwrap().len(), 1);
+        let left: Vec<PathBuf> = list_snapshots(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|snapshot| snapshot.path)
+            .collect();
+        assert_eq!(
+            left,
+            [
+                snapshot_path(dir.path(), 9, SUFFIX),
+                snapshot_path(dir.path(), 9, COPY_SUFFIX)
+            ]
+        );
     }
 
     #[test]
-    fn damaged_snapshot_is_refused() {
+    fn a_damaged_copy_is_passed_over_and_two_damaged_copies_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let mut state = CatalogState::new("file:///a", 1);
         state.applied_lsn = 3;
-        write(dir.path(), &state).unwrap();
-        let path = snapshot_path(dir.path(), 3);
-        let mut bytes = fs::read(&path).unwrap();
-        let middle = bytes.len() / 2;
-        bytes[middle] ^= 1;
-        fs::write(&path, bytes).unwrap();
-        assert!(matches!(
-            load_latest(dir.path()),
-            Err(CatalogError::CorruptSnapshot { .. })
-        ));
+        write(dir.path(), &state, &FileIo::default()).unwrap();
+        let first = snapshot_path(dir.path(), 3, SUFFIX);
+        let second = snapshot_path(dir.path(), 3, COPY_SUFFIX);
+        flip_middle_byte(&first);
+        let loaded = load_latest(dir.path()).unwrap().unwrap();
+        assert_eq!(loaded.state.applied_lsn, 3);
+        assert_eq!(loaded.damaged.len(), 1);
+        assert_eq!(loaded.damaged[0].0, first);
+        // Only the second copy, damaged too: refused, naming both.
+        fs::write(&second, b"STEPCAT2 and not much else").unwrap();
+        let error = load_latest(dir.path()).unwrap_err();
+        assert!(matches!(error, CatalogError::CorruptSnapshot { .. }));
+        let message = error.to_string();
+        assert!(
+            message.contains("checksum mismatch") && message.contains(".copy"),
+            "{message}"
+        );
+        // A snapshot from before copies existed still loads alone.
+        let old = tempfile::tempdir().unwrap();
+        write(old.path(), &state, &FileIo::default()).unwrap();
+        fs::remove_file(snapshot_path(old.path(), 3, COPY_SUFFIX)).unwrap();
+        assert_eq!(
+            load_latest(old.path()).unwrap().unwrap().state.applied_lsn,
+            3
+        );
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_previous_snapshot_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = CatalogState::new("file:///a", 1);
+        state.applied_lsn = 3;
+        write(dir.path(), &state, &FileIo::default()).unwrap();
+        state.applied_lsn = 4;
+        for rule in ["create:2", "write:3", "sync:1", "rename:2"] {
+            let io = FileIo::with_faults(rule.parse().unwrap());
+            assert!(write(dir.path(), &state, &io).is_err(), "{rule}");
+            assert_eq!(io.injected_faults(), 1);
+            let loaded = load_latest(dir.path()).unwrap().unwrap();
+            // Either the new snapshot is whole in one copy, or the old one
+            // is still there.
+            assert!(loaded.damaged.is_empty(), "{rule}");
+            assert!([3, 4].contains(&loaded.state.applied_lsn), "{rule}");
+        }
+        write(dir.path(), &state, &FileIo::default()).unwrap();
+        assert_eq!(list_snapshots(dir.path()).unwrap().len(), 2);
     }
 }

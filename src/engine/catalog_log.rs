@@ -19,10 +19,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::recovery::{self, CATALOG_DIR, WAL_DIR};
+use super::recovery::{CATALOG_DIR, WAL_DIR};
 use super::wal_record::{WalRecord, WalRecordRef};
 use super::{Engine, EngineError};
-use crate::catalog::{CatalogError, CatalogMutation, MutationLog};
+use crate::catalog::{CatalogError, CatalogMutation, CatalogState, MutationLog, snapshot};
+use crate::model::now_millis;
 use crate::wal::{self, Lsn, Wal, WalError};
 
 /// How long a rollback waits for the WAL to finish the records sequenced
@@ -110,8 +111,10 @@ impl Engine {
                 std::thread::sleep(Duration::from_millis(1));
             }
             let data_dir = &self.config.data_dir;
-            let mut state =
-                recovery::load_catalog(&data_dir.join(CATALOG_DIR), self.catalog.artifact_root())?;
+            // A damaged copy is left where it is: the next start moves it.
+            let mut state = snapshot::load_latest(&data_dir.join(CATALOG_DIR))?
+                .map(|loaded| loaded.state)
+                .unwrap_or_else(|| CatalogState::new(self.catalog.artifact_root(), now_millis()));
             let mut dropped = 0u64;
             wal::read_live(&data_dir.join(WAL_DIR), upto, |lsn, body| {
                 if lsn <= state.applied_lsn || !WalRecord::is_catalog(body) {

@@ -34,6 +34,7 @@ use thiserror::Error;
 use crate::auth::{AccessDenied, AuthError, Principal, TokenStore};
 use crate::catalog::CatalogState;
 use crate::catalog::{Catalog, CatalogError, NewExperiment, NewRun, RunUpdate, snapshot};
+use crate::durable_fs::FileIo;
 use crate::error_kind::{Classify, ErrorKind};
 use crate::ingest::{IngestConfig, IngestError, Ingester, RunPoints, RunSelection, RunSummaries};
 use crate::model::{
@@ -71,6 +72,9 @@ pub struct EngineConfig {
     pub read_only: bool,
     /// Distinct metric keys one run may have (`--max-keys-per-run`).
     pub max_keys_per_run: usize,
+    /// The file operations of every write path (WAL, metric files,
+    /// compaction, catalog snapshots); tests inject faults through it.
+    pub file_io: FileIo,
 }
 
 impl EngineConfig {
@@ -88,6 +92,7 @@ impl EngineConfig {
             artifact_root: None,
             read_only: false,
             max_keys_per_run: 100_000,
+            file_io: FileIo::default(),
         }
     }
 }
@@ -270,15 +275,20 @@ impl Engine {
             let absolute = std::path::absolute(&data_dir).unwrap_or_else(|_| data_dir.clone());
             format!("file://{}", absolute.join("artifacts").display())
         });
-        let layout = MetricsLayout::new(data_dir.join(recovery::METRICS_DIR));
+        let layout =
+            MetricsLayout::with_io(data_dir.join(recovery::METRICS_DIR), config.file_io.clone());
         let files = recovery::load_metric_files(&layout, &data_dir.join(recovery::QUARANTINE_DIR))?;
-        let quarantined_files = files.quarantined;
         let catalog_dir = data_dir.join(recovery::CATALOG_DIR);
-        let catalog_state = recovery::load_catalog(&catalog_dir, &artifact_root)?;
+        let (catalog_state, quarantined_snapshots) = recovery::load_catalog(
+            &data_dir,
+            &data_dir.join(recovery::QUARANTINE_DIR),
+            &artifact_root,
+        )?;
+        let quarantined_files = files.quarantined + quarantined_snapshots;
         let snapshot_lsn = catalog_state.applied_lsn;
         if snapshot_lsn == 0 {
             // A new data directory: fix the Default experiment's creation time.
-            snapshot::write(&catalog_dir, &catalog_state)?;
+            snapshot::write(&catalog_dir, &catalog_state, &config.file_io)?;
         }
         let catalog = Catalog::new(catalog_state, artifact_root);
         let tokens = TokenStore::open(&data_dir.join(recovery::AUTH_DIR))?;
@@ -305,6 +315,7 @@ impl Engine {
                 dir: wal_dir,
                 sync: config.wal_sync,
                 segment_bytes: config.wal_segment_bytes,
+                io: config.file_io.clone(),
             },
             replayed.last_lsn,
             last_lsn,

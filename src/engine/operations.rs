@@ -43,8 +43,11 @@ pub struct TelemetrySnapshot {
     pub experiments: u64,
     /// Runs in the catalog.
     pub runs: u64,
-    /// Damaged metric files moved to quarantine at start.
+    /// Damaged metric files and snapshot copies moved to quarantine at
+    /// start.
     pub quarantined_files: u64,
+    /// File operations a test's fault plan failed on purpose.
+    pub injected_io_faults: u64,
     /// Panics contained in persister and shard threads since start.
     pub thread_panics: u64,
 }
@@ -95,6 +98,7 @@ impl Engine {
             experiments: state.experiments().count() as u64,
             runs: state.run_count() as u64,
             quarantined_files: self.quarantined_files,
+            injected_io_faults: self.config.file_io.injected_faults(),
             thread_panics: ingest.thread_panics(),
         }
     }
@@ -156,7 +160,10 @@ impl Engine {
         let encoded = snapshot::encode(&copy)?;
         drop(copy);
         let lsn = encoded.lsn();
-        let bytes = encoded.write(&self.config.data_dir.join(recovery::CATALOG_DIR))?;
+        let bytes = encoded.write(
+            &self.config.data_dir.join(recovery::CATALOG_DIR),
+            &self.config.file_io,
+        )?;
         self.snapshot_lsn.store(lsn, Ordering::SeqCst);
         *last = Instant::now();
         tracing::debug!(lsn, bytes, "wrote catalog snapshot");

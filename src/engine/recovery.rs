@@ -12,7 +12,7 @@ use super::wal_record::WalRecord;
 use crate::catalog::{Catalog, CatalogState, snapshot};
 use crate::ingest::{Ingester, LoadedRun};
 use crate::model::{KeySummary, RunId, now_millis};
-use crate::storage::file_meta::{normalise_ranges, ranges_contain};
+use crate::storage::file_meta::{FileMetadata, normalise_ranges, ranges_contain};
 use crate::storage::{MetricsLayout, PersistedFile, StorageError};
 use crate::wal::{self, Lsn};
 
@@ -67,11 +67,12 @@ fn is_damage(error: &StorageError) -> bool {
     }
 }
 
-/// Moves a damaged metric file from the metrics tree to the same place
-/// under `quarantine` (a numbered suffix when that name is taken), syncing
-/// both directories. Returns the new path.
-fn quarantine(metrics_root: &Path, quarantine: &Path, path: &Path) -> Result<PathBuf, EngineError> {
-    let relative = path.strip_prefix(metrics_root).unwrap_or(path);
+/// Moves a damaged file under `root` (the metrics tree, or the data
+/// directory for a catalog snapshot) to the same place under `quarantine`
+/// (a numbered suffix when that name is taken), syncing both directories.
+/// Returns the new path.
+fn quarantine(root: &Path, quarantine: &Path, path: &Path) -> Result<PathBuf, EngineError> {
+    let relative = path.strip_prefix(root).unwrap_or(path);
     let mut target = quarantine.join(relative);
     let mut attempt = 1;
     while target.exists() {
@@ -116,10 +117,11 @@ pub(crate) fn load_metric_files(
                 Err(error) => return Err(error.into()),
             }
         }
-        let replaced: Vec<u64> = opened
+        let mut replaced: Vec<u64> = opened
             .iter()
             .flat_map(|(_, metadata)| metadata.compacted_from.iter().copied())
             .collect();
+        replaced.extend(redundant_outputs(&opened));
         for (seq, path, error) in damaged {
             if replaced.contains(&seq) {
                 // A compaction output holds its points: nothing is lost.
@@ -170,10 +172,51 @@ pub(crate) fn load_metric_files(
     Ok(loaded)
 }
 
-/// Loads the newest catalog snapshot, or a fresh catalog.
-pub(crate) fn load_catalog(dir: &Path, artifact_root: &str) -> Result<CatalogState, EngineError> {
-    Ok(snapshot::load_latest(dir)?
-        .unwrap_or_else(|| CatalogState::new(artifact_root, now_millis())))
+/// Compaction outputs made redundant by a newer output that claims every
+/// input they claim (a compaction that was done again because its first
+/// output could not be registered, or a crash between the two): both hold
+/// the same points, so only the newer may stay, or restart would serve
+/// them twice.
+fn redundant_outputs(opened: &[(PersistedFile, FileMetadata)]) -> Vec<u64> {
+    let outputs: Vec<(u64, &[u64])> = opened
+        .iter()
+        .filter(|(_, metadata)| !metadata.compacted_from.is_empty())
+        .map(|(file, metadata)| (file.seq(), metadata.compacted_from.as_slice()))
+        .collect();
+    outputs
+        .iter()
+        .filter(|(seq, claims)| {
+            outputs.iter().any(|(newer, newer_claims)| {
+                newer > seq && claims.iter().all(|input| newer_claims.contains(input))
+            })
+        })
+        .map(|(seq, _)| *seq)
+        .collect()
+}
+
+/// Loads the newest catalog snapshot, or a fresh catalog. A damaged copy
+/// of the snapshot (the other copy was good) is moved to `quarantine_dir`;
+/// returns how many were.
+pub(crate) fn load_catalog(
+    data_dir: &Path,
+    quarantine_dir: &Path,
+    artifact_root: &str,
+) -> Result<(CatalogState, u64), EngineError> {
+    let Some(loaded) = snapshot::load_latest(&data_dir.join(CATALOG_DIR))? else {
+        return Ok((CatalogState::new(artifact_root, now_millis()), 0));
+    };
+    let mut quarantined = 0;
+    for (path, problem) in loaded.damaged {
+        let moved = quarantine(data_dir, quarantine_dir, &path)?;
+        quarantined += 1;
+        tracing::error!(
+            path = %path.display(),
+            moved_to = %moved.display(),
+            %problem,
+            "a damaged copy of the catalog snapshot was moved to quarantine; its other copy was used"
+        );
+    }
+    Ok((loaded.state, quarantined))
 }
 
 /// What replay did.
@@ -236,4 +279,79 @@ pub(crate) fn replay_wal(
     outcome.last_lsn = summary.last_lsn;
     outcome.truncated_bytes = summary.truncated_bytes;
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::durable_fs::FileIo;
+    use crate::model::ExperimentId;
+    use crate::storage::MetricFileWriter;
+    use crate::storage::columns::SortedColumns;
+    use crate::storage::compaction::compact_files;
+
+    fn write_file(path: &Path, steps: std::ops::Range<i64>, lsn: u64) -> Arc<PersistedFile> {
+        let columns = SortedColumns::from_points(steps.map(|step| ("k", step, step, step as f64)));
+        let mut writer = MetricFileWriter::create(path).unwrap();
+        writer.write(columns).unwrap();
+        writer.finish(vec![(lsn, lsn)], vec![]).unwrap();
+        Arc::new(PersistedFile::open(lsn, path).unwrap().0)
+    }
+
+    fn live_rows(layout: &MetricsLayout, quarantine: &Path) -> (Vec<u64>, u64) {
+        let loaded = load_metric_files(layout, quarantine).unwrap();
+        let files = &loaded.runs[0].files;
+        (
+            files.iter().map(|file| file.seq()).collect(),
+            files.iter().map(|file| file.rows()).sum(),
+        )
+    }
+
+    #[test]
+    fn a_compaction_cut_short_or_done_twice_leaves_each_point_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = MetricsLayout::new(dir.path().join(METRICS_DIR));
+        let quarantine = dir.path().join(QUARANTINE_DIR);
+        let (experiment, run) = (ExperimentId::new(3), RunId::new_random());
+        let path = |seq| layout.file_path(experiment, run, seq);
+        layout.prepare_dir_of(&path(1)).unwrap();
+        let inputs = vec![
+            write_file(&path(1), 0..10, 1),
+            write_file(&path(2), 10..25, 2),
+            write_file(&path(3), 25..30, 3),
+        ];
+        // A crash after the output's rename, before the inputs went: the
+        // output replaces them at the next start.
+        compact_files(&inputs[..2], &path(4), &FileIo::default()).unwrap();
+        // The same compaction done again (its first output was never
+        // registered), this time with one more input.
+        compact_files(&inputs, &path(5), &FileIo::default()).unwrap();
+        drop(inputs);
+        assert_eq!(live_rows(&layout, &quarantine), (vec![5], 30));
+        // Once settled, a second start changes nothing.
+        assert_eq!(live_rows(&layout, &quarantine), (vec![5], 30));
+        for seq in 1..=4 {
+            assert!(!path(seq).exists(), "file {seq} should be gone");
+        }
+    }
+
+    #[test]
+    fn outputs_with_different_inputs_both_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = MetricsLayout::new(dir.path().join(METRICS_DIR));
+        let quarantine = dir.path().join(QUARANTINE_DIR);
+        let (experiment, run) = (ExperimentId::new(3), RunId::new_random());
+        let path = |seq| layout.file_path(experiment, run, seq);
+        layout.prepare_dir_of(&path(1)).unwrap();
+        let inputs = vec![
+            write_file(&path(1), 0..10, 1),
+            write_file(&path(2), 10..25, 2),
+            write_file(&path(3), 25..30, 3),
+            write_file(&path(4), 30..32, 4),
+        ];
+        compact_files(&inputs[..2], &path(5), &FileIo::default()).unwrap();
+        compact_files(&inputs[2..], &path(6), &FileIo::default()).unwrap();
+        drop(inputs);
+        assert_eq!(live_rows(&layout, &quarantine), (vec![5, 6], 32));
+    }
 }

@@ -72,7 +72,7 @@ pub(crate) fn run(jobs: Receiver<PersistJob>, layout: MetricsLayout, stats: Arc<
                 let outcome = contained("writing a metric file", &stats, || {
                     layout
                         .prepare_dir_of(&path)
-                        .and_then(|()| write_chunk(&chunk, &path, seq))
+                        .and_then(|()| write_chunk(&chunk, &path, seq, &layout))
                 });
                 if let Err(error) = &outcome {
                     tracing::error!(%run_id, seq, %error, "persisting a buffer failed; it stays in memory and is retried");
@@ -93,10 +93,10 @@ pub(crate) fn run(jobs: Receiver<PersistJob>, layout: MetricsLayout, stats: Arc<
                 let path = layout.file_path(experiment_id, run_id, seq);
                 let started = std::time::Instant::now();
                 let outcome = contained("compacting a run", &stats, || {
-                    compact_files(&inputs, &path)
+                    compact_files(&inputs, &path, layout.io())
                         .and_then(|written| {
                             PersistedFile::open(seq, &written.path).inspect_err(|_| {
-                                if let Err(error) = remove_output(&written.path) {
+                                if let Err(error) = remove_output(&written.path, layout.io()) {
                                     tracing::error!(%error, "a compaction output that cannot be opened could not be removed");
                                 }
                             })
@@ -132,9 +132,10 @@ fn write_chunk(
     chunk: &FrozenChunk,
     path: &std::path::Path,
     seq: u64,
+    layout: &MetricsLayout,
 ) -> Result<Arc<PersistedFile>, StorageError> {
     let columns = chunk.to_sorted_columns();
-    let mut writer = MetricFileWriter::create(path)?;
+    let mut writer = MetricFileWriter::create_with(path, layout.io())?;
     writer.write(columns)?;
     let (first, last) = chunk.lsn_range();
     let written = writer.finish(vec![(first, last)], Vec::new())?;

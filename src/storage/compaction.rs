@@ -10,14 +10,17 @@ use super::persisted::PersistedFile;
 use super::reader::{KeySegments, load_footer};
 use super::schema::ROW_GROUP_ROWS;
 use super::writer::{MetricFileWriter, WrittenFile};
+use crate::durable_fs::FileIo;
 use crate::model::MetricSeries;
 
 /// Merges `inputs` (in sequence order) into a new file at `output`. Points
 /// with equal `(key, step, timestamp)` keep their input order. The new
-/// file's footer lists the inputs it replaces.
+/// file's footer lists the inputs it replaces. File operations go through
+/// `io`.
 pub fn compact_files(
     inputs: &[Arc<PersistedFile>],
     output: &Path,
+    io: &FileIo,
 ) -> Result<WrittenFile, StorageError> {
     let mut readers = Vec::with_capacity(inputs.len());
     let mut heads = Vec::with_capacity(inputs.len());
@@ -26,7 +29,7 @@ pub fn compact_files(
         heads.push(segments.next_segment()?);
         readers.push(segments);
     }
-    let mut writer = MetricFileWriter::create(output)?;
+    let mut writer = MetricFileWriter::create_with(output, io)?;
     let mut pending = SortedColumns::default();
     while let Some(key) = heads.iter().flatten().map(|(key, _)| key).min().cloned() {
         let mut merged = MetricSeries::default();
@@ -55,7 +58,7 @@ pub fn compact_files(
     if let Err(error) = verify_output(&written.path, expected) {
         // Its footer names the inputs as replaced: it must not survive to
         // the next start, or the inputs would be deleted for it.
-        remove_output(&written.path)?;
+        remove_output(&written.path, io)?;
         return Err(error);
     }
     Ok(written)
@@ -79,12 +82,11 @@ fn verify_output(path: &Path, expected_rows: u64) -> Result<(), StorageError> {
 }
 
 /// Removes a compaction output that must not count (its footer claims the
-/// inputs), syncing its directory.
-pub fn remove_output(path: &Path) -> Result<(), StorageError> {
+/// inputs), syncing its directory through `io`.
+pub fn remove_output(path: &Path, io: &FileIo) -> Result<(), StorageError> {
     std::fs::remove_file(path).map_err(|source| StorageError::io("remove", path, source))?;
     if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|handle| handle.sync_all())
+        io.sync_dir(dir)
             .map_err(|source| StorageError::io("sync directory", dir, source))?;
     }
     Ok(())
@@ -112,7 +114,7 @@ mod tests {
             write_file(&dir.path().join("00000002.parquet"), 10..25, 2),
         ];
         let output = dir.path().join("00000003.parquet");
-        let written = compact_files(&inputs, &output).unwrap();
+        let written = compact_files(&inputs, &output, &FileIo::default()).unwrap();
         assert_eq!(written.rows, 25);
         verify_output(&output, 25).unwrap();
         // A count that does not match is an error naming both counts.
@@ -127,7 +129,7 @@ mod tests {
             .set_len(length - 8)
             .unwrap();
         assert!(verify_output(&output, 25).is_err());
-        remove_output(&output).unwrap();
+        remove_output(&output, &FileIo::default()).unwrap();
         assert!(!output.exists());
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::StorageError;
-use crate::durable_fs::create_dir_synced;
+use crate::durable_fs::{FileIo, create_dir_synced};
 use crate::model::{ExperimentId, RunId};
 
 const EXPERIMENT_PREFIX: &str = "experiment_id=";
@@ -35,15 +35,28 @@ pub struct MetricsLayout {
     /// Held while a run directory is created and its entries synced, so
     /// that no writer finds a directory whose entry is not durable yet.
     creating_dirs: Arc<Mutex<()>>,
+    /// The file operations its files are written with.
+    io: FileIo,
 }
 
 impl MetricsLayout {
     /// The tree under `root` (normally `<data-dir>/metrics`).
     pub fn new(root: PathBuf) -> Self {
+        MetricsLayout::with_io(root, FileIo::default())
+    }
+
+    /// The tree under `root`, its files written through `io`.
+    pub fn with_io(root: PathBuf, io: FileIo) -> Self {
         MetricsLayout {
             root,
             creating_dirs: Arc::default(),
+            io,
         }
+    }
+
+    /// The file operations its files are written with.
+    pub fn io(&self) -> &FileIo {
+        &self.io
     }
 
     /// Makes sure the directory a file of the tree goes in exists and that
@@ -57,7 +70,8 @@ impl MetricsLayout {
             .creating_dirs
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        create_dir_synced(dir)
+        self.io
+            .create_dir_synced(dir)
             .map(|_| ())
             .map_err(|source| StorageError::io("create directory", dir, source))
     }

@@ -203,7 +203,9 @@ mod tests {
             .map(|(seq, path)| Arc::new(PersistedFile::open(seq, path).unwrap().0))
             .collect();
         let output = dir.path().join("00000003.parquet");
-        let written = compaction::compact_files(&inputs, &output).unwrap();
+        let written =
+            compaction::compact_files(&inputs, &output, &crate::durable_fs::FileIo::default())
+                .unwrap();
         assert_eq!(written.rows, 6);
         assert_eq!(written.metadata.compacted_from, vec![1, 2]);
         assert_eq!(written.metadata.lsn_ranges, vec![(1, 3), (8, 9)]);

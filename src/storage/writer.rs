@@ -19,6 +19,7 @@ use super::columns::SortedColumns;
 use super::file_meta::{FORMAT_VERSION, FileMetadata, normalise_ranges};
 use super::layout::MetricsLayout;
 use super::schema::{metric_file_schema, writer_properties};
+use crate::durable_fs::{CheckedWrite, FileIo};
 use crate::model::KeySummary;
 use crate::wal::Lsn;
 
@@ -37,7 +38,8 @@ pub struct WrittenFile {
 
 /// Streams sorted columns into a temporary file; [`Self::finish`] seals it.
 pub struct MetricFileWriter {
-    writer: ArrowWriter<File>,
+    writer: ArrowWriter<CheckedWrite<File>>,
+    io: FileIo,
     final_path: PathBuf,
     temp_path: PathBuf,
     rows: u64,
@@ -48,19 +50,32 @@ pub struct MetricFileWriter {
 }
 
 impl MetricFileWriter {
-    /// Starts the file that will end up at `final_path`.
+    /// Starts the file that will end up at `final_path`, writing straight
+    /// to the file system.
     pub fn create(final_path: &Path) -> Result<Self, StorageError> {
+        MetricFileWriter::create_with(final_path, &FileIo::default())
+    }
+
+    /// Starts the file that will end up at `final_path`, with every file
+    /// operation going through `io`.
+    pub(crate) fn create_with(final_path: &Path, io: &FileIo) -> Result<Self, StorageError> {
         if let Some(parent) = final_path.parent() {
-            fs::create_dir_all(parent)
+            io.create_dir_synced(parent)
                 .map_err(|source| StorageError::io("create directory", parent, source))?;
         }
         let temp_path = MetricsLayout::temp_path(final_path);
-        let file = File::create(&temp_path)
+        let file = io
+            .create(&temp_path)
             .map_err(|source| StorageError::io("create", &temp_path, source))?;
-        let writer = ArrowWriter::try_new(file, metric_file_schema(), Some(writer_properties()))
-            .map_err(|source| StorageError::parquet(&temp_path, source))?;
+        let writer = ArrowWriter::try_new(
+            io.writer(file, &temp_path),
+            metric_file_schema(),
+            Some(writer_properties()),
+        )
+        .map_err(|source| StorageError::parquet(&temp_path, source))?;
         Ok(MetricFileWriter {
             writer,
+            io: io.clone(),
             final_path: final_path.to_path_buf(),
             temp_path,
             rows: 0,
@@ -167,19 +182,24 @@ impl MetricFileWriter {
             .map_err(|source| StorageError::parquet(&self.temp_path, source))?;
         self.writer
             .sync()
-            .and_then(|()| self.writer.inner().sync_all())
+            .and_then(|()| {
+                self.io
+                    .sync_all(self.writer.inner().get_ref(), &self.temp_path)
+            })
             .map_err(|source| StorageError::io("sync", &self.temp_path, source))?;
         let bytes = self
             .writer
             .inner()
+            .get_ref()
             .metadata()
             .map_err(|source| StorageError::io("stat", &self.temp_path, source))?
             .len();
-        fs::rename(&self.temp_path, &self.final_path)
+        self.io
+            .rename(&self.temp_path, &self.final_path)
             .map_err(|source| StorageError::io("rename", &self.temp_path, source))?;
         if let Some(parent) = self.final_path.parent() {
-            File::open(parent)
-                .and_then(|handle| handle.sync_all())
+            self.io
+                .sync_dir(parent)
                 .map_err(|source| StorageError::io("sync directory", parent, source))?;
         }
         Ok(WrittenFile {

@@ -185,6 +185,8 @@ pub struct WalConfig {
     pub sync: SyncPolicy,
     /// A segment is closed and a new one started past this size.
     pub segment_bytes: u64,
+    /// The file operations segments are written with.
+    pub io: crate::durable_fs::FileIo,
 }
 
 /// Book-keeping of one segment on disk.
@@ -309,7 +311,9 @@ impl Wal {
         last_lsn: Lsn,
     ) -> Result<Wal, WalError> {
         let last_lsn = last_lsn.max(log_last_lsn);
-        crate::durable_fs::create_dir_synced(&config.dir)
+        config
+            .io
+            .create_dir_synced(&config.dir)
             .map_err(|source| WalError::io("create directory", &config.dir, source))?;
         let mut segments = Vec::new();
         for existing in segment::list_segments(&config.dir)? {
@@ -350,7 +354,7 @@ impl Wal {
         let first_new = skipped
             .as_ref()
             .map_or(last_lsn + 1, |skipped| *skipped.start());
-        let active = writer::ActiveSegment::create(&config.dir, first_new, &shared)?;
+        let active = writer::ActiveSegment::create(&config.dir, first_new, &shared, &config.io)?;
         let (sender, receiver) = unbounded();
         let thread_shared = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
@@ -528,6 +532,7 @@ mod tests {
             dir: dir.to_path_buf(),
             sync,
             segment_bytes,
+            io: Default::default(),
         }
     }
 

@@ -306,13 +306,6 @@ fn truncate_file(path: &Path, length: u64) -> Result<(), WalError> {
         .map_err(|source| WalError::io("truncate", path, source))
 }
 
-/// Makes a directory entry change (a new or renamed file) durable.
-pub fn sync_directory(dir: &Path) -> Result<(), WalError> {
-    File::open(dir)
-        .and_then(|handle| handle.sync_all())
-        .map_err(|source| WalError::io("sync directory", dir, source))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,6 @@
 //! The WAL writer thread: group commit, syncing and segment rotation.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::File;
 use std::ops::RangeInclusive;
 use std::path::Path;
 use std::sync::Arc;
@@ -11,10 +10,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 
 use super::frame::{body_checksum, encode_frame};
-use super::segment::{segment_path, sync_directory};
+use super::segment::segment_path;
 use super::{
     AppendRequest, Lsn, SegmentState, SyncPolicy, WalConfig, WalError, WalShared, WriterCommand,
 };
+use crate::durable_fs::FileIo;
 
 /// A group is written as soon as it holds this many bytes.
 const MAX_GROUP_BYTES: usize = 16 << 20;
@@ -28,18 +28,22 @@ pub(crate) struct ActiveSegment {
 
 impl ActiveSegment {
     /// Creates the segment that starts at `first_lsn` and registers it.
-    pub(crate) fn create(dir: &Path, first_lsn: Lsn, shared: &WalShared) -> Result<Self, WalError> {
+    pub(crate) fn create(
+        dir: &Path,
+        first_lsn: Lsn,
+        shared: &WalShared,
+        io: &FileIo,
+    ) -> Result<Self, WalError> {
         let path = segment_path(dir, first_lsn);
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
+        let file = io
+            .open_append(&path)
             .map_err(|source| WalError::io("create segment", &path, source))?;
         let bytes = file
             .metadata()
             .map_err(|source| WalError::io("stat", &path, source))?
             .len();
-        sync_directory(dir)?;
+        io.sync_dir(dir)
+            .map_err(|source| WalError::io("sync directory", dir, source))?;
         let mut segments = shared.segments();
         if !segments.iter().any(|segment| segment.path == path) {
             segments.push(SegmentState {
@@ -206,7 +210,11 @@ impl Writer {
         self.active
             .file
             .set_len(self.active.bytes)
-            .and_then(|()| self.active.file.sync_all())
+            .and_then(|()| {
+                self.config
+                    .io
+                    .sync_all(&self.active.file, &self.active.path)
+            })
             .map_err(|source| WalError::io("cut back", &self.active.path, source))?;
         self.unsynced = false;
         Ok(())
@@ -239,9 +247,9 @@ impl Writer {
             );
             starts_group = false;
         }
-        self.active
-            .file
-            .write_all(&self.frames)
+        self.config
+            .io
+            .write_all(&mut self.active.file, &self.active.path, &self.frames)
             .map_err(|source| WalError::io("write", &self.active.path, source))?;
         self.unsynced = true;
         match self.config.sync {
@@ -270,9 +278,9 @@ impl Writer {
     }
 
     fn sync(&mut self) -> Result<(), WalError> {
-        self.active
-            .file
-            .sync_data()
+        self.config
+            .io
+            .sync_data(&self.active.file, &self.active.path)
             .map_err(|source| WalError::io("sync", &self.active.path, source))?;
         self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.unsynced = false;
@@ -304,7 +312,12 @@ impl Writer {
         if self.unsynced {
             self.sync()?;
         }
-        self.active = ActiveSegment::create(&self.config.dir, self.written_lsn + 1, &self.shared)?;
+        self.active = ActiveSegment::create(
+            &self.config.dir,
+            self.written_lsn + 1,
+            &self.shared,
+            &self.config.io,
+        )?;
         Ok(())
     }
 }

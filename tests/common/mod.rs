@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod ledger;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -43,6 +45,17 @@ impl TestServer {
         extra_args: &[&str],
         env: &[(&str, &str)],
     ) -> TestServer {
+        TestServer::try_start_with_env(data_dir, extra_args, env)
+            .unwrap_or_else(|exit| panic!("server did not start:\n{}", exit.stderr))
+    }
+
+    /// Starts a server like [`TestServer::start_with_env`]; when it does
+    /// not start, returns how it exited.
+    pub fn try_start_with_env(
+        data_dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<TestServer, Exit> {
         let extra_args: Vec<String> = extra_args.iter().map(|arg| arg.to_string()).collect();
         let mut server = TestServer {
             child: None,
@@ -60,10 +73,8 @@ impl TestServer {
             stderr: None,
             stdout_lines: Default::default(),
         };
-        server.launch().unwrap_or_else(|exit| {
-            panic!("server did not start:\n{}", exit.stderr);
-        });
-        server
+        server.launch()?;
+        Ok(server)
     }
 
     /// Starts the binary and waits for its "listening" line. On failure,
@@ -186,8 +197,23 @@ impl TestServer {
 
     /// Sends SIGTERM and waits for a clean exit; returns its stderr.
     pub fn stop(&mut self) -> String {
+        let exit = self.terminate();
+        assert!(
+            exit.success,
+            "server exited with a failure:\n{}",
+            exit.stderr
+        );
+        exit.stderr
+    }
+
+    /// Sends SIGTERM and waits (at most 120 s) for the process to end,
+    /// however it ends.
+    pub fn terminate(&mut self) -> Exit {
         let Some(mut child) = self.child.take() else {
-            return String::new();
+            return Exit {
+                success: true,
+                stderr: String::new(),
+            };
         };
         let status = Command::new("kill")
             .arg("-TERM")
@@ -211,8 +237,10 @@ impl TestServer {
             .take()
             .map(|h| h.join().unwrap_or_default())
             .unwrap_or_default();
-        assert!(exit.success(), "server exited with {exit}:\n{stderr}");
-        stderr
+        Exit {
+            success: exit.success(),
+            stderr,
+        }
     }
 
     /// The server process's peak resident memory so far (`VmHWM`), in
