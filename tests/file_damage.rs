@@ -2,7 +2,8 @@
 //! longer stops the server. It is moved to `quarantine/` (counted on
 //! `/metrics`, named in the log), the other runs are served, and the run's
 //! points still in the WAL are rebuilt from it. A damaged copy of the
-//! catalog snapshot is moved there too, and the other copy used.
+//! catalog snapshot is moved there too, and the other copy used. A data
+//! page damaged later fails the reads of its run only, naming the file.
 
 mod common;
 
@@ -208,4 +209,70 @@ fn a_damaged_catalog_snapshot_copy_is_quarantined_and_the_other_used() {
         "{}",
         exit.stderr
     );
+}
+
+#[test]
+fn a_damaged_data_page_fails_reads_of_its_run_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start(dir.path(), &[]);
+    let damaged = server.create_run("pages", "damaged");
+    let intact = server.create_run("pages", "intact");
+    for run in [&damaged, &intact] {
+        let steps: Vec<i64> = (0..40_000).collect();
+        let values: Vec<f64> = steps.iter().map(|&step| (step as f64).sin()).collect();
+        server.post(
+            "/api/v1/ingest",
+            &json!({"batches": [{"run_id": run, "steps": steps, "values": {"loss": values}}]}),
+        );
+    }
+    server.stop();
+    // Flip one bit in the middle of the run's file: a data page, not the
+    // footer, so the file passes the checks at start, and the page may
+    // well still decode (to a wrong value).
+    let files = files_of(dir.path(), &damaged);
+    assert_eq!(files.len(), 1);
+    let mut bytes = fs::read(&files[0]).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x04;
+    fs::write(&files[0], bytes).unwrap();
+
+    let mut server = TestServer::start(dir.path(), &[]);
+    // Reading the damaged run is a clear error naming the file, not a
+    // wrong value, a crash or a silently short answer: through the scalar
+    // API, MLflow's get-history and SQL.
+    let file_name = files[0].file_name().unwrap().to_string_lossy().to_string();
+    for path in [
+        format!("/api/v1/runs/{damaged}/metrics/loss?max_points=0"),
+        format!("/api/2.0/mlflow/metrics/get-history?run_id={damaged}&metric_key=loss"),
+    ] {
+        let (status, body) = server.request("GET", &path, None);
+        assert!(status >= 500, "{path}: {status}");
+        let text = body.to_string();
+        assert!(
+            text.contains("damaged") && text.contains(&file_name),
+            "{path}: {text}"
+        );
+    }
+    let (status, body) = server.request(
+        "POST",
+        "/api/v1/sql",
+        Some(&json!({"query": format!("SELECT sum(value) AS s FROM metrics WHERE run_id = '{damaged}'")})),
+    );
+    assert_ne!(status, 200, "{body}");
+    assert!(body.to_string().contains("damaged"), "{body}");
+    // The other run is served whole, by every read path.
+    let (steps, _, values) = server.series(&intact, "loss");
+    assert_eq!(steps.len(), 40_000);
+    assert!(common::same_value(values[123], (123f64).sin()));
+    let count = server.post(
+        "/api/v1/sql",
+        &json!({"query": format!("SELECT count(*) AS n FROM metrics WHERE run_id = '{intact}'")}),
+    );
+    assert_eq!(count["rows"][0]["n"], 40_000, "{count}");
+    let history = server.get(&format!(
+        "/api/2.0/mlflow/metrics/get-history?run_id={intact}&metric_key=loss&max_results=100"
+    ));
+    assert_eq!(history["metrics"].as_array().unwrap().len(), 100);
+    assert_eq!(server.get("/health")["status"], "ok");
+    server.stop();
 }

@@ -18,8 +18,6 @@
 //! filter; `EXPLAIN ANALYZE` counts the rows pruned and read.
 
 use std::fmt;
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -50,7 +48,7 @@ use parquet::file::reader::{ChunkReader, Length};
 
 use super::scan_filter::ScanFilter;
 use crate::storage::schema::{KEY_COLUMN, STEP_COLUMN};
-use crate::storage::{FileMetadata, PersistedFile};
+use crate::storage::{DataFile, FileMetadata, PersistedFile};
 
 /// One file to scan and the run it belongs to.
 #[derive(Clone, Debug)]
@@ -295,7 +293,8 @@ impl PartitionScan {
         }
         let external =
             |error: crate::storage::StorageError| DataFusionError::External(Box::new(error));
-        let footer: ArrowReaderMetadata = file.file.footer().map_err(external)?;
+        let (footer, data): (ArrowReaderMetadata, DataFile) =
+            file.file.open_data().map_err(external)?;
         let metadata = Arc::clone(footer.metadata());
         let total_rows = u64::try_from(metadata.file_metadata().num_rows()).unwrap_or(0);
         let everything = std::iter::once(0..total_rows).collect::<Vec<_>>();
@@ -394,7 +393,7 @@ impl PartitionScan {
             && local_ranges[0].start == 0
             && local_ranges[0].end as u64 == kept_rows;
 
-        let chunks = LocalChunks::open(file.file.path(), spans)?;
+        let chunks = LocalChunks::open(data, spans)?;
         self.counters.bytes_scanned.add(chunks.loaded_bytes());
         let mask = ProjectionMask::leaves(parquet_schema, leaves.iter().copied());
         let mut builder = ParquetRecordBatchReaderBuilder::new_with_metadata(chunks, footer)
@@ -621,23 +620,17 @@ fn byte_span(
     spans
 }
 
-/// A local file for the Parquet reader: the byte spans it will need are
-/// read up front, one read each; anything else is read when asked for.
+/// A metric file for the Parquet reader: the byte spans it will need are
+/// read (and checked) up front, one read each; anything else is read when
+/// asked for.
 struct LocalChunks {
-    file: File,
-    path: std::path::PathBuf,
-    length: u64,
+    data: DataFile,
     /// Loaded spans, by start offset.
     loaded: Vec<(u64, Bytes)>,
 }
 
 impl LocalChunks {
-    fn open(path: &std::path::Path, mut spans: Vec<Range<u64>>) -> DfResult<Self> {
-        let io = |action: &str, error: std::io::Error| {
-            DataFusionError::Execution(format!("cannot {action} {}: {error}", path.display()))
-        };
-        let file = File::open(path).map_err(|error| io("open", error))?;
-        let length = file.metadata().map_err(|error| io("stat", error))?.len();
+    fn open(data: DataFile, mut spans: Vec<Range<u64>>) -> DfResult<Self> {
         spans.sort_by_key(|span| span.start);
         // Merge spans that touch or overlap.
         let mut merged: Vec<Range<u64>> = Vec::with_capacity(spans.len());
@@ -648,13 +641,12 @@ impl LocalChunks {
             }
         }
         let mut chunks = LocalChunks {
-            file,
-            path: path.to_path_buf(),
-            length,
+            data,
             loaded: Vec::with_capacity(merged.len()),
         };
         for span in merged {
             let bytes = chunks
+                .data
                 .read_at(span.start, (span.end - span.start) as usize)
                 .map_err(|error| DataFusionError::Execution(error.to_string()))?;
             chunks.loaded.push((span.start, bytes));
@@ -665,43 +657,11 @@ impl LocalChunks {
     fn loaded_bytes(&self) -> usize {
         self.loaded.iter().map(|(_, bytes)| bytes.len()).sum()
     }
-
-    fn read_at(&self, start: u64, length: usize) -> Result<Bytes, ParquetError> {
-        let end = start
-            .checked_add(length as u64)
-            .filter(|&end| end <= self.length);
-        if end.is_none() {
-            return Err(ParquetError::EOF(format!(
-                "{} ends before byte {}",
-                self.path.display(),
-                start.saturating_add(length as u64)
-            )));
-        }
-        let mut buffer: Vec<u8> = Vec::with_capacity(length);
-        // `File`'s `read_to_end` fills the spare capacity without zeroing
-        // it first. The handle is this reader's alone.
-        let failed = |error: std::io::Error| {
-            ParquetError::General(format!("cannot read {}: {error}", self.path.display()))
-        };
-        let mut file = &self.file;
-        file.seek(SeekFrom::Start(start)).map_err(failed)?;
-        file.take(length as u64)
-            .read_to_end(&mut buffer)
-            .map_err(failed)?;
-        if buffer.len() != length {
-            return Err(ParquetError::EOF(format!(
-                "{} ends before byte {}",
-                self.path.display(),
-                start + length as u64
-            )));
-        }
-        Ok(Bytes::from(buffer))
-    }
 }
 
 impl Length for LocalChunks {
     fn len(&self) -> u64 {
-        self.length
+        self.data.len()
     }
 }
 
@@ -718,8 +678,8 @@ impl ChunkReader for LocalChunks {
                 bytes.slice((start - offset) as usize..),
             ));
         }
-        let length = usize::try_from(self.length.saturating_sub(start)).unwrap_or(usize::MAX);
-        Ok(std::io::Cursor::new(self.read_at(start, length)?))
+        let length = usize::try_from(self.data.len().saturating_sub(start)).unwrap_or(usize::MAX);
+        Ok(std::io::Cursor::new(self.data.read_at(start, length)?))
     }
 
     fn get_bytes(&self, start: u64, length: usize) -> Result<Bytes, ParquetError> {
@@ -731,7 +691,7 @@ impl ChunkReader for LocalChunks {
             let from = (start - offset) as usize;
             return Ok(bytes.slice(from..from + length));
         }
-        self.read_at(start, length)
+        self.data.read_at(start, length)
     }
 }
 
@@ -747,6 +707,7 @@ mod tests {
     use futures::TryStreamExt;
     use rand::rngs::SmallRng;
     use rand::{Rng, SeedableRng};
+    use std::fs::File;
 
     const KEYS: [&str; 4] = ["a", "b/c", "loss", "z"];
 

@@ -29,7 +29,6 @@
 //! aggregate; a disagreement is [`ScalarError::Aggregates`], on which the
 //! caller falls back to the full scan.
 
-use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -48,7 +47,7 @@ use parquet::file::statistics::Statistics;
 use super::ScalarError;
 use crate::ingest::{BufferedKey, Segment, SegmentBlock};
 use crate::model::MetricSeries;
-use crate::storage::{BlockAggregate, PersistedFile};
+use crate::storage::{BlockAggregate, DataFile, PersistedFile};
 
 /// Rows decoded per Parquet batch: bounds a file source's memory.
 const BATCH_ROWS: usize = 32 * 1024;
@@ -244,8 +243,20 @@ struct FileSource {
     row_groups: std::vec::IntoIter<(usize, bool)>,
     reader: Option<(ParquetRecordBatchReader, bool)>,
     done: bool,
-    /// Keeps a compacted-away file on disk while it is read.
-    _file: Arc<PersistedFile>,
+    /// The file (which stays on disk while it is read, even once
+    /// compacted away).
+    file: Arc<PersistedFile>,
+}
+
+/// A file opened for checked reading, with a failure as a scalar error
+/// naming the file.
+fn file_data(file: &PersistedFile) -> Result<DataFile, ScalarError> {
+    file.open_data()
+        .map(|(_, data)| data)
+        .map_err(|error| ScalarError::InvalidFile {
+            path: file.path().to_path_buf(),
+            reason: error.to_string(),
+        })
 }
 
 /// A file's footer (from the footer cache, or read again), with a read
@@ -276,7 +287,7 @@ impl FileSource {
             row_groups: row_groups.into_iter(),
             reader: None,
             done: false,
-            _file: file,
+            file,
         })
     }
 
@@ -285,12 +296,9 @@ impl FileSource {
         row_group: usize,
         only_key: bool,
     ) -> Result<ParquetRecordBatchReader, ScalarError> {
-        let file = File::open(&self.path).map_err(|source| ScalarError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
+        let data = file_data(&self.file)?;
         let mut builder =
-            ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.footer.clone())
+            ParquetRecordBatchReaderBuilder::new_with_metadata(data, self.footer.clone())
                 .with_row_groups(vec![row_group])
                 .with_batch_size(BATCH_ROWS);
         if only_key {
@@ -1035,10 +1043,7 @@ impl PlannedFileSource {
         let footer = file_footer(&self.file)?;
         let row_groups = footer.metadata().row_groups();
         let (selected, selection) = selection_for(row_groups, &self.decode);
-        let handle = File::open(path).map_err(|source| ScalarError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let handle = file_data(&self.file)?;
         let mask =
             ProjectionMask::roots(footer.metadata().file_metadata().schema_descr(), [1, 2, 3]);
         ParquetRecordBatchReaderBuilder::new_with_metadata(handle, footer.clone())

@@ -25,7 +25,8 @@ pub fn compact_files(
     let mut readers = Vec::with_capacity(inputs.len());
     let mut heads = Vec::with_capacity(inputs.len());
     for input in inputs {
-        let mut segments = KeySegments::open(input.path(), &input.footer()?)?;
+        let (footer, data) = input.open_data()?;
+        let mut segments = KeySegments::open(data, &footer)?;
         heads.push(segments.next_segment()?);
         readers.push(segments);
     }

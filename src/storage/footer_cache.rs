@@ -14,6 +14,7 @@ use quick_cache::sync::Cache;
 
 use super::StorageError;
 use super::aggregates::FileAggregates;
+use super::checksums::FileChecksums;
 
 /// Memory the cached footers may take by default, in bytes.
 pub const DEFAULT_FOOTER_CACHE_BYTES: u64 = 32 << 20;
@@ -26,6 +27,9 @@ pub struct FileFooter {
     pub metadata: ArrowReaderMetadata,
     /// The block aggregates stored in it.
     pub aggregates: Option<Arc<FileAggregates>>,
+    /// The checksums of its data pages (`None`: a file from before them,
+    /// or a table that does not check out).
+    pub checksums: Option<Arc<FileChecksums>>,
 }
 
 /// A footer and the memory it takes.
@@ -116,7 +120,11 @@ fn cached(footer: FileFooter) -> CachedFooter {
                 as u64
         })
         .sum();
-    let bytes = metadata.metadata().memory_size() as u64 + schema_bytes + aggregate_bytes;
+    let checksum_bytes = footer.checksums.as_ref().map_or(0, |checksums| {
+        (checksums.covered() / super::checksums::BLOCK_BYTES + 1) * 4
+    });
+    let bytes =
+        metadata.metadata().memory_size() as u64 + schema_bytes + aggregate_bytes + checksum_bytes;
     CachedFooter { footer, bytes }
 }
 
@@ -165,6 +173,7 @@ mod tests {
         Ok(FileFooter {
             metadata,
             aggregates: None,
+            checksums: None,
         })
     }
 

@@ -2,6 +2,7 @@
 //! compaction. Every file access of the metric data goes through here.
 
 pub mod aggregates;
+pub mod checksums;
 pub mod columns;
 pub mod compaction;
 pub mod file_meta;
@@ -19,6 +20,7 @@ use thiserror::Error;
 use crate::error_kind::{Classify, ErrorKind};
 
 pub use aggregates::{BlockAggregate, BlockPoint, FileAggregates, KeyAggregates};
+pub use checksums::{DataFile, FileChecksums};
 pub use columns::{LoggedRows, SortedColumns};
 pub use file_meta::FileMetadata;
 pub use layout::{MetricsLayout, RunDirectory};

@@ -11,6 +11,7 @@ use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 
 use super::StorageError;
 use super::aggregates::FileAggregates;
+use super::checksums::{DataFile, FileChecksums};
 use super::file_meta::FileMetadata;
 use super::footer_cache::{FileFooter, footer_cache};
 use super::reader;
@@ -94,9 +95,18 @@ impl PersistedFile {
         footer_cache().get_or_load(&self.path, || load(&self.path).map(|(footer, _)| footer))
     }
 
+    /// The footer and the file opened for reading, every byte read from
+    /// it checked against the footer's checksums.
+    pub fn open_data(&self) -> Result<(ArrowReaderMetadata, DataFile), StorageError> {
+        let footer = self.cached_footer()?;
+        let data = DataFile::open(&self.path, footer.checksums)?;
+        Ok((footer.metadata, data))
+    }
+
     /// Appends the points of `key` to `out`.
     pub fn read_key(&self, key: &str, out: &mut MetricSeries) -> Result<(), StorageError> {
-        reader::read_key(&self.path, &self.footer()?, key, out)
+        let (footer, data) = self.open_data()?;
+        reader::read_key(data, &footer, key, out)
     }
 
     /// Marks the file as replaced: it is deleted once no one holds it.
@@ -122,10 +132,20 @@ fn load(path: &Path) -> Result<(FileFooter, FileMetadata), StorageError> {
             None
         }
     };
+    let checksums = match FileChecksums::from_key_values(
+        footer.metadata().file_metadata().key_value_metadata(),
+    ) {
+        Ok(checksums) => checksums.map(Arc::new),
+        Err(reason) => {
+            tracing::warn!(path = %path.display(), %reason, "ignoring a metric file's checksum table; its data is read unchecked");
+            None
+        }
+    };
     Ok((
         FileFooter {
             metadata: footer,
             aggregates,
+            checksums,
         },
         metadata,
     ))

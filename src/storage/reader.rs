@@ -14,6 +14,7 @@ use parquet::arrow::arrow_reader::{
 use parquet::file::metadata::PageIndexPolicy;
 
 use super::StorageError;
+use super::checksums::DataFile;
 use super::file_meta::FileMetadata;
 use crate::model::MetricSeries;
 
@@ -41,9 +42,9 @@ pub fn load_footer(path: &Path) -> Result<(ArrowReaderMetadata, FileMetadata), S
     Ok((reader_metadata, file_metadata))
 }
 
-/// Appends the points of `key` in `path` to `out`, in file order.
+/// Appends the points of `key` in `data` to `out`, in file order.
 pub fn read_key(
-    path: &Path,
+    data: DataFile,
     footer: &ArrowReaderMetadata,
     key: &str,
     out: &mut MetricSeries,
@@ -69,8 +70,9 @@ pub fn read_key(
     if row_groups.is_empty() {
         return Ok(());
     }
-    let file = File::open(path).map_err(|source| StorageError::io("open", path, source))?;
-    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, footer.clone())
+    let path = data.path().to_path_buf();
+    let path = path.as_path();
+    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(data, footer.clone())
         .with_row_groups(row_groups)
         .with_batch_size(BATCH_ROWS)
         .build()
@@ -205,15 +207,15 @@ pub struct KeySegments {
 }
 
 impl KeySegments {
-    /// Opens `path` with its already loaded footer.
-    pub fn open(path: &Path, footer: &ArrowReaderMetadata) -> Result<Self, StorageError> {
-        let file = File::open(path).map_err(|source| StorageError::io("open", path, source))?;
-        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, footer.clone())
+    /// Opens a file with its already loaded footer.
+    pub fn open(data: DataFile, footer: &ArrowReaderMetadata) -> Result<Self, StorageError> {
+        let path = data.path().to_path_buf();
+        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(data, footer.clone())
             .with_batch_size(BATCH_ROWS)
             .build()
-            .map_err(|source| StorageError::parquet(path, source))?;
+            .map_err(|source| StorageError::parquet(&path, source))?;
         Ok(KeySegments {
-            path: path.to_path_buf(),
+            path,
             reader,
             pending: None,
         })

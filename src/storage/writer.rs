@@ -15,6 +15,7 @@ use parquet::arrow::ArrowWriter;
 
 use super::StorageError;
 use super::aggregates::{BLOCK_ROWS, FileAggregates};
+use super::checksums::ChecksumWrite;
 use super::columns::SortedColumns;
 use super::file_meta::{FORMAT_VERSION, FileMetadata, normalise_ranges};
 use super::layout::MetricsLayout;
@@ -38,7 +39,7 @@ pub struct WrittenFile {
 
 /// Streams sorted columns into a temporary file; [`Self::finish`] seals it.
 pub struct MetricFileWriter {
-    writer: ArrowWriter<CheckedWrite<File>>,
+    writer: ArrowWriter<ChecksumWrite<CheckedWrite<File>>>,
     io: FileIo,
     final_path: PathBuf,
     temp_path: PathBuf,
@@ -68,7 +69,7 @@ impl MetricFileWriter {
             .create(&temp_path)
             .map_err(|source| StorageError::io("create", &temp_path, source))?;
         let writer = ArrowWriter::try_new(
-            io.writer(file, &temp_path),
+            ChecksumWrite::new(io.writer(file, &temp_path)),
             metric_file_schema(),
             Some(writer_properties()),
         )
@@ -162,6 +163,17 @@ impl MetricFileWriter {
         if let Some(carry) = self.carry.take() {
             self.write_batch(&carry)?;
         }
+        // Every data page out, through the checksums, before the footer
+        // that records them.
+        self.writer
+            .flush()
+            .map_err(|source| StorageError::parquet(&self.temp_path, source))?;
+        self.writer
+            .sync()
+            .map_err(|source| StorageError::io("write", &self.temp_path, source))?;
+        let checksums = self.writer.inner().checksums();
+        self.writer
+            .append_key_value_metadata(checksums.to_key_value());
         let metadata = FileMetadata {
             format_version: FORMAT_VERSION,
             lsn_ranges: normalise_ranges(lsn_ranges),
@@ -184,12 +196,13 @@ impl MetricFileWriter {
             .sync()
             .and_then(|()| {
                 self.io
-                    .sync_all(self.writer.inner().get_ref(), &self.temp_path)
+                    .sync_all(self.writer.inner().get_ref().get_ref(), &self.temp_path)
             })
             .map_err(|source| StorageError::io("sync", &self.temp_path, source))?;
         let bytes = self
             .writer
             .inner()
+            .get_ref()
             .get_ref()
             .metadata()
             .map_err(|source| StorageError::io("stat", &self.temp_path, source))?

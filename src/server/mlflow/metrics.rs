@@ -22,6 +22,7 @@ use crate::scalars::history::{self, History};
 use crate::scalars::{self, KeyPattern, ScalarError, ScalarSeries, SeriesParams, XAxis};
 use crate::search::page::{decode_offset, encode_offset};
 use crate::server::auth::Access;
+use futures_util::StreamExt;
 
 type EngineState = State<Arc<Engine>>;
 
@@ -55,18 +56,18 @@ struct ChunkedJson {
     chunk: Vec<u8>,
 }
 
+/// The receiving end of a [`ChunkedJson`].
+type Chunks = tokio::sync::mpsc::Receiver<Result<Bytes, ScalarError>>;
+
 impl ChunkedJson {
-    /// A writer and the response body it feeds.
-    fn new() -> (ChunkedJson, Body) {
+    /// A writer and the chunks it sends, for [`chunked_response`].
+    fn new() -> (ChunkedJson, Chunks) {
         let (sender, receiver) = tokio::sync::mpsc::channel(2);
-        let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
-            receiver.recv().await.map(|chunk| (chunk, receiver))
-        });
         let writer = ChunkedJson {
             sender,
             chunk: Vec::with_capacity(CHUNK_BYTES + 1024),
         };
-        (writer, Body::from_stream(body))
+        (writer, receiver)
     }
 
     /// The bytes written so far, to append to.
@@ -97,9 +98,26 @@ impl ChunkedJson {
     }
 }
 
-/// A streamed JSON response.
-fn json_response(body: Body) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+/// The streamed JSON response of a [`ChunkedJson`]. The status waits for
+/// its first chunk (the first 512 KiB, or the whole of a smaller answer),
+/// so a read that fails before it, as a damaged file found by the first
+/// pass over the series does, is a clean error status with an MLflow
+/// error body; only a failure after that cuts the body.
+async fn chunked_response(mut chunks: Chunks) -> MlflowResult<Response> {
+    let first = match chunks.recv().await {
+        Some(Ok(first)) => first,
+        Some(Err(error)) => return Err(error.into()),
+        None => Bytes::new(),
+    };
+    let rest = futures_util::stream::unfold(chunks, |mut chunks| async move {
+        chunks.recv().await.map(|chunk| (chunk, chunks))
+    });
+    let body = futures_util::stream::once(async move { Ok(first) }).chain(rest);
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(body),
+    )
+        .into_response())
 }
 
 /// Writes the points of one page of `history` as MLflow `Metric`s after
@@ -158,7 +176,7 @@ pub(super) async fn get_history(
     };
     engine.run_for(&access, run_id)?;
     let history = history::history(&engine, run_id, &key).await?;
-    let (mut writer, body) = ChunkedJson::new();
+    let (mut writer, chunks) = ChunkedJson::new();
     tokio::task::spawn_blocking(move || {
         let end = offset.saturating_add(size).min(history.len());
         let key_json = wire::json_string(&key);
@@ -182,7 +200,7 @@ pub(super) async fn get_history(
         writer.out().push(b'}');
         writer.finish();
     });
-    Ok(json_response(body))
+    chunked_response(chunks).await
 }
 
 fn run_ids_of(texts: &[String]) -> MlflowResult<Vec<RunId>> {
@@ -237,7 +255,7 @@ pub(super) async fn get_history_bulk(
         engine.run_for(&access, run_id)?;
         histories.push((run_id, history::history(&engine, run_id, &key).await?));
     }
-    let (mut writer, body) = ChunkedJson::new();
+    let (mut writer, chunks) = ChunkedJson::new();
     tokio::task::spawn_blocking(move || {
         let key_json = wire::json_string(&key);
         writer.out().push(b'{');
@@ -264,7 +282,7 @@ pub(super) async fn get_history_bulk(
         writer.out().push(b'}');
         writer.finish();
     });
-    Ok(json_response(body))
+    chunked_response(chunks).await
 }
 
 #[derive(Deserialize)]
