@@ -286,72 +286,70 @@ mod tests {
     use super::*;
     use crate::durable_fs::FileIo;
     use crate::model::ExperimentId;
-    use crate::storage::MetricFileWriter;
-    use crate::storage::columns::SortedColumns;
     use crate::storage::compaction::compact_files;
+    use crate::storage::compaction::test_files::write_file;
 
-    fn write_file(path: &Path, steps: std::ops::Range<i64>, lsn: u64) -> Arc<PersistedFile> {
-        let columns = SortedColumns::from_points(steps.map(|step| ("k", step, step, step as f64)));
-        let mut writer = MetricFileWriter::create(path).unwrap();
-        writer.write(columns).unwrap();
-        writer.finish(vec![(lsn, lsn)], vec![]).unwrap();
-        Arc::new(PersistedFile::open(lsn, path).unwrap().0)
-    }
-
-    fn live_rows(layout: &MetricsLayout, quarantine: &Path) -> (Vec<u64>, u64) {
-        let loaded = load_metric_files(layout, quarantine).unwrap();
-        let files = &loaded.runs[0].files;
-        (
-            files.iter().map(|file| file.seq()).collect(),
-            files.iter().map(|file| file.rows()).sum(),
-        )
+    /// Writes one file per step range (sequence numbers from 1), merges
+    /// the inputs each `compactions` entry names into the next sequence
+    /// numbers, as an interrupted or repeated compaction leaves them, then
+    /// loads the run twice (a start, then another). Returns the live files'
+    /// sequence numbers and rows after each start, and the files left on
+    /// disk after the second.
+    fn load_after(
+        ranges: &[std::ops::Range<i64>],
+        compactions: &[std::ops::Range<usize>],
+    ) -> (Vec<(Vec<u64>, u64)>, usize) {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = MetricsLayout::new(dir.path().join(METRICS_DIR));
+        let quarantine = dir.path().join(QUARANTINE_DIR);
+        let (experiment, run) = (ExperimentId::new(3), RunId::new_random());
+        let path = |seq| layout.file_path(experiment, run, seq);
+        layout.prepare_dir_of(&path(1)).unwrap();
+        let inputs: Vec<_> = ranges
+            .iter()
+            .zip(1..)
+            .map(|(steps, seq)| write_file(&path(seq), steps.clone(), seq))
+            .collect();
+        for (inputs_taken, seq) in compactions.iter().zip(ranges.len() as u64 + 1..) {
+            compact_files(
+                &inputs[inputs_taken.clone()],
+                &path(seq),
+                &FileIo::default(),
+            )
+            .unwrap();
+        }
+        drop(inputs);
+        let starts = (0..2)
+            .map(|_| {
+                let loaded = load_metric_files(&layout, &quarantine).unwrap();
+                let files = &loaded.runs[0].files;
+                (
+                    files.iter().map(|file| file.seq()).collect(),
+                    files.iter().map(|file| file.rows()).sum(),
+                )
+            })
+            .collect();
+        let on_disk = fs::read_dir(layout.run_dir(experiment, run))
+            .unwrap()
+            .count();
+        (starts, on_disk)
     }
 
     #[test]
     fn a_compaction_cut_short_or_done_twice_leaves_each_point_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let layout = MetricsLayout::new(dir.path().join(METRICS_DIR));
-        let quarantine = dir.path().join(QUARANTINE_DIR);
-        let (experiment, run) = (ExperimentId::new(3), RunId::new_random());
-        let path = |seq| layout.file_path(experiment, run, seq);
-        layout.prepare_dir_of(&path(1)).unwrap();
-        let inputs = vec![
-            write_file(&path(1), 0..10, 1),
-            write_file(&path(2), 10..25, 2),
-            write_file(&path(3), 25..30, 3),
-        ];
-        // A crash after the output's rename, before the inputs went: the
-        // output replaces them at the next start.
-        compact_files(&inputs[..2], &path(4), &FileIo::default()).unwrap();
-        // The same compaction done again (its first output was never
-        // registered), this time with one more input.
-        compact_files(&inputs, &path(5), &FileIo::default()).unwrap();
-        drop(inputs);
-        assert_eq!(live_rows(&layout, &quarantine), (vec![5], 30));
-        // Once settled, a second start changes nothing.
-        assert_eq!(live_rows(&layout, &quarantine), (vec![5], 30));
-        for seq in 1..=4 {
-            assert!(!path(seq).exists(), "file {seq} should be gone");
-        }
+        // File 4 (from 1 and 2) was renamed into place before a crash, its
+        // inputs still there; then the compaction was done again as file 5
+        // (from 1, 2 and 3). Only file 5 may stay, and a second start
+        // changes nothing.
+        let (starts, on_disk) = load_after(&[0..10, 10..25, 25..30], &[0..2, 0..3]);
+        assert_eq!(starts, [(vec![5], 30), (vec![5], 30)]);
+        assert_eq!(on_disk, 1, "the replaced files are deleted");
     }
 
     #[test]
     fn outputs_with_different_inputs_both_stay() {
-        let dir = tempfile::tempdir().unwrap();
-        let layout = MetricsLayout::new(dir.path().join(METRICS_DIR));
-        let quarantine = dir.path().join(QUARANTINE_DIR);
-        let (experiment, run) = (ExperimentId::new(3), RunId::new_random());
-        let path = |seq| layout.file_path(experiment, run, seq);
-        layout.prepare_dir_of(&path(1)).unwrap();
-        let inputs = vec![
-            write_file(&path(1), 0..10, 1),
-            write_file(&path(2), 10..25, 2),
-            write_file(&path(3), 25..30, 3),
-            write_file(&path(4), 30..32, 4),
-        ];
-        compact_files(&inputs[..2], &path(5), &FileIo::default()).unwrap();
-        compact_files(&inputs[2..], &path(6), &FileIo::default()).unwrap();
-        drop(inputs);
-        assert_eq!(live_rows(&layout, &quarantine), (vec![5, 6], 32));
+        let (starts, on_disk) = load_after(&[0..10, 10..25, 25..30, 30..32], &[0..2, 2..4]);
+        assert_eq!(starts, [(vec![5, 6], 32), (vec![5, 6], 32)]);
+        assert_eq!(on_disk, 2);
     }
 }

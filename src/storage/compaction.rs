@@ -93,19 +93,32 @@ pub fn remove_output(path: &Path, io: &FileIo) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// Test files: a metric file of key `k` with one point per step.
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_files {
     use super::*;
     use crate::storage::MetricFileWriter;
     use crate::storage::columns::SortedColumns;
 
-    fn write_file(path: &Path, steps: std::ops::Range<i64>, lsn: u64) -> Arc<PersistedFile> {
+    /// Writes file `lsn` (also its sequence number) at `path`, holding one
+    /// point of key `k` per step and covering WAL record `lsn`.
+    pub(crate) fn write_file(
+        path: &Path,
+        steps: std::ops::Range<i64>,
+        lsn: u64,
+    ) -> Arc<PersistedFile> {
         let columns = SortedColumns::from_points(steps.map(|step| ("k", step, step, step as f64)));
         let mut writer = MetricFileWriter::create(path).unwrap();
         writer.write(columns).unwrap();
         writer.finish(vec![(lsn, lsn)], vec![]).unwrap();
         Arc::new(PersistedFile::open(lsn, path).unwrap().0)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_files::write_file;
+    use super::*;
 
     #[test]
     fn an_output_is_checked_against_its_inputs_and_removed_when_short() {
