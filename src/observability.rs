@@ -64,7 +64,12 @@ impl Collector for ExtraGauges {
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snapshot = &self.0;
-        let counters: [(&str, &str, u64); 10] = [
+        let counters: [(&str, &str, u64); 11] = [
+            (
+                "damaged_file_reads",
+                "Reads of metric files that found a data page failing its checksum (the read failed)",
+                snapshot.damaged_file_reads,
+            ),
             (
                 "injected_io_faults",
                 "File operations failed on purpose by a test's fault plan (STEPSTORE_IO_FAULTS); 0 in production",

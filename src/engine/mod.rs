@@ -255,6 +255,8 @@ pub struct Engine {
     tokens: TokenStore,
     /// Damaged metric files moved to quarantine at start.
     quarantined_files: u64,
+    /// Reads of metric files that found damage (the layout's counter).
+    damaged_reads: Arc<AtomicU64>,
     /// Set when a catalog change could not be made durable, until the
     /// catalog is rebuilt without it (see [`catalog_log`]).
     catalog_in_doubt: Arc<AtomicBool>,
@@ -277,6 +279,7 @@ impl Engine {
         });
         let layout =
             MetricsLayout::with_io(data_dir.join(recovery::METRICS_DIR), config.file_io.clone());
+        let damaged_reads = layout.damaged_reads();
         let files = recovery::load_metric_files(&layout, &data_dir.join(recovery::QUARANTINE_DIR))?;
         let catalog_dir = data_dir.join(recovery::CATALOG_DIR);
         let (catalog_state, quarantined_snapshots) = recovery::load_catalog(
@@ -348,6 +351,7 @@ impl Engine {
             maintenance: Mutex::new(None),
             tokens,
             quarantined_files,
+            damaged_reads,
             catalog_in_doubt: Arc::default(),
             checkpoint_lock: Mutex::new(()),
             _lock: lock,

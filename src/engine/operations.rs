@@ -48,6 +48,8 @@ pub struct TelemetrySnapshot {
     pub quarantined_files: u64,
     /// File operations a test's fault plan failed on purpose.
     pub injected_io_faults: u64,
+    /// Reads of metric files that found a damaged data page.
+    pub damaged_file_reads: u64,
     /// Panics contained in persister and shard threads since start.
     pub thread_panics: u64,
 }
@@ -99,6 +101,7 @@ impl Engine {
             runs: state.run_count() as u64,
             quarantined_files: self.quarantined_files,
             injected_io_faults: self.config.file_io.injected_faults(),
+            damaged_file_reads: self.damaged_reads.load(Ordering::Relaxed),
             thread_panics: ingest.thread_panics(),
         }
     }

@@ -111,7 +111,7 @@ pub(crate) fn load_metric_files(
         let mut opened = Vec::with_capacity(directory.files.len());
         let mut damaged = Vec::new();
         for (seq, path) in &directory.files {
-            match PersistedFile::open(*seq, path) {
+            match layout.open_file(*seq, path) {
                 Ok(file) => opened.push(file),
                 Err(error) if is_damage(&error) => damaged.push((*seq, path, error)),
                 Err(error) => return Err(error.into()),

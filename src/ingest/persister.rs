@@ -95,7 +95,7 @@ pub(crate) fn run(jobs: Receiver<PersistJob>, layout: MetricsLayout, stats: Arc<
                 let outcome = contained("compacting a run", &stats, || {
                     compact_files(&inputs, &path, layout.io())
                         .and_then(|written| {
-                            PersistedFile::open(seq, &written.path).inspect_err(|_| {
+                            layout.open_file(seq, &written.path).inspect_err(|_| {
                                 if let Err(error) = remove_output(&written.path, layout.io()) {
                                     tracing::error!(%error, "a compaction output that cannot be opened could not be removed");
                                 }
@@ -139,7 +139,7 @@ fn write_chunk(
     writer.write(columns)?;
     let (first, last) = chunk.lsn_range();
     let written = writer.finish(vec![(first, last)], Vec::new())?;
-    let (file, _) = PersistedFile::open(seq, &written.path)?;
+    let (file, _) = layout.open_file(seq, &written.path)?;
     Ok(Arc::new(file))
 }
 

@@ -19,6 +19,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -210,6 +211,9 @@ pub struct DataFile {
     path: Arc<PathBuf>,
     length: u64,
     checksums: Option<Arc<FileChecksums>>,
+    /// Counts reads that found damage (the engine's
+    /// `stepstore_damaged_file_reads_total`).
+    damaged_reads: Option<Arc<AtomicU64>>,
 }
 
 impl DataFile {
@@ -241,7 +245,14 @@ impl DataFile {
             path: Arc::new(path.to_path_buf()),
             length,
             checksums,
+            damaged_reads: None,
         }
+    }
+
+    /// Counts each read that finds damage in `counter`.
+    pub fn counting_damage_in(mut self, counter: Arc<AtomicU64>) -> Self {
+        self.damaged_reads = Some(counter);
+        self
     }
 
     /// Its path.
@@ -278,6 +289,9 @@ impl DataFile {
         let read_end = end.max(covered_end);
         let bytes = self.read_exact(read_start, read_end)?;
         if let Err(block) = checksums.check(read_start, &bytes) {
+            if let Some(counter) = &self.damaged_reads {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
             tracing::error!(path = %self.path.display(), bytes = ?block, "a metric file's data fails its checksum");
             return Err(ParquetError::General(format!(
                 "{} is damaged: bytes {}..{} fail their checksum",
@@ -428,8 +442,12 @@ mod tests {
         let mut damaged = bytes.clone();
         damaged[20_000] ^= 1;
         std::fs::write(&path, &damaged).unwrap();
-        let file = DataFile::open(&path, Some(checksums)).unwrap();
+        let counter = Arc::new(AtomicU64::new(0));
+        let file = DataFile::open(&path, Some(checksums))
+            .unwrap()
+            .counting_damage_in(Arc::clone(&counter));
         let error = file.get_bytes(19_000, 10).unwrap_err().to_string();
+        assert_eq!(counter.load(Ordering::Relaxed), 1);
         let block = 20_000 / BLOCK_BYTES * BLOCK_BYTES;
         let expected = format!(
             "is damaged: bytes {block}..{} fail their checksum",

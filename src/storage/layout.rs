@@ -6,9 +6,12 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use super::StorageError;
+use super::file_meta::FileMetadata;
+use super::persisted::PersistedFile;
 use crate::durable_fs::{FileIo, create_dir_synced};
 use crate::model::{ExperimentId, RunId};
 
@@ -37,6 +40,8 @@ pub struct MetricsLayout {
     creating_dirs: Arc<Mutex<()>>,
     /// The file operations its files are written with.
     io: FileIo,
+    /// Reads of its files that found damage.
+    damaged_reads: Arc<AtomicU64>,
 }
 
 impl MetricsLayout {
@@ -51,7 +56,24 @@ impl MetricsLayout {
             root,
             creating_dirs: Arc::default(),
             io,
+            damaged_reads: Arc::default(),
         }
+    }
+
+    /// Opens file `seq` of the tree at `path`, its damaged reads counted
+    /// in [`MetricsLayout::damaged_reads`].
+    pub fn open_file(
+        &self,
+        seq: u64,
+        path: &Path,
+    ) -> Result<(PersistedFile, FileMetadata), StorageError> {
+        PersistedFile::open_counted(seq, path, Arc::clone(&self.damaged_reads))
+    }
+
+    /// Reads of the tree's files that found damage (a data page failing
+    /// its checksum) since start.
+    pub fn damaged_reads(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.damaged_reads)
     }
 
     /// The file operations its files are written with.

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 
@@ -27,6 +27,8 @@ pub struct PersistedFile {
     bytes: u64,
     lsn_ranges: Vec<(Lsn, Lsn)>,
     obsolete: AtomicBool,
+    /// Where reads that find damage are counted (the layout's counter).
+    damaged_reads: Arc<AtomicU64>,
 }
 
 impl PersistedFile {
@@ -35,6 +37,16 @@ impl PersistedFile {
     /// missing (older files) or do not check out (logged) are left out:
     /// such a file is read by the full scan.
     pub fn open(seq: u64, path: &Path) -> Result<(PersistedFile, FileMetadata), StorageError> {
+        PersistedFile::open_counted(seq, path, Arc::default())
+    }
+
+    /// Opens file `seq` at `path` like [`PersistedFile::open`], counting
+    /// reads of it that find damage in `damaged_reads`.
+    pub fn open_counted(
+        seq: u64,
+        path: &Path,
+        damaged_reads: Arc<AtomicU64>,
+    ) -> Result<(PersistedFile, FileMetadata), StorageError> {
         let (footer, metadata) = load(path)?;
         let bytes = std::fs::metadata(path)
             .map_err(|source| StorageError::io("stat", path, source))?
@@ -49,6 +61,7 @@ impl PersistedFile {
                 bytes,
                 lsn_ranges: metadata.lsn_ranges.clone(),
                 obsolete: AtomicBool::new(false),
+                damaged_reads,
             },
             metadata,
         ))
@@ -99,7 +112,8 @@ impl PersistedFile {
     /// it checked against the footer's checksums.
     pub fn open_data(&self) -> Result<(ArrowReaderMetadata, DataFile), StorageError> {
         let footer = self.cached_footer()?;
-        let data = DataFile::open_with_length(&self.path, self.bytes, footer.checksums)?;
+        let data = DataFile::open_with_length(&self.path, self.bytes, footer.checksums)?
+            .counting_damage_in(Arc::clone(&self.damaged_reads));
         Ok((footer.metadata, data))
     }
 
