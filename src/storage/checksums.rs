@@ -217,36 +217,22 @@ pub struct DataFile {
 }
 
 impl DataFile {
-    /// Opens `path`, checking what is read against `checksums` (none for a
-    /// file written before checksums).
-    pub fn open(path: &Path, checksums: Option<Arc<FileChecksums>>) -> Result<Self, StorageError> {
-        let file = File::open(path).map_err(|source| StorageError::io("open", path, source))?;
-        let length = file
-            .metadata()
-            .map_err(|source| StorageError::io("stat", path, source))?
-            .len();
-        Ok(DataFile::of(file, path, length, checksums))
-    }
-
-    /// Opens `path` of a known `length` (metric files never change once
-    /// written), checking what is read against `checksums`.
-    pub fn open_with_length(
+    /// Opens `path`, `length` bytes long (metric files never change once
+    /// written), checking what is read against `checksums` (none for a file
+    /// written before checksums).
+    pub fn open(
         path: &Path,
         length: u64,
         checksums: Option<Arc<FileChecksums>>,
     ) -> Result<Self, StorageError> {
         let file = File::open(path).map_err(|source| StorageError::io("open", path, source))?;
-        Ok(DataFile::of(file, path, length, checksums))
-    }
-
-    fn of(file: File, path: &Path, length: u64, checksums: Option<Arc<FileChecksums>>) -> Self {
-        DataFile {
+        Ok(DataFile {
             file: Arc::new(file),
             path: Arc::new(path.to_path_buf()),
             length,
             checksums,
             damaged_reads: None,
-        }
+        })
     }
 
     /// Counts each read that finds damage in `counter`.
@@ -415,7 +401,7 @@ mod tests {
         let covered = 60_001;
         let (path, checksums) = written(dir.path(), &bytes, covered);
         let checksums = Arc::new(checksums);
-        let file = DataFile::open(&path, Some(Arc::clone(&checksums))).unwrap();
+        let file = DataFile::open(&path, 70_000, Some(Arc::clone(&checksums))).unwrap();
         for (start, length) in [
             (0, 1),
             (5, 16_384),
@@ -443,7 +429,7 @@ mod tests {
         damaged[20_000] ^= 1;
         std::fs::write(&path, &damaged).unwrap();
         let counter = Arc::new(AtomicU64::new(0));
-        let file = DataFile::open(&path, Some(checksums))
+        let file = DataFile::open(&path, 70_000, Some(checksums))
             .unwrap()
             .counting_damage_in(Arc::clone(&counter));
         let error = file.get_bytes(19_000, 10).unwrap_err().to_string();
@@ -477,7 +463,7 @@ mod tests {
         std::fs::write(&path, &damaged).unwrap();
         assert_eq!(file.get_bytes(65_000, 1).unwrap()[0], damaged[65_000]);
         // Without a table (an older file), nothing is checked.
-        let unchecked = DataFile::open(&path, None).unwrap();
+        let unchecked = DataFile::open(&path, 70_000, None).unwrap();
         assert_eq!(unchecked.get_bytes(20_000, 1).unwrap()[0], damaged[20_000]);
     }
 }

@@ -112,7 +112,7 @@ impl PersistedFile {
     /// it checked against the footer's checksums.
     pub fn open_data(&self) -> Result<(ArrowReaderMetadata, DataFile), StorageError> {
         let footer = self.cached_footer()?;
-        let data = DataFile::open_with_length(&self.path, self.bytes, footer.checksums)?
+        let data = DataFile::open(&self.path, self.bytes, footer.checksums)?
             .counting_damage_in(Arc::clone(&self.damaged_reads));
         Ok((footer.metadata, data))
     }
