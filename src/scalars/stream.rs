@@ -47,7 +47,7 @@ use parquet::file::statistics::Statistics;
 use super::ScalarError;
 use crate::ingest::{BufferedKey, Segment, SegmentBlock};
 use crate::model::MetricSeries;
-use crate::storage::{BlockAggregate, DataFile, PersistedFile};
+use crate::storage::{BlockAggregate, DataFile, PageRowReader, PersistedFile};
 
 /// Rows decoded per Parquet batch: bounds a file source's memory.
 const BATCH_ROWS: usize = 32 * 1024;
@@ -1013,11 +1013,19 @@ struct PlannedFileSource {
     blocks: std::vec::IntoIter<PlannedBlock>,
     decode: Vec<Range<u64>>,
     bounds: StepBounds,
-    reader: Option<ParquetRecordBatchReader>,
-    /// Decoded rows not yet handed out.
+    reader: Option<PlannedReader>,
+    /// Decoded rows not yet handed out (Arrow reader).
     pending: Option<Block>,
     /// The block being decoded and the rows of it already handed out.
-    current: Option<(BlockAggregate, u32)>,
+    current: Option<(PlannedBlock, u32)>,
+}
+
+/// How a planned file read decodes its blocks: straight from the pages
+/// (files as stepstore writes them), or through the Arrow reader and one
+/// row selection (files the page reader does not take).
+enum PlannedReader {
+    Pages(Box<PageRowReader>),
+    Arrow(ParquetRecordBatchReader),
 }
 
 impl PlannedFileSource {
@@ -1038,9 +1046,14 @@ impl PlannedFileSource {
         }
     }
 
-    fn open(&self) -> Result<ParquetRecordBatchReader, ScalarError> {
+    fn open(&self) -> Result<PlannedReader, ScalarError> {
         let path = self.file.path();
         let footer = file_footer(&self.file)?;
+        if let Some(pages) =
+            PageRowReader::open(file_data(&self.file)?, Arc::clone(footer.metadata()))
+        {
+            return Ok(PlannedReader::Pages(Box::new(pages)));
+        }
         let row_groups = footer.metadata().row_groups();
         let (selected, selection) = selection_for(row_groups, &self.decode);
         let handle = file_data(&self.file)?;
@@ -1053,31 +1066,49 @@ impl PlannedFileSource {
             .with_projection(mask)
             .with_batch_size(BATCH_ROWS)
             .build()
+            .map(PlannedReader::Arrow)
             .map_err(|error| parquet_error(path, error))
     }
 
-    /// Up to `wanted` (at least one) decoded rows.
-    fn take_rows(&mut self, wanted: usize) -> Result<Block, ScalarError> {
+    /// Decoded rows of `planned` from its row `done` on: all of them (page
+    /// reader), or up to the rest of a decoded batch (Arrow reader).
+    fn take_rows(&mut self, planned: &PlannedBlock, done: u32) -> Result<Block, ScalarError> {
+        if self.reader.is_none() {
+            self.reader = Some(self.open()?);
+        }
+        if let Some(PlannedReader::Pages(pages)) = self.reader.as_mut() {
+            let start = planned.first_row + u64::from(done);
+            let end = planned.first_row + u64::from(planned.block.rows);
+            let rows = pages
+                .read(start..end)
+                .map_err(|error| ScalarError::InvalidFile {
+                    path: self.file.path().to_path_buf(),
+                    reason: error.to_string(),
+                })?;
+            return Ok(Block {
+                steps: rows.steps,
+                timestamps: rows.timestamps,
+                values: rows.values,
+            });
+        }
+        let wanted = (planned.block.rows - done) as usize;
         let pending = match self.pending.take() {
             Some(pending) => pending,
             None => {
-                if self.reader.is_none() {
-                    self.reader = Some(self.open()?);
+                let batch = match self.reader.as_mut() {
+                    Some(PlannedReader::Arrow(reader)) => reader.next(),
+                    _ => None,
                 }
-                let batch = self
-                    .reader
-                    .as_mut()
-                    .and_then(|reader| reader.next())
-                    .ok_or_else(|| {
-                        ScalarError::Aggregates(format!(
-                            "{} has fewer rows than its aggregates say",
-                            self.file.path().display()
-                        ))
-                    })?
-                    .map_err(|error| ScalarError::InvalidFile {
-                        path: self.file.path().to_path_buf(),
-                        reason: error.to_string(),
-                    })?;
+                .ok_or_else(|| {
+                    ScalarError::Aggregates(format!(
+                        "{} has fewer rows than its aggregates say",
+                        self.file.path().display()
+                    ))
+                })?
+                .map_err(|error| ScalarError::InvalidFile {
+                    path: self.file.path().to_path_buf(),
+                    reason: error.to_string(),
+                })?;
                 batch_block(self.file.path(), &batch, false)?
             }
         };
@@ -1092,8 +1123,9 @@ impl PlannedFileSource {
 impl BlockSource for PlannedFileSource {
     fn next_item(&mut self) -> Result<Option<Item>, ScalarError> {
         loop {
-            if let Some((aggregate, done)) = self.current {
-                let rows = self.take_rows((aggregate.rows - done) as usize)?;
+            if let Some((planned, done)) = self.current {
+                let aggregate = planned.block;
+                let rows = self.take_rows(&planned, done)?;
                 if rows.len() == 0 {
                     continue;
                 }
@@ -1108,7 +1140,7 @@ impl BlockSource for PlannedFileSource {
                         self.file.path().display()
                     )));
                 }
-                self.current = (done_now < aggregate.rows).then_some((aggregate, done_now));
+                self.current = (done_now < aggregate.rows).then_some((planned, done_now));
                 if let (Some(rows), _) = rows.trim(self.bounds) {
                     return Ok(Some(Item::Rows(rows)));
                 }
@@ -1120,7 +1152,7 @@ impl BlockSource for PlannedFileSource {
             if planned.summarise {
                 return Ok(Some(Item::Summary(planned.block)));
             }
-            self.current = Some((planned.block, 0));
+            self.current = Some((planned, 0));
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod compaction;
 pub mod file_meta;
 pub mod footer_cache;
 pub mod layout;
+pub(crate) mod pages;
 pub mod persisted;
 pub mod reader;
 pub mod schema;
@@ -24,6 +25,7 @@ pub use checksums::{DataFile, FileChecksums};
 pub use columns::{LoggedRows, SortedColumns};
 pub use file_meta::FileMetadata;
 pub use layout::{MetricsLayout, RunDirectory};
+pub(crate) use pages::PageRowReader;
 pub use persisted::PersistedFile;
 pub use writer::{MetricFileWriter, WrittenFile};
 
