@@ -9,7 +9,7 @@
 import { colorAt, faded } from "./colors.js";
 import { runName } from "./catalog.js";
 import { formatCount, formatSeconds, formatTick, h } from "./format.js";
-import { MAX_BUDGET, align, fetchSeries, xOf } from "./series.js";
+import { MAX_BUDGET, align, fetchSeries, growable, xOf } from "./series.js";
 import { Tooltip } from "./tooltip.js";
 
 /** Plot heights: in a grid of charts, and alone (the whole width). */
@@ -122,6 +122,7 @@ export class Chart {
     this.ensureSeries(runId);
     const series = this.series.get(runId);
     if (!series || !this.x) return;
+    growable(series);
     let added = 0;
     for (const point of points) {
       if (series.steps.length && point.step <= series.steps.at(-1)) continue;
@@ -187,7 +188,8 @@ export class Chart {
       xs: run.series.xs,
       columns: smoothed ? [run.series.values, run.series.smoothed] : [run.series.values],
     }));
-    const aligned = align(entries);
+    // 8 grid positions per pixel column (the budget is 4): see align().
+    const aligned = align(entries, 2 * this.budget);
     // Raw curves first (drawn below), then the smoothed ones on top.
     const data = [aligned[0]];
     const config = [{}];
@@ -377,9 +379,9 @@ export class Chart {
       draws: this.draws,
       series: this.ordered().map((run) => ({
         run_id: run.id,
-        steps: run.series.steps,
-        values: run.series.values.map(text),
-        smoothed: run.series.smoothed ? run.series.smoothed.map(text) : null,
+        steps: Array.from(run.series.steps),
+        values: Array.from(run.series.values, text),
+        smoothed: run.series.smoothed ? Array.from(run.series.smoothed, text) : null,
         total_points: run.series.total,
         downsampled: run.series.downsampled,
         non_finite_points: run.series.nonFinite,

@@ -1,10 +1,11 @@
 // Curve data: reads series from the scalar API (`POST /api/v1/scalars`)
-// with the chart's budget, range and smoothing; decodes them into arrays
-// (x for the chosen axis, values with NaN and infinities kept); and aligns
-// many runs' series on one x array for uPlot, non-finite values left as
-// gaps (the chart marks them).
+// with the chart's budget, range and smoothing; has workers parse them
+// (series-worker.js) into arrays (x for the chosen axis, values with NaN
+// and infinities kept); and aligns many runs' series on one x array for
+// uPlot, non-finite values left as gaps (the chart marks them).
 
-import { api, num } from "./api.js";
+import { api } from "./api.js";
+import { parseSeries } from "./series-parse.js";
 
 /** The scalar API's largest budget per series. */
 export const MAX_BUDGET = 100000;
@@ -21,34 +22,71 @@ export async function fetchSeries({ runs, key, x, range, budget, smoothing, sign
     body.end = range[1];
   }
   if (smoothing > 0) body.smoothing = smoothing;
-  const response = await api("/api/v1/scalars", { body, signal });
-  return response.series.map((json) => decode(json, x));
+  const response = await api("/api/v1/scalars", { body, signal, raw: true });
+  const bytes = await response.arrayBuffer();
+  const series = await parse(bytes, x);
+  signal?.throwIfAborted();
+  return series;
 }
 
-/** One series as the chart keeps it (plain arrays, so live points can be appended). */
-function decode(json, x) {
-  const count = json.steps.length;
-  const values = new Array(count);
-  for (let index = 0; index < count; index++) values[index] = num(json.values[index]);
-  const smoothed = json.smoothed ? json.smoothed.map(num) : null;
-  const timestamps = json.timestamps;
-  // Relative time counts from the series' first point, which a zoomed read may not include.
-  const origin = json.relative_times && count ? timestamps[0] - json.relative_times[0] * 1000 : 0;
-  const xs =
-    x === "step" ? json.steps.slice() : x === "wall_time" ? timestamps.map((ms) => ms / 1000) : json.relative_times.slice();
-  return {
-    runId: json.run_id,
-    key: json.key,
-    steps: json.steps.slice(),
-    timestamps: timestamps.slice(),
-    xs,
-    values,
-    smoothed,
-    origin,
-    total: json.total_points,
-    downsampled: json.downsampled,
-    nonFinite: json.non_finite_points,
-  };
+/**
+ * Makes a series' columns plain arrays, so live points can be appended
+ * (a read leaves them Float64Arrays, which cannot grow).
+ */
+export function growable(series) {
+  for (const name of ["steps", "timestamps", "xs", "values", "smoothed"]) {
+    if (ArrayBuffer.isView(series[name])) series[name] = Array.from(series[name]);
+  }
+}
+
+/**
+ * Workers that parse answers (one per core, at most 4), each with its
+ * jobs in flight; empty when workers cannot start (answers are then
+ * parsed on the page's thread).
+ */
+const workers = [];
+let workersTried = false;
+let nextJob = 0;
+
+function startWorkers() {
+  workersTried = true;
+  const count = Math.max(1, Math.min(4, navigator.hardwareConcurrency || 2));
+  try {
+    for (let index = 0; index < count; index++) {
+      const worker = new Worker(new URL("./series-worker.js", import.meta.url), { type: "module" });
+      const entry = { worker, jobs: new Map() };
+      worker.onmessage = ({ data }) => {
+        const job = entry.jobs.get(data.id);
+        if (!job) return;
+        entry.jobs.delete(data.id);
+        if (data.error) job.reject(new Error(data.error));
+        else job.resolve(data.series);
+      };
+      worker.onerror = (event) => {
+        event.preventDefault();
+        for (const job of entry.jobs.values()) job.reject(new Error(`the series parser failed: ${event.message}`));
+        entry.jobs.clear();
+      };
+      workers.push(entry);
+    }
+  } catch {
+    workers.length = 0;
+  }
+}
+
+// Started with the page, so they are ready when the first answer comes.
+startWorkers();
+
+/** Parses an answer in the least busy worker (the bytes move to it). */
+function parse(bytes, x) {
+  if (!workersTried) startWorkers();
+  if (!workers.length) return Promise.resolve(parseSeries(bytes, x).series);
+  const entry = workers.reduce((best, item) => (item.jobs.size < best.jobs.size ? item : best));
+  const id = ++nextJob;
+  return new Promise((resolve, reject) => {
+    entry.jobs.set(id, { resolve, reject });
+    entry.worker.postMessage({ id, bytes, x }, [bytes]);
+  });
 }
 
 /** The x of a point on axis `x` for a series (live points). */
@@ -63,9 +101,64 @@ export function xOf(series, x, point) {
  * Aligns columns of several series on one sorted x array, for uPlot:
  * `entries` are `{xs, columns: [values...]}`; returns `[x, ...columns]`
  * with null where a series has no point at an x or its value is not finite.
- * Points of one series at the same x are nudged apart so none is lost.
+ *
+ * When the series hold more points together than `cells` (the chart asks
+ * for 8 per pixel column), the x array is a grid of `cells` evenly spaced
+ * positions from the smallest to the greatest x, and each point takes the
+ * nearest free position after its series' previous point (a shift of a
+ * fraction of a pixel, order kept, no point dropped): uPlot then walks
+ * `cells` rows per series instead of the union of every series' x, which
+ * for 20 runs is 20 times longer. The tooltip and the markers read the
+ * series' exact x. Otherwise the x array is the union of the series' x,
+ * and points of one series at the same x are nudged apart.
  */
-export function align(entries) {
+export function align(entries, cells = Infinity) {
+  const total = entries.reduce((sum, entry) => sum + entry.xs.length, 0);
+  let low = Infinity;
+  let high = -Infinity;
+  for (const entry of entries) {
+    for (const value of entry.xs) {
+      if (value < low) low = value;
+      if (value > high) high = value;
+    }
+  }
+  if (total > cells && cells >= 2 && high > low) return alignOnGrid(entries, cells, low, high);
+  return alignExactly(entries);
+}
+
+function alignOnGrid(entries, cells, low, high) {
+  const spacing = (high - low) / (cells - 1);
+  let length = cells;
+  const positions = entries.map((entry) => {
+    const at = new Int32Array(entry.xs.length);
+    let previous = -1;
+    for (let index = 0; index < entry.xs.length; index++) {
+      const cell = Math.max(previous + 1, Math.round((entry.xs[index] - low) / spacing));
+      at[index] = cell;
+      previous = cell;
+    }
+    length = Math.max(length, previous + 1);
+    return at;
+  });
+  const x = new Array(length);
+  for (let cell = 0; cell < length; cell++) x[cell] = low + cell * spacing;
+  x[cells - 1] = high;
+  const out = [x];
+  entries.forEach((entry, entryIndex) => {
+    const at = positions[entryIndex];
+    for (const column of entry.columns) {
+      const aligned = new Array(length).fill(null);
+      for (let index = 0; index < at.length; index++) {
+        const value = column[index];
+        aligned[at[index]] = Number.isFinite(value) ? value : null;
+      }
+      out.push(aligned);
+    }
+  });
+  return out;
+}
+
+function alignExactly(entries) {
   let total = 0;
   const nudged = entries.map((entry) => {
     const xs = Float64Array.from(entry.xs);
