@@ -1,11 +1,10 @@
 // Curve data: reads series from the scalar API (`POST /api/v1/scalars`)
-// with the chart's budget, range and smoothing; has workers parse them
-// (series-worker.js) into arrays (x for the chosen axis, values with NaN
-// and infinities kept); and aligns many runs' series on one x array for
-// uPlot, non-finite values left as gaps (the chart marks them).
+// with the chart's budget, range and smoothing; decodes them into
+// Float64Arrays (x for the chosen axis, values with NaN and infinities
+// kept); and aligns many runs' series on one x array for uPlot, non-finite
+// values left as gaps (the chart marks them).
 
-import { api } from "./api.js";
-import { parseSeries } from "./series-parse.js";
+import { api, num } from "./api.js";
 
 /** The scalar API's largest budget per series. */
 export const MAX_BUDGET = 100000;
@@ -22,11 +21,44 @@ export async function fetchSeries({ runs, key, x, range, budget, smoothing, sign
     body.end = range[1];
   }
   if (smoothing > 0) body.smoothing = smoothing;
-  const response = await api("/api/v1/scalars", { body, signal, raw: true });
-  const bytes = await response.arrayBuffer();
-  const series = await parse(bytes, x);
-  signal?.throwIfAborted();
-  return series;
+  const response = await api("/api/v1/scalars", { body, signal });
+  return response.series.map((json) => decode(json, x));
+}
+
+function numbers(list) {
+  const out = new Float64Array(list.length);
+  for (let index = 0; index < list.length; index++) out[index] = num(list[index]);
+  return out;
+}
+
+/**
+ * One series as the chart keeps it: columns as Float64Arrays (NaN and
+ * infinities kept), made growable by `growable` once live points arrive.
+ */
+function decode(json, x) {
+  const steps = Float64Array.from(json.steps);
+  const timestamps = Float64Array.from(json.timestamps);
+  const relative = json.relative_times ? Float64Array.from(json.relative_times) : null;
+  const count = steps.length;
+  // Relative time counts from the series' first point, which a zoomed read may not include.
+  const origin = relative && count ? timestamps[0] - relative[0] * 1000 : 0;
+  let xs;
+  if (x === "step") xs = steps;
+  else if (x === "wall_time") xs = timestamps.map((ms) => ms / 1000);
+  else xs = relative || new Float64Array(count);
+  return {
+    runId: json.run_id,
+    key: json.key,
+    steps,
+    timestamps,
+    xs,
+    values: numbers(json.values),
+    smoothed: json.smoothed ? numbers(json.smoothed) : null,
+    origin,
+    total: json.total_points,
+    downsampled: json.downsampled,
+    nonFinite: json.non_finite_points,
+  };
 }
 
 /**
@@ -37,56 +69,6 @@ export function growable(series) {
   for (const name of ["steps", "timestamps", "xs", "values", "smoothed"]) {
     if (ArrayBuffer.isView(series[name])) series[name] = Array.from(series[name]);
   }
-}
-
-/**
- * Workers that parse answers (one per core, at most 4), each with its
- * jobs in flight; empty when workers cannot start (answers are then
- * parsed on the page's thread).
- */
-const workers = [];
-let workersTried = false;
-let nextJob = 0;
-
-function startWorkers() {
-  workersTried = true;
-  const count = Math.max(1, Math.min(4, navigator.hardwareConcurrency || 2));
-  try {
-    for (let index = 0; index < count; index++) {
-      const worker = new Worker(new URL("./series-worker.js", import.meta.url), { type: "module" });
-      const entry = { worker, jobs: new Map() };
-      worker.onmessage = ({ data }) => {
-        const job = entry.jobs.get(data.id);
-        if (!job) return;
-        entry.jobs.delete(data.id);
-        if (data.error) job.reject(new Error(data.error));
-        else job.resolve(data.series);
-      };
-      worker.onerror = (event) => {
-        event.preventDefault();
-        for (const job of entry.jobs.values()) job.reject(new Error(`the series parser failed: ${event.message}`));
-        entry.jobs.clear();
-      };
-      workers.push(entry);
-    }
-  } catch {
-    workers.length = 0;
-  }
-}
-
-// Started with the page, so they are ready when the first answer comes.
-startWorkers();
-
-/** Parses an answer in the least busy worker (the bytes move to it). */
-function parse(bytes, x) {
-  if (!workersTried) startWorkers();
-  if (!workers.length) return Promise.resolve(parseSeries(bytes, x).series);
-  const entry = workers.reduce((best, item) => (item.jobs.size < best.jobs.size ? item : best));
-  const id = ++nextJob;
-  return new Promise((resolve, reject) => {
-    entry.jobs.set(id, { resolve, reject });
-    entry.worker.postMessage({ id, bytes, x }, [bytes]);
-  });
 }
 
 /** The x of a point on axis `x` for a series (live points). */
