@@ -710,6 +710,30 @@ mod tests {
                     .unwrap();
                 let shared_full = read_full(&snapshot, lo, hi, bounds, &params).unwrap();
                 assert_eq!(comparable(&shared_full), comparable(&full));
+                // A full read of files with aggregates (block by block,
+                // through the page reader) gives the points of one without.
+                let collect = |with_aggregates: bool| {
+                    let mut out = MetricSeries::default();
+                    snapshot
+                        .merge_slices(bounds, with_aggregates, &mut |steps, times, values| {
+                            out.steps.extend_from_slice(steps);
+                            out.timestamps.extend_from_slice(times);
+                            out.values.extend_from_slice(values);
+                            Ok(true)
+                        })
+                        .unwrap();
+                    out
+                };
+                let (by_blocks, by_row_groups) = (collect(true), collect(false));
+                assert_eq!(by_blocks.steps, by_row_groups.steps);
+                assert_eq!(by_blocks.timestamps, by_row_groups.timestamps);
+                assert!(
+                    by_blocks
+                        .values
+                        .iter()
+                        .zip(&by_row_groups.values)
+                        .all(|(a, b)| a.to_bits() == b.to_bits())
+                );
                 let context = format!("seed {seed} round {round} [{lo}, {hi}] max {max_points}");
                 assert_eq!(comparable(&planned), comparable(&full), "{context}");
                 assert_eq!(planned.total, full.total, "{context}");

@@ -743,22 +743,59 @@ impl SeriesSnapshot {
         self.buffered.points()
     }
 
-    /// Streams the points within `bounds` in `(step, timestamp)` order to
-    /// `sink` as slices of steps, timestamps and values. The sink returns
-    /// `false` to stop early. Blocking.
+    /// Streams every point within `bounds` to `sink` in `(step,
+    /// timestamp)` order, as slices. Blocking. Files with block
+    /// aggregates are read block by block through the page reader; should
+    /// a block disagree with its aggregate, the read goes on without the
+    /// aggregates from the point it had reached (the order of the points
+    /// is the same either way), so the sink sees each point once. The sink
+    /// returns `false` to stop early.
     pub fn for_each_slice(
         &self,
         bounds: StepBounds,
         sink: &mut SliceSink<'_>,
     ) -> Result<(), ScalarError> {
-        let mut sources: Vec<Box<dyn BlockSource>> = self
-            .files
-            .iter()
-            .map(|file| {
-                FileSource::new(Arc::clone(file), &self.key, bounds)
-                    .map(|source| Box::new(source) as Box<dyn BlockSource>)
-            })
-            .collect::<Result<_, _>>()?;
+        let mut delivered = 0usize;
+        let first = self.merge_slices(bounds, true, &mut |steps, timestamps, values| {
+            let more = sink(steps, timestamps, values)?;
+            delivered += steps.len();
+            Ok(more)
+        });
+        let Err(ScalarError::Aggregates(reason)) = first else {
+            return first;
+        };
+        tracing::warn!(key = %self.key, %reason, delivered, "block aggregates unusable; reading the rest without them");
+        let mut skip = delivered;
+        self.merge_slices(bounds, false, &mut |steps, timestamps, values| {
+            if skip >= steps.len() {
+                skip -= steps.len();
+                return Ok(true);
+            }
+            let from = std::mem::take(&mut skip);
+            sink(&steps[from..], &timestamps[from..], &values[from..])
+        })
+    }
+
+    /// [`SeriesSnapshot::for_each_slice`] with the files' aggregates
+    /// (`with_aggregates`) or without.
+    pub(crate) fn merge_slices(
+        &self,
+        bounds: StepBounds,
+        with_aggregates: bool,
+        sink: &mut SliceSink<'_>,
+    ) -> Result<(), ScalarError> {
+        let mut sources: Vec<Box<dyn BlockSource>> = Vec::with_capacity(self.files.len() + 1);
+        for file in &self.files {
+            if with_aggregates {
+                sources.extend(full_file_source(file, &self.key, bounds)?);
+            } else {
+                sources.push(Box::new(FileSource::new(
+                    Arc::clone(file),
+                    &self.key,
+                    bounds,
+                )?));
+            }
+        }
         sources.extend(self.buffered.source(bounds, &|_| false));
         merge(sources, &mut SlicesOnly(sink))
     }
@@ -945,6 +982,46 @@ fn fold_timestamps(timestamps: &[i64], widen: &mut impl FnMut(i64, i64)) {
     if let (Some(&low), Some(&high)) = (timestamps.iter().min(), timestamps.iter().max()) {
         widen(low, high);
     }
+}
+
+/// Every point of `key` in `file` within `bounds`: block by block through
+/// the page reader when the file has block aggregates (they give the key's
+/// rows exactly, and each decoded block is checked against its
+/// aggregate), else row group by row group through the Arrow reader.
+/// `None` when the file holds no point of the key in range.
+fn full_file_source(
+    file: &Arc<PersistedFile>,
+    key: &str,
+    bounds: StepBounds,
+) -> Result<Option<Box<dyn BlockSource>>, ScalarError> {
+    let Some(aggregates) = file.aggregates() else {
+        return Ok(Some(Box::new(FileSource::new(
+            Arc::clone(file),
+            key,
+            bounds,
+        )?)));
+    };
+    let Some(entry) = aggregates.key(key) else {
+        return Ok(None);
+    };
+    let blocks: Vec<PlannedBlock> = entry
+        .block_starts()
+        .zip(entry.blocks.iter().copied())
+        .filter(|(_, block)| !bounds.excludes_range(block.first.step, block.last.step))
+        .map(|(first_row, block)| PlannedBlock {
+            first_row,
+            block,
+            summarise: false,
+        })
+        .collect();
+    if blocks.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Box::new(PlannedFileSource::new(
+        Arc::clone(file),
+        blocks,
+        bounds,
+    ))))
 }
 
 /// A file block and the file row it starts at.
@@ -1313,6 +1390,68 @@ mod tests {
             })
             .unwrap();
         out
+    }
+
+    #[test]
+    fn a_block_that_disagrees_with_its_aggregate_is_read_without_them_from_where_the_read_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut points: Vec<(&str, i64, i64, f64)> =
+            (0..5_000).map(|step| ("a", step, step, 0.0)).collect();
+        points.extend((0..12_000).map(|step| ("k", step, 1_000 + step, step as f64)));
+        let file = write_file(dir.path(), 1, &points);
+        let snapshot = SeriesSnapshot::new("k", vec![Arc::clone(&file)], MetricSeries::default());
+        let expected = read_all(&snapshot, StepBounds::default());
+        assert_eq!(expected.steps, (0..12_000).collect::<Vec<i64>>());
+        // The same points without the aggregates.
+        let mut plain = MetricSeries::default();
+        snapshot
+            .merge_slices(StepBounds::default(), false, &mut |steps, times, values| {
+                plain.steps.extend_from_slice(steps);
+                plain.timestamps.extend_from_slice(times);
+                plain.values.extend_from_slice(values);
+                Ok(true)
+            })
+            .unwrap();
+        assert_eq!(plain, expected);
+        // The key's second block (its rows from file row 8,192) now claims
+        // a first point the file does not have: reading it fails once the
+        // first block (3,192 points) has reached the sink.
+        let cache = crate::storage::footer_cache::footer_cache();
+        let mut footer = cache
+            .get_or_load(file.path(), || {
+                panic!("the footer was cached when the file was opened")
+            })
+            .unwrap();
+        let mut aggregates = (*footer.aggregates.clone().unwrap()).clone();
+        let key = aggregates
+            .keys
+            .iter_mut()
+            .find(|key| key.key == "k")
+            .unwrap();
+        assert!(key.blocks.len() >= 3);
+        key.blocks[1].first.timestamp += 1;
+        footer.aggregates = Some(Arc::new(aggregates));
+        cache.insert(file.path(), footer);
+        let mut slices = 0;
+        let mut read = MetricSeries::default();
+        snapshot
+            .for_each_slice(StepBounds::default(), &mut |steps, times, values| {
+                slices += 1;
+                read.steps.extend_from_slice(steps);
+                read.timestamps.extend_from_slice(times);
+                read.values.extend_from_slice(values);
+                Ok(true)
+            })
+            .unwrap();
+        assert_eq!(read, expected, "every point once, in order");
+        assert!(slices >= 2, "the first block came through the aggregates");
+        // A planned read refuses the file, so its caller reads in full.
+        let error = snapshot
+            .plan_step_read(0, 11_999, 4, &|_, _| false)
+            .unwrap()
+            .run(&mut SlicesOnly(&mut |_, _, _| Ok(true)))
+            .unwrap_err();
+        assert!(matches!(error, ScalarError::Aggregates(_)), "{error}");
     }
 
     #[test]
