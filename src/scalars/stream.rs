@@ -9,11 +9,14 @@
 //! bounded by the buffer size, not by the series length). Step ranges of
 //! these sources may
 //! overlap (points logged out of order), so the reader does a k-way merge of
-//! the sorted sources: every file is read row group by row group (row groups
-//! whose key or step statistics rule them out are skipped; a row group
-//! holding only the requested key is read without its key column), and the
-//! merge hands the sink maximal slices that are already in order, so the
-//! common case (files covering consecutive step ranges) copies nothing.
+//! the sorted sources, and the merge hands the sink maximal slices that are
+//! already in order, so the common case (files covering consecutive step
+//! ranges) copies nothing. A file with block aggregates
+//! ([`crate::storage::aggregates`]) is read block by block through the page
+//! reader (`storage::pages`), the aggregates saying which rows hold
+//! the key; an older file is read row group by row group (row groups whose
+//! key or step statistics rule them out are skipped; a row group holding
+//! only the requested key is read without its key column).
 //!
 //! Ties on `(step, timestamp)` come out files first (in sequence order),
 //! then buffered points, exactly as [`crate::ingest::SeriesSources::collect`]
@@ -24,10 +27,10 @@
 //! wholly inside one downsampling bucket, and whose `(step, timestamp)`
 //! span no other source's point falls into (so its rows are consecutive in
 //! the merged order), reaches the sink as its aggregate, undecoded; the
-//! other blocks in range are decoded through a Parquet row selection that
-//! reads only their pages. A decoded block is checked against its
-//! aggregate; a disagreement is [`ScalarError::Aggregates`], on which the
-//! caller falls back to the full scan.
+//! other blocks in range are decoded from their pages alone. A decoded
+//! block is checked against its aggregate; a disagreement is
+//! [`ScalarError::Aggregates`], on which the caller falls back to the full
+//! scan, and the full scan carries on without the aggregates.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
