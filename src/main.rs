@@ -328,7 +328,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let budget = args.buffer_budget_mb << 20;
-    stepstore::storage::footer_cache::configure_footer_cache(args.footer_cache_mb << 20);
     let ingest = IngestConfig {
         shards,
         persist_threads: args.persist_threads,
@@ -344,6 +343,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.overload_wait = Duration::from_secs(args.overload_wait_secs);
     config.max_keys_per_run = args.max_keys_per_run.max(1);
     config.snapshot_interval = args.snapshot_interval;
+    config.footer_cache_bytes = args.footer_cache_mb << 20;
     config.ingest = ingest;
     if let Some(plan) = std::env::var_os(IO_FAULTS_ENV) {
         // Test hook: file operations of the write paths fail as planned.

@@ -64,7 +64,7 @@ impl Collector for ExtraGauges {
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snapshot = &self.0;
-        let counters: [(&str, &str, u64); 11] = [
+        let counters: [(&str, &str, u64); 12] = [
             (
                 "damaged_file_reads",
                 "Reads of metric files that found a data page failing its checksum (the read failed)",
@@ -120,6 +120,11 @@ impl Collector for SnapshotCollector {
                 "Bytes written to the WAL since start",
                 snapshot.wal_bytes_written,
             ),
+            (
+                "footer_loads",
+                "Metric file footers read from disk because the footer cache did not hold them",
+                snapshot.footer_loads,
+            ),
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(value);
@@ -127,7 +132,12 @@ impl Collector for SnapshotCollector {
                 encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric_encoder)?;
         }
-        let gauges: [(&str, &str, u64); 8] = [
+        let gauges: [(&str, &str, u64); 9] = [
+            (
+                "footer_cache_bytes",
+                "Memory the cached metric file footers take (--footer-cache-mb bounds it)",
+                snapshot.footer_cache_bytes,
+            ),
             (
                 "wal_segments",
                 "WAL segment files on disk",
@@ -185,6 +195,8 @@ mod tests {
             TelemetrySnapshot {
                 points_ingested: 42,
                 buffer_bytes: 7,
+                footer_cache_bytes: 9,
+                footer_loads: 5,
                 ..TelemetrySnapshot::default()
             },
             &[("auth_unauthenticated", "Refused requests", 3)],
@@ -200,6 +212,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("stepstore_buffer_bytes 7"), "{text}");
+        assert!(text.contains("stepstore_footer_cache_bytes 9"), "{text}");
+        assert!(text.contains("stepstore_footer_loads_total 5"), "{text}");
         assert!(text.contains("stepstore_connections_open 2"), "{text}");
         assert!(
             text.contains("# TYPE stepstore_wal_unpersisted_bytes gauge"),

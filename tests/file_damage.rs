@@ -262,6 +262,8 @@ fn a_damaged_data_page_fails_reads_of_its_run_only() {
     assert!(body.to_string().contains("damaged"), "{body}");
     // Each of the three failed reads is counted.
     assert!(server.metric("stepstore_damaged_file_reads_total") >= 3.0);
+    // The engine's footer cache holds the files it opened.
+    assert!(server.metric("stepstore_footer_cache_bytes") > 0.0);
     // The other run is served whole, by every read path.
     let (steps, _, values) = server.series(&intact, "loss");
     assert_eq!(steps.len(), 40_000);

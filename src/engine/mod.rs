@@ -41,7 +41,7 @@ use crate::model::{
     DatasetInput, Experiment, ExperimentId, KeySummary, LifecycleStage, Run, RunId,
     ValidationError, now_millis,
 };
-use crate::storage::{MetricsLayout, StorageError};
+use crate::storage::{MetricsLayout, SharedByFiles, StorageError};
 use crate::wal::{SyncPolicy, Wal, WalConfig, WalError};
 use catalog_log::WalMutationLog;
 
@@ -75,6 +75,8 @@ pub struct EngineConfig {
     /// The file operations of every write path (WAL, metric files,
     /// compaction, catalog snapshots); tests inject faults through it.
     pub file_io: FileIo,
+    /// Memory for cached metric file footers, in bytes (`--footer-cache-mb`).
+    pub footer_cache_bytes: u64,
 }
 
 impl EngineConfig {
@@ -93,6 +95,7 @@ impl EngineConfig {
             read_only: false,
             max_keys_per_run: 100_000,
             file_io: FileIo::default(),
+            footer_cache_bytes: crate::storage::footer_cache::DEFAULT_FOOTER_CACHE_BYTES,
         }
     }
 }
@@ -255,8 +258,9 @@ pub struct Engine {
     tokens: TokenStore,
     /// Damaged metric files moved to quarantine at start.
     quarantined_files: u64,
-    /// Reads of metric files that found damage (the layout's counter).
-    damaged_reads: Arc<AtomicU64>,
+    /// The metric files' footer cache and damaged-read count (the
+    /// layout's).
+    files_shared: Arc<SharedByFiles>,
     /// Set when a catalog change could not be made durable, until the
     /// catalog is rebuilt without it (see [`catalog_log`]).
     catalog_in_doubt: Arc<AtomicBool>,
@@ -278,8 +282,9 @@ impl Engine {
             format!("file://{}", absolute.join("artifacts").display())
         });
         let layout =
-            MetricsLayout::with_io(data_dir.join(recovery::METRICS_DIR), config.file_io.clone());
-        let damaged_reads = layout.damaged_reads();
+            MetricsLayout::with_io(data_dir.join(recovery::METRICS_DIR), config.file_io.clone())
+                .with_footer_cache(config.footer_cache_bytes);
+        let files_shared = layout.shared();
         let files = recovery::load_metric_files(&layout, &data_dir.join(recovery::QUARANTINE_DIR))?;
         let catalog_dir = data_dir.join(recovery::CATALOG_DIR);
         let (catalog_state, quarantined_snapshots) = recovery::load_catalog(
@@ -351,7 +356,7 @@ impl Engine {
             maintenance: Mutex::new(None),
             tokens,
             quarantined_files,
-            damaged_reads,
+            files_shared,
             catalog_in_doubt: Arc::default(),
             checkpoint_lock: Mutex::new(()),
             _lock: lock,

@@ -50,6 +50,10 @@ pub struct TelemetrySnapshot {
     pub injected_io_faults: u64,
     /// Reads of metric files that found a damaged data page.
     pub damaged_file_reads: u64,
+    /// Memory the cached metric file footers take.
+    pub footer_cache_bytes: u64,
+    /// Footers read from disk because they were not cached.
+    pub footer_loads: u64,
     /// Panics contained in persister and shard threads since start.
     pub thread_panics: u64,
 }
@@ -101,7 +105,9 @@ impl Engine {
             runs: state.run_count() as u64,
             quarantined_files: self.quarantined_files,
             injected_io_faults: self.config.file_io.injected_faults(),
-            damaged_file_reads: self.damaged_reads.load(Ordering::Relaxed),
+            damaged_file_reads: self.files_shared.damaged_reads(),
+            footer_cache_bytes: self.files_shared.footers().bytes(),
+            footer_loads: self.files_shared.footers().loads(),
             thread_panics: ingest.thread_panics(),
         }
     }

@@ -1419,7 +1419,7 @@ mod tests {
         // The key's second block (its rows from file row 8,192) now claims
         // a first point the file does not have: reading it fails once the
         // first block (3,192 points) has reached the sink.
-        let cache = crate::storage::footer_cache::footer_cache();
+        let cache = file.footer_cache();
         let mut footer = cache
             .get_or_load(file.path(), || {
                 panic!("the footer was cached when the file was opened")

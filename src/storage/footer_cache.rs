@@ -1,12 +1,15 @@
-//! The process-wide cache of metric file footers (schema, row groups,
-//! statistics, page index, and the block aggregates parsed from them),
-//! least recently used dropped first, within a memory budget. A footer is tens of KiB in memory even for a small file,
-//! so keeping one per file for the life of the process would grow memory
-//! with the number of files (thousands of runs) instead of the work at hand.
+//! The cache of metric file footers (schema, row groups, statistics, page
+//! index, and the block aggregates and checksums parsed from them), least
+//! recently used dropped first, within a memory budget. A footer is tens of
+//! KiB in memory even for a small file, so keeping one per file for the
+//! life of the process would grow memory with the number of files
+//! (thousands of runs) instead of the work at hand. Each engine owns one,
+//! through its [`super::MetricsLayout`] and the [`super::SharedByFiles`]
+//! its files hold.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 use quick_cache::Weighter;
@@ -53,6 +56,22 @@ impl Weighter<PathBuf, CachedFooter> for FooterWeight {
 pub struct FooterCache {
     footers: Cache<PathBuf, CachedFooter, FooterWeight>,
     loads: AtomicU64,
+}
+
+impl std::fmt::Debug for FooterCache {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("FooterCache")
+            .field("bytes", &self.bytes())
+            .field("loads", &self.loads())
+            .finish()
+    }
+}
+
+impl Default for FooterCache {
+    fn default() -> Self {
+        FooterCache::new(DEFAULT_FOOTER_CACHE_BYTES)
+    }
 }
 
 impl FooterCache {
@@ -126,20 +145,6 @@ fn cached(footer: FileFooter) -> CachedFooter {
     let bytes =
         metadata.metadata().memory_size() as u64 + schema_bytes + aggregate_bytes + checksum_bytes;
     CachedFooter { footer, bytes }
-}
-
-static CACHE: OnceLock<FooterCache> = OnceLock::new();
-
-/// Sizes the process-wide cache; only before its first use (returns
-/// `false`, changing nothing, after it).
-pub fn configure_footer_cache(bytes: u64) -> bool {
-    CACHE.set(FooterCache::new(bytes)).is_ok()
-}
-
-/// The cache every [`super::PersistedFile`] goes through
-/// ([`DEFAULT_FOOTER_CACHE_BYTES`] unless configured first).
-pub fn footer_cache() -> &'static FooterCache {
-    CACHE.get_or_init(|| FooterCache::new(DEFAULT_FOOTER_CACHE_BYTES))
 }
 
 #[cfg(test)]

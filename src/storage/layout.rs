@@ -6,12 +6,11 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use super::StorageError;
 use super::file_meta::FileMetadata;
-use super::persisted::PersistedFile;
+use super::persisted::{PersistedFile, SharedByFiles};
 use crate::durable_fs::{FileIo, create_dir_synced};
 use crate::model::{ExperimentId, RunId};
 
@@ -40,8 +39,8 @@ pub struct MetricsLayout {
     creating_dirs: Arc<Mutex<()>>,
     /// The file operations its files are written with.
     io: FileIo,
-    /// Reads of its files that found damage.
-    damaged_reads: Arc<AtomicU64>,
+    /// The footer cache and damaged-read count its files share.
+    shared: Arc<SharedByFiles>,
 }
 
 impl MetricsLayout {
@@ -56,24 +55,33 @@ impl MetricsLayout {
             root,
             creating_dirs: Arc::default(),
             io,
-            damaged_reads: Arc::default(),
+            shared: Arc::default(),
         }
     }
 
-    /// Opens file `seq` of the tree at `path`, its damaged reads counted
-    /// in [`MetricsLayout::damaged_reads`].
+    /// The same tree, its files' footers cached within `bytes` of memory.
+    pub fn with_footer_cache(self, bytes: u64) -> Self {
+        MetricsLayout {
+            shared: Arc::new(SharedByFiles::new(bytes)),
+            ..self
+        }
+    }
+
+    /// Opens file `seq` of the tree at `path`, its footer kept in the
+    /// tree's cache and its damaged reads counted
+    /// ([`MetricsLayout::shared`]).
     pub fn open_file(
         &self,
         seq: u64,
         path: &Path,
     ) -> Result<(PersistedFile, FileMetadata), StorageError> {
-        PersistedFile::open_counted(seq, path, Arc::clone(&self.damaged_reads))
+        PersistedFile::open_shared(seq, path, Arc::clone(&self.shared))
     }
 
-    /// Reads of the tree's files that found damage (a data page failing
-    /// its checksum) since start.
-    pub fn damaged_reads(&self) -> Arc<AtomicU64> {
-        Arc::clone(&self.damaged_reads)
+    /// What the tree's files share: their footer cache and the count of
+    /// reads that found damage.
+    pub fn shared(&self) -> Arc<SharedByFiles> {
+        Arc::clone(&self.shared)
     }
 
     /// The file operations its files are written with.
@@ -229,5 +237,59 @@ mod tests {
         // A second call finds it and creates nothing.
         layout.prepare_dir_of(&file).unwrap();
         assert!(!create_dir_synced(file.parent().unwrap()).unwrap());
+    }
+
+    #[test]
+    fn each_layout_keeps_its_files_footers_within_its_own_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, keys: usize| {
+            let path = dir.path().join(name);
+            let names: Vec<String> = (0..keys).map(|key| format!("key-{key:04}")).collect();
+            let columns = crate::storage::SortedColumns::from_points(
+                names.iter().map(|key| (key.as_str(), 0, 0, 1.0)),
+            );
+            let mut writer = crate::storage::MetricFileWriter::create(&path).unwrap();
+            writer.write(columns).unwrap();
+            writer.finish(vec![(1, 1)], vec![]).unwrap();
+            path
+        };
+        let files: Vec<PathBuf> = (0..6)
+            .map(|index| write(&format!("{index:08}.parquet"), 200))
+            .collect();
+        let small = MetricsLayout::new(dir.path().to_path_buf()).with_footer_cache(64 << 10);
+        let large = MetricsLayout::new(dir.path().to_path_buf()).with_footer_cache(64 << 20);
+        let opened: Vec<PersistedFile> = files
+            .iter()
+            .enumerate()
+            .map(|(seq, path)| large.open_file(seq as u64, path).unwrap().0)
+            .collect();
+        let footers = large.shared();
+        assert!(
+            footers.footers().bytes() > 64 << 10,
+            "six footers of 200 keys are kept"
+        );
+        assert_eq!(
+            footers.footers().loads(),
+            0,
+            "opening a file caches its footer"
+        );
+        // Another layout (another engine) shares nothing with this one.
+        assert_eq!(small.shared().footers().bytes(), 0);
+        let first = small.open_file(1, &files[0]).unwrap().0;
+        assert!(small.shared().footers().bytes() <= 64 << 10);
+        // Reads come back to the cache; a footer dropped for room is read again.
+        for file in &opened {
+            assert!(file.aggregates().is_some());
+        }
+        assert_eq!(footers.footers().loads(), 0);
+        for (seq, path) in files.iter().enumerate().skip(1) {
+            small.open_file(seq as u64 + 1, path).unwrap();
+        }
+        assert!(small.shared().footers().bytes() <= 64 << 10);
+        assert!(first.aggregates().is_some());
+        assert!(
+            small.shared().footers().loads() >= 1,
+            "the first footer was read again"
+        );
     }
 }

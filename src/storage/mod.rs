@@ -26,7 +26,7 @@ pub use columns::{LoggedRows, SortedColumns};
 pub use file_meta::FileMetadata;
 pub use layout::{MetricsLayout, RunDirectory};
 pub(crate) use pages::PageRowReader;
-pub use persisted::PersistedFile;
+pub use persisted::{PersistedFile, SharedByFiles};
 pub use writer::{MetricFileWriter, WrittenFile};
 
 /// Errors of metric file storage.

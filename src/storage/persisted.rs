@@ -1,6 +1,7 @@
 //! A metric file on disk as the engine tracks it: its sequence number, row
 //! count, the WAL ranges it covers and its block aggregates; its footer
-//! goes through the bounded [`footer_cache`]. Readers hold it by `Arc`; a file replaced by
+//! goes through the bounded footer cache of the engine that opened it
+//! ([`SharedByFiles`]). Readers hold it by `Arc`; a file replaced by
 //! compaction is deleted when the last holder lets go.
 
 use std::path::{Path, PathBuf};
@@ -13,10 +14,41 @@ use super::StorageError;
 use super::aggregates::FileAggregates;
 use super::checksums::{DataFile, FileChecksums};
 use super::file_meta::FileMetadata;
-use super::footer_cache::{FileFooter, footer_cache};
+use super::footer_cache::{FileFooter, FooterCache};
 use super::reader;
 use crate::model::MetricSeries;
 use crate::wal::Lsn;
+
+/// What the metric files of one engine share: the bounded cache of their
+/// footers and the count of reads that found damage. The engine's
+/// [`super::MetricsLayout`] owns it and hands it to every file it opens.
+#[derive(Debug, Default)]
+pub struct SharedByFiles {
+    footers: FooterCache,
+    damaged_reads: Arc<AtomicU64>,
+}
+
+impl SharedByFiles {
+    /// A footer cache of at most `footer_cache_bytes`, and no damaged read
+    /// counted yet.
+    pub fn new(footer_cache_bytes: u64) -> Self {
+        SharedByFiles {
+            footers: FooterCache::new(footer_cache_bytes),
+            damaged_reads: Arc::default(),
+        }
+    }
+
+    /// The footers of the files.
+    pub fn footers(&self) -> &FooterCache {
+        &self.footers
+    }
+
+    /// Reads of the files that found damage (a data page failing its
+    /// checksum) since start.
+    pub fn damaged_reads(&self) -> u64 {
+        self.damaged_reads.load(Ordering::Relaxed)
+    }
+}
 
 /// One persisted metric file of a run.
 #[derive(Debug)]
@@ -27,8 +59,8 @@ pub struct PersistedFile {
     bytes: u64,
     lsn_ranges: Vec<(Lsn, Lsn)>,
     obsolete: AtomicBool,
-    /// Where reads that find damage are counted (the layout's counter).
-    damaged_reads: Arc<AtomicU64>,
+    /// The footer cache and damage count of the files it was opened with.
+    shared: Arc<SharedByFiles>,
 }
 
 impl PersistedFile {
@@ -36,23 +68,25 @@ impl PersistedFile {
     /// stepstore's metadata from the footer. Block aggregates that are
     /// missing (older files) or do not check out (logged) are left out:
     /// such a file is read by the full scan.
+    /// The file gets a footer cache of its own (tools and tests); the
+    /// engine's files share one ([`PersistedFile::open_shared`]).
     pub fn open(seq: u64, path: &Path) -> Result<(PersistedFile, FileMetadata), StorageError> {
-        PersistedFile::open_counted(seq, path, Arc::default())
+        PersistedFile::open_shared(seq, path, Arc::default())
     }
 
-    /// Opens file `seq` at `path` like [`PersistedFile::open`], counting
-    /// reads of it that find damage in `damaged_reads`.
-    pub fn open_counted(
+    /// Opens file `seq` at `path` like [`PersistedFile::open`], its footer
+    /// kept in `shared`'s cache and its damaged reads counted there.
+    pub fn open_shared(
         seq: u64,
         path: &Path,
-        damaged_reads: Arc<AtomicU64>,
+        shared: Arc<SharedByFiles>,
     ) -> Result<(PersistedFile, FileMetadata), StorageError> {
         let (footer, metadata) = load(path)?;
         let bytes = std::fs::metadata(path)
             .map_err(|source| StorageError::io("stat", path, source))?
             .len();
         let rows = footer.metadata.metadata().file_metadata().num_rows().max(0) as u64;
-        footer_cache().insert(path, footer);
+        shared.footers.insert(path, footer);
         Ok((
             PersistedFile {
                 seq,
@@ -61,7 +95,7 @@ impl PersistedFile {
                 bytes,
                 lsn_ranges: metadata.lsn_ranges.clone(),
                 obsolete: AtomicBool::new(false),
-                damaged_reads,
+                shared,
             },
             metadata,
         ))
@@ -104,8 +138,16 @@ impl PersistedFile {
         self.cached_footer().ok()?.aggregates
     }
 
+    /// The footer cache the file goes through.
+    #[cfg(test)]
+    pub(crate) fn footer_cache(&self) -> &FooterCache {
+        &self.shared.footers
+    }
+
     fn cached_footer(&self) -> Result<FileFooter, StorageError> {
-        footer_cache().get_or_load(&self.path, || load(&self.path).map(|(footer, _)| footer))
+        self.shared
+            .footers
+            .get_or_load(&self.path, || load(&self.path).map(|(footer, _)| footer))
     }
 
     /// The footer and the file opened for reading, every byte read from
@@ -113,7 +155,7 @@ impl PersistedFile {
     pub fn open_data(&self) -> Result<(ArrowReaderMetadata, DataFile), StorageError> {
         let footer = self.cached_footer()?;
         let data = DataFile::open(&self.path, self.bytes, footer.checksums)?
-            .counting_damage_in(Arc::clone(&self.damaged_reads));
+            .counting_damage_in(Arc::clone(&self.shared.damaged_reads));
         Ok((footer.metadata, data))
     }
 
@@ -170,7 +212,7 @@ impl Drop for PersistedFile {
         if !self.obsolete.load(Ordering::SeqCst) {
             return;
         }
-        footer_cache().remove(&self.path);
+        self.shared.footers.remove(&self.path);
         if let Err(error) = std::fs::remove_file(&self.path)
             && error.kind() != std::io::ErrorKind::NotFound
         {
