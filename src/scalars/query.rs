@@ -712,19 +712,8 @@ mod tests {
                 assert_eq!(comparable(&shared_full), comparable(&full));
                 // A full read of files with aggregates (block by block,
                 // through the page reader) gives the points of one without.
-                let collect = |with_aggregates: bool| {
-                    let mut out = MetricSeries::default();
-                    snapshot
-                        .merge_slices(bounds, with_aggregates, &mut |steps, times, values| {
-                            out.steps.extend_from_slice(steps);
-                            out.timestamps.extend_from_slice(times);
-                            out.values.extend_from_slice(values);
-                            Ok(true)
-                        })
-                        .unwrap();
-                    out
-                };
-                let (by_blocks, by_row_groups) = (collect(true), collect(false));
+                let by_blocks = snapshot.collect_merged(bounds, true);
+                let by_row_groups = snapshot.collect_merged(bounds, false);
                 assert_eq!(by_blocks.steps, by_row_groups.steps);
                 assert_eq!(by_blocks.timestamps, by_row_groups.timestamps);
                 assert!(

@@ -781,7 +781,7 @@ impl SeriesSnapshot {
 
     /// [`SeriesSnapshot::for_each_slice`] with the files' aggregates
     /// (`with_aggregates`) or without.
-    pub(crate) fn merge_slices(
+    fn merge_slices(
         &self,
         bounds: StepBounds,
         with_aggregates: bool,
@@ -801,6 +801,21 @@ impl SeriesSnapshot {
         }
         sources.extend(self.buffered.source(bounds, &|_| false));
         merge(sources, &mut SlicesOnly(sink))
+    }
+
+    /// Every point within `bounds`, read with the files' aggregates or
+    /// without (for tests that compare the two).
+    #[cfg(test)]
+    pub(crate) fn collect_merged(&self, bounds: StepBounds, with_aggregates: bool) -> MetricSeries {
+        let mut out = MetricSeries::default();
+        self.merge_slices(bounds, with_aggregates, &mut |steps, times, values| {
+            out.steps.extend_from_slice(steps);
+            out.timestamps.extend_from_slice(times);
+            out.values.extend_from_slice(values);
+            Ok(true)
+        })
+        .expect("a test read");
+        out
     }
 
     /// The smallest and greatest timestamp of the series (`None` when it
@@ -1406,16 +1421,10 @@ mod tests {
         let expected = read_all(&snapshot, StepBounds::default());
         assert_eq!(expected.steps, (0..12_000).collect::<Vec<i64>>());
         // The same points without the aggregates.
-        let mut plain = MetricSeries::default();
-        snapshot
-            .merge_slices(StepBounds::default(), false, &mut |steps, times, values| {
-                plain.steps.extend_from_slice(steps);
-                plain.timestamps.extend_from_slice(times);
-                plain.values.extend_from_slice(values);
-                Ok(true)
-            })
-            .unwrap();
-        assert_eq!(plain, expected);
+        assert_eq!(
+            snapshot.collect_merged(StepBounds::default(), false),
+            expected
+        );
         // The key's second block (its rows from file row 8,192) now claims
         // a first point the file does not have: reading it fails once the
         // first block (3,192 points) has reached the sink.

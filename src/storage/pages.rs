@@ -474,6 +474,9 @@ impl Varints<'_> {
     }
 }
 
+/// The most values a `DELTA_BINARY_PACKED` block may hold here.
+const MAX_BLOCK_VALUES: usize = 1 << 20;
+
 /// `count` int64 values in `DELTA_BINARY_PACKED`: a header (values per
 /// block, miniblocks per block, value count, first value), then blocks of
 /// a minimum delta, one bit width per miniblock, and the miniblocks'
@@ -488,6 +491,11 @@ fn decode_delta(bytes: &[u8], count: usize) -> Result<Vec<i64>, String> {
         return Err(format!(
             "a delta page holds {total} values where {count} were expected"
         ));
+    }
+    // Writers use blocks of 128 to a few thousand values; a larger header
+    // is damage (and would overflow the sizes computed from it).
+    if block_values > MAX_BLOCK_VALUES {
+        return Err(format!("a delta page has blocks of {block_values} values"));
     }
     if miniblocks == 0 || block_values == 0 || block_values % miniblocks != 0 {
         return Err(format!(
@@ -838,6 +846,12 @@ mod tests {
             }
         }
         assert!(decode_delta(&buf, count + 1).is_err());
+        // A header claiming blocks of 2^63 values is refused, not overflowed.
+        let mut huge = vec![0x80u8; 9];
+        huge.push(0x01);
+        huge.extend_from_slice(&[0x04, 0x01, 0x00]);
+        let error = decode_delta(&huge, 1).unwrap_err();
+        assert!(error.contains("blocks of"), "{error}");
         assert!(decode_split(&[0; 15], 2).is_err());
         assert!(decode_split(&[0; 16], 1).is_err());
         assert!(plain(&[0u8; 15], 2, i64::from_le_bytes).is_err());
