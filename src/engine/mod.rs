@@ -7,11 +7,10 @@
 //! see every acknowledged write.
 //!
 //! This file holds the engine value, its errors, start-up and the catalog
-//! calls; [`metric_writes`] the metric write path, [`catalog_log`] the
-//! catalog's WAL log and its rollback, [`operations`] health, telemetry,
-//! checkpoints and shutdown, [`recovery`] start-up from disk,
-//! [`key_budget`] the per-run key caps, [`maintenance`] the background
-//! checkpoint thread.
+//! calls; `metric_writes` the metric write path, `catalog_log` the
+//! catalog's WAL log and its rollback, `operations` health, telemetry,
+//! checkpoints and shutdown, `recovery` start-up from disk, `key_budget`
+//! the per-run key caps, `maintenance` the background checkpoint thread.
 
 mod catalog_log;
 mod key_budget;

@@ -9,8 +9,8 @@
 //!    chosen runs' buffers are copied);
 //! 2. the engine captures those runs' points, each acknowledged point
 //!    exactly once, in a file or in a buffer copy;
-//! 3. files are read by [`MetricFileScanExec`], which applies `key` and
-//!    `step` filters exactly ([`ScanFilter`]): the rows a file can
+//! 3. files are read by `MetricFileScanExec`, which applies `key` and
+//!    `step` filters exactly (`ScanFilter`): the rows a file can
 //!    contribute come from its footer (key row ranges, steps per block),
 //!    only those rows of the projected columns are decoded; buffer copies
 //!    are filtered the same way and read from memory; `LIMIT` stops both

@@ -15,7 +15,7 @@
 //! under a memory limit and a time limit on a runtime of its own, so a
 //! heavy query neither takes the server down nor starves its HTTP threads.
 //! The catalog tables count against the memory limit, functions that
-//! allocate outside it are bounded ([`bounded_functions`]), and results are
+//! allocate outside it are bounded (`bounded_functions`), and results are
 //! encoded batch by batch as JSON rows, CSV, an Arrow IPC stream or a text
 //! table ([`output`]) within `--sql-max-result-mb`, on the query threads
 //! and within the query's time limit and turn.

@@ -2,9 +2,9 @@
 //! such as `metrics.acc > 0.9`, `params.lr = '0.01'`,
 //! `` tags.`my tag` LIKE '%x%' `` or `attributes.status IN ('FINISHED')`.
 //!
-//! The tokenizer and parser here produce [`Comparison`]s; what an entity
-//! means (run field, experiment field) is decided by the caller through an
-//! [`EntityResolver`].
+//! The tokenizer and parser here produce [`RawComparison`]s; what an
+//! identifier means (a run field, an experiment field) is decided by the
+//! caller (`search::runs`, `search::experiments`).
 
 use std::collections::HashMap;
 

@@ -4,7 +4,7 @@
 //! Parquet pages can carry a CRC, but arrow-rs does not write one, and a
 //! flipped bit in a page that still decodes would be served as a wrong
 //! value. So the writer computes a CRC32C of every [`BLOCK_BYTES`] block of
-//! the file as its bytes go out ([`ChecksumWrite`]), up to the end of the
+//! the file as its bytes go out (`ChecksumWrite`), up to the end of the
 //! last data page, and stores the table in the footer under
 //! [`CHECKSUMS_KEY`] (base64 of a little-endian table, itself
 //! CRC32C-checked). Readers open files as a [`DataFile`], a Parquet

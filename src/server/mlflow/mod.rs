@@ -4,7 +4,7 @@
 //! `/graphql`, MLflow 3's `server-info` and `ui-telemetry`. Endpoints of
 //! MLflow's other services (model registry, artifacts, traces, logged
 //! models, ...) answer as an MLflow server holding none of them: empty
-//! searches and lists, `ENDPOINT_NOT_FOUND` for the rest ([`absent`]).
+//! searches and lists, `ENDPOINT_NOT_FOUND` for the rest (`absent`).
 
 mod absent;
 mod artifacts;
