@@ -110,15 +110,14 @@ fn readable(metadata: &ParquetMetaData) -> bool {
             && column.max_rep_level() == 0
             && column.physical_type() == physical
     });
-    let Some(offsets) = metadata.offset_index() else {
-        return false;
-    };
-    flat && offsets.len() == metadata.num_row_groups()
+    flat && metadata
+        .offset_index()
+        .is_some_and(|offsets| offsets.len() == metadata.num_row_groups())
         && metadata
             .row_groups()
             .iter()
-            .zip(offsets)
-            .all(|(group, offsets)| {
+            .enumerate()
+            .all(|(index, group)| {
                 leaves.iter().all(|&(leaf, physical)| {
                     let column = group.column(leaf);
                     let known = column.encodings().all(|encoding| {
@@ -127,9 +126,7 @@ fn readable(metadata: &ParquetMetaData) -> bool {
                     });
                     column.dictionary_page_offset().is_none()
                         && known
-                        && offsets
-                            .get(leaf)
-                            .is_some_and(|index| !index.page_locations().is_empty())
+                        && page_locations(metadata, index, leaf).is_some()
                 })
             })
 }
@@ -173,7 +170,6 @@ impl PageValue for f64 {
 struct OpenChunk {
     group: usize,
     reader: SerializedPageReader<DataFile>,
-    locations: Vec<PageLocation>,
     /// The page `reader` gives next.
     next_page: usize,
 }
@@ -252,44 +248,31 @@ impl<T: PageValue> ColumnCursor<T> {
         let group = self.group_starts.partition_point(|&start| start <= row) - 1;
         let group_start = self.group_starts[group];
         let group_end = self.group_starts[group + 1];
-        let reopen = match &self.open {
-            Some(open) => open.group != group,
-            None => true,
-        };
-        if reopen {
-            self.open = Some(self.open_chunk(group)?);
-        }
+        let metadata = Arc::clone(&self.metadata);
+        let locations = page_locations(&metadata, group, self.leaf)
+            .ok_or_else(|| self.invalid(format!("row group {group} has no offset index")))?;
         let within = (row - group_start) as i64;
-        let Some(open) = self.open.as_mut() else {
-            return Err(self.invalid("no open column chunk".into()));
-        };
-        let page = open
-            .locations
+        let page = locations
             .partition_point(|location| location.first_row_index <= within)
             .saturating_sub(1);
-        if page < open.next_page {
-            // A read went back: start the chunk again.
-            self.open = Some(self.open_chunk(group)?);
-        }
-        let path = self.data.path().to_path_buf();
-        let Some(open) = self.open.as_mut() else {
-            return Err(self.invalid("no open column chunk".into()));
-        };
-        while open.next_page < page {
-            open.reader
-                .skip_next_page()
-                .map_err(|source| StorageError::parquet(&path, source))?;
-            open.next_page += 1;
-        }
-        let first = group_start + u64::try_from(open.locations[page].first_row_index).unwrap_or(0);
-        let end = open.locations.get(page + 1).map_or(group_end, |next| {
+        let first = group_start + u64::try_from(locations[page].first_row_index).unwrap_or(0);
+        let end = locations.get(page + 1).map_or(group_end, |next| {
             group_start + u64::try_from(next.first_row_index).unwrap_or(0)
         });
-        let page_data = open
-            .reader
-            .get_next_page()
-            .map_err(|source| StorageError::parquet(&path, source))?;
+        // The chunk's reader, unless the read moved to another row group or
+        // went back: then the chunk is started again.
+        let mut open = match self.open.take() {
+            Some(open) if open.group == group && open.next_page <= page => open,
+            _ => self.open_chunk(group, locations.to_vec())?,
+        };
+        let parquet = |source| StorageError::parquet(self.data.path(), source);
+        while open.next_page < page {
+            open.reader.skip_next_page().map_err(parquet)?;
+            open.next_page += 1;
+        }
+        let page_data = open.reader.get_next_page().map_err(parquet)?;
         open.next_page += 1;
+        self.open = Some(open);
         if first > row || end <= row || end > group_end {
             return Err(self.invalid(format!(
                 "the offset index of column {} puts row {row} in rows {first}..{end}",
@@ -338,30 +321,41 @@ impl<T: PageValue> ColumnCursor<T> {
         Ok((first..end, values))
     }
 
-    fn open_chunk(&self, group: usize) -> Result<OpenChunk, StorageError> {
+    fn open_chunk(
+        &self,
+        group: usize,
+        locations: Vec<PageLocation>,
+    ) -> Result<OpenChunk, StorageError> {
         let column = self.metadata.row_group(group).column(self.leaf);
-        let locations = self
-            .metadata
-            .offset_index()
-            .and_then(|index| index.get(group))
-            .and_then(|columns| columns.get(self.leaf))
-            .map(|index| index.page_locations().clone())
-            .ok_or_else(|| self.invalid(format!("row group {group} has no offset index")))?;
         let rows = self.group_starts[group + 1] - self.group_starts[group];
         let reader = SerializedPageReader::new(
             Arc::clone(&self.data),
             column,
             rows as usize,
-            Some(locations.clone()),
+            Some(locations),
         )
         .map_err(|source| StorageError::parquet(self.path(), source))?;
         Ok(OpenChunk {
             group,
             reader,
-            locations,
             next_page: 0,
         })
     }
+}
+
+/// The offset index of leaf column `leaf` in row group `group`, when it
+/// has one.
+fn page_locations(
+    metadata: &ParquetMetaData,
+    group: usize,
+    leaf: usize,
+) -> Option<&[PageLocation]> {
+    metadata
+        .offset_index()?
+        .get(group)?
+        .get(leaf)
+        .map(|index| index.page_locations().as_slice())
+        .filter(|locations| !locations.is_empty())
 }
 
 /// `count` fixed-width little-endian values.

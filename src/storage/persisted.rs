@@ -68,6 +68,7 @@ impl PersistedFile {
     /// stepstore's metadata from the footer. Block aggregates that are
     /// missing (older files) or do not check out (logged) are left out:
     /// such a file is read by the full scan.
+    ///
     /// The file gets a footer cache of its own (tools and tests); the
     /// engine's files share one ([`PersistedFile::open_shared`]).
     pub fn open(seq: u64, path: &Path) -> Result<(PersistedFile, FileMetadata), StorageError> {
