@@ -64,7 +64,17 @@ impl Collector for ExtraGauges {
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snapshot = &self.0;
-        let counters: [(&str, &str, u64); 12] = [
+        let counters: [(&str, &str, u64); 14] = [
+            (
+                "idempotent_replays",
+                "Bulk ingest requests sent again with an Idempotency-Key already accepted: answered from its receipt, nothing written",
+                snapshot.idempotent_replays,
+            ),
+            (
+                "idempotency_conflicts",
+                "Bulk ingest requests refused because their Idempotency-Key was in use (409) or used with another body (422)",
+                snapshot.idempotency_conflicts,
+            ),
             (
                 "damaged_file_reads",
                 "Reads of metric files that found a data page failing its checksum (the read failed)",
@@ -132,7 +142,12 @@ impl Collector for SnapshotCollector {
                 encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric_encoder)?;
         }
-        let gauges: [(&str, &str, u64); 9] = [
+        let gauges: [(&str, &str, u64); 10] = [
+            (
+                "ingest_receipts",
+                "Receipts of bulk ingest requests with an Idempotency-Key kept (the last 24 hours, at most 100,000)",
+                snapshot.ingest_receipts,
+            ),
             (
                 "footer_cache_bytes",
                 "Memory the cached metric file footers take (--footer-cache-mb bounds it)",

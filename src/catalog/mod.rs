@@ -6,6 +6,7 @@
 //! all under one write lock, so the log order is the apply order.
 
 mod mutation;
+pub mod receipts;
 mod run_names;
 pub mod snapshot;
 mod state;

@@ -1,17 +1,23 @@
 //! Catalog snapshots: the whole catalog state written atomically (temp file,
 //! fsync, rename, directory fsync) so that the WAL before it can go.
 //!
-//! File layout: magic `STEPCAT2`, u32 LE CRC32C of the body, bincode body.
+//! File layout: magic `STEPCAT3`, u32 LE CRC32C of the body, then the
+//! bincode of the catalog state followed by the ingest receipts (see
+//! [`super::receipts`]). `STEPCAT2` files (the state alone, written before
+//! receipts existed) are still read.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::CatalogError;
+use super::receipts::ReceiptsSnapshot;
 use super::state::CatalogState;
 use crate::durable_fs::FileIo;
 use crate::wal::Lsn;
 
-const MAGIC: &[u8; 8] = b"STEPCAT2";
+const MAGIC: &[u8; 8] = b"STEPCAT3";
+/// The format before receipts: the state alone.
+const MAGIC_WITHOUT_RECEIPTS: &[u8; 8] = b"STEPCAT2";
 const PREFIX: &str = "snapshot-";
 /// Suffix of a snapshot's first copy.
 const SUFFIX: &str = ".bin";
@@ -68,6 +74,8 @@ fn list_snapshots(dir: &Path) -> Result<Vec<ListedSnapshot>, CatalogError> {
 pub struct LoadedSnapshot {
     /// Its catalog state.
     pub state: CatalogState,
+    /// The ingest receipts it holds.
+    pub receipts: ReceiptsSnapshot,
     /// Damaged copies of it that were passed over for a good one: the
     /// caller moves them out of the way.
     pub damaged: Vec<(PathBuf, CatalogError)>,
@@ -88,7 +96,13 @@ pub fn load_latest(dir: &Path) -> Result<Option<LoadedSnapshot>, CatalogError> {
     let mut damaged = Vec::new();
     for candidate in listed.iter().filter(|snapshot| snapshot.lsn == newest) {
         match read_snapshot(&candidate.path, newest) {
-            Ok(state) => return Ok(Some(LoadedSnapshot { state, damaged })),
+            Ok((state, receipts)) => {
+                return Ok(Some(LoadedSnapshot {
+                    state,
+                    receipts,
+                    damaged,
+                }));
+            }
             Err(error) => damaged.push((candidate.path.clone(), error)),
         }
     }
@@ -107,22 +121,34 @@ pub fn load_latest(dir: &Path) -> Result<Option<LoadedSnapshot>, CatalogError> {
 }
 
 /// Reads and checks one snapshot file that should hold the state at `lsn`.
-fn read_snapshot(path: &Path, lsn: Lsn) -> Result<CatalogState, CatalogError> {
+fn read_snapshot(path: &Path, lsn: Lsn) -> Result<(CatalogState, ReceiptsSnapshot), CatalogError> {
     let bytes = fs::read(path).map_err(|source| CatalogError::io("read", path, source))?;
     let corrupt = |reason: String| CatalogError::CorruptSnapshot {
         path: path.to_path_buf(),
         reason,
     };
-    if bytes.len() < 12 || &bytes[..8] != MAGIC {
-        return Err(corrupt("bad magic".to_string()));
+    let with_receipts = match bytes.get(..8) {
+        Some(magic) if magic == MAGIC => true,
+        Some(magic) if magic == MAGIC_WITHOUT_RECEIPTS => false,
+        _ => return Err(corrupt("bad magic".to_string())),
+    };
+    if bytes.len() < 12 {
+        return Err(corrupt("no checksum".to_string()));
     }
     let stored_crc = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
     let body = &bytes[12..];
     if crc32c::crc32c(body) != stored_crc {
         return Err(corrupt("checksum mismatch".to_string()));
     }
-    let (mut state, _): (CatalogState, usize) =
+    let (mut state, used): (CatalogState, usize) =
         crate::bounded_decode::decode(body).map_err(|error| corrupt(error.to_string()))?;
+    let receipts = if with_receipts {
+        let (receipts, _): (ReceiptsSnapshot, usize) = crate::bounded_decode::decode(&body[used..])
+            .map_err(|error| corrupt(error.to_string()))?;
+        receipts
+    } else {
+        ReceiptsSnapshot::default()
+    };
     if state.applied_lsn != lsn {
         return Err(corrupt(format!(
             "names LSN {lsn} but holds state at LSN {}",
@@ -130,7 +156,7 @@ fn read_snapshot(path: &Path, lsn: Lsn) -> Result<CatalogState, CatalogError> {
         )));
     }
     state.rebuild_indexes();
-    Ok(state)
+    Ok((state, receipts))
 }
 
 /// A catalog state encoded for a snapshot, not yet written: encoding needs
@@ -140,9 +166,17 @@ pub struct EncodedSnapshot {
     body: Vec<u8>,
 }
 
-/// Encodes `state` (the caller holds its lock only for this).
-pub fn encode(state: &CatalogState) -> Result<EncodedSnapshot, CatalogError> {
-    let body = bincode::serde::encode_to_vec(state, bincode::config::standard())
+/// Encodes `state` and `receipts` (the caller holds the catalog's lock only
+/// for this). The snapshot is named by `state.applied_lsn`: the caller
+/// makes it at least the newest receipt's LSN.
+pub fn encode(
+    state: &CatalogState,
+    receipts: &ReceiptsSnapshot,
+) -> Result<EncodedSnapshot, CatalogError> {
+    let config = bincode::config::standard();
+    let mut body = bincode::serde::encode_to_vec(state, config)
+        .map_err(|error| CatalogError::Encode(error.to_string()))?;
+    bincode::serde::encode_into_std_write(receipts, &mut body, config)
         .map_err(|error| CatalogError::Encode(error.to_string()))?;
     Ok(EncodedSnapshot {
         lsn: state.applied_lsn,
@@ -189,10 +223,10 @@ impl EncodedSnapshot {
     }
 }
 
-/// Writes `state` as the newest snapshot and removes older ones. Returns
-/// the snapshot's size in bytes.
+/// Writes `state` (with no receipts) as the newest snapshot and removes
+/// older ones. Returns the snapshot's size in bytes.
 pub fn write(dir: &Path, state: &CatalogState, io: &FileIo) -> Result<u64, CatalogError> {
-    encode(state)?.write(dir, io)
+    encode(state, &ReceiptsSnapshot::default())?.write(dir, io)
 }
 
 #[cfg(test)]
@@ -266,6 +300,44 @@ mod tests {
             load_latest(old.path()).unwrap().unwrap().state.applied_lsn,
             3
         );
+    }
+
+    #[test]
+    fn receipts_round_trip_and_snapshots_without_them_still_load() {
+        use crate::catalog::receipts::IngestReceipt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = CatalogState::new("file:///a", 1);
+        state.applied_lsn = 8;
+        let receipt = IngestReceipt {
+            key: "batch-1".to_string(),
+            body_crc: 7,
+            body_len: 120,
+            points: 30,
+            runs: 2,
+            time: 1_732_530_000_000,
+        };
+        let receipts = ReceiptsSnapshot {
+            receipts: vec![(receipt.clone(), 8)],
+            max_lsn: 8,
+        };
+        encode(&state, &receipts)
+            .unwrap()
+            .write(dir.path(), &FileIo::default())
+            .unwrap();
+        let loaded = load_latest(dir.path()).unwrap().unwrap();
+        assert_eq!(loaded.receipts.receipts, [(receipt, 8)]);
+        assert_eq!(loaded.receipts.max_lsn, 8);
+        // A data directory written before receipts: magic STEPCAT2 and the
+        // state alone.
+        let old = tempfile::tempdir().unwrap();
+        let body = bincode::serde::encode_to_vec(&state, bincode::config::standard()).unwrap();
+        let mut bytes = MAGIC_WITHOUT_RECEIPTS.to_vec();
+        bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        bytes.extend_from_slice(&body);
+        fs::write(snapshot_path(old.path(), 8, SUFFIX), bytes).unwrap();
+        let loaded = load_latest(old.path()).unwrap().unwrap();
+        assert_eq!(loaded.state.applied_lsn, 8);
+        assert!(loaded.receipts.receipts.is_empty());
     }
 
     #[test]

@@ -9,10 +9,11 @@ use tokio::sync::oneshot;
 
 use super::wal_record::WalRecordRef;
 use super::{Engine, EngineError, key_budget};
+use crate::catalog::receipts::{BodyFingerprint, IngestReceipt, KeyClaim, KeyState};
 use crate::catalog::{CatalogError, ensure_run_active};
 use crate::ingest::{BYTES_PER_POINT, IngestError, LiveHub, SeriesSources};
 use crate::model::validation::{KeyKind, validate_key};
-use crate::model::{MetricBatch, MetricSeries, RunId};
+use crate::model::{MetricBatch, MetricSeries, RunId, now_millis};
 
 /// Subtracts in-flight bytes when a metric write completes or is abandoned.
 struct InFlightGuard {
@@ -44,6 +45,41 @@ impl Engine {
     pub async fn log_metric_batches(
         &self,
         batches: Vec<(RunId, MetricBatch)>,
+    ) -> Result<usize, EngineError> {
+        self.write_metric_batches(batches, None).await
+    }
+
+    /// Looks up the `Idempotency-Key` of a bulk request whose body is
+    /// `fingerprint`: a new key is claimed for the caller, who then writes
+    /// with [`Self::log_keyed_metric_batches`].
+    pub fn claim_ingest_key(&self, key: &str, fingerprint: BodyFingerprint) -> KeyState {
+        self.receipts.begin(key, fingerprint, now_millis())
+    }
+
+    /// [`Self::log_metric_batches`] for a keyed request: `receipt` (its
+    /// point count filled in here) is written in the same WAL record as the
+    /// points, so a repeat of the request is recognised even after a
+    /// restart. `claim` is held until then.
+    pub async fn log_keyed_metric_batches(
+        &self,
+        batches: Vec<(RunId, MetricBatch)>,
+        claim: KeyClaim,
+        receipt: IngestReceipt,
+    ) -> Result<usize, EngineError> {
+        let accepted = self.write_metric_batches(batches, Some(receipt)).await;
+        drop(claim);
+        accepted
+    }
+
+    /// Receipts of keyed requests kept (for `/metrics`).
+    pub fn ingest_receipts(&self) -> usize {
+        self.receipts.len()
+    }
+
+    async fn write_metric_batches(
+        &self,
+        batches: Vec<(RunId, MetricBatch)>,
+        receipt: Option<IngestReceipt>,
     ) -> Result<usize, EngineError> {
         self.ensure_accepting()?;
         let mut experiments = Vec::with_capacity(batches.len());
@@ -83,7 +119,14 @@ impl Engine {
         let _guard = self.reserve_buffer_room(bytes).await?;
         // Refused here, before it is acknowledged, if its WAL frame would be
         // over the frame limit (replay would refuse it).
-        let body = WalRecordRef::Metrics(&routed).encode()?;
+        let receipt = receipt.map(|receipt| IngestReceipt {
+            points: points as u64,
+            ..receipt
+        });
+        let body = match &receipt {
+            Some(receipt) => WalRecordRef::KeyedMetrics(receipt, &routed).encode()?,
+            None => WalRecordRef::Metrics(&routed).encode()?,
+        };
         let mut signals = Vec::with_capacity(routed.len());
         let mut responses = Vec::with_capacity(routed.len());
         for _ in 0..routed.len() {
@@ -92,10 +135,16 @@ impl Engine {
             responses.push(response);
         }
         let ingester = Arc::clone(&self.ingester);
+        let receipts = Arc::clone(&self.receipts);
         self.wal.append(
             body,
             Box::new(move |lsn, result| match result {
                 Ok(()) => {
+                    // Before the record counts as complete: a checkpoint
+                    // that sees it also sees the receipt.
+                    if let Some(receipt) = receipt {
+                        receipts.record(receipt, lsn);
+                    }
                     for (((run_id, batch), experiment_id), applied) in
                         routed.into_iter().zip(experiment_ids).zip(signals)
                     {

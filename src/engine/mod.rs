@@ -32,6 +32,7 @@ use thiserror::Error;
 
 use crate::auth::{AccessDenied, AuthError, Principal, TokenStore};
 use crate::catalog::CatalogState;
+use crate::catalog::receipts::IngestReceipts;
 use crate::catalog::{Catalog, CatalogError, NewExperiment, NewRun, RunUpdate, snapshot};
 use crate::durable_fs::FileIo;
 use crate::error_kind::{Classify, ErrorKind};
@@ -249,6 +250,8 @@ pub struct Engine {
     ingester: Arc<Ingester>,
     in_flight_bytes: Arc<AtomicU64>,
     key_budgets: Arc<key_budget::KeyBudgets>,
+    /// Receipts of keyed bulk requests (`Idempotency-Key`).
+    receipts: Arc<IngestReceipts>,
     snapshot_lsn: AtomicU64,
     last_snapshot: Mutex<Instant>,
     accepting: AtomicBool,
@@ -286,12 +289,14 @@ impl Engine {
         let files_shared = layout.shared();
         let files = recovery::load_metric_files(&layout, &data_dir.join(recovery::QUARANTINE_DIR))?;
         let catalog_dir = data_dir.join(recovery::CATALOG_DIR);
-        let (catalog_state, quarantined_snapshots) = recovery::load_catalog(
+        let loaded_catalog = recovery::load_catalog(
             &data_dir,
             &data_dir.join(recovery::QUARANTINE_DIR),
             &artifact_root,
         )?;
-        let quarantined_files = files.quarantined + quarantined_snapshots;
+        let catalog_state = loaded_catalog.state;
+        let receipts = Arc::new(IngestReceipts::new(loaded_catalog.receipts, now_millis()));
+        let quarantined_files = files.quarantined + loaded_catalog.quarantined;
         let snapshot_lsn = catalog_state.applied_lsn;
         if snapshot_lsn == 0 {
             // A new data directory: fix the Default experiment's creation time.
@@ -302,11 +307,13 @@ impl Engine {
         let file_count: usize = files.runs.iter().map(|run| run.files.len()).sum();
         let ingester = Arc::new(Ingester::start(config.ingest.clone(), layout, files.runs)?);
         let wal_dir = data_dir.join(recovery::WAL_DIR);
-        let replayed = recovery::replay_wal(&wal_dir, &catalog, &ingester, &files.covered)?;
+        let replayed =
+            recovery::replay_wal(&wal_dir, &catalog, &receipts, &ingester, &files.covered)?;
         let last_lsn = replayed
             .last_lsn
             .max(files.max_lsn)
-            .max(catalog.read().applied_lsn);
+            .max(catalog.read().applied_lsn)
+            .max(receipts.max_lsn());
         // Runs that ended before the restart still get compacted.
         let ended: Vec<RunId> = catalog
             .read()
@@ -348,6 +355,7 @@ impl Engine {
             ingester,
             in_flight_bytes: Arc::new(AtomicU64::new(0)),
             key_budgets,
+            receipts,
             snapshot_lsn: AtomicU64::new(snapshot_lsn),
             last_snapshot: Mutex::new(Instant::now()),
             accepting: AtomicBool::new(true),

@@ -56,6 +56,13 @@ pub struct TelemetrySnapshot {
     pub footer_loads: u64,
     /// Panics contained in persister and shard threads since start.
     pub thread_panics: u64,
+    /// Keyed bulk requests answered from their receipt (sent again).
+    pub idempotent_replays: u64,
+    /// Keyed bulk requests refused: the key was in use by a request in
+    /// progress, or was used before with another body.
+    pub idempotency_conflicts: u64,
+    /// Receipts of keyed bulk requests kept.
+    pub ingest_receipts: u64,
 }
 
 impl Engine {
@@ -109,6 +116,9 @@ impl Engine {
             footer_cache_bytes: self.files_shared.footers().bytes(),
             footer_loads: self.files_shared.footers().loads(),
             thread_panics: ingest.thread_panics(),
+            idempotent_replays: self.receipts.replays(),
+            idempotency_conflicts: self.receipts.conflicts(),
+            ingest_receipts: self.receipts.len() as u64,
         }
     }
 
@@ -125,11 +135,17 @@ impl Engine {
         let completed = self.wal.completed_lsn();
         let oldest_buffered = self.ingester.oldest_unpersisted_lsn()?;
         let oldest_catalog = self.snapshot_catalog_if_due(force_snapshot)?;
-        let min_needed = [Some(completed + 1), oldest_buffered, oldest_catalog]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(completed + 1);
+        let oldest_receipt = self.receipts.oldest_unsnapshotted();
+        let min_needed = [
+            Some(completed + 1),
+            oldest_buffered,
+            oldest_catalog,
+            oldest_receipt,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(completed + 1);
         let removed = self.wal.remove_segments_before(min_needed)?;
         if removed > 0 {
             tracing::debug!(removed, min_needed, "removed persisted WAL segments");
@@ -137,9 +153,11 @@ impl Engine {
         Ok(())
     }
 
-    /// Writes a catalog snapshot when the catalog changed since the last one
-    /// and the snapshot interval passed (or `force`). Returns the oldest LSN
-    /// of a catalog record the newest snapshot lacks, if any.
+    /// Writes a catalog snapshot when the catalog or the ingest receipts
+    /// changed since the last one and the snapshot interval passed (or
+    /// `force`). Returns the oldest LSN of a catalog record the newest
+    /// snapshot lacks, if any (receipts it lacks are the receipts window's
+    /// to tell).
     fn snapshot_catalog_if_due(&self, force: bool) -> Result<Option<Lsn>, EngineError> {
         let mut last = self
             .last_snapshot
@@ -147,7 +165,8 @@ impl Engine {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let state = self.catalog.read();
         let current = self.snapshot_lsn.load(Ordering::SeqCst);
-        if state.applied_lsn == current {
+        let receipts_pending = self.receipts.oldest_unsnapshotted().is_some();
+        if state.applied_lsn <= current && !receipts_pending {
             return Ok(None);
         }
         // Only a durable state is snapshotted: not one holding changes
@@ -164,9 +183,15 @@ impl Engine {
         // The lock is held only to copy the state (as every SQL query
         // does): encoding, writing and syncing the file under it would
         // stall every change to the catalog meanwhile.
-        let copy = state.clone();
+        let mut copy = state.clone();
+        // Taken under the catalog's read lock: no catalog record can be
+        // sequenced meanwhile, so every catalog record older than the
+        // newest receipt is in the copy, and the snapshot may be named
+        // by whichever is newer.
+        let (receipts, receipts_included) = self.receipts.for_snapshot();
         drop(state);
-        let encoded = snapshot::encode(&copy)?;
+        copy.applied_lsn = copy.applied_lsn.max(receipts.max_lsn).max(current);
+        let encoded = snapshot::encode(&copy, &receipts)?;
         drop(copy);
         let lsn = encoded.lsn();
         let bytes = encoded.write(
@@ -174,6 +199,7 @@ impl Engine {
             &self.config.file_io,
         )?;
         self.snapshot_lsn.store(lsn, Ordering::SeqCst);
+        self.receipts.snapshotted(&receipts_included);
         *last = Instant::now();
         tracing::debug!(lsn, bytes, "wrote catalog snapshot");
         Ok(None)

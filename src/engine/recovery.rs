@@ -9,8 +9,10 @@ use std::sync::Arc;
 
 use super::EngineError;
 use super::wal_record::WalRecord;
+use crate::catalog::receipts::{IngestReceipts, ReceiptsSnapshot};
 use crate::catalog::{Catalog, CatalogState, snapshot};
 use crate::ingest::{Ingester, LoadedRun};
+use crate::model::MetricBatch;
 use crate::model::{KeySummary, RunId, now_millis};
 use crate::storage::file_meta::{FileMetadata, normalise_ranges, ranges_contain};
 use crate::storage::{MetricsLayout, PersistedFile, StorageError};
@@ -194,16 +196,28 @@ fn redundant_outputs(opened: &[(PersistedFile, FileMetadata)]) -> Vec<u64> {
         .collect()
 }
 
+/// The newest catalog snapshot as loaded at start.
+pub(crate) struct LoadedCatalog {
+    pub(crate) state: CatalogState,
+    pub(crate) receipts: ReceiptsSnapshot,
+    /// Damaged snapshot copies moved to quarantine.
+    pub(crate) quarantined: u64,
+}
+
 /// Loads the newest catalog snapshot, or a fresh catalog. A damaged copy
-/// of the snapshot (the other copy was good) is moved to `quarantine_dir`;
-/// returns how many were.
+/// of the snapshot (the other copy was good) is moved to `quarantine_dir`
+/// and counted.
 pub(crate) fn load_catalog(
     data_dir: &Path,
     quarantine_dir: &Path,
     artifact_root: &str,
-) -> Result<(CatalogState, u64), EngineError> {
+) -> Result<LoadedCatalog, EngineError> {
     let Some(loaded) = snapshot::load_latest(&data_dir.join(CATALOG_DIR))? else {
-        return Ok((CatalogState::new(artifact_root, now_millis()), 0));
+        return Ok(LoadedCatalog {
+            state: CatalogState::new(artifact_root, now_millis()),
+            receipts: ReceiptsSnapshot::default(),
+            quarantined: 0,
+        });
     };
     let mut quarantined = 0;
     for (path, problem) in loaded.damaged {
@@ -216,7 +230,11 @@ pub(crate) fn load_catalog(
             "a damaged copy of the catalog snapshot was moved to quarantine; its other copy was used"
         );
     }
-    Ok((loaded.state, quarantined))
+    Ok(LoadedCatalog {
+        state: loaded.state,
+        receipts: loaded.receipts,
+        quarantined,
+    })
 }
 
 /// What replay did.
@@ -229,10 +247,12 @@ pub(crate) struct ReplayOutcome {
 }
 
 /// Replays the WAL: catalog mutations newer than the snapshot are applied,
-/// metric batches not covered by a file go back into the buffers.
+/// metric batches not covered by a file go back into the buffers, and the
+/// receipts of keyed requests back into the receipts window.
 pub(crate) fn replay_wal(
     wal_dir: &Path,
     catalog: &Catalog,
+    receipts: &IngestReceipts,
     ingester: &Ingester,
     covered: &HashMap<RunId, Vec<(Lsn, Lsn)>>,
 ) -> Result<ReplayOutcome, EngineError> {
@@ -252,26 +272,12 @@ pub(crate) fn replay_wal(
                 outcome.catalog_records += 1;
             }
             WalRecord::Metrics(runs) => {
-                for (run_id, batch) in runs {
-                    // Coverage is per run: a record of several runs may be
-                    // in one run's files and still only in another's WAL.
-                    let persisted = covered
-                        .get(&run_id)
-                        .is_some_and(|ranges| ranges_contain(ranges, lsn));
-                    if persisted {
-                        outcome.skipped_metric_records += 1;
-                        continue;
-                    }
-                    match catalog.read().run(run_id).map(|run| run.experiment_id) {
-                        Some(experiment_id) => {
-                            ingester.apply(run_id, experiment_id, lsn, batch, None);
-                            outcome.metric_records += 1;
-                        }
-                        None => {
-                            tracing::warn!(%run_id, lsn, "WAL holds metrics of an unknown run; skipped");
-                        }
-                    }
-                }
+                replay_metrics(lsn, runs, catalog, ingester, covered, &mut outcome);
+            }
+            WalRecord::KeyedMetrics(receipt, runs) => {
+                // Remembered even when its points are in files already.
+                receipts.replay(receipt, lsn);
+                replay_metrics(lsn, runs, catalog, ingester, covered, &mut outcome);
             }
         }
         Ok(())
@@ -279,6 +285,38 @@ pub(crate) fn replay_wal(
     outcome.last_lsn = summary.last_lsn;
     outcome.truncated_bytes = summary.truncated_bytes;
     Ok(outcome)
+}
+
+/// Puts the batches of metric record `lsn` that no file covers back into
+/// the buffers.
+fn replay_metrics(
+    lsn: Lsn,
+    runs: Vec<(RunId, MetricBatch)>,
+    catalog: &Catalog,
+    ingester: &Ingester,
+    covered: &HashMap<RunId, Vec<(Lsn, Lsn)>>,
+    outcome: &mut ReplayOutcome,
+) {
+    for (run_id, batch) in runs {
+        // Coverage is per run: a record of several runs may be in one
+        // run's files and still only in another's WAL.
+        let persisted = covered
+            .get(&run_id)
+            .is_some_and(|ranges| ranges_contain(ranges, lsn));
+        if persisted {
+            outcome.skipped_metric_records += 1;
+            continue;
+        }
+        match catalog.read().run(run_id).map(|run| run.experiment_id) {
+            Some(experiment_id) => {
+                ingester.apply(run_id, experiment_id, lsn, batch, None);
+                outcome.metric_records += 1;
+            }
+            None => {
+                tracing::warn!(%run_id, lsn, "WAL holds metrics of an unknown run; skipped");
+            }
+        }
+    }
 }
 
 #[cfg(test)]

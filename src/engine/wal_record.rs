@@ -1,9 +1,11 @@
 //! The records the engine writes to the WAL: catalog mutations and metric
-//! batches, bincode-encoded behind a format version byte.
+//! batches (alone, or with the receipt of the keyed request that sent
+//! them), bincode-encoded behind a format version byte.
 
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::CatalogMutation;
+use crate::catalog::receipts::IngestReceipt;
 use crate::model::{MetricBatch, RunId};
 use crate::wal::{Lsn, WalError};
 
@@ -17,6 +19,9 @@ pub enum WalRecord {
     Catalog(CatalogMutation),
     /// Metric points of one or more runs, written together.
     Metrics(Vec<(RunId, MetricBatch)>),
+    /// Metric points sent with an `Idempotency-Key`, and the request's
+    /// receipt (durable together, so a repeat is recognised after a crash).
+    KeyedMetrics(IngestReceipt, Vec<(RunId, MetricBatch)>),
 }
 
 /// The same record, borrowed, for encoding without copying a batch.
@@ -26,6 +31,8 @@ pub enum WalRecordRef<'a> {
     Catalog(&'a CatalogMutation),
     /// Metric points of one or more runs, written together.
     Metrics(&'a [(RunId, MetricBatch)]),
+    /// Metric points with the receipt of the keyed request that sent them.
+    KeyedMetrics(&'a IngestReceipt, &'a [(RunId, MetricBatch)]),
 }
 
 impl WalRecordRef<'_> {
@@ -111,6 +118,33 @@ mod tests {
                 assert_eq!(decoded.steps, batch.steps);
                 let bits = |values: &[f64]| values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&decoded.values), bits(&batch.values));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn keyed_records_round_trip_and_are_not_catalog_records() {
+        let mut builder = MetricBatchBuilder::new();
+        builder.push("loss", 3, 1000, 0.5);
+        let runs = [(RunId::new_random(), builder.finish())];
+        let receipt = IngestReceipt {
+            key: "k".to_string(),
+            body_crc: 1,
+            body_len: 2,
+            points: 1,
+            runs: 1,
+            time: 5,
+        };
+        let body = WalRecordRef::KeyedMetrics(&receipt, &runs)
+            .encode()
+            .unwrap();
+        assert!(!WalRecord::is_catalog(&body));
+        match WalRecord::decode(1, &body).unwrap() {
+            WalRecord::KeyedMetrics(decoded, decoded_runs) => {
+                assert_eq!(decoded, receipt);
+                assert_eq!(decoded_runs.len(), 1);
+                assert_eq!(decoded_runs[0].0, runs[0].0);
             }
             other => panic!("unexpected {other:?}"),
         }
