@@ -23,7 +23,21 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+# The Python client installs as users install it (its tests run the
+# checked-out source, through PYTHONPATH).
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check ./clients/python
 export STEPSTORE_PYTHON="$venv/bin/python"
+
+# A bare interpreter for the Python client's tests without its optional
+# packages (no pyarrow: the columnar JSON transport): the oldest Python the
+# client supports when pyenv has it, else the system's python3.
+bare="${STEPSTORE_BARE_VENV:-$HOME/.cache/stepstore-venv-bare}"
+if [ ! -x "$bare/bin/python" ]; then
+  oldest="$(ls -d "$HOME"/.pyenv/versions/3.9.*/bin/python 2>/dev/null | tail -n 1 || true)"
+  "${oldest:-python3}" -m venv "$bare"
+fi
+"$bare/bin/python" -m pip install --quiet --disable-pip-version-check pytest==8.4.2
+export STEPSTORE_PYTHON_BARE="$bare/bin/python"
 
 # The MLflow UI versions the UI tests run against: the newest 3.x on the
 # package registry and the last 2.x.
