@@ -98,6 +98,10 @@ struct BenchArgs {
     /// Only generate request bodies (shows the generator's own ceiling).
     #[arg(long)]
     dry_run: bool,
+    /// Send each bulk request with its own Idempotency-Key header (as the
+    /// Python client does).
+    #[arg(long)]
+    idempotency_keys: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -257,6 +261,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         duration: args.duration,
         dry_run: args.dry_run,
+        idempotency_keys: args.idempotency_keys,
         token: args.token,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -65,6 +65,26 @@ fn every_protocol_delivers_what_it_counts() {
 }
 
 #[test]
+fn keyed_requests_each_leave_a_receipt() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    for protocol in ["columnar", "arrow"] {
+        let receipts = server.metric("stepstore_ingest_receipts");
+        let report = bench(&server, protocol, &["--idempotency-keys"]);
+        assert_eq!(report["errors"], 0, "{protocol}: {report}");
+        let requests = report["requests"].as_f64().unwrap();
+        assert!(requests > 0.0, "{protocol}: {report}");
+        // Every key is new: each request is written and leaves a receipt.
+        assert_eq!(
+            server.metric("stepstore_ingest_receipts") - receipts,
+            requests,
+            "{protocol}: {report}"
+        );
+        assert_eq!(server.metric("stepstore_idempotent_replays_total"), 0.0);
+    }
+}
+
+#[test]
 fn refuses_settings_mlflow_cannot_take() {
     let output = Command::new(env!("CARGO_BIN_EXE_stepstore"))
         .args([
@@ -82,4 +102,17 @@ fn refuses_settings_mlflow_cannot_take() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("at most 1000 metrics"), "{stderr}");
+    let output = Command::new(env!("CARGO_BIN_EXE_stepstore"))
+        .args([
+            "bench",
+            "--protocol",
+            "mlflow",
+            "--idempotency-keys",
+            "--dry-run",
+        ])
+        .output()
+        .expect("run stepstore bench");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("bulk protocols"), "{stderr}");
 }

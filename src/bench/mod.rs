@@ -85,6 +85,9 @@ pub struct BenchConfig {
     pub duration: Duration,
     /// Only generate bodies, send nothing.
     pub dry_run: bool,
+    /// Send every bulk request with its own `Idempotency-Key` (what the
+    /// Python client does), to measure what the receipts cost.
+    pub idempotency_keys: bool,
     /// Token sent as `Authorization: Bearer` (never in the report).
     #[serde(skip)]
     pub token: Option<String>,
@@ -113,6 +116,13 @@ impl BenchConfig {
             )));
         }
         if self.protocol == Protocol::Mlflow {
+            if self.idempotency_keys {
+                return Err(BenchError::Config(
+                    "--idempotency-keys is for the bulk protocols: MLflow's log-batch has no such \
+                     header"
+                        .to_string(),
+                ));
+            }
             if self.runs_per_request != 1 {
                 return Err(BenchError::Config(
                     "MLflow's log-batch takes one run per request: --runs-per-request must be 1"
@@ -214,6 +224,9 @@ pub async fn run(
             Arc::clone(&progress),
             Arc::clone(&stop),
             config.dry_run,
+            config
+                .idempotency_keys
+                .then(|| format!("bench-{}-{worker}", now_millis())),
         );
         workers.push(tokio::spawn(worker_run));
     }
@@ -270,7 +283,9 @@ async fn worker_loop(
     progress: Arc<Progress>,
     stop: Arc<AtomicBool>,
     dry_run: bool,
+    key_prefix: Option<String>,
 ) -> Result<WorkerOutcome, BenchError> {
+    let mut sent_requests = 0u64;
     let mut latencies =
         Histogram::<u64>::new(3).map_err(|error| BenchError::Setup(error.to_string()))?;
     let mut errors = Vec::new();
@@ -286,12 +301,14 @@ async fn worker_loop(
             continue;
         }
         let sent = Instant::now();
-        let outcome = client
+        let mut request = client
             .post(format!("{target}{}", payload.path))
-            .header("content-type", payload.content_type)
-            .body(payload.body)
-            .send()
-            .await;
+            .header("content-type", payload.content_type);
+        if let Some(prefix) = &key_prefix {
+            sent_requests += 1;
+            request = request.header("idempotency-key", format!("{prefix}-{sent_requests}"));
+        }
+        let outcome = request.body(payload.body).send().await;
         let failure = match outcome {
             Ok(response) if response.status().is_success() => {
                 // Read the answer so the connection can be reused.
@@ -344,6 +361,7 @@ mod tests {
             concurrency: 4,
             duration: Duration::from_millis(300),
             dry_run: true,
+            idempotency_keys: false,
             token: None,
         }
     }
