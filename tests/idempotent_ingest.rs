@@ -56,33 +56,8 @@ fn ndjson(run_id: &str, first_step: i64) -> Vec<u8> {
 }
 
 fn arrow(run_id: &str, first_step: i64) -> Vec<u8> {
-    use std::sync::Arc;
-
-    use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
-    use arrow::datatypes::{DataType, Field, Schema};
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("run_id", DataType::Utf8, false),
-        Field::new("key", DataType::Utf8, false),
-        Field::new("step", DataType::Int64, false),
-        Field::new("value", DataType::Float64, false),
-    ]));
-    let rows = 10;
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from(vec![run_id; rows])),
-        Arc::new(StringArray::from(vec!["loss"; rows])),
-        Arc::new(Int64Array::from_iter_values(
-            first_step..first_step + rows as i64,
-        )),
-        Arc::new(Float64Array::from(vec![2.0; rows])),
-    ];
-    let mut out = Vec::new();
-    let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut out, &schema).unwrap();
-    writer
-        .write(&RecordBatch::try_new(schema, columns).unwrap())
-        .unwrap();
-    writer.finish().unwrap();
-    drop(writer);
-    out
+    let steps: Vec<i64> = (first_step..first_step + 10).collect();
+    common::arrow_points(run_id, "loss", &steps, &[2.0; 10])
 }
 
 /// A request body of 10 steps of a run from a first step.

@@ -21,9 +21,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
-use arrow::ipc::writer::StreamWriter;
 use common::TestServer;
 use common::ledger::{Client, Ledger, Outcome, verify};
 use rand::rngs::StdRng;
@@ -107,29 +104,8 @@ fn mlflow_worker(client: Client, ledger: Arc<Mutex<Ledger>>, round: usize, stop:
 }
 
 fn arrow_body(run: &str, key: &str, steps: &[i64]) -> Vec<u8> {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("run_id", DataType::Utf8, false),
-        Field::new("key", DataType::Utf8, false),
-        Field::new("step", DataType::Int64, false),
-        Field::new("value", DataType::Float64, false),
-    ]));
-    let rows = steps.len();
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from(vec![run; rows])),
-        Arc::new(StringArray::from(vec![key; rows])),
-        Arc::new(Int64Array::from(steps.to_vec())),
-        Arc::new(Float64Array::from(
-            steps.iter().map(|&s| s as f64).collect::<Vec<_>>(),
-        )),
-    ];
-    let mut out = Vec::new();
-    let mut writer = StreamWriter::try_new(&mut out, &schema).unwrap();
-    writer
-        .write(&RecordBatch::try_new(schema, columns).unwrap())
-        .unwrap();
-    writer.finish().unwrap();
-    drop(writer);
-    out
+    let values: Vec<f64> = steps.iter().map(|&step| step as f64).collect();
+    common::arrow_points(run, key, steps, &values)
 }
 
 fn bulk_worker(client: Client, ledger: Arc<Mutex<Ledger>>, round: usize, stop: Arc<AtomicBool>) {

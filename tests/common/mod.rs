@@ -612,3 +612,35 @@ pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// An Arrow IPC stream of one record batch of points of one run and key,
+/// as `POST /api/v1/ingest` takes it: columns `run_id`, `key`, `step`,
+/// `value` (no timestamps: the server uses now).
+pub fn arrow_points(run: &str, key: &str, steps: &[i64], values: &[f64]) -> Vec<u8> {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    assert_eq!(steps.len(), values.len(), "one value per step");
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("key", DataType::Utf8, false),
+        Field::new("step", DataType::Int64, false),
+        Field::new("value", DataType::Float64, false),
+    ]));
+    let rows = steps.len();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec![run; rows])),
+        Arc::new(StringArray::from(vec![key; rows])),
+        Arc::new(Int64Array::from(steps.to_vec())),
+        Arc::new(Float64Array::from(values.to_vec())),
+    ];
+    let mut out = Vec::new();
+    let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut out, &schema).unwrap();
+    writer
+        .write(&RecordBatch::try_new(schema, columns).unwrap())
+        .unwrap();
+    writer.finish().unwrap();
+    drop(writer);
+    out
+}

@@ -239,6 +239,13 @@ class Proxy:
 
         return Handler
 
+    def wait_for_ingests(self, count, seconds=10):
+        """Waits until ``count`` ingest requests arrived (or ``seconds``)."""
+        deadline = time.monotonic() + seconds
+        while self.ingest_seen < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.ingest_seen >= count
+
     def up(self):
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
         self.server.daemon_threads = True

@@ -244,10 +244,7 @@ def test_503_is_retried_after_retry_after(proxy, unique):
     proxy.mode = "unavailable"
     for step in range(1000):
         run.log({"loss": float(step)})
-    deadline = time.monotonic() + 10
-    while proxy.ingest_seen < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proxy.ingest_seen >= 3, "the batch was tried again"
+    assert proxy.wait_for_ingests(3), "the batch was tried again"
     assert run.stats()["sent"] == 0 and run.stats()["retries"] >= 2
     proxy.mode = "forward"
     assert run.flush(timeout=30)
@@ -261,9 +258,7 @@ def test_lost_answers_are_sent_again_and_stored_once(proxy, unique):
     proxy.mode = "lose_answers"
     for step in range(2000):
         run.log({"loss": float(step)})
-    deadline = time.monotonic() + 10
-    while proxy.ingest_seen < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert proxy.wait_for_ingests(3)
     proxy.mode = "forward"
     assert run.flush(timeout=30)
     run.finish()
@@ -288,9 +283,7 @@ def test_spool_while_the_server_is_down_then_sync_without_duplicates(proxy, uniq
     proxy.mode = "lose_answers"
     for step in range(500, 1000):
         run.log({"loss": float(step)})
-    deadline = time.monotonic() + 10
-    while proxy.ingest_seen < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert proxy.wait_for_ingests(3)
     proxy.down()
     for step in range(1000, 3000):
         run.log({"loss": float(step)})
