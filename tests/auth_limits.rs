@@ -293,6 +293,65 @@ fn a_limited_token_sees_and_changes_only_its_experiments() {
         None,
     );
 
+    // Lineage: events only on the token's runs; artifacts and subgraphs
+    // hold only what its runs touch.
+    let shared = json!({"type": "dataset", "name": "shared", "uri": "s3://d/shared"});
+    let secret = json!({"type": "dataset", "name": "secret", "uri": "s3://d/secret"});
+    client.ok(
+        &admin,
+        "POST",
+        &format!("/api/v1/runs/{theirs_run}/inputs"),
+        Some(json!({"artifacts": [shared.clone(), secret]})),
+    );
+    client.ok(
+        &writer,
+        "POST",
+        &format!("/api/v1/runs/{mine_run}/inputs"),
+        Some(json!({"artifacts": [shared]})),
+    );
+    client.denied(
+        &writer,
+        "POST",
+        &format!("/api/v1/runs/{theirs_run}/outputs"),
+        Some(json!({"artifacts": [{"type": "model", "uri": "s3://m"}]})),
+    );
+    let seen = client.ok(&reader, "GET", "/api/v1/artifacts", None);
+    let seen: Vec<&str> = seen["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|artifact| artifact["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(seen, ["shared"]);
+    let all_artifacts = client.ok(&admin, "GET", "/api/v1/artifacts", None);
+    assert_eq!(all_artifacts["artifacts"].as_array().unwrap().len(), 2);
+    let shared_id = all_artifacts["artifacts"][0]["artifact_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let graph = client.ok(
+        &reader,
+        "GET",
+        &format!("/api/v1/lineage?artifact={shared_id}&direction=downstream"),
+        None,
+    );
+    assert_eq!(graph["runs"].as_array().unwrap().len(), 1, "{graph}");
+    assert_eq!(graph["runs"][0]["run_id"], mine_run.as_str());
+    let (status, _) = client.call(
+        &reader,
+        "GET",
+        &format!("/api/v1/lineage?run={theirs_run}"),
+        None,
+    );
+    assert_eq!(status, 404, "their run is not there for this token");
+    let events = client.ok(
+        &reader,
+        "POST",
+        "/api/v1/sql",
+        Some(json!({"query": "SELECT count(*) AS n FROM events"})),
+    );
+    assert_eq!(events["rows"][0]["n"], 1);
+
     // MLflow's REST API.
     let api = "/api/2.0/mlflow";
     let found = client.ok(

@@ -77,6 +77,9 @@ fn statements_that_do_not_only_read_are_refused() {
         "tags",
         "metrics",
         "latest_metrics",
+        "artifacts",
+        "artifact_properties",
+        "events",
     ] {
         assert!(names.contains(&table), "{table} in {names:?}");
     }

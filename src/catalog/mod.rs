@@ -5,6 +5,7 @@
 //! [`CatalogMutation`], handed to a [`MutationLog`] (the WAL) and applied,
 //! all under one write lock, so the log order is the apply order.
 
+pub mod lineage;
 mod mutation;
 pub mod receipts;
 mod run_names;
@@ -42,6 +43,12 @@ pub enum CatalogError {
     /// No run with this id.
     #[error("Run with id={0} not found")]
     RunNotFound(RunId),
+    /// No artifact with this id.
+    #[error("no artifact with id {0}")]
+    ArtifactNotFound(String),
+    /// A lineage answer would be larger than allowed.
+    #[error("{0}")]
+    LineageTooLarge(String),
     /// No tag with this key.
     #[error("no tag '{key}' on {owner}")]
     TagNotFound {
@@ -127,9 +134,11 @@ impl Classify for CatalogError {
         match self {
             CatalogError::Invalid(_)
             | CatalogError::InvalidState(_)
+            | CatalogError::LineageTooLarge(_)
             | CatalogError::TooManyPerRun { .. } => ErrorKind::InvalidParameter,
             CatalogError::ExperimentNotFound(_)
             | CatalogError::RunNotFound(_)
+            | CatalogError::ArtifactNotFound(_)
             | CatalogError::TagNotFound { .. } => ErrorKind::NotFound,
             CatalogError::ExperimentNameTaken { .. } => ErrorKind::AlreadyExists,
             CatalogError::ParamConflict { .. } => ErrorKind::ParamConflict,
@@ -618,6 +627,7 @@ impl Catalog {
         log: &L,
         run_id: RunId,
         inputs: Vec<DatasetInput>,
+        time: i64,
     ) -> Result<((), Option<L::Ticket>), CatalogError> {
         for input in &inputs {
             validation::validate_dataset_input(input)?;
@@ -646,9 +656,10 @@ impl Catalog {
             )?;
             Ok((
                 (),
-                Some(CatalogMutation::LogInputs {
+                Some(CatalogMutation::LogInputsAt {
                     run_id,
                     inputs: fresh,
+                    time,
                 }),
             ))
         })

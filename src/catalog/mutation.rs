@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::state::CatalogState;
+use crate::model::lineage::{Artifact, LineageEvent};
 use crate::model::{
     DatasetInput, Experiment, ExperimentId, LifecycleStage, RUN_NAME_TAG, Run, RunId, RunStatus,
 };
@@ -99,6 +100,25 @@ pub enum CatalogMutation {
         run_id: RunId,
         /// The tag key.
         key: String,
+    },
+    /// New artifacts and lineage events (artifacts first: events may name
+    /// them).
+    RecordLineage {
+        /// Artifacts created, with their ids.
+        artifacts: Vec<Artifact>,
+        /// Events recorded.
+        events: Vec<LineageEvent>,
+    },
+    /// MLflow dataset inputs of a run, which also become `dataset`
+    /// artifacts with INPUT events at `time` (`LogInputs`, written before
+    /// lineage existed, uses the run's start time).
+    LogInputsAt {
+        /// The run.
+        run_id: RunId,
+        /// The new inputs.
+        inputs: Vec<DatasetInput>,
+        /// When, ms since the epoch.
+        time: i64,
     },
 }
 
@@ -210,6 +230,28 @@ impl CatalogMutation {
             CatalogMutation::LogInputs { run_id, inputs } => {
                 if let Some(run) = run_mut(state, *run_id) {
                     run.inputs.extend(inputs.iter().cloned());
+                    let start_time = run.start_time;
+                    state
+                        .lineage
+                        .record_dataset_inputs(*run_id, inputs, start_time);
+                }
+            }
+            CatalogMutation::LogInputsAt {
+                run_id,
+                inputs,
+                time,
+            } => {
+                if let Some(run) = run_mut(state, *run_id) {
+                    run.inputs.extend(inputs.iter().cloned());
+                    state.lineage.record_dataset_inputs(*run_id, inputs, *time);
+                }
+            }
+            CatalogMutation::RecordLineage { artifacts, events } => {
+                for artifact in artifacts {
+                    state.lineage.insert_artifact(artifact.clone());
+                }
+                for event in events {
+                    state.lineage.push_event(event.clone());
                 }
             }
             CatalogMutation::DeleteRunTag { run_id, key } => {

@@ -1,21 +1,26 @@
 //! Catalog snapshots: the whole catalog state written atomically (temp file,
 //! fsync, rename, directory fsync) so that the WAL before it can go.
 //!
-//! File layout: magic `STEPCAT3`, u32 LE CRC32C of the body, then the
-//! bincode of the catalog state followed by the ingest receipts (see
-//! [`super::receipts`]). `STEPCAT2` files (the state alone, written before
-//! receipts existed) are still read.
+//! File layout: magic `STEPCAT4`, u32 LE CRC32C of the body, then the
+//! bincode of three sections: the catalog state, the ingest receipts (see
+//! [`super::receipts`]) and the lineage (see [`super::lineage`]). Older
+//! files are still read: `STEPCAT3` (state and receipts) and `STEPCAT2`
+//! (the state alone); their lineage is rebuilt from the runs' dataset
+//! inputs.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::CatalogError;
+use super::lineage::LineageState;
 use super::receipts::ReceiptsSnapshot;
 use super::state::CatalogState;
 use crate::durable_fs::FileIo;
 use crate::wal::Lsn;
 
-const MAGIC: &[u8; 8] = b"STEPCAT3";
+const MAGIC: &[u8; 8] = b"STEPCAT4";
+/// The format before lineage: the state and the receipts.
+const MAGIC_WITHOUT_LINEAGE: &[u8; 8] = b"STEPCAT3";
 /// The format before receipts: the state alone.
 const MAGIC_WITHOUT_RECEIPTS: &[u8; 8] = b"STEPCAT2";
 const PREFIX: &str = "snapshot-";
@@ -127,9 +132,11 @@ fn read_snapshot(path: &Path, lsn: Lsn) -> Result<(CatalogState, ReceiptsSnapsho
         path: path.to_path_buf(),
         reason,
     };
-    let with_receipts = match bytes.get(..8) {
-        Some(magic) if magic == MAGIC => true,
-        Some(magic) if magic == MAGIC_WITHOUT_RECEIPTS => false,
+    // How many sections after the state: receipts, then lineage.
+    let sections = match bytes.get(..8) {
+        Some(magic) if magic == MAGIC => 2,
+        Some(magic) if magic == MAGIC_WITHOUT_LINEAGE => 1,
+        Some(magic) if magic == MAGIC_WITHOUT_RECEIPTS => 0,
         _ => return Err(corrupt("bad magic".to_string())),
     };
     if bytes.len() < 12 {
@@ -140,14 +147,22 @@ fn read_snapshot(path: &Path, lsn: Lsn) -> Result<(CatalogState, ReceiptsSnapsho
     if crc32c::crc32c(body) != stored_crc {
         return Err(corrupt("checksum mismatch".to_string()));
     }
-    let (mut state, used): (CatalogState, usize) =
+    let (mut state, mut used): (CatalogState, usize) =
         crate::bounded_decode::decode(body).map_err(|error| corrupt(error.to_string()))?;
-    let receipts = if with_receipts {
-        let (receipts, _): (ReceiptsSnapshot, usize) = crate::bounded_decode::decode(&body[used..])
+    let mut receipts = ReceiptsSnapshot::default();
+    if sections >= 1 {
+        let (decoded, length): (ReceiptsSnapshot, usize) =
+            crate::bounded_decode::decode(&body[used..])
+                .map_err(|error| corrupt(error.to_string()))?;
+        receipts = decoded;
+        used += length;
+    }
+    state.lineage = if sections >= 2 {
+        let (lineage, _): (LineageState, usize) = crate::bounded_decode::decode(&body[used..])
             .map_err(|error| corrupt(error.to_string()))?;
-        receipts
+        lineage
     } else {
-        ReceiptsSnapshot::default()
+        LineageState::from_dataset_inputs(state.runs())
     };
     if state.applied_lsn != lsn {
         return Err(corrupt(format!(
@@ -166,7 +181,7 @@ pub struct EncodedSnapshot {
     body: Vec<u8>,
 }
 
-/// Encodes `state` and `receipts` (the caller holds the catalog's lock only
+/// Encodes `state` (its lineage included) and `receipts` (the caller holds the catalog's lock only
 /// for this). The snapshot is named by `state.applied_lsn`: the caller
 /// makes it at least the newest receipt's LSN.
 pub fn encode(
@@ -177,6 +192,8 @@ pub fn encode(
     let mut body = bincode::serde::encode_to_vec(state, config)
         .map_err(|error| CatalogError::Encode(error.to_string()))?;
     bincode::serde::encode_into_std_write(receipts, &mut body, config)
+        .map_err(|error| CatalogError::Encode(error.to_string()))?;
+    bincode::serde::encode_into_std_write(&state.lineage, &mut body, config)
         .map_err(|error| CatalogError::Encode(error.to_string()))?;
     Ok(EncodedSnapshot {
         lsn: state.applied_lsn,
@@ -338,6 +355,74 @@ mod tests {
         let loaded = load_latest(old.path()).unwrap().unwrap();
         assert_eq!(loaded.state.applied_lsn, 8);
         assert!(loaded.receipts.receipts.is_empty());
+    }
+
+    #[test]
+    fn lineage_round_trips_and_older_snapshots_get_it_from_dataset_inputs() {
+        use std::collections::BTreeMap;
+
+        use crate::catalog::CatalogMutation;
+        use crate::model::{Dataset, DatasetInput, ExperimentId, LifecycleStage, Run, RunId};
+        let mut state = CatalogState::new("file:///a", 1);
+        let run_id = RunId::new_random();
+        CatalogMutation::CreateRun(Box::new(Run {
+            run_id,
+            experiment_id: ExperimentId::DEFAULT,
+            run_name: "r".into(),
+            user_id: String::new(),
+            status: crate::model::RunStatus::Running,
+            start_time: 77,
+            end_time: None,
+            lifecycle_stage: LifecycleStage::Active,
+            deleted_time: None,
+            artifact_uri: String::new(),
+            params: BTreeMap::new(),
+            tags: BTreeMap::new(),
+            inputs: Vec::new(),
+        }))
+        .apply(&mut state);
+        // Written before lineage existed: the old mutation, then a snapshot
+        // of the old format holding the state alone.
+        CatalogMutation::LogInputs {
+            run_id,
+            inputs: vec![DatasetInput {
+                dataset: Dataset {
+                    name: "mnist".into(),
+                    digest: "d1".into(),
+                    source_type: "local".into(),
+                    source: r#"{"uri": "/data/mnist"}"#.into(),
+                    schema: None,
+                    profile: None,
+                },
+                tags: BTreeMap::new(),
+            }],
+        }
+        .apply(&mut state);
+        state.applied_lsn = 4;
+        let dir = tempfile::tempdir().unwrap();
+        encode(&state, &ReceiptsSnapshot::default())
+            .unwrap()
+            .write(dir.path(), &FileIo::default())
+            .unwrap();
+        let loaded = load_latest(dir.path()).unwrap().unwrap().state;
+        assert_eq!(loaded.lineage().events(), state.lineage().events());
+        let artifact = loaded.lineage().artifacts().next().unwrap();
+        assert_eq!(
+            (artifact.uri.as_str(), artifact.creation_time),
+            ("/data/mnist", 77)
+        );
+        let old = tempfile::tempdir().unwrap();
+        let body = bincode::serde::encode_to_vec(&state, bincode::config::standard()).unwrap();
+        let mut bytes = MAGIC_WITHOUT_RECEIPTS.to_vec();
+        bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        bytes.extend_from_slice(&body);
+        fs::write(snapshot_path(old.path(), 4, SUFFIX), bytes).unwrap();
+        let rebuilt = load_latest(old.path()).unwrap().unwrap().state;
+        assert_eq!(rebuilt.lineage().events(), state.lineage().events());
+        assert_eq!(
+            rebuilt.lineage().artifacts().collect::<Vec<_>>(),
+            state.lineage().artifacts().collect::<Vec<_>>()
+        );
     }
 
     #[test]

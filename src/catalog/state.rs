@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use super::lineage::LineageState;
 use crate::model::{DEFAULT_EXPERIMENT_NAME, Experiment, ExperimentId, LifecycleStage, Run, RunId};
 use crate::wal::Lsn;
 
@@ -18,6 +19,11 @@ pub struct CatalogState {
     runs: HashMap<RunId, Run>,
     #[serde(skip)]
     experiment_names: HashMap<String, ExperimentId>,
+    /// Artifacts and lineage events: snapshotted as their own section (see
+    /// [`super::snapshot`]), so that this struct's encoding stays the one
+    /// older snapshots have.
+    #[serde(skip)]
+    pub(crate) lineage: LineageState,
 }
 
 impl CatalogState {
@@ -40,7 +46,12 @@ impl CatalogState {
                 .map(|(id, run)| (*id, run.clone()))
                 .collect(),
             experiment_names: HashMap::new(),
+            lineage: LineageState::default(),
         };
+        let visible: std::collections::HashSet<RunId> = state.runs.keys().copied().collect();
+        state.lineage = self
+            .lineage
+            .restricted_to(|run_id| visible.contains(&run_id));
         state.rebuild_indexes();
         state
     }
@@ -53,6 +64,7 @@ impl CatalogState {
             experiments: BTreeMap::new(),
             runs: HashMap::new(),
             experiment_names: HashMap::new(),
+            lineage: LineageState::default(),
         };
         state.insert_experiment(Experiment {
             experiment_id: ExperimentId::DEFAULT,
@@ -73,6 +85,12 @@ impl CatalogState {
             .values()
             .map(|experiment| (experiment.name.clone(), experiment.experiment_id))
             .collect();
+        self.lineage.rebuild_indexes();
+    }
+
+    /// Artifacts and lineage events.
+    pub fn lineage(&self) -> &LineageState {
+        &self.lineage
     }
 
     /// The id the next experiment gets.

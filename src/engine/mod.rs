@@ -14,12 +14,14 @@
 
 mod catalog_log;
 mod key_budget;
+mod lineage;
 mod maintenance;
 mod metric_writes;
 mod operations;
 mod recovery;
 pub mod wal_record;
 
+pub use lineage::ArtifactFilter;
 pub use operations::TelemetrySnapshot;
 
 use std::fs::File;
@@ -676,7 +678,9 @@ impl Engine {
         inputs: Vec<DatasetInput>,
     ) -> Result<(), EngineError> {
         self.ensure_accepting()?;
-        let ((), ticket) = self.catalog.log_inputs(&self.log(), run_id, inputs)?;
+        let ((), ticket) = self
+            .catalog
+            .log_inputs(&self.log(), run_id, inputs, now_millis())?;
         self.wait_durable(ticket).await
     }
 

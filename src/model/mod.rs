@@ -4,6 +4,7 @@
 pub mod float_json;
 pub mod ids;
 pub mod key_summary;
+pub mod lineage;
 pub mod metric_batch;
 pub mod series;
 pub mod validation;

@@ -1,11 +1,14 @@
 //! The catalog as tables: `experiments`, `experiment_tags`, `runs`,
-//! `params` and `tags`, built from a copy of the catalog taken when the
-//! query starts. Ids are strings, times are Arrow timestamps in ms (UTC),
+//! `params`, `tags`, and the lineage tables `artifacts`,
+//! `artifact_properties` and `events`, built from a copy of the catalog
+//! taken when the query starts. Ids are strings, times are Arrow timestamps in ms (UTC),
 //! status and lifecycle stage are strings.
 
 use std::sync::{Arc, OnceLock};
 
-use arrow::array::{ArrayRef, RecordBatch, StringBuilder, TimestampMillisecondBuilder};
+use arrow::array::{
+    ArrayRef, Int64Builder, RecordBatch, StringBuilder, TimestampMillisecondBuilder,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::common::Result as DfResult;
 use datafusion::datasource::MemTable;
@@ -89,7 +92,50 @@ pub fn run_key_value_schema() -> SchemaRef {
     }))
 }
 
-/// Registers the five catalog tables in `context`.
+/// Schema of `artifacts`.
+pub fn artifacts_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    Arc::clone(SCHEMA.get_or_init(|| {
+        Arc::new(Schema::new(vec![
+            text("artifact_id"),
+            text("type"),
+            text("name"),
+            text("uri"),
+            text("digest"),
+            Field::new("creation_time", timestamp_type(), false),
+        ]))
+    }))
+}
+
+/// Schema of `artifact_properties`.
+pub fn artifact_properties_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    Arc::clone(SCHEMA.get_or_init(|| {
+        Arc::new(Schema::new(vec![
+            text("artifact_id"),
+            text("key"),
+            text("value"),
+        ]))
+    }))
+}
+
+/// Schema of `events`: which run consumed (`INPUT`) or produced
+/// (`OUTPUT`) which artifact, at which step.
+pub fn events_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    Arc::clone(SCHEMA.get_or_init(|| {
+        Arc::new(Schema::new(vec![
+            text("artifact_id"),
+            text("run_id"),
+            text("experiment_id"),
+            text("type"),
+            Field::new("step", DataType::Int64, true),
+            Field::new("time", timestamp_type(), false),
+        ]))
+    }))
+}
+
+/// Registers the catalog tables in `context`.
 pub fn register(context: &SessionContext, catalog: &CatalogState) -> DfResult<usize> {
     let experiments: Vec<&Experiment> = catalog.experiments().collect();
     let mut runs: Vec<&Run> = catalog.runs().collect();
@@ -105,6 +151,9 @@ pub fn register(context: &SessionContext, catalog: &CatalogState) -> DfResult<us
             run_key_values_batch(&runs, |run| run.params.iter())?,
         ),
         ("tags", run_key_values_batch(&runs, |run| run.tags.iter())?),
+        ("artifacts", artifacts_batch(catalog)?),
+        ("artifact_properties", artifact_properties_batch(catalog)?),
+        ("events", events_batch(catalog)?),
     ];
     let mut bytes = 0;
     for (name, batch) in tables {
@@ -227,4 +276,81 @@ where
         Arc::new(values.finish()),
     ];
     Ok(RecordBatch::try_new(run_key_value_schema(), columns)?)
+}
+
+fn artifacts_batch(catalog: &CatalogState) -> DfResult<RecordBatch> {
+    let mut ids = StringBuilder::new();
+    let mut types = StringBuilder::new();
+    let mut names = StringBuilder::new();
+    let mut uris = StringBuilder::new();
+    let mut digests = StringBuilder::new();
+    let mut created = TimestampMillisecondBuilder::new().with_timezone(TIMEZONE);
+    for artifact in catalog.lineage().artifacts() {
+        ids.append_value(artifact.artifact_id.to_string());
+        types.append_value(&artifact.artifact_type);
+        names.append_value(&artifact.name);
+        uris.append_value(&artifact.uri);
+        digests.append_value(&artifact.digest);
+        created.append_value(artifact.creation_time);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(ids.finish()),
+        Arc::new(types.finish()),
+        Arc::new(names.finish()),
+        Arc::new(uris.finish()),
+        Arc::new(digests.finish()),
+        Arc::new(created.finish()),
+    ];
+    Ok(RecordBatch::try_new(artifacts_schema(), columns)?)
+}
+
+fn artifact_properties_batch(catalog: &CatalogState) -> DfResult<RecordBatch> {
+    let mut ids = StringBuilder::new();
+    let mut keys = StringBuilder::new();
+    let mut values = StringBuilder::new();
+    for artifact in catalog.lineage().artifacts() {
+        let id = artifact.artifact_id.to_string();
+        for (key, value) in &artifact.properties {
+            ids.append_value(&id);
+            keys.append_value(key);
+            values.append_value(value);
+        }
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(ids.finish()),
+        Arc::new(keys.finish()),
+        Arc::new(values.finish()),
+    ];
+    Ok(RecordBatch::try_new(artifact_properties_schema(), columns)?)
+}
+
+fn events_batch(catalog: &CatalogState) -> DfResult<RecordBatch> {
+    let mut artifact_ids = StringBuilder::new();
+    let mut run_ids = StringBuilder::new();
+    let mut experiment_ids = StringBuilder::new();
+    let mut kinds = StringBuilder::new();
+    let mut steps = Int64Builder::new();
+    let mut times = TimestampMillisecondBuilder::new().with_timezone(TIMEZONE);
+    for event in catalog.lineage().events() {
+        // Events of runs the copy does not hold (a restricted view) are
+        // left out with them.
+        let Some(run) = catalog.run(event.run_id) else {
+            continue;
+        };
+        artifact_ids.append_value(event.artifact_id.to_string());
+        run_ids.append_value(event.run_id.to_string());
+        experiment_ids.append_value(run.experiment_id.to_string());
+        kinds.append_value(event.kind.as_str());
+        steps.append_option(event.step);
+        times.append_value(event.time);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(artifact_ids.finish()),
+        Arc::new(run_ids.finish()),
+        Arc::new(experiment_ids.finish()),
+        Arc::new(kinds.finish()),
+        Arc::new(steps.finish()),
+        Arc::new(times.finish()),
+    ];
+    Ok(RecordBatch::try_new(events_schema(), columns)?)
 }

@@ -3,7 +3,8 @@
 //! Every query gets a fresh DataFusion `SessionContext` with these
 //! read-only tables:
 //!
-//! - `experiments`, `experiment_tags`, `runs`, `params`, `tags`: a copy of
+//! - `experiments`, `experiment_tags`, `runs`, `params`, `tags`, and the
+//!   lineage tables `artifacts`, `artifact_properties`, `events`: a copy of
 //!   the catalog taken when the query starts ([`catalog_tables`]);
 //! - `metrics`: every point, read from the persisted Parquet files plus a
 //!   snapshot of the in-memory buffers, pruned by `experiment_id`,

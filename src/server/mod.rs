@@ -8,6 +8,7 @@ pub mod error;
 pub mod extract;
 pub mod hygiene;
 pub mod ingest;
+pub(crate) mod lineage;
 pub mod mlflow;
 pub mod mlflow_ui;
 pub mod native;
@@ -108,6 +109,7 @@ fn router_with_counters(
         )
         .merge(native::routes())
         .merge(ingest::routes())
+        .merge(lineage::routes())
         .merge(mlflow::routes())
         .merge(scalars::routes(Arc::clone(&counters.streams)))
         .merge(tensorboard::routes())

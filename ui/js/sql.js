@@ -107,7 +107,7 @@ export class SqlView {
     this.tables = h(
       "p.muted.sql-help",
       {},
-      "Tables: experiments, experiment_tags, runs, params, tags, metrics (every point), latest_metrics (one row per run and key). Ctrl+Enter runs the query.",
+      "Tables: experiments, experiment_tags, runs, params, tags, metrics (every point), latest_metrics (one row per run and key), artifacts, artifact_properties, events (lineage). Ctrl+Enter runs the query.",
     );
     const gridHost = h("div.grid-host.sql-result");
     root.append(
