@@ -118,6 +118,21 @@ enum ImportCommand {
     /// TensorBoard event files: each run directory under LOGDIR becomes a
     /// run, each scalar tag a key.
     Tensorboard(TensorboardImportArgs),
+    /// A dvc lock file (dvc.lock): each stage becomes a finished run, its
+    /// deps INPUT and its outs OUTPUT artifacts with their hashes.
+    Dvc(DvcImportArgs),
+}
+
+#[derive(Args)]
+struct DvcImportArgs {
+    /// The lock file (PATH/dvc.lock).
+    lockfile: PathBuf,
+    /// Experiment to import into (created if missing).
+    #[arg(long, default_value = "dvc")]
+    experiment: String,
+    /// Data directory (created if missing).
+    #[arg(long, env = "STEPSTORE_DATA_DIR", default_value = "./stepstore-data")]
+    data_dir: PathBuf,
 }
 
 #[derive(Args)]
@@ -245,6 +260,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve(args),
         Command::Bench(args) => bench(args),
         Command::Import(ImportCommand::Tensorboard(args)) => import_tensorboard(args),
+        Command::Import(ImportCommand::Dvc(args)) => import_dvc(args),
         Command::Sql(args) => sql_cli::run(args),
         Command::Token(command) => token_cli::run(command),
     }
@@ -411,6 +427,38 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let stopped = engine.shutdown();
     served?;
     stopped.context("shutdown could not persist every buffer (the WAL keeps the data)")?;
+    Ok(())
+}
+
+fn import_dvc(args: DvcImportArgs) -> anyhow::Result<()> {
+    let engine = Engine::open(EngineConfig::new(&args.data_dir))
+        .with_context(|| format!("cannot open data directory {}", args.data_dir.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let imported = runtime.block_on(stepstore::import::dvc::import_lock(
+        &engine,
+        &args.lockfile,
+        &args.experiment,
+    ));
+    let stopped = engine.shutdown();
+    let summary =
+        imported.with_context(|| format!("import of {} failed", args.lockfile.display()))?;
+    stopped.context("shutdown could not persist every change (the WAL keeps it)")?;
+    println!(
+        "imported {} stages ({} lineage events) from {} into experiment '{}'",
+        summary.runs.len(),
+        summary.events,
+        args.lockfile.display(),
+        args.experiment
+    );
+    for (stage, run_id) in &summary.runs {
+        println!("  {run_id}  {stage}");
+    }
+    for stage in &summary.skipped {
+        println!("skipped {stage}: imported before with the same command and hashes");
+    }
     Ok(())
 }
 

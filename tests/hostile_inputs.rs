@@ -195,6 +195,14 @@ proptest! {
     }
 
     #[test]
+    fn dvc_lock_files_never_panic(body in hostile(vec![
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/dvc/dvc.lock")).unwrap(),
+    ])) {
+        let text = String::from_utf8_lossy(&body);
+        let _ = stepstore::import::dvc::parse_lock(&text, std::path::Path::new("dvc.lock"));
+    }
+
+    #[test]
     fn wal_records_never_panic(body in hostile(wal_samples())) {
         let _ = WalRecord::decode(1, &body);
     }
