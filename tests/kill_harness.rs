@@ -3,9 +3,12 @@
 //! acknowledged write checked present exactly once.
 //!
 //! The workload, per round: MLflow `log-batch` with params and tags, run
-//! creation and finishing (which persists and compacts), columnar and Arrow
-//! bulk ingest, native points and tag changes, and SQL and scalar reads
-//! meanwhile. A ledger keeps what was acknowledged and what was in flight
+//! creation and finishing (which persists and compacts), columnar (some
+//! with an `Idempotency-Key`) and Arrow bulk ingest, native points, tag
+//! changes and checkpoint OUTPUT events, and SQL and scalar reads
+//! meanwhile. A keyed request whose answer was lost is sent again after
+//! the restart, as the Python client does: its points must then be there
+//! exactly once. A ledger keeps what was acknowledged and what was in flight
 //! when the server died (which may or may not have been kept). After each
 //! restart: no point is duplicated, every acknowledged point, param, tag,
 //! run and finish is there, and nothing is there that was never sent.
@@ -22,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::TestServer;
-use common::ledger::{Client, Ledger, Outcome, verify};
+use common::ledger::{Client, KeyedRequest, Ledger, Outcome, verify};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -124,7 +127,26 @@ fn bulk_worker(client: Client, ledger: Arc<Mutex<Ledger>>, round: usize, stop: A
         let steps: Vec<i64> = (step..step + 100).collect();
         step += 100;
         let (keys, answer): (Vec<&str>, _) = match request % 4 {
-            0 | 1 => {
+            1 => {
+                let values: Vec<f64> = steps.iter().map(|&s| s as f64).collect();
+                let body = json!({"batches": [{"run_id": run, "steps": steps,
+                    "values": {"keyed/k": values}}]})
+                .to_string()
+                .into_bytes();
+                let key = format!("{run}-{request}");
+                let answer = client.keyed("/api/v1/ingest", &key, &body);
+                if answer.is_none() {
+                    ledger.lock().unwrap().unanswered_keyed.push(KeyedRequest {
+                        key,
+                        body,
+                        run: run.clone(),
+                        metric_keys: vec!["keyed/k".to_string()],
+                        steps: steps.clone(),
+                    });
+                }
+                (vec!["keyed/k"], answer)
+            }
+            0 => {
                 let values: Vec<f64> = steps.iter().map(|&s| s as f64).collect();
                 let body = json!({"batches": [{"run_id": run, "steps": steps,
                     "values": {"bulk/a": values, "bulk/b": values}}]});
@@ -171,6 +193,25 @@ fn bulk_worker(client: Client, ledger: Arc<Mutex<Ledger>>, round: usize, stop: A
         }
         if !acked {
             return;
+        }
+        if request % 5 == 4 {
+            // A checkpoint at the last step written.
+            let checkpoint = step - 1;
+            let uri = format!("s3://ckpt/{run}/{checkpoint}");
+            let answer = client.json(
+                "POST",
+                &format!("/api/v1/runs/{run}/outputs"),
+                &json!({"step": checkpoint, "artifacts": [{"type": "checkpoint", "uri": uri}]}),
+            );
+            let acked = match answer {
+                Some((200, _)) => true,
+                Some((status, body)) => panic!("outputs: {status} {body}"),
+                None => false,
+            };
+            ledger.outputs.push((run.clone(), uri, checkpoint, acked));
+            if !acked {
+                return;
+            }
         }
         if request % 7 == 3 {
             let tag = format!("stage{request}");
@@ -237,6 +278,7 @@ fn every_acknowledged_write_survives_random_kills_exactly_once() {
     let args = ["--flush-rows", "2000", "--compact-after-files", "4"];
     let mut server = TestServer::start(dir.path(), &args);
     let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let mut resent = 0usize;
     for round in 0..kills {
         let client = Client::of(&server);
         let runs_before: HashSet<String> = ledger.lock().unwrap().runs.clone();
@@ -257,7 +299,29 @@ fn every_acknowledged_write_survives_random_kills_exactly_once() {
             worker.join().expect("a worker failed");
         }
         server.start_again();
-        let ledger = ledger.lock().unwrap();
+        let mut ledger = ledger.lock().unwrap();
+        // Keyed requests whose answer was lost: sent again, byte for byte.
+        // Stored before the kill or not, they are there exactly once now.
+        let client = Client::of(&server);
+        for request in std::mem::take(&mut ledger.unanswered_keyed) {
+            resent += 1;
+            match client.keyed("/api/v1/ingest", &request.key, &request.body) {
+                Some((200, answer)) => assert_eq!(
+                    answer["accepted"],
+                    request.steps.len() * request.metric_keys.len(),
+                    "round {round}: {answer}"
+                ),
+                other => panic!("round {round}: resending {}: {other:?}", request.key),
+            }
+            for key in &request.metric_keys {
+                ledger.points(
+                    &request.run,
+                    key,
+                    request.steps.iter().copied(),
+                    Outcome::Acked,
+                );
+            }
+        }
         assert!(ledger.failed_reads.is_empty(), "{:?}", ledger.failed_reads);
         let touched: HashSet<String> = ledger
             .points
@@ -272,6 +336,9 @@ fn every_acknowledged_write_survives_random_kills_exactly_once() {
     server.restart();
     let ledger = ledger.lock().unwrap();
     verify(&server, &ledger, None, kills);
+    // How often a keyed request is in flight at a kill is left to chance
+    // (about one kill in ten); `tests/idempotent_ingest.rs` sends the same
+    // keyed batches again after a SIGKILL every time.
     let acked: usize = ledger.points.values().map(|steps| steps.acked.len()).sum();
     let in_flight: usize = ledger
         .points
@@ -280,11 +347,13 @@ fn every_acknowledged_write_survives_random_kills_exactly_once() {
         .sum();
     eprintln!(
         "kill harness: {kills} kills, {acked} acknowledged points (all present once), {in_flight} \
-         in flight at a kill, {} runs, {} finished, {} params and {} tags acknowledged",
+         in flight at a kill, {} runs, {} finished, {} params and {} tags acknowledged, {} \
+         checkpoint outputs acknowledged, {resent} keyed requests sent again after a kill",
         ledger.runs.len(),
         ledger.finished.len(),
         ledger.params.iter().filter(|param| param.3).count(),
         ledger.tags.iter().filter(|tag| tag.3).count(),
+        ledger.outputs.iter().filter(|output| output.3).count(),
     );
     server.stop();
 }

@@ -1,8 +1,8 @@
 //! A client-side ledger of what a workload asked the server to keep, and
 //! the check of a restarted server against it: every acknowledged point
 //! present exactly once, nothing present that was refused or never sent,
-//! and every acknowledged run, finish, param and tag there. Used by the
-//! kill harness and the I/O fault sweep.
+//! and every acknowledged run, finish, param, tag and lineage event there.
+//! Used by the kill harness and the I/O fault sweep.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -56,6 +56,25 @@ pub struct Ledger {
     pub finished: HashSet<String>,
     /// Reads answered with anything but 200 while the server was up.
     pub failed_reads: Vec<String>,
+    /// Keyed bulk requests whose answer was lost with the server: (key,
+    /// body, run, keys, steps), sent again after the restart as a client
+    /// would.
+    pub unanswered_keyed: Vec<KeyedRequest>,
+    /// (run, artifact uri, step, acknowledged) of OUTPUT events.
+    pub outputs: Vec<(String, String, i64, bool)>,
+}
+
+/// A keyed bulk request whose answer was lost.
+pub struct KeyedRequest {
+    /// Its `Idempotency-Key`.
+    pub key: String,
+    /// The JSON body, byte for byte.
+    pub body: Vec<u8>,
+    /// The run and the metric keys it wrote.
+    pub run: String,
+    pub metric_keys: Vec<String>,
+    /// The steps it wrote.
+    pub steps: Vec<i64>,
 }
 
 impl Ledger {
@@ -113,6 +132,24 @@ impl Client {
             request = request.header("content-type", content_type).body(bytes);
         }
         let response = request.send().ok()?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().ok()?;
+        Some((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
+    }
+
+    /// Sends a JSON body with an `Idempotency-Key`.
+    pub fn keyed(&self, path: &str, key: &str, body: &[u8]) -> Option<(u16, Value)> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(body.to_vec())
+            .send()
+            .ok()?;
         let status = response.status().as_u16();
         let bytes = response.bytes().ok()?;
         Some((
@@ -198,6 +235,36 @@ pub fn verify(server: &TestServer, ledger: &Ledger, runs: Option<&HashSet<String
             run_of(run)["info"]["status"],
             "FINISHED",
             "round {round}: {run}"
+        );
+    }
+    for (run, uri, step, acked) in ledger.outputs.iter().filter(|entry| wanted(&entry.0)) {
+        let found = server.get(&format!("/api/v1/artifacts?uri={uri}"));
+        let artifacts = found["artifacts"].as_array().expect("artifacts");
+        if !acked {
+            // Lost with the server: there whole (artifact and event) or not.
+            if let Some(artifact) = artifacts.first() {
+                let id = artifact["artifact_id"].as_str().unwrap();
+                let events = server.get(&format!("/api/v1/artifacts/{id}"))["events"].clone();
+                assert_eq!(
+                    events.as_array().map(Vec::len),
+                    Some(1),
+                    "round {round}: {uri}"
+                );
+            }
+            continue;
+        }
+        assert_eq!(
+            artifacts.len(),
+            1,
+            "round {round}: output {uri} of {run} lost"
+        );
+        let id = artifacts[0]["artifact_id"].as_str().unwrap();
+        let events = server.get(&format!("/api/v1/artifacts/{id}"))["events"].clone();
+        assert_eq!(
+            events,
+            json!([{"artifact_id": id, "run_id": run, "type": "OUTPUT", "step": step,
+                    "time": events[0]["time"]}]),
+            "round {round}: the OUTPUT event of {uri}"
         );
     }
     for (field, entries) in [("params", &ledger.params), ("tags", &ledger.tags)] {
