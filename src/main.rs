@@ -430,13 +430,22 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn import_dvc(args: DvcImportArgs) -> anyhow::Result<()> {
-    let engine = Engine::open(EngineConfig::new(&args.data_dir))
-        .with_context(|| format!("cannot open data directory {}", args.data_dir.display()))?;
+/// The engine on a data directory whose server is stopped, and a runtime
+/// to drive an importer with.
+fn open_for_import(
+    data_dir: &std::path::Path,
+) -> anyhow::Result<(std::sync::Arc<Engine>, tokio::runtime::Runtime)> {
+    let engine = Engine::open(EngineConfig::new(data_dir))
+        .with_context(|| format!("cannot open data directory {}", data_dir.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    Ok((engine, runtime))
+}
+
+fn import_dvc(args: DvcImportArgs) -> anyhow::Result<()> {
+    let (engine, runtime) = open_for_import(&args.data_dir)?;
     let imported = runtime.block_on(stepstore::import::dvc::import_lock(
         &engine,
         &args.lockfile,
@@ -463,12 +472,7 @@ fn import_dvc(args: DvcImportArgs) -> anyhow::Result<()> {
 }
 
 fn import_tensorboard(args: TensorboardImportArgs) -> anyhow::Result<()> {
-    let engine = Engine::open(EngineConfig::new(&args.data_dir))
-        .with_context(|| format!("cannot open data directory {}", args.data_dir.display()))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let (engine, runtime) = open_for_import(&args.data_dir)?;
     let progress = indicatif::ProgressBar::new(0).with_style(
         indicatif::ProgressStyle::with_template(
             "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({eta}) {msg}",

@@ -152,15 +152,7 @@ impl LineageState {
                 Some(existing) => existing.artifact_id,
                 None => {
                     let artifact_id = self.next_id();
-                    self.insert_artifact(Artifact {
-                        artifact_id,
-                        artifact_type: described.artifact_type,
-                        name: described.name,
-                        uri: described.uri,
-                        digest: described.digest,
-                        properties: described.properties,
-                        creation_time: time,
-                    });
+                    self.insert_artifact(described.into_artifact(artifact_id, time));
                     artifact_id
                 }
             };
@@ -397,15 +389,7 @@ impl Catalog {
             if let Some(existing) = state.lineage.find(&described.identity()) {
                 return Ok(((existing.clone(), false), None));
             }
-            let artifact = Artifact {
-                artifact_id: state.lineage.next_id(),
-                artifact_type: described.artifact_type,
-                name: described.name,
-                uri: described.uri,
-                digest: described.digest,
-                properties: described.properties,
-                creation_time: time,
-            };
+            let artifact = described.into_artifact(state.lineage.next_id(), time);
             Ok((
                 (artifact.clone(), true),
                 Some(CatalogMutation::RecordLineage {
@@ -479,15 +463,7 @@ impl Catalog {
                         } else {
                             let artifact_id = ArtifactId(next);
                             next += 1;
-                            created.push(Artifact {
-                                artifact_id,
-                                artifact_type: described.artifact_type,
-                                name: described.name,
-                                uri: described.uri,
-                                digest: described.digest,
-                                properties: described.properties,
-                                creation_time: time,
-                            });
+                            created.push(described.into_artifact(artifact_id, time));
                             artifact_id
                         }
                     }

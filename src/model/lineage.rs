@@ -196,6 +196,19 @@ impl NewArtifact {
             digest: self.digest.clone(),
         }
     }
+
+    /// The artifact it describes, once given an id and a creation time.
+    pub fn into_artifact(self, artifact_id: ArtifactId, creation_time: i64) -> Artifact {
+        Artifact {
+            artifact_id,
+            artifact_type: self.artifact_type,
+            name: self.name,
+            uri: self.uri,
+            digest: self.digest,
+            properties: self.properties,
+            creation_time,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -33,38 +33,42 @@ fn nullable_text(name: &str) -> Field {
     Field::new(name, DataType::Utf8, true)
 }
 
+/// The schema in `cell`, made of `fields` the first time.
+fn cached_schema(
+    cell: &'static OnceLock<SchemaRef>,
+    fields: impl FnOnce() -> Vec<Field>,
+) -> SchemaRef {
+    Arc::clone(cell.get_or_init(|| Arc::new(Schema::new(fields()))))
+}
+
 /// Schema of `experiments`.
 pub fn experiments_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
-    Arc::clone(SCHEMA.get_or_init(|| {
-        Arc::new(Schema::new(vec![
+    cached_schema(&SCHEMA, || {
+        vec![
             text("experiment_id"),
             text("name"),
             text("lifecycle_stage"),
             text("artifact_location"),
             Field::new("creation_time", timestamp_type(), false),
             Field::new("last_update_time", timestamp_type(), false),
-        ]))
-    }))
+        ]
+    })
 }
 
 /// Schema of `experiment_tags`.
 pub fn experiment_tags_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
-    Arc::clone(SCHEMA.get_or_init(|| {
-        Arc::new(Schema::new(vec![
-            text("experiment_id"),
-            text("key"),
-            text("value"),
-        ]))
-    }))
+    cached_schema(&SCHEMA, || {
+        vec![text("experiment_id"), text("key"), text("value")]
+    })
 }
 
 /// Schema of `runs`.
 pub fn runs_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
-    Arc::clone(SCHEMA.get_or_init(|| {
-        Arc::new(Schema::new(vec![
+    cached_schema(&SCHEMA, || {
+        vec![
             text("run_id"),
             text("experiment_id"),
             text("run_name"),
@@ -75,64 +79,60 @@ pub fn runs_schema() -> SchemaRef {
             text("lifecycle_stage"),
             text("artifact_uri"),
             nullable_text("parent_run_id"),
-        ]))
-    }))
+        ]
+    })
 }
 
 /// Schema of `params` and `tags`.
 pub fn run_key_value_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
-    Arc::clone(SCHEMA.get_or_init(|| {
-        Arc::new(Schema::new(vec![
+    cached_schema(&SCHEMA, || {
+        vec![
             text("experiment_id"),
             text("run_id"),
             text("key"),
             text("value"),
-        ]))
-    }))
+        ]
+    })
 }
 
 /// Schema of `artifacts`.
 pub fn artifacts_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
-    Arc::clone(SCHEMA.get_or_init(|| {
-        Arc::new(Schema::new(vec![
+    cached_schema(&SCHEMA, || {
+        vec![
             text("artifact_id"),
             text("type"),
             text("name"),
             text("uri"),
             text("digest"),
             Field::new("creation_time", timestamp_type(), false),
-        ]))
-    }))
+        ]
+    })
 }
 
 /// Schema of `artifact_properties`.
 pub fn artifact_properties_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
-    Arc::clone(SCHEMA.get_or_init(|| {
-        Arc::new(Schema::new(vec![
-            text("artifact_id"),
-            text("key"),
-            text("value"),
-        ]))
-    }))
+    cached_schema(&SCHEMA, || {
+        vec![text("artifact_id"), text("key"), text("value")]
+    })
 }
 
 /// Schema of `events`: which run consumed (`INPUT`) or produced
 /// (`OUTPUT`) which artifact, at which step.
 pub fn events_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
-    Arc::clone(SCHEMA.get_or_init(|| {
-        Arc::new(Schema::new(vec![
+    cached_schema(&SCHEMA, || {
+        vec![
             text("artifact_id"),
             text("run_id"),
             text("experiment_id"),
             text("type"),
             Field::new("step", DataType::Int64, true),
             Field::new("time", timestamp_type(), false),
-        ]))
-    }))
+        ]
+    })
 }
 
 /// Registers the catalog tables in `context`.
