@@ -47,16 +47,22 @@ impl LineageState {
             .collect();
         self.events_of_run.clear();
         self.events_of_artifact.clear();
-        for (index, event) in self.events.iter().enumerate() {
-            self.events_of_run
-                .entry(event.run_id)
-                .or_default()
-                .push(index);
-            self.events_of_artifact
-                .entry(event.artifact_id)
-                .or_default()
-                .push(index);
+        for index in 0..self.events.len() {
+            self.index_event(index);
         }
+    }
+
+    /// Adds event `index` to the per-run and per-artifact indexes.
+    fn index_event(&mut self, index: usize) {
+        let event = &self.events[index];
+        self.events_of_run
+            .entry(event.run_id)
+            .or_default()
+            .push(index);
+        self.events_of_artifact
+            .entry(event.artifact_id)
+            .or_default()
+            .push(index);
     }
 
     /// An artifact by id.
@@ -125,16 +131,8 @@ impl LineageState {
         if known {
             return;
         }
-        let index = self.events.len();
-        self.events_of_run
-            .entry(event.run_id)
-            .or_default()
-            .push(index);
-        self.events_of_artifact
-            .entry(event.artifact_id)
-            .or_default()
-            .push(index);
         self.events.push(event);
+        self.index_event(self.events.len() - 1);
     }
 
     /// Records MLflow dataset inputs of a run: each becomes (or is found

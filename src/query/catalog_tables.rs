@@ -4,6 +4,7 @@
 //! taken when the query starts. Ids are strings, times are Arrow timestamps in ms (UTC),
 //! status and lifecycle stage are strings.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 use arrow::array::{
@@ -191,12 +192,25 @@ fn experiments_batch(experiments: &[&Experiment]) -> DfResult<RecordBatch> {
 }
 
 fn experiment_tags_batch(experiments: &[&Experiment]) -> DfResult<RecordBatch> {
+    owner_key_values_batch(
+        experiment_tags_schema(),
+        experiments
+            .iter()
+            .map(|experiment| (experiment.experiment_id.to_string(), &experiment.tags)),
+    )
+}
+
+/// A table of (owner id, key, value) rows: experiment tags, artifact
+/// properties.
+fn owner_key_values_batch<'a>(
+    schema: SchemaRef,
+    owners: impl Iterator<Item = (String, &'a BTreeMap<String, String>)>,
+) -> DfResult<RecordBatch> {
     let mut ids = StringBuilder::new();
     let mut keys = StringBuilder::new();
     let mut values = StringBuilder::new();
-    for experiment in experiments {
-        let id = experiment.experiment_id.to_string();
-        for (key, value) in &experiment.tags {
+    for (id, entries) in owners {
+        for (key, value) in entries {
             ids.append_value(&id);
             keys.append_value(key);
             values.append_value(value);
@@ -207,7 +221,7 @@ fn experiment_tags_batch(experiments: &[&Experiment]) -> DfResult<RecordBatch> {
         Arc::new(keys.finish()),
         Arc::new(values.finish()),
     ];
-    Ok(RecordBatch::try_new(experiment_tags_schema(), columns)?)
+    Ok(RecordBatch::try_new(schema, columns)?)
 }
 
 fn runs_batch(runs: &[&Run]) -> DfResult<RecordBatch> {
@@ -305,23 +319,13 @@ fn artifacts_batch(catalog: &CatalogState) -> DfResult<RecordBatch> {
 }
 
 fn artifact_properties_batch(catalog: &CatalogState) -> DfResult<RecordBatch> {
-    let mut ids = StringBuilder::new();
-    let mut keys = StringBuilder::new();
-    let mut values = StringBuilder::new();
-    for artifact in catalog.lineage().artifacts() {
-        let id = artifact.artifact_id.to_string();
-        for (key, value) in &artifact.properties {
-            ids.append_value(&id);
-            keys.append_value(key);
-            values.append_value(value);
-        }
-    }
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(ids.finish()),
-        Arc::new(keys.finish()),
-        Arc::new(values.finish()),
-    ];
-    Ok(RecordBatch::try_new(artifact_properties_schema(), columns)?)
+    owner_key_values_batch(
+        artifact_properties_schema(),
+        catalog
+            .lineage()
+            .artifacts()
+            .map(|artifact| (artifact.artifact_id.to_string(), &artifact.properties)),
+    )
 }
 
 fn events_batch(catalog: &CatalogState) -> DfResult<RecordBatch> {
