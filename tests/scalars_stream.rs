@@ -257,3 +257,47 @@ fn a_browser_reconnect_resumes_at_its_last_event_id_not_at_the_urls_after_step()
         .unwrap();
     assert_eq!(response.status().as_u16(), 400);
 }
+
+#[test]
+fn a_rewind_reaches_followers_and_a_reconnect_resumes_after_the_rewound_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &["--flush-rows", "40"]);
+    let run_id = server.create_run("live", "preempted");
+    log(&server, &run_id, 0..100);
+    let events = subscribe(
+        &server,
+        &format!("/api/v1/runs/{run_id}/stream?keys=loss&after_step=-1"),
+    );
+    let mut seen = BTreeMap::new();
+    receive_steps(&events, 0..100, &mut seen);
+    // Preempted after step 99; the checkpoint was at step 80.
+    server.post(
+        &format!("/api/v1/runs/{run_id}/rewind"),
+        &json!({"step": 80}),
+    );
+    let rewind = events
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a rewind event");
+    assert_eq!(rewind.event, "rewind", "{rewind:?}");
+    assert_eq!(rewind.data["step"], 80);
+    assert_eq!(
+        rewind.id.as_deref(),
+        Some("80"),
+        "a reconnect resumes after step 80"
+    );
+    // The steps after 80 come again, once each, as the replacement points.
+    log(&server, &run_id, 81..120);
+    let mut again = BTreeMap::new();
+    let last_id = receive_steps(&events, 81..120, &mut again);
+    assert!(again.values().all(|&count| count == 1), "{again:?}");
+    assert_eq!(last_id.as_deref(), Some("119"));
+    // A follower that connects now sees each step once: the hidden points
+    // of steps 81..99 are not sent.
+    let fresh = subscribe(
+        &server,
+        &format!("/api/v1/runs/{run_id}/stream?keys=loss&after_step=-1"),
+    );
+    let mut once = BTreeMap::new();
+    receive_steps(&fresh, 0..120, &mut once);
+    assert!(once.values().all(|&count| count == 1), "{once:?}");
+}

@@ -5,6 +5,7 @@
 //! [`CatalogMutation`], handed to a [`MutationLog`] (the WAL) and applied,
 //! all under one write lock, so the log order is the apply order.
 
+pub mod continuity;
 pub mod lineage;
 mod mutation;
 pub mod receipts;
@@ -250,8 +251,9 @@ impl Catalog {
         if lsn <= state.applied_lsn {
             return;
         }
-        mutation.apply(&mut state);
+        // Before applying: a mutation may record its own LSN.
         state.applied_lsn = lsn;
+        mutation.apply(&mut state);
     }
 
     /// Validates with `build` under the write lock, records the resulting
@@ -267,8 +269,8 @@ impl Catalog {
             return Ok((result, None));
         };
         let (lsn, ticket) = log.record(&mutation)?;
-        mutation.apply(&mut state);
         state.applied_lsn = lsn;
+        mutation.apply(&mut state);
         Ok((result, Some(ticket)))
     }
 

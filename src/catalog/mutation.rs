@@ -120,6 +120,17 @@ pub enum CatalogMutation {
         /// When, ms since the epoch.
         time: i64,
     },
+    /// Rewind a run to a step: its points logged before this record with a
+    /// greater step are hidden from reads (appended variant: older WALs
+    /// still decode).
+    RewindRun {
+        /// The run.
+        run_id: RunId,
+        /// The step rewound to.
+        step: i64,
+        /// When, ms since the epoch.
+        time: i64,
+    },
 }
 
 impl CatalogMutation {
@@ -257,6 +268,20 @@ impl CatalogMutation {
             CatalogMutation::DeleteRunTag { run_id, key } => {
                 if let Some(run) = run_mut(state, *run_id) {
                     run.tags.remove(key);
+                }
+            }
+            CatalogMutation::RewindRun { run_id, step, time } => {
+                // The record's LSN: set before a mutation is applied.
+                let lsn = state.applied_lsn;
+                if run_mut(state, *run_id).is_some() {
+                    state.continuity.push_rewind(
+                        *run_id,
+                        super::continuity::Rewind {
+                            lsn,
+                            step: *step,
+                            time: *time,
+                        },
+                    );
                 }
             }
         }

@@ -1,24 +1,28 @@
 //! Catalog snapshots: the whole catalog state written atomically (temp file,
 //! fsync, rename, directory fsync) so that the WAL before it can go.
 //!
-//! File layout: magic `STEPCAT4`, u32 LE CRC32C of the body, then the
-//! bincode of three sections: the catalog state, the ingest receipts (see
-//! [`super::receipts`]) and the lineage (see [`super::lineage`]). Older
-//! files are still read: `STEPCAT3` (state and receipts) and `STEPCAT2`
-//! (the state alone); their lineage is rebuilt from the runs' dataset
-//! inputs.
+//! File layout: magic `STEPCAT5`, u32 LE CRC32C of the body, then the
+//! bincode of four sections: the catalog state, the ingest receipts (see
+//! [`super::receipts`]), the lineage (see [`super::lineage`]) and the runs'
+//! rewinds (see [`super::continuity`]). Older files are still read:
+//! `STEPCAT4` (no rewinds), `STEPCAT3` (state and receipts) and `STEPCAT2`
+//! (the state alone); the lineage of the last two is rebuilt from the
+//! runs' dataset inputs.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::CatalogError;
+use super::continuity::ContinuityState;
 use super::lineage::LineageState;
 use super::receipts::ReceiptsSnapshot;
 use super::state::CatalogState;
 use crate::durable_fs::FileIo;
 use crate::wal::Lsn;
 
-const MAGIC: &[u8; 8] = b"STEPCAT4";
+const MAGIC: &[u8; 8] = b"STEPCAT5";
+/// The format before rewinds: state, receipts and lineage.
+const MAGIC_WITHOUT_CONTINUITY: &[u8; 8] = b"STEPCAT4";
 /// The format before lineage: the state and the receipts.
 const MAGIC_WITHOUT_LINEAGE: &[u8; 8] = b"STEPCAT3";
 /// The format before receipts: the state alone.
@@ -132,9 +136,10 @@ fn read_snapshot(path: &Path, lsn: Lsn) -> Result<(CatalogState, ReceiptsSnapsho
         path: path.to_path_buf(),
         reason,
     };
-    // How many sections after the state: receipts, then lineage.
+    // How many sections after the state: receipts, lineage, continuity.
     let sections = match bytes.get(..8) {
-        Some(magic) if magic == MAGIC => 2,
+        Some(magic) if magic == MAGIC => 3,
+        Some(magic) if magic == MAGIC_WITHOUT_CONTINUITY => 2,
         Some(magic) if magic == MAGIC_WITHOUT_LINEAGE => 1,
         Some(magic) if magic == MAGIC_WITHOUT_RECEIPTS => 0,
         _ => return Err(corrupt("bad magic".to_string())),
@@ -158,12 +163,19 @@ fn read_snapshot(path: &Path, lsn: Lsn) -> Result<(CatalogState, ReceiptsSnapsho
         used += length;
     }
     state.lineage = if sections >= 2 {
-        let (lineage, _): (LineageState, usize) = crate::bounded_decode::decode(&body[used..])
+        let (lineage, length): (LineageState, usize) = crate::bounded_decode::decode(&body[used..])
             .map_err(|error| corrupt(error.to_string()))?;
+        used += length;
         lineage
     } else {
         LineageState::from_dataset_inputs(state.runs())
     };
+    if sections >= 3 {
+        let (continuity, _): (ContinuityState, usize) =
+            crate::bounded_decode::decode(&body[used..])
+                .map_err(|error| corrupt(error.to_string()))?;
+        state.continuity = continuity;
+    }
     if state.applied_lsn != lsn {
         return Err(corrupt(format!(
             "names LSN {lsn} but holds state at LSN {}",
@@ -194,6 +206,8 @@ pub fn encode(
     bincode::serde::encode_into_std_write(receipts, &mut body, config)
         .map_err(|error| CatalogError::Encode(error.to_string()))?;
     bincode::serde::encode_into_std_write(&state.lineage, &mut body, config)
+        .map_err(|error| CatalogError::Encode(error.to_string()))?;
+    bincode::serde::encode_into_std_write(&state.continuity, &mut body, config)
         .map_err(|error| CatalogError::Encode(error.to_string()))?;
     Ok(EncodedSnapshot {
         lsn: state.applied_lsn,
@@ -355,6 +369,63 @@ mod tests {
         let loaded = load_latest(old.path()).unwrap().unwrap();
         assert_eq!(loaded.state.applied_lsn, 8);
         assert!(loaded.receipts.receipts.is_empty());
+    }
+
+    #[test]
+    fn rewinds_round_trip_and_snapshots_without_them_still_load() {
+        use std::collections::BTreeMap;
+
+        use crate::catalog::CatalogMutation;
+        use crate::model::{ExperimentId, LifecycleStage, Run, RunId};
+        let mut state = CatalogState::new("file:///a", 1);
+        let run_id = RunId::new_random();
+        CatalogMutation::CreateRun(Box::new(Run {
+            run_id,
+            experiment_id: ExperimentId::DEFAULT,
+            run_name: "r".into(),
+            user_id: String::new(),
+            status: crate::model::RunStatus::Running,
+            start_time: 1,
+            end_time: None,
+            lifecycle_stage: LifecycleStage::Active,
+            deleted_time: None,
+            artifact_uri: String::new(),
+            params: BTreeMap::new(),
+            tags: BTreeMap::new(),
+            inputs: Vec::new(),
+        }))
+        .apply(&mut state);
+        state.applied_lsn = 6;
+        CatalogMutation::RewindRun {
+            run_id,
+            step: 200,
+            time: 9,
+        }
+        .apply(&mut state);
+        let rewinds = state.continuity().rewinds(run_id).to_vec();
+        assert_eq!(rewinds.len(), 1);
+        assert_eq!((rewinds[0].lsn, rewinds[0].step), (6, 200));
+        let dir = tempfile::tempdir().unwrap();
+        encode(&state, &ReceiptsSnapshot::default())
+            .unwrap()
+            .write(dir.path(), &FileIo::default())
+            .unwrap();
+        let loaded = load_latest(dir.path()).unwrap().unwrap().state;
+        assert_eq!(loaded.continuity().rewinds(run_id), rewinds.as_slice());
+        // Written before rewinds existed: three sections, magic STEPCAT4.
+        let old = tempfile::tempdir().unwrap();
+        let config = bincode::config::standard();
+        let mut body = bincode::serde::encode_to_vec(&state, config).unwrap();
+        bincode::serde::encode_into_std_write(ReceiptsSnapshot::default(), &mut body, config)
+            .unwrap();
+        bincode::serde::encode_into_std_write(&state.lineage, &mut body, config).unwrap();
+        let mut bytes = MAGIC_WITHOUT_CONTINUITY.to_vec();
+        bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        bytes.extend_from_slice(&body);
+        fs::write(snapshot_path(old.path(), 6, SUFFIX), bytes).unwrap();
+        let loaded = load_latest(old.path()).unwrap().unwrap().state;
+        assert!(loaded.continuity().rewinds(run_id).is_empty());
+        assert!(loaded.run(run_id).is_some());
     }
 
     #[test]

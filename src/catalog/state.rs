@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use super::continuity::ContinuityState;
 use super::lineage::LineageState;
 use crate::model::{DEFAULT_EXPERIMENT_NAME, Experiment, ExperimentId, LifecycleStage, Run, RunId};
 use crate::wal::Lsn;
@@ -24,6 +25,9 @@ pub struct CatalogState {
     /// older snapshots have.
     #[serde(skip)]
     pub(crate) lineage: LineageState,
+    /// Rewinds of runs: a snapshot section of its own, like the lineage.
+    #[serde(skip)]
+    pub(crate) continuity: ContinuityState,
 }
 
 impl CatalogState {
@@ -47,10 +51,14 @@ impl CatalogState {
                 .collect(),
             experiment_names: HashMap::new(),
             lineage: LineageState::default(),
+            continuity: ContinuityState::default(),
         };
         let visible: std::collections::HashSet<RunId> = state.runs.keys().copied().collect();
         state.lineage = self
             .lineage
+            .restricted_to(|run_id| visible.contains(&run_id));
+        state.continuity = self
+            .continuity
             .restricted_to(|run_id| visible.contains(&run_id));
         state.rebuild_indexes();
         state
@@ -65,6 +73,7 @@ impl CatalogState {
             runs: HashMap::new(),
             experiment_names: HashMap::new(),
             lineage: LineageState::default(),
+            continuity: ContinuityState::default(),
         };
         state.insert_experiment(Experiment {
             experiment_id: ExperimentId::DEFAULT,
@@ -91,6 +100,11 @@ impl CatalogState {
     /// Artifacts and lineage events.
     pub fn lineage(&self) -> &LineageState {
         &self.lineage
+    }
+
+    /// Rewinds of runs.
+    pub fn continuity(&self) -> &ContinuityState {
+        &self.continuity
     }
 
     /// The id the next experiment gets.

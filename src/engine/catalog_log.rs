@@ -33,11 +33,17 @@ const ROLLBACK_WAIT: Duration = Duration::from_secs(30);
 /// What a caller waits on for its catalog change to be durable.
 pub(super) type DurableTicket = oneshot::Receiver<Result<(), WalError>>;
 
+/// Called with a record's LSN once the WAL wrote it, in WAL order.
+pub(super) type OnWritten = Box<dyn FnOnce(Lsn) + Send>;
+
 /// The WAL as the catalog's mutation log.
 pub(super) struct WalMutationLog<'a> {
     pub(super) wal: &'a Wal,
     /// Set by a record's completion when the WAL refused it.
     pub(super) in_doubt: &'a Arc<AtomicBool>,
+    /// What the (one) record recorded through this log does once written,
+    /// before its caller hears that it is durable.
+    pub(super) on_written: std::sync::Mutex<Option<OnWritten>>,
 }
 
 impl MutationLog for WalMutationLog<'_> {
@@ -47,13 +53,20 @@ impl MutationLog for WalMutationLog<'_> {
         let body = WalRecordRef::Catalog(mutation).encode()?;
         let (sender, receiver) = oneshot::channel();
         let in_doubt = Arc::clone(self.in_doubt);
+        let on_written = self
+            .on_written
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
         let lsn = self.wal.append(
             body,
-            Box::new(move |_, result| {
+            Box::new(move |lsn, result| {
                 if result.is_err() {
                     // Before any later record completes: a snapshot taken
                     // after this sees the flag.
                     in_doubt.store(true, Ordering::SeqCst);
+                } else if let Some(on_written) = on_written {
+                    on_written(lsn);
                 }
                 let _ = sender.send(result);
             }),
@@ -121,8 +134,8 @@ impl Engine {
                     return Ok(());
                 }
                 if let WalRecord::Catalog(mutation) = WalRecord::decode(lsn, body)? {
-                    mutation.apply(&mut state);
                     state.applied_lsn = lsn;
+                    mutation.apply(&mut state);
                 }
                 Ok(())
             })?;

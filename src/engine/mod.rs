@@ -13,6 +13,7 @@
 //! the per-run key caps, `maintenance` the background checkpoint thread.
 
 mod catalog_log;
+pub mod continuity;
 mod key_budget;
 mod lineage;
 mod maintenance;
@@ -188,6 +189,12 @@ pub enum EngineError {
     /// A background task failed.
     #[error("background task failed: {0}")]
     Task(String),
+    /// The request is not valid (what is wrong is said).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The answer could not be settled now; retry.
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl EngineError {
@@ -212,7 +219,8 @@ impl Classify for EngineError {
             EngineError::Overloaded { .. } | EngineError::ShuttingDown => ErrorKind::Overloaded,
             EngineError::LargerThanBudget { .. } => ErrorKind::TooLarge,
             EngineError::TooManyKeys { .. } => ErrorKind::InvalidParameter,
-            EngineError::ReadOnly => ErrorKind::InvalidParameter,
+            EngineError::ReadOnly | EngineError::InvalidRequest(_) => ErrorKind::InvalidParameter,
+            EngineError::Busy(_) => ErrorKind::Overloaded,
             EngineError::Wal(error) => error.kind(),
             EngineError::DataDirInUse(_) | EngineError::Io { .. } | EngineError::Task(_) => {
                 ErrorKind::Internal
@@ -271,6 +279,8 @@ pub struct Engine {
     /// Held by a checkpoint (snapshot and WAL segment removal) and by a
     /// catalog rollback, which reads the snapshot and the WAL.
     checkpoint_lock: Mutex<()>,
+    /// Summaries of rewound runs' points before their newest rewind.
+    rewound_summaries: continuity::RewoundSummaryCache,
     _lock: File,
 }
 
@@ -289,7 +299,6 @@ impl Engine {
             MetricsLayout::with_io(data_dir.join(recovery::METRICS_DIR), config.file_io.clone())
                 .with_footer_cache(config.footer_cache_bytes);
         let files_shared = layout.shared();
-        let files = recovery::load_metric_files(&layout, &data_dir.join(recovery::QUARANTINE_DIR))?;
         let catalog_dir = data_dir.join(recovery::CATALOG_DIR);
         let loaded_catalog = recovery::load_catalog(
             &data_dir,
@@ -297,6 +306,11 @@ impl Engine {
             &artifact_root,
         )?;
         let catalog_state = loaded_catalog.state;
+        let files = recovery::load_metric_files(
+            &layout,
+            &data_dir.join(recovery::QUARANTINE_DIR),
+            catalog_state.continuity(),
+        )?;
         let receipts = Arc::new(IngestReceipts::new(loaded_catalog.receipts, now_millis()));
         let quarantined_files = files.quarantined + loaded_catalog.quarantined;
         let snapshot_lsn = catalog_state.applied_lsn;
@@ -307,10 +321,15 @@ impl Engine {
         let catalog = Catalog::new(catalog_state, artifact_root);
         let tokens = TokenStore::open(&data_dir.join(recovery::AUTH_DIR))?;
         let file_count: usize = files.runs.iter().map(|run| run.files.len()).sum();
-        let ingester = Arc::new(Ingester::start(config.ingest.clone(), layout, files.runs)?);
+        let ingester = Arc::new(Ingester::start_recovering(
+            config.ingest.clone(),
+            layout,
+            files.runs,
+        )?);
         let wal_dir = data_dir.join(recovery::WAL_DIR);
         let replayed =
             recovery::replay_wal(&wal_dir, &catalog, &receipts, &ingester, &files.covered)?;
+        ingester.finish_recovery();
         let last_lsn = replayed
             .last_lsn
             .max(files.max_lsn)
@@ -368,6 +387,7 @@ impl Engine {
             files_shared,
             catalog_in_doubt: Arc::default(),
             checkpoint_lock: Mutex::new(()),
+            rewound_summaries: continuity::RewoundSummaryCache::default(),
             _lock: lock,
         });
         if engine.config.read_only {
@@ -396,6 +416,7 @@ impl Engine {
         WalMutationLog {
             wal: &self.wal,
             in_doubt: &self.catalog_in_doubt,
+            on_written: std::sync::Mutex::new(None),
         }
     }
 
@@ -587,7 +608,11 @@ impl Engine {
         run_id: RunId,
     ) -> Result<Vec<(String, KeySummary)>, EngineError> {
         self.catalog.run(run_id)?;
-        Ok(self.ingester.run_summaries(run_id).await?)
+        Ok(self
+            .runs_metric_summaries(&[run_id])
+            .await?
+            .pop()
+            .unwrap_or_default())
     }
 
     /// The metric summaries of many runs, in the order given (runs are not
@@ -596,7 +621,8 @@ impl Engine {
         &self,
         run_ids: &[RunId],
     ) -> Result<Vec<Vec<(String, KeySummary)>>, EngineError> {
-        Ok(self.ingester.runs_summaries(run_ids).await?)
+        let views = self.ingester.shown_summaries(run_ids).await?;
+        self.shown_summaries(run_ids, views).await
     }
 
     /// Runs in the given experiments (all experiments when empty) in the
@@ -666,6 +692,31 @@ impl Engine {
         run_id: RunId,
         tags: Vec<(String, String)>,
     ) -> Result<(), EngineError> {
+        self.apply_rewind_tag(run_id, &tags).await?;
+        self.record_run_tags(run_id, tags).await
+    }
+
+    /// Rewinds the run when `tags` hold [`continuity::REWIND_TAG`] (the
+    /// MLflow client's way to rewind); `log-batch` calls it before it logs
+    /// the batch's metrics, so that they come after the rewind.
+    pub async fn apply_rewind_tag(
+        &self,
+        run_id: RunId,
+        tags: &[(String, String)],
+    ) -> Result<(), EngineError> {
+        if let Some(step) = continuity::rewind_step_in(tags) {
+            self.rewind_run(run_id, step?).await?;
+        }
+        Ok(())
+    }
+
+    /// Sets run tags as they are (a rewind tag is only recorded: see
+    /// [`Self::apply_rewind_tag`]).
+    pub async fn record_run_tags(
+        &self,
+        run_id: RunId,
+        tags: Vec<(String, String)>,
+    ) -> Result<(), EngineError> {
         self.ensure_accepting()?;
         let ((), ticket) = self.catalog.set_run_tags(&self.log(), run_id, tags)?;
         self.wait_durable(ticket).await
@@ -712,7 +763,24 @@ impl Engine {
         &self,
         runs: RunSelection,
     ) -> Result<Vec<RunSummaries>, EngineError> {
-        Ok(self.ingester.summaries_snapshot(runs).await?)
+        let snapshot = self.ingester.summaries_snapshot(runs).await?;
+        let mut out = Vec::with_capacity(snapshot.len());
+        for run in snapshot {
+            let keys = match run.view {
+                crate::ingest::SummaryView::Complete(keys) => keys,
+                view => self
+                    .shown_summaries(&[run.run_id], vec![view])
+                    .await?
+                    .pop()
+                    .unwrap_or_default(),
+            };
+            out.push(RunSummaries {
+                run_id: run.run_id,
+                experiment_id: run.experiment_id,
+                keys,
+            });
+        }
+        Ok(out)
     }
 }
 

@@ -9,8 +9,10 @@ use std::sync::Arc;
 
 use super::EngineError;
 use super::wal_record::WalRecord;
+use crate::catalog::continuity::ContinuityState;
 use crate::catalog::receipts::{IngestReceipts, ReceiptsSnapshot};
-use crate::catalog::{Catalog, CatalogState, snapshot};
+use crate::catalog::{Catalog, CatalogMutation, CatalogState, snapshot};
+use crate::ingest::rewinds::RewindMarks;
 use crate::ingest::{Ingester, LoadedRun};
 use crate::model::MetricBatch;
 use crate::model::{KeySummary, RunId, now_millis};
@@ -102,6 +104,7 @@ fn quarantine(root: &Path, quarantine: &Path, path: &Path) -> Result<PathBuf, En
 pub(crate) fn load_metric_files(
     layout: &MetricsLayout,
     quarantine_dir: &Path,
+    continuity: &ContinuityState,
 ) -> Result<LoadedFiles, EngineError> {
     let mut loaded = LoadedFiles {
         runs: Vec::new(),
@@ -143,18 +146,29 @@ pub(crate) fn load_metric_files(
         }
         let mut files = Vec::new();
         let mut summaries: BTreeMap<String, KeySummary> = BTreeMap::new();
+        let mut since_rewind: BTreeMap<String, KeySummary> = BTreeMap::new();
         let mut ranges = Vec::new();
+        let rewinds = RewindMarks::new(
+            continuity
+                .rewinds(directory.run_id)
+                .iter()
+                .map(|rewind| (rewind.lsn, rewind.step))
+                .collect(),
+        );
         for (file, metadata) in opened {
             if replaced.contains(&file.seq()) {
                 tracing::info!(path = %file.path().display(), "removing a file that compaction replaced");
                 file.mark_obsolete();
                 continue;
             }
+            let after_rewinds = rewinds
+                .last_lsn()
+                .is_some_and(|last| file.newest_lsn() > last);
             for (key, summary) in metadata.keys {
-                summaries
-                    .entry(key)
-                    .and_modify(|existing| existing.merge_newer(&summary))
-                    .or_insert(summary);
+                if after_rewinds {
+                    merge_into(&mut since_rewind, key.clone(), summary);
+                }
+                merge_into(&mut summaries, key, summary);
             }
             ranges.extend(metadata.lsn_ranges);
             files.push(Arc::new(file));
@@ -169,9 +183,19 @@ pub(crate) fn load_metric_files(
             experiment_id: directory.experiment_id,
             files,
             summaries: summaries.into_iter().collect(),
+            rewinds,
+            since_rewind: since_rewind.into_iter().collect(),
         });
     }
     Ok(loaded)
+}
+
+/// Folds the summary of a newer file into a key's summary.
+fn merge_into(summaries: &mut BTreeMap<String, KeySummary>, key: String, summary: KeySummary) {
+    summaries
+        .entry(key)
+        .and_modify(|existing| existing.merge_newer(&summary))
+        .or_insert(summary);
 }
 
 /// Compaction outputs made redundant by a newer output that claims every
@@ -270,6 +294,15 @@ pub(crate) fn replay_wal(
             WalRecord::Catalog(mutation) => {
                 catalog.replay(lsn, &mutation);
                 outcome.catalog_records += 1;
+                // Every rewind still in the WAL goes to its shard, in WAL
+                // order with the points around it (the shard ignores one
+                // it knew from the snapshot).
+                if let CatalogMutation::RewindRun { run_id, step, .. } = mutation
+                    && let Some(experiment_id) =
+                        catalog.read().run(run_id).map(|run| run.experiment_id)
+                {
+                    ingester.rewind(run_id, experiment_id, lsn, step);
+                }
             }
             WalRecord::Metrics(runs) => {
                 replay_metrics(lsn, runs, catalog, ingester, covered, &mut outcome);
@@ -359,7 +392,8 @@ mod tests {
         drop(inputs);
         let starts = (0..2)
             .map(|_| {
-                let loaded = load_metric_files(&layout, &quarantine).unwrap();
+                let loaded =
+                    load_metric_files(&layout, &quarantine, &ContinuityState::default()).unwrap();
                 let files = &loaded.runs[0].files;
                 (
                     files.iter().map(|file| file.seq()).collect(),

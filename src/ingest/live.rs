@@ -31,6 +31,14 @@ pub enum LiveEvent {
         /// The points.
         batch: MetricBatch,
     },
+    /// The run was rewound at WAL record `lsn`: the points logged before
+    /// it with a step past `step` are hidden from now on.
+    Rewound {
+        /// The rewind's WAL record.
+        lsn: Lsn,
+        /// The step rewound to.
+        step: i64,
+    },
     /// The run reached a terminal status.
     Ended(RunStatus),
 }
@@ -115,8 +123,12 @@ impl LiveHub {
         }
     }
 
-    /// Publishes the end of a run.
-    pub fn publish_end(&self, run_id: RunId, status: RunStatus) {
+    /// Publishes a rewind of `run_id` (no-op without followers).
+    pub fn publish_rewind(&self, run_id: RunId, lsn: Lsn, step: i64) {
+        self.publish(run_id, || LiveEvent::Rewound { lsn, step });
+    }
+
+    fn publish(&self, run_id: RunId, event: impl FnOnce() -> LiveEvent) {
         if self.followers.load(Ordering::SeqCst) == 0 {
             return;
         }
@@ -125,8 +137,13 @@ impl LiveHub {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(sender) = runs.get(&run_id) {
-            let _ = sender.send(Arc::new(LiveEvent::Ended(status)));
+            let _ = sender.send(Arc::new(event()));
         }
+    }
+
+    /// Publishes the end of a run.
+    pub fn publish_end(&self, run_id: RunId, status: RunStatus) {
+        self.publish(run_id, || LiveEvent::Ended(status));
     }
 }
 

@@ -11,6 +11,7 @@
 pub(crate) mod buffer;
 pub mod live;
 mod persister;
+pub mod rewinds;
 mod run_state;
 mod shard;
 
@@ -210,12 +211,59 @@ pub struct LoadedRun {
     pub files: Vec<Arc<PersistedFile>>,
     /// Key summaries merged from the files' footers.
     pub summaries: Vec<(String, KeySummary)>,
+    /// The run's rewinds known at start.
+    pub rewinds: rewinds::RewindMarks,
+    /// Key summaries of the files written after the newest rewind.
+    pub since_rewind: Vec<(String, KeySummary)>,
+}
+
+/// The key summaries of a run as its shard knows them, for what reads
+/// show.
+#[derive(Clone, Debug)]
+pub enum SummaryView {
+    /// The run was never rewound: the summaries of every point.
+    Complete(Vec<(String, KeySummary)>),
+    /// The summaries of the points logged after the newest rewind (at
+    /// `last_rewind`); the shown points before it are summarised by
+    /// reading them.
+    SinceRewind {
+        /// The LSN of the newest rewind.
+        last_rewind: Lsn,
+        /// Summaries per key, in key order.
+        keys: Vec<(String, KeySummary)>,
+    },
+    /// The run is rewound and its summaries must all be read from its
+    /// points (a rare state after replay).
+    Unknown {
+        /// The LSN of the newest rewind.
+        last_rewind: Lsn,
+    },
+}
+
+/// The [`SummaryView`] of one run, in a snapshot of many.
+#[derive(Clone, Debug)]
+pub struct RunSummaryView {
+    /// The run.
+    pub run_id: RunId,
+    /// Its experiment.
+    pub experiment_id: ExperimentId,
+    /// Its summaries.
+    pub view: SummaryView,
 }
 
 /// Where one key's points of one run are, captured atomically by its shard.
+///
+/// Files and frozen chunks logged before a rewind of the run carry a cap
+/// (see [`rewinds`]): their points past it are hidden unless the read asks
+/// for them ([`SeriesSources::include_rewound`]). The active buffer holds
+/// only points logged after the newest rewind.
 pub struct SeriesSources {
     files: Vec<Arc<PersistedFile>>,
+    /// Per file: the greatest step shown (`None`: every step).
+    file_caps: Vec<Option<i64>>,
     frozen: Vec<Arc<FrozenChunk>>,
+    /// Per frozen chunk: the greatest step shown.
+    frozen_caps: Vec<Option<i64>>,
     key_id: Option<u32>,
     /// The active buffer's sealed segments (shared).
     sealed: Vec<Arc<Segment>>,
@@ -223,27 +271,113 @@ pub struct SeriesSources {
     active: MetricSeries,
     applied_lsn: Lsn,
     summary: Option<KeySummary>,
+    /// The LSN of the run's newest rewind the shard had applied.
+    last_rewind: Option<Lsn>,
 }
 
 impl SeriesSources {
-    /// Reads every source (files, then frozen chunks, then the active
-    /// buffer: oldest first) and returns the series in step order. Blocking.
-    pub fn collect(self, key: &str) -> Result<MetricSeries, StorageError> {
+    /// Sources of a run the shard does not know: no point.
+    pub(crate) fn empty() -> Self {
+        SeriesSources {
+            files: Vec::new(),
+            file_caps: Vec::new(),
+            frozen: Vec::new(),
+            frozen_caps: Vec::new(),
+            key_id: None,
+            sealed: Vec::new(),
+            active: MetricSeries::default(),
+            applied_lsn: 0,
+            summary: None,
+            last_rewind: None,
+        }
+    }
+
+    /// The LSN of the run's newest rewind when the sources were captured.
+    pub fn last_rewind(&self) -> Option<Lsn> {
+        self.last_rewind
+    }
+
+    /// The shown points logged before the run's newest rewind (the files
+    /// and frozen chunks with a cap), in step order. Blocking.
+    pub fn collect_before_last_rewind(self, key: &str) -> Result<MetricSeries, StorageError> {
         let mut series = MetricSeries::default();
-        for file in &self.files {
-            file.read_key(key, &mut series)?;
+        for (file, cap) in self.files.iter().zip(&self.file_caps) {
+            if let Some(cap) = *cap {
+                let from = series.len();
+                file.read_key(key, &mut series)?;
+                series.retain_steps_from(from, i64::MIN, cap);
+            }
         }
         if let Some(id) = self.key_id {
-            for chunk in &self.frozen {
-                chunk.collect_key(id, &mut series);
-            }
-            for segment in &self.sealed {
-                segment.collect_key(id, &mut series);
+            for (chunk, cap) in self.frozen.iter().zip(&self.frozen_caps) {
+                if let Some(cap) = *cap {
+                    let from = series.len();
+                    chunk.collect_key(id, &mut series);
+                    series.retain_steps_from(from, i64::MIN, cap);
+                }
             }
         }
-        series.extend(&self.active);
         series.sort_by_step_and_time();
         Ok(series)
+    }
+
+    /// The same sources read with the points a rewind hid.
+    pub fn include_rewound(mut self) -> Self {
+        self.file_caps.iter_mut().for_each(|cap| *cap = None);
+        self.frozen_caps.iter_mut().for_each(|cap| *cap = None);
+        self
+    }
+
+    /// Whether a rewind hides some of the sources' points.
+    pub fn has_hidden_points(&self) -> bool {
+        self.file_caps
+            .iter()
+            .chain(&self.frozen_caps)
+            .any(Option::is_some)
+    }
+
+    /// Reads every source (files, then frozen chunks, then the active
+    /// buffer: oldest first) and returns the shown series in step order.
+    /// Blocking.
+    pub fn collect(self, key: &str) -> Result<MetricSeries, StorageError> {
+        let mut series = MetricSeries::default();
+        for (file, cap) in self.files.iter().zip(&self.file_caps) {
+            let from = series.len();
+            file.read_key(key, &mut series)?;
+            if let Some(cap) = *cap {
+                series.retain_steps_from(from, i64::MIN, cap);
+            }
+        }
+        let (parts, tail) = self.buffered_parts();
+        for part in &parts {
+            series.extend(part);
+        }
+        series.extend(&tail);
+        series.sort_by_step_and_time();
+        Ok(series)
+    }
+
+    /// The frozen chunks' and sealed segments' points of the key as copies
+    /// (the chunks' hidden points dropped), in logged order, then the
+    /// unsealed tail.
+    fn buffered_parts(self) -> (Vec<MetricSeries>, MetricSeries) {
+        let mut parts = Vec::new();
+        if let Some(id) = self.key_id {
+            for (chunk, cap) in self.frozen.iter().zip(&self.frozen_caps) {
+                let mut points = MetricSeries::default();
+                chunk.collect_key(id, &mut points);
+                if let Some(cap) = *cap {
+                    points.retain_steps_from(0, i64::MIN, cap);
+                }
+                parts.push(points);
+            }
+            for segment in &self.sealed {
+                let mut points = MetricSeries::default();
+                segment.collect_key(id, &mut points);
+                parts.push(points);
+            }
+        }
+        (parts, self.active)
     }
 
     /// The highest WAL record applied to the run when the sources were
@@ -255,36 +389,50 @@ impl SeriesSources {
 
     /// The key's summary (count, step range, ...) at capture time: it
     /// covers exactly the captured points. `None` when the run has no
-    /// point of the key.
+    /// point of the key. A run with hidden points summarises them too: use
+    /// the engine's summaries for what reads show.
     pub fn summary(&self) -> Option<KeySummary> {
         self.summary
     }
 
-    /// The files (in sequence order) and a copy of the key's buffered
-    /// points (frozen chunks, then the active buffer; in logged order), for
-    /// readers that stream the files themselves. Blocking.
-    pub fn into_parts(self) -> (Vec<Arc<PersistedFile>>, MetricSeries) {
+    /// The files (in sequence order) with their caps, and a copy of the
+    /// key's buffered points that are shown (frozen chunks, then the
+    /// active buffer; in logged order), for readers that stream the files
+    /// themselves. Blocking.
+    pub fn into_parts(self) -> (Vec<Arc<PersistedFile>>, Vec<Option<i64>>, MetricSeries) {
+        let files = self.files.clone();
+        let caps = self.file_caps.clone();
+        let (parts, tail) = self.buffered_parts();
         let mut buffered = MetricSeries::default();
-        if let Some(id) = self.key_id {
-            for chunk in &self.frozen {
-                chunk.collect_key(id, &mut buffered);
-            }
-            for segment in &self.sealed {
-                segment.collect_key(id, &mut buffered);
-            }
+        for part in &parts {
+            buffered.extend(part);
         }
         if buffered.is_empty() {
-            buffered = self.active;
+            buffered = tail;
         } else {
-            buffered.extend(&self.active);
+            buffered.extend(&tail);
         }
-        (self.files, buffered)
+        (files, caps, buffered)
     }
 
-    /// The files (in sequence order) and the key's buffered points as
-    /// shared segments plus a copy of the unsealed tail, without copying
-    /// the segments.
-    pub fn into_shared(self) -> (Vec<Arc<PersistedFile>>, BufferedKey) {
+    /// The files (in sequence order) with their caps, and the key's
+    /// buffered points as shared segments plus a copy of the unsealed
+    /// tail, without copying the segments (when a frozen chunk has hidden
+    /// points, every buffered point is copied into the tail instead).
+    pub fn into_shared(self) -> (Vec<Arc<PersistedFile>>, Vec<Option<i64>>, BufferedKey) {
+        if self.frozen_caps.iter().any(Option::is_some) {
+            let key_id = self.key_id.unwrap_or(0);
+            let (files, caps, tail) = self.into_parts();
+            return (
+                files,
+                caps,
+                BufferedKey {
+                    key_id,
+                    segments: Vec::new(),
+                    tail,
+                },
+            );
+        }
         let segments = match self.key_id {
             Some(_) => self
                 .frozen
@@ -296,6 +444,7 @@ impl SeriesSources {
         };
         (
             self.files,
+            self.file_caps,
             BufferedKey {
                 key_id: self.key_id.unwrap_or(0),
                 segments,
@@ -334,7 +483,10 @@ pub struct RunPoints {
     pub experiment_id: ExperimentId,
     /// Its files, in sequence order.
     pub files: Vec<Arc<PersistedFile>>,
+    /// Per file: the greatest step shown (`None`: every step).
+    pub file_caps: Vec<Option<i64>>,
     frozen: Vec<Arc<FrozenChunk>>,
+    frozen_caps: Vec<Option<i64>>,
     active: Option<BufferedPoints>,
 }
 
@@ -345,22 +497,55 @@ impl RunPoints {
             + self.active.as_ref().map_or(0, BufferedPoints::rows)
     }
 
-    /// Moves the in-memory points out as batches in the metric file schema
-    /// ([`crate::storage::schema::metric_file_schema`]), oldest first.
-    pub fn take_buffered_batches(&mut self) -> Result<Vec<RecordBatch>, ArrowError> {
+    /// Moves the in-memory points `rewound` selects out as batches in the
+    /// metric file schema ([`crate::storage::schema::metric_file_schema`]),
+    /// oldest first.
+    pub fn take_buffered_batches(
+        &mut self,
+        rewound: rewinds::RewoundPoints,
+    ) -> Result<Vec<RecordBatch>, ArrowError> {
         let mut batches = Vec::with_capacity(self.frozen.len() + 1);
-        for chunk in self.frozen.drain(..) {
+        let caps = std::mem::take(&mut self.frozen_caps);
+        for (chunk, cap) in self.frozen.drain(..).zip(caps) {
+            let Some((low, high)) = rewound.steps(cap) else {
+                continue;
+            };
             if chunk.rows() > 0 {
-                batches.extend(chunk.to_record_batches()?);
+                for batch in chunk.to_record_batches()? {
+                    batches.push(keep_steps(batch, low, high)?);
+                }
             }
         }
         if let Some(active) = self.active.take()
             && active.rows() > 0
+            && rewound.steps(None).is_some()
         {
             batches.push(active.into_record_batch()?);
         }
         Ok(batches)
     }
+}
+
+/// The rows of a batch in the metric file schema whose step lies in
+/// `low..=high`.
+fn keep_steps(batch: RecordBatch, low: i64, high: i64) -> Result<RecordBatch, ArrowError> {
+    if (low, high) == (i64::MIN, i64::MAX) {
+        return Ok(batch);
+    }
+    let index = batch
+        .schema()
+        .index_of(crate::storage::schema::STEP_COLUMN)?;
+    let steps = batch
+        .column(index)
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .ok_or_else(|| ArrowError::InvalidArgumentError("step column is not Int64".into()))?;
+    let keep: arrow::array::BooleanArray = steps
+        .values()
+        .iter()
+        .map(|step| Some((low..=high).contains(step)))
+        .collect();
+    arrow::compute::filter_record_batch(&batch, &keep)
 }
 
 /// The per-key summaries of one run (every point, buffered or persisted).
@@ -383,6 +568,15 @@ pub(crate) enum DataMessage {
         batch: MetricBatch,
         applied: Option<AppliedSignal>,
     },
+    /// A rewind, in WAL order with the points around it.
+    Rewind {
+        run_id: RunId,
+        experiment_id: ExperimentId,
+        lsn: Lsn,
+        step: i64,
+    },
+    /// The WAL replay is over: compaction may start.
+    Recovered,
     Checkpoint(Sender<Option<Lsn>>),
     FlushAll(Sender<Result<(), String>>),
 }
@@ -401,13 +595,17 @@ pub(crate) enum ControlMessage {
         run_id: RunId,
         reply: oneshot::Sender<Vec<(String, KeySummary)>>,
     },
+    ShownSummaries {
+        run_id: RunId,
+        reply: oneshot::Sender<SummaryView>,
+    },
     SnapshotPoints {
         runs: RunSelection,
         reply: oneshot::Sender<Vec<RunPoints>>,
     },
     SnapshotSummaries {
         runs: RunSelection,
-        reply: oneshot::Sender<Vec<RunSummaries>>,
+        reply: oneshot::Sender<Vec<RunSummaryView>>,
     },
     RunEnded(RunId),
     Persisted {
@@ -444,6 +642,34 @@ impl Ingester {
         layout: MetricsLayout,
         loaded: Vec<LoadedRun>,
     ) -> Result<Ingester, IngestError> {
+        Ingester::start_with(config, layout, loaded, false)
+    }
+
+    /// Starts the ingester for a replay of the WAL: no file is compacted
+    /// until [`Self::finish_recovery`] (a rewind still to be replayed must
+    /// not find its files merged across it).
+    pub fn start_recovering(
+        config: IngestConfig,
+        layout: MetricsLayout,
+        loaded: Vec<LoadedRun>,
+    ) -> Result<Ingester, IngestError> {
+        Ingester::start_with(config, layout, loaded, true)
+    }
+
+    /// Ends the replay begun with [`Self::start_recovering`]: compaction
+    /// starts once every record handed over before is applied.
+    pub fn finish_recovery(&self) {
+        for shard in &self.shards {
+            let _ = shard.data.send(DataMessage::Recovered);
+        }
+    }
+
+    fn start_with(
+        config: IngestConfig,
+        layout: MetricsLayout,
+        loaded: Vec<LoadedRun>,
+        recovering: bool,
+    ) -> Result<Ingester, IngestError> {
         let shard_count = config.shards.max(1);
         let stats = Arc::new(IngestStats::default());
         let live = Arc::new(LiveHub::default());
@@ -474,7 +700,8 @@ impl Ingester {
                 control_sender.clone(),
                 runs,
             )
-            .with_live(Arc::clone(&live));
+            .with_live(Arc::clone(&live))
+            .recovering(recovering);
             threads.push(spawn(format!("stepstore-shard-{index}"), move || {
                 shard.run(data_receiver, control_receiver)
             })?);
@@ -523,6 +750,18 @@ impl Ingester {
         }
     }
 
+    /// Rewinds a run at WAL record `lsn` (sent in WAL order, like
+    /// [`Self::apply`]): its shard freezes the run's buffer, so that the
+    /// points before the rewind and those after it never share a source.
+    pub fn rewind(&self, run_id: RunId, experiment_id: ExperimentId, lsn: Lsn, step: i64) {
+        let _ = self.shard_of(run_id).data.send(DataMessage::Rewind {
+            run_id,
+            experiment_id,
+            lsn,
+            step,
+        });
+    }
+
     /// Where the points of `key` of a run are.
     pub async fn series_sources(
         &self,
@@ -550,21 +789,27 @@ impl Ingester {
         response.await.map_err(|_| IngestError::ShutDown)
     }
 
-    /// The summaries of many runs, in the order given. Every request is
-    /// sent before any answer is awaited, so the shards work in parallel.
-    pub async fn runs_summaries(
+    /// What reads show of the summaries of many runs, in the order given.
+    /// Every request is sent before any answer is awaited, so the shards
+    /// work in parallel.
+    pub async fn shown_summaries(
         &self,
         run_ids: &[RunId],
-    ) -> Result<Vec<Vec<(String, KeySummary)>>, IngestError> {
-        let responses = run_ids
-            .iter()
-            .map(|&run_id| self.request_run_summaries(run_id))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut summaries = Vec::with_capacity(responses.len());
-        for response in responses {
-            summaries.push(response.await.map_err(|_| IngestError::ShutDown)?);
+    ) -> Result<Vec<SummaryView>, IngestError> {
+        let mut responses = Vec::with_capacity(run_ids.len());
+        for &run_id in run_ids {
+            let (reply, response) = oneshot::channel();
+            self.shard_of(run_id)
+                .control
+                .send(ControlMessage::ShownSummaries { run_id, reply })
+                .map_err(|_| IngestError::ShutDown)?;
+            responses.push(response);
         }
-        Ok(summaries)
+        let mut views = Vec::with_capacity(responses.len());
+        for response in responses {
+            views.push(response.await.map_err(|_| IngestError::ShutDown)?);
+        }
+        Ok(views)
     }
 
     fn request_run_summaries(
@@ -607,11 +852,12 @@ impl Ingester {
         .await
     }
 
-    /// The key summaries of the selected runs that have metrics.
+    /// What reads show of the key summaries of the selected runs that
+    /// have metrics.
     pub async fn summaries_snapshot(
         &self,
         runs: RunSelection,
-    ) -> Result<Vec<RunSummaries>, IngestError> {
+    ) -> Result<Vec<RunSummaryView>, IngestError> {
         self.gather(&runs, |runs, reply| ControlMessage::SnapshotSummaries {
             runs,
             reply,

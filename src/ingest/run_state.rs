@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::buffer::{ActiveBuffer, FrozenChunk};
-use super::{RunPoints, SeriesSources};
+use super::rewinds::RewindMarks;
+use super::{RunPoints, SeriesSources, SummaryView};
 use crate::model::{ExperimentId, KeySummary, MetricBatch, MetricSeries, RunId};
 use crate::storage::PersistedFile;
 use crate::wal::Lsn;
@@ -27,15 +28,33 @@ pub(crate) struct RunState {
     pub(crate) ended: bool,
     /// The last WAL record applied to the run by this process.
     applied_lsn: Lsn,
+    /// The run's rewinds, as far as this shard has applied them.
+    pub(crate) rewinds: RewindMarks,
+    /// Summaries of the points logged since the newest rewind (`None`
+    /// until the run is rewound).
+    since_rewind: Option<SinceRewind>,
+}
+
+/// What a rewound run's shard knows of the points after its newest rewind.
+enum SinceRewind {
+    /// Their summaries, by run key id.
+    Known(Vec<Option<KeySummary>>),
+    /// Files written after the rewind were found before the rewind was
+    /// replayed: their points are not summarised apart (the engine reads
+    /// them).
+    Unknown,
 }
 
 impl RunState {
     /// A run with the given persisted files (in sequence order) and the
-    /// summaries read from their footers.
+    /// summaries read from their footers: of every file, and of the files
+    /// after the run's newest rewind (`rewinds`).
     pub(crate) fn new(
         experiment_id: ExperimentId,
         files: Vec<Arc<PersistedFile>>,
         summaries: Vec<(String, KeySummary)>,
+        rewinds: RewindMarks,
+        since_rewind: Vec<(String, KeySummary)>,
     ) -> Self {
         let next_seq = files.iter().map(|file| file.seq() + 1).max().unwrap_or(1);
         let mut run = RunState {
@@ -52,12 +71,73 @@ impl RunState {
             compaction_retry_at: None,
             ended: false,
             applied_lsn: 0,
+            since_rewind: (!rewinds.is_empty()).then(|| SinceRewind::Known(Vec::new())),
+            rewinds,
         };
         for (key, summary) in summaries {
             let id = run.intern(&key) as usize;
             run.summaries[id] = Some(summary);
         }
+        if let Some(SinceRewind::Known(known)) = &mut run.since_rewind {
+            known.resize(run.key_names.len(), None);
+            for (key, summary) in since_rewind {
+                let id = run.intern(&key) as usize;
+                if let Some(SinceRewind::Known(known)) = &mut run.since_rewind {
+                    known[id] = Some(summary);
+                }
+            }
+        }
         run
+    }
+
+    /// Records a rewind the shard applies in WAL order, after it froze the
+    /// active buffer (so no source holds points from both sides of it).
+    /// `false` when it was applied before (replay).
+    pub(crate) fn rewind(&mut self, lsn: Lsn, step: i64) -> bool {
+        if !self.rewinds.push(lsn, step) {
+            return false;
+        }
+        self.applied_lsn = self.applied_lsn.max(lsn);
+        // Only in replay can a file written after the rewind be there.
+        let later_files = self.files.iter().any(|file| file.newest_lsn() > lsn);
+        self.since_rewind = Some(if later_files {
+            SinceRewind::Unknown
+        } else {
+            SinceRewind::Known(vec![None; self.key_names.len()])
+        });
+        true
+    }
+
+    /// The greatest step shown of a source whose newest point was logged
+    /// at `newest_lsn` (`None`: every step).
+    fn cap_for(&self, newest_lsn: Lsn) -> Option<i64> {
+        if self.rewinds.is_empty() {
+            return None;
+        }
+        self.rewinds.cap_for(newest_lsn)
+    }
+
+    /// Where the files logged after the newest rewind start: compaction
+    /// merges no file before it with one after it.
+    pub(crate) fn first_file_after_rewinds(&self) -> usize {
+        match self.rewinds.last_lsn() {
+            None => 0,
+            Some(last) => self.files.partition_point(|file| file.newest_lsn() < last),
+        }
+    }
+
+    /// The summaries reads show: every point's when the run was never
+    /// rewound, else those since the newest rewind (the engine adds the
+    /// shown points before it).
+    pub(crate) fn summary_view(&self) -> SummaryView {
+        match (&self.since_rewind, self.rewinds.last_lsn()) {
+            (Some(SinceRewind::Known(known)), Some(last_rewind)) => SummaryView::SinceRewind {
+                last_rewind,
+                keys: self.named_summaries(known),
+            },
+            (Some(SinceRewind::Unknown), Some(last_rewind)) => SummaryView::Unknown { last_rewind },
+            _ => SummaryView::Complete(self.summaries()),
+        }
     }
 
     /// Distinct keys the run has.
@@ -74,6 +154,9 @@ impl RunState {
         self.key_names.push(key.to_string());
         self.key_lookup.insert(key.to_string(), id);
         self.summaries.push(None);
+        if let Some(SinceRewind::Known(known)) = &mut self.since_rewind {
+            known.push(None);
+        }
         self.key_names_shared = None;
         id
     }
@@ -106,9 +189,9 @@ impl RunState {
                 batch.timestamps[point],
                 batch.values[point],
             );
-            match &mut self.summaries[id as usize] {
-                Some(summary) => summary.add_point(step, timestamp, value),
-                slot @ None => *slot = Some(KeySummary::of_point(step, timestamp, value)),
+            add_to(&mut self.summaries[id as usize], step, timestamp, value);
+            if let Some(SinceRewind::Known(known)) = &mut self.since_rewind {
+                add_to(&mut known[id as usize], step, timestamp, value);
             }
         }
         self.active.append(
@@ -120,12 +203,17 @@ impl RunState {
         );
     }
 
-    /// Every key's summary, in key order.
+    /// Every key's summary of every point (hidden ones too), in key
+    /// order.
     pub(crate) fn summaries(&self) -> Vec<(String, KeySummary)> {
+        self.named_summaries(&self.summaries)
+    }
+
+    fn named_summaries(&self, summaries: &[Option<KeySummary>]) -> Vec<(String, KeySummary)> {
         let mut all: Vec<(String, KeySummary)> = self
             .key_names
             .iter()
-            .zip(&self.summaries)
+            .zip(summaries)
             .filter_map(|(key, summary)| summary.map(|summary| (key.clone(), summary)))
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
@@ -150,13 +238,23 @@ impl RunState {
         if let Some(id) = key_id {
             self.active.collect_tail_key(id, &mut active);
         }
+        let frozen = if key_id.is_some() {
+            self.frozen.clone()
+        } else {
+            Vec::new()
+        };
         SeriesSources {
+            file_caps: self
+                .files
+                .iter()
+                .map(|file| self.cap_for(file.newest_lsn()))
+                .collect(),
             files: self.files.clone(),
-            frozen: if key_id.is_some() {
-                self.frozen.clone()
-            } else {
-                Vec::new()
-            },
+            frozen_caps: frozen
+                .iter()
+                .map(|chunk| self.cap_for(chunk.lsn_range().1))
+                .collect(),
+            frozen,
             key_id,
             sealed: if key_id.is_some() {
                 self.active.sealed().to_vec()
@@ -166,6 +264,7 @@ impl RunState {
             active,
             applied_lsn: self.applied_lsn,
             summary: key_id.and_then(|id| self.summaries[id as usize]),
+            last_rewind: self.rewinds.last_lsn(),
         }
     }
 
@@ -181,7 +280,17 @@ impl RunState {
         RunPoints {
             run_id,
             experiment_id: self.experiment_id,
+            file_caps: self
+                .files
+                .iter()
+                .map(|file| self.cap_for(file.newest_lsn()))
+                .collect(),
             files: self.files.clone(),
+            frozen_caps: self
+                .frozen
+                .iter()
+                .map(|chunk| self.cap_for(chunk.lsn_range().1))
+                .collect(),
             frozen: self.frozen.clone(),
             active,
         }
@@ -193,5 +302,13 @@ impl RunState {
             .files
             .partition_point(|existing| existing.seq() < file.seq());
         self.files.insert(position, file);
+    }
+}
+
+/// Adds a point to a summary slot.
+fn add_to(slot: &mut Option<KeySummary>, step: i64, timestamp: i64, value: f64) {
+    match slot {
+        Some(summary) => summary.add_point(step, timestamp, value),
+        None => *slot = Some(KeySummary::of_point(step, timestamp, value)),
     }
 }

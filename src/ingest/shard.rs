@@ -12,12 +12,13 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::live::LiveHub;
 use super::persister::PersistJob;
+use super::rewinds::RewindMarks;
 use super::run_state::RunState;
 use super::{
-    ControlMessage, DataMessage, IngestConfig, IngestStats, LoadedRun, RunSelection, RunSummaries,
-    SeriesSources,
+    ControlMessage, DataMessage, IngestConfig, IngestStats, LoadedRun, RunSelection,
+    RunSummaryView, SeriesSources,
 };
-use crate::model::{MetricSeries, RunId};
+use crate::model::RunId;
 use crate::storage::{PersistedFile, StorageError};
 
 /// How long a failed file write or compaction waits before it is retried.
@@ -107,6 +108,17 @@ fn tiered_suffix_start(rows: &[u64]) -> usize {
     start
 }
 
+/// A run the shard meets first in a write: no file, never rewound.
+fn new_run(experiment_id: crate::model::ExperimentId) -> RunState {
+    RunState::new(
+        experiment_id,
+        Vec::new(),
+        Vec::new(),
+        RewindMarks::default(),
+        Vec::new(),
+    )
+}
+
 /// Whether a run is in a selection.
 fn selected_runs(runs: &RunSelection) -> impl Fn(&RunId) -> bool + '_ {
     move |run_id| runs.as_ref().is_none_or(|runs| runs.contains(run_id))
@@ -127,6 +139,8 @@ pub(crate) struct Shard {
     flush_waiters: Vec<Sender<Result<(), String>>>,
     last_tick: Instant,
     live: Arc<LiveHub>,
+    /// Set while the WAL is replayed: nothing is compacted meanwhile.
+    recovering: bool,
 }
 
 impl Shard {
@@ -144,7 +158,13 @@ impl Shard {
             .map(|run| {
                 (
                     run.run_id,
-                    RunState::new(run.experiment_id, run.files, run.summaries),
+                    RunState::new(
+                        run.experiment_id,
+                        run.files,
+                        run.summaries,
+                        run.rewinds,
+                        run.since_rewind,
+                    ),
                 )
             })
             .collect();
@@ -161,12 +181,19 @@ impl Shard {
             flush_waiters: Vec::new(),
             last_tick: Instant::now(),
             live: Arc::default(),
+            recovering: false,
         }
     }
 
     /// Publishes applied batches to `live`'s followers.
     pub(crate) fn with_live(mut self, live: Arc<LiveHub>) -> Self {
         self.live = live;
+        self
+    }
+
+    /// Holds compaction until [`DataMessage::Recovered`] when `recovering`.
+    pub(crate) fn recovering(mut self, recovering: bool) -> Self {
+        self.recovering = recovering;
         self
     }
 
@@ -239,7 +266,7 @@ impl Shard {
                 let run = self
                     .runs
                     .entry(run_id)
-                    .or_insert_with(|| RunState::new(experiment_id, Vec::new(), Vec::new()));
+                    .or_insert_with(|| new_run(experiment_id));
                 let held_before = run.active.bytes();
                 run.apply(lsn, &batch);
                 let grown = run.active.bytes().saturating_sub(held_before);
@@ -260,6 +287,25 @@ impl Shard {
                 }
                 self.shed_if_over_budget();
             }
+            DataMessage::Rewind {
+                run_id,
+                experiment_id,
+                lsn,
+                step,
+            } => {
+                self.runs
+                    .entry(run_id)
+                    .or_insert_with(|| new_run(experiment_id));
+                // The points before the rewind go to a chunk of their own.
+                self.freeze(run_id);
+                if let Some(run) = self.runs.get_mut(&run_id)
+                    && run.rewind(lsn, step)
+                {
+                    tracing::info!(%run_id, lsn, step, "run rewound");
+                    self.live.publish_rewind(run_id, lsn, step);
+                }
+            }
+            DataMessage::Recovered => self.recovering = false,
             DataMessage::Checkpoint(reply) => {
                 let oldest = self
                     .runs
@@ -284,15 +330,7 @@ impl Shard {
             ControlMessage::ReadSeries { run_id, key, reply } => {
                 let sources = match self.runs.get(&run_id) {
                     Some(run) => run.sources_for(&key),
-                    None => SeriesSources {
-                        files: Vec::new(),
-                        frozen: Vec::new(),
-                        key_id: None,
-                        sealed: Vec::new(),
-                        active: MetricSeries::default(),
-                        applied_lsn: 0,
-                        summary: None,
-                    },
+                    None => SeriesSources::empty(),
                 };
                 let _ = reply.send(sources);
             }
@@ -303,6 +341,13 @@ impl Shard {
                     .map(RunState::summaries)
                     .unwrap_or_default();
                 let _ = reply.send(summaries);
+            }
+            ControlMessage::ShownSummaries { run_id, reply } => {
+                let view = match self.runs.get(&run_id) {
+                    Some(run) => run.summary_view(),
+                    None => super::SummaryView::Complete(Vec::new()),
+                };
+                let _ = reply.send(view);
             }
             ControlMessage::SnapshotPoints { runs, reply } => {
                 let selected = selected_runs(&runs);
@@ -320,10 +365,10 @@ impl Shard {
                     .runs
                     .iter()
                     .filter(|(run_id, _)| selected(run_id))
-                    .map(|(run_id, run)| RunSummaries {
+                    .map(|(run_id, run)| RunSummaryView {
                         run_id: *run_id,
                         experiment_id: run.experiment_id,
-                        keys: run.summaries(),
+                        view: run.summary_view(),
                     })
                     .collect();
                 let _ = reply.send(snapshot);
@@ -380,7 +425,11 @@ impl Shard {
         let compactable: Vec<RunId> = self
             .runs
             .iter()
-            .filter(|(_, run)| !run.compacting && run.frozen.is_empty() && run.files.len() > 1)
+            .filter(|(_, run)| {
+                !run.compacting
+                    && run.frozen.is_empty()
+                    && run.files.len() > run.first_file_after_rewinds() + 1
+            })
             .map(|(run_id, _)| *run_id)
             .collect();
         for run_id in compactable {
@@ -525,7 +574,7 @@ impl Shard {
         let Some(run) = self.runs.get_mut(&run_id) else {
             return;
         };
-        if run.compacting || !run.frozen.is_empty() || run.files.len() < 2 {
+        if self.recovering || run.compacting || !run.frozen.is_empty() || run.files.len() < 2 {
             return;
         }
         if run
@@ -535,11 +584,14 @@ impl Shard {
             return;
         }
         let finished = run.ended && run.active.rows() == 0;
-        if !finished && run.files.len() < self.config.compact_after_files {
+        // Files logged before a rewind are never merged with later ones
+        // (their caps differ); only the files after the newest rewind are.
+        let files = &run.files[run.first_file_after_rewinds()..];
+        if files.len() < 2 || (!finished && files.len() < self.config.compact_after_files) {
             return;
         }
         let inputs = compaction_inputs(
-            &run.files,
+            files,
             finished,
             self.config.flush_rows as u64,
             self.config.compact_after_files * FULL_FILE_FANOUT_FACTOR,

@@ -39,6 +39,23 @@ impl MetricSeries {
         self.values.extend_from_slice(&other.values);
     }
 
+    /// Drops the points from index `from` on whose step lies outside
+    /// `low..=high`, keeping the order of the others.
+    pub fn retain_steps_from(&mut self, from: usize, low: i64, high: i64) {
+        let mut kept = from;
+        for row in from..self.steps.len() {
+            if (low..=high).contains(&self.steps[row]) {
+                self.steps[kept] = self.steps[row];
+                self.timestamps[kept] = self.timestamps[row];
+                self.values[kept] = self.values[row];
+                kept += 1;
+            }
+        }
+        self.steps.truncate(kept);
+        self.timestamps.truncate(kept);
+        self.values.truncate(kept);
+    }
+
     /// Restores `(step, timestamp)` order after parts were appended; stable,
     /// so ties keep the order in which the parts were appended.
     pub fn sort_by_step_and_time(&mut self) {

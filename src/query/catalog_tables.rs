@@ -16,7 +16,8 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 
 use crate::catalog::CatalogState;
-use crate::model::{Experiment, Run};
+use crate::catalog::continuity::Rewind;
+use crate::model::{Experiment, ExperimentId, Run, RunId};
 use crate::storage::schema::TIMEZONE;
 
 /// Tag holding a run's parent run id (MLflow's convention).
@@ -155,6 +156,7 @@ pub fn register(context: &SessionContext, catalog: &CatalogState) -> DfResult<us
         ("artifacts", artifacts_batch(catalog)?),
         ("artifact_properties", artifact_properties_batch(catalog)?),
         ("events", events_batch(catalog)?),
+        ("rewinds", rewinds_batch(catalog)?),
     ];
     let mut bytes = 0;
     for (name, batch) in tables {
@@ -357,4 +359,51 @@ fn events_batch(catalog: &CatalogState) -> DfResult<RecordBatch> {
         Arc::new(times.finish()),
     ];
     Ok(RecordBatch::try_new(events_schema(), columns)?)
+}
+
+/// Schema of `rewinds`: one row per rewind of a run.
+pub fn rewinds_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    cached_schema(&SCHEMA, || {
+        vec![
+            text("run_id"),
+            text("experiment_id"),
+            Field::new("step", DataType::Int64, false),
+            Field::new("time", timestamp_type(), false),
+        ]
+    })
+}
+
+fn rewinds_batch(catalog: &CatalogState) -> DfResult<RecordBatch> {
+    let mut run_ids = StringBuilder::new();
+    let mut experiment_ids = StringBuilder::new();
+    let mut steps = Int64Builder::new();
+    let mut times = TimestampMillisecondBuilder::new().with_timezone(TIMEZONE);
+    let mut rows: Vec<(RunId, ExperimentId, Rewind)> = catalog
+        .continuity()
+        .all_rewinds()
+        .filter_map(|(run_id, rewinds)| {
+            let experiment_id = catalog.run(run_id)?.experiment_id;
+            Some(
+                rewinds
+                    .iter()
+                    .map(move |rewind| (run_id, experiment_id, *rewind)),
+            )
+        })
+        .flatten()
+        .collect();
+    rows.sort_by_key(|(run_id, _, rewind)| (*run_id, rewind.lsn));
+    for (run_id, experiment_id, rewind) in rows {
+        run_ids.append_value(run_id.to_string());
+        experiment_ids.append_value(experiment_id.to_string());
+        steps.append_value(rewind.step);
+        times.append_value(rewind.time);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(run_ids.finish()),
+        Arc::new(experiment_ids.finish()),
+        Arc::new(steps.finish()),
+        Arc::new(times.finish()),
+    ];
+    Ok(RecordBatch::try_new(rewinds_schema(), columns)?)
 }

@@ -59,6 +59,9 @@ pub(crate) struct ScanFile {
     pub experiment_id: String,
     /// Its `run_id`.
     pub run_id: String,
+    /// The steps of the file the scan may return (a rewind hides the rest
+    /// from `metrics`; `rewound_metrics` returns only those).
+    pub steps: (i64, i64),
 }
 
 /// Reads metric files; see the module documentation.
@@ -288,7 +291,12 @@ impl PartitionScan {
     /// Opens `file` for reading the rows that may pass; `None` when none
     /// can.
     fn open(&mut self, file: &ScanFile) -> DfResult<Option<OpenFile>> {
-        if self.filter.is_nothing() {
+        let filter = if file.steps == (i64::MIN, i64::MAX) {
+            Arc::clone(&self.filter)
+        } else {
+            Arc::new(self.filter.within_steps(file.steps.0, file.steps.1))
+        };
+        if filter.is_nothing() {
             return Ok(None);
         }
         let external =
@@ -300,12 +308,12 @@ impl PartitionScan {
         let everything = std::iter::once(0..total_rows).collect::<Vec<_>>();
         // The rows to read, and whether their keys and steps need checking.
         let (ranges, check_keys, check_steps) = match file.file.aggregates() {
-            _ if self.filter.is_everything() => (everything, false, false),
+            _ if filter.is_everything() => (everything, false, false),
             Some(aggregates) => {
                 let mut ranges: Vec<Range<u64>> = Vec::new();
                 let mut all_whole = true;
                 for key in &aggregates.keys {
-                    for (range, whole) in self.filter.key_rows(key) {
+                    for (range, whole) in filter.key_rows(key) {
                         all_whole &= whole;
                         push_range(&mut ranges, range);
                     }
@@ -314,12 +322,12 @@ impl PartitionScan {
             }
             // Files written before block aggregates: key row ranges from
             // the key summaries, when they check out.
-            None => match summary_ranges(&metadata, &self.filter, total_rows) {
-                Some(ranges) => (ranges, false, self.filter.restricts_steps()),
+            None => match summary_ranges(&metadata, &filter, total_rows) {
+                Some(ranges) => (ranges, false, filter.restricts_steps()),
                 None => (
                     everything,
-                    self.filter.restricts_keys(),
-                    self.filter.restricts_steps(),
+                    filter.restricts_keys(),
+                    filter.restricts_steps(),
                 ),
             },
         };
@@ -407,7 +415,7 @@ impl PartitionScan {
             ));
         }
         if let Some(step_leaf) = step_leaf {
-            let filter = Arc::clone(&self.filter);
+            let filter = Arc::clone(&filter);
             let predicate = ArrowPredicateFn::new(
                 ProjectionMask::leaves(parquet_schema, [step_leaf]),
                 move |batch: RecordBatch| filter.step_mask(batch.column(0)),
@@ -933,6 +941,7 @@ mod tests {
                 file,
                 experiment_id: experiment.to_string(),
                 run_id: run.to_string(),
+                steps: (i64::MIN, i64::MAX),
             });
             sources.push((points, experiment, run));
         }
@@ -972,6 +981,7 @@ mod tests {
             file,
             experiment_id: "1".to_string(),
             run_id: "r".to_string(),
+            steps: (i64::MIN, i64::MAX),
         };
         let (limited, _) = scan(vec![vec![scan_file.clone()]], &[1, 3], &[], Some(7), 4);
         assert_eq!(limited.iter().map(RecordBatch::num_rows).sum::<usize>(), 7);
@@ -1022,6 +1032,7 @@ mod tests {
             file,
             experiment_id: "1".to_string(),
             run_id: "r".to_string(),
+            steps: (i64::MIN, i64::MAX),
         };
         for filters in [
             vec![col("key").eq(lit("absent"))],

@@ -42,6 +42,7 @@ use super::metric_scan::{MetricFileScanExec, ScanFile, constant_id};
 use super::run_filter::{self, EXPERIMENT_ID, RUN_ID, RunList};
 use super::scan_filter::ScanFilter;
 use crate::engine::Engine;
+use crate::ingest::rewinds::RewoundPoints;
 use crate::ingest::{BYTES_PER_POINT, RunPoints};
 use crate::storage::PersistedFile;
 use crate::storage::schema::metric_file_schema;
@@ -73,10 +74,13 @@ pub fn metrics_schema() -> SchemaRef {
     }))
 }
 
-/// The `metrics` table of one query.
+/// The `metrics` table of one query (the points reads show), or
+/// `rewound_metrics` (the points a rewind hid, kept until `stepstore gc`).
 pub struct MetricsTable {
     engine: Arc<Engine>,
     runs: RunList,
+    /// Which points: those shown (`metrics`) or only the hidden ones.
+    rewound: RewoundPoints,
     /// Files read by this query's scans, held until the query ends.
     held_files: Mutex<Vec<Arc<PersistedFile>>>,
     /// Memory of the buffer copies, counted against the query's limit
@@ -87,10 +91,11 @@ pub struct MetricsTable {
 impl MetricsTable {
     /// The table over `engine`'s metrics; `runs` are the runs the query
     /// may choose from.
-    pub(crate) fn new(engine: Arc<Engine>, runs: RunList) -> Self {
+    pub(crate) fn new(engine: Arc<Engine>, runs: RunList, rewound: RewoundPoints) -> Self {
         MetricsTable {
             engine,
             runs,
+            rewound,
             held_files: Mutex::new(Vec::new()),
             held_memory: Mutex::new(Vec::new()),
         }
@@ -207,7 +212,8 @@ impl TableProvider for MetricsTable {
         {
             inputs.push(files);
         }
-        let buffered = buffered_partitions(&mut points, partitions, batch_size, &filter)?;
+        let buffered =
+            buffered_partitions(&mut points, partitions, batch_size, &filter, self.rewound)?;
         if buffered.iter().any(|partition| !partition.is_empty()) {
             let memory =
                 MemorySourceConfig::try_new(&buffered, schema, Some(projection))?.with_limit(limit);
@@ -235,13 +241,17 @@ impl MetricsTable {
         for run in points {
             let experiment_id = run.experiment_id.to_string();
             let run_id = run.run_id.to_string();
-            for file in &run.files {
+            for (file, cap) in run.files.iter().zip(&run.file_caps) {
+                let Some(steps) = self.rewound.steps(*cap) else {
+                    continue;
+                };
                 files.push((
                     file.bytes(),
                     ScanFile {
                         file: Arc::clone(file),
                         experiment_id: experiment_id.clone(),
                         run_id: run_id.clone(),
+                        steps,
                     },
                 ));
             }
@@ -285,6 +295,7 @@ fn buffered_partitions(
     partitions: usize,
     batch_size: usize,
     filter: &ScanFilter,
+    rewound: RewoundPoints,
 ) -> DfResult<Vec<Vec<RecordBatch>>> {
     let schema = metrics_schema();
     let mut out: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
@@ -295,7 +306,7 @@ fn buffered_partitions(
         }
         let experiment = run.experiment_id.to_string();
         let run_id = run.run_id.to_string();
-        for batch in run.take_buffered_batches()? {
+        for batch in run.take_buffered_batches(rewound)? {
             // The filters the scan applies exactly apply to buffers too.
             let batch = filter.filter_batch(batch, true, true)?;
             let mut offset = 0;

@@ -53,6 +53,7 @@ use tokio::sync::Semaphore;
 
 use crate::engine::{Engine, EngineError};
 use crate::error_kind::{Classify, ErrorKind};
+use crate::ingest::rewinds::RewoundPoints;
 use crate::model::ExperimentId;
 use output::{OutputFormat, ResultEncoder};
 
@@ -434,6 +435,17 @@ impl QueryService {
                 Arc::new(metrics_table::MetricsTable::new(
                     Arc::clone(&self.engine),
                     runs.clone(),
+                    RewoundPoints::Hidden,
+                )),
+            )
+            .map_err(internal)?;
+        context
+            .register_table(
+                "rewound_metrics",
+                Arc::new(metrics_table::MetricsTable::new(
+                    Arc::clone(&self.engine),
+                    runs.clone(),
+                    RewoundPoints::Only,
                 )),
             )
             .map_err(internal)?;

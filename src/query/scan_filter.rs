@@ -85,6 +85,14 @@ impl ScanFilter {
         combined
     }
 
+    /// The filter with its step range narrowed to `low..=high`.
+    pub(crate) fn within_steps(&self, low: i64, high: i64) -> ScanFilter {
+        ScanFilter {
+            keys: self.keys.clone(),
+            steps: (*self.steps.start()).max(low)..=(*self.steps.end()).min(high),
+        }
+    }
+
     /// Whether every row passes (no filter handled).
     pub(crate) fn is_everything(&self) -> bool {
         self.keys.is_none() && !self.restricts_steps()

@@ -64,6 +64,9 @@ pub enum FollowEvent {
     /// Points: stored ones (one key at a time, in step order) or one
     /// acknowledged batch.
     Points(Vec<FollowPoint>),
+    /// The run was rewound to this step: drop the points already received
+    /// with a greater step; the points that take their place follow.
+    Rewound(i64),
     /// The run ended with this status; nothing follows.
     End(RunStatus),
     /// The follower fell behind; reconnect with `after_step`.
@@ -142,8 +145,8 @@ async fn follow_inner(
             let sender = events.clone();
             let runtime = tokio::runtime::Handle::current();
             let (sent_max, open) = tokio::task::spawn_blocking(move || {
-                let (files, buffered) = sources.into_parts();
-                let snapshot = SeriesSnapshot::new(&key, files, buffered);
+                let (files, caps, buffered) = sources.into_parts();
+                let snapshot = SeriesSnapshot::new(&key, files, buffered).with_file_caps(caps);
                 send_stored(&snapshot, lower, &|event| {
                     runtime.block_on(send(&sender, event))
                 })
@@ -205,6 +208,12 @@ async fn follow_inner(
                     }
                     max_step = max_step.max(points.iter().map(|point| point.step).max());
                     if !send(events, FollowEvent::Points(points)).await {
+                        return Ok(());
+                    }
+                }
+                LiveEvent::Rewound { step, .. } => {
+                    max_step = max_step.map(|max| max.min(*step));
+                    if !send(events, FollowEvent::Rewound(*step)).await {
                         return Ok(());
                     }
                 }

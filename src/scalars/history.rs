@@ -14,6 +14,7 @@ use std::cmp::Ordering;
 use super::ScalarError;
 use super::stream::{SeriesSnapshot, StepBounds};
 use crate::engine::Engine;
+use crate::ingest::rewinds::RewoundPoints;
 use crate::model::{MetricSeries, RunId};
 
 /// Takes one point (step, timestamp, value) of a page; returns `false` to
@@ -29,15 +30,15 @@ pub struct History {
 /// Captures the points of `key` in run `run_id` as of now. An unknown run
 /// is an error; a key the run does not have is an empty history.
 pub async fn history(engine: &Engine, run_id: RunId, key: &str) -> Result<History, ScalarError> {
-    let sources = engine.series_sources(run_id, key).await?;
-    let len = sources
-        .summary()
-        .map_or(0, |summary| summary.count as usize);
+    let (sources, summary) = engine
+        .key_sources(run_id, key, RewoundPoints::Hidden)
+        .await?;
+    let len = summary.map_or(0, |summary| summary.count as usize);
     let key = key.to_string();
     tokio::task::spawn_blocking(move || {
-        let (files, buffered) = sources.into_shared();
+        let (files, caps, buffered) = sources.into_shared();
         History {
-            snapshot: SeriesSnapshot::shared(&key, files, buffered),
+            snapshot: SeriesSnapshot::shared(&key, files, buffered).with_file_caps(caps),
             len,
         }
     })

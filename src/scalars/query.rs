@@ -29,6 +29,7 @@ use super::smoothing::Ema;
 use super::stream::{PointSink, SeriesSnapshot, StepBounds};
 use super::{KeyPattern, ScalarError};
 use crate::engine::Engine;
+use crate::ingest::rewinds::RewoundPoints;
 use crate::model::{KeySummary, RunId};
 use crate::storage::{BlockAggregate, BlockPoint};
 
@@ -96,6 +97,8 @@ pub struct SeriesParams {
     pub max_points: usize,
     /// EMA weight in `[0, 1)`, when smoothing.
     pub smoothing: Option<f64>,
+    /// Whether the points a rewind hid are read too.
+    pub rewound: RewoundPoints,
 }
 
 impl Default for SeriesParams {
@@ -106,6 +109,7 @@ impl Default for SeriesParams {
             end: None,
             max_points: DEFAULT_MAX_POINTS,
             smoothing: None,
+            rewound: RewoundPoints::Hidden,
         }
     }
 }
@@ -412,13 +416,12 @@ pub async fn read_series(
     params: &SeriesParams,
 ) -> Result<ScalarSeries, ScalarError> {
     params.validate()?;
-    let sources = engine.series_sources(run_id, key).await?;
-    let summary = sources.summary();
+    let (sources, summary) = engine.key_sources(run_id, key, params.rewound).await?;
     let key = key.to_string();
     let params = *params;
     tokio::task::spawn_blocking(move || {
-        let (files, buffered) = sources.into_shared();
-        let snapshot = SeriesSnapshot::shared(&key, files, buffered);
+        let (files, caps, buffered) = sources.into_shared();
+        let snapshot = SeriesSnapshot::shared(&key, files, buffered).with_file_caps(caps);
         read_snapshot(&snapshot, summary.as_ref(), &params)
     })
     .await
@@ -744,6 +747,116 @@ mod tests {
         assert!(
             summarised > 50,
             "the planned reads used aggregates ({summarised} blocks)"
+        );
+    }
+
+    #[test]
+    fn files_capped_by_a_rewind_read_like_their_shown_points_alone() {
+        let mut summarised = 0usize;
+        for seed in 0..16u64 {
+            let mut rng = SmallRng::seed_from_u64(1000 + seed);
+            let dir = tempfile::tempdir().unwrap();
+            let mut shown = MetricSeries::default();
+            let mut files = Vec::new();
+            let mut caps = Vec::new();
+            let mut next_step = 0i64;
+            for seq in 1..=rng.random_range(1..5u64) {
+                // Each rewind sends the trainer back before the file's end;
+                // it usually goes on from the step after the rewind.
+                let first = if rng.random_bool(0.8) {
+                    next_step
+                } else {
+                    rng.random_range(0..=next_step)
+                };
+                let count = rng.random_range(1..30_000);
+                let mut points = random_run(&mut rng, "k", first, count);
+                let last = points.iter().map(|p| p.1).max().unwrap();
+                let cap = match rng.random_range(0..4) {
+                    0 => None,
+                    1 => Some(first - 1),
+                    _ => Some(rng.random_range(first..=last)),
+                };
+                for point in &points {
+                    if cap.is_none_or(|cap| point.1 <= cap) {
+                        shown.push(point.1, point.2, point.3);
+                    }
+                }
+                next_step = next_step.max(cap.unwrap_or(last) + 1);
+                let others = rng.random_range(0..2000);
+                points.extend(random_run(&mut rng, "z", 0, others));
+                files.push(write_file(
+                    dir.path(),
+                    seq,
+                    &points,
+                    seed % 4 != 3 || seq != 1,
+                ));
+                caps.push(cap);
+            }
+            let buffered_count = rng.random_range(0..3000);
+            let buffered = random_run(&mut rng, "k", next_step, buffered_count);
+            let mut copy = MetricSeries::default();
+            for (_, step, timestamp, value) in &buffered {
+                copy.push(*step, *timestamp, *value);
+                shown.push(*step, *timestamp, *value);
+            }
+            shown.sort_by_step_and_time();
+            let capped = SeriesSnapshot::new("k", files, copy).with_file_caps(caps);
+            let reference = SeriesSnapshot::new("k", Vec::new(), shown.clone());
+            if shown.is_empty() {
+                assert!(
+                    capped
+                        .collect_merged(StepBounds::default(), true)
+                        .is_empty()
+                );
+                continue;
+            }
+            let min_step = *shown.steps.iter().min().unwrap();
+            let max_step = *shown.steps.iter().max().unwrap();
+            for round in 0..8 {
+                let max_points = [4, 8, 17, 100, 1000, 40_000][rng.random_range(0..6)];
+                let (lo, hi) = if round == 0 {
+                    (min_step, max_step)
+                } else {
+                    let a = rng.random_range(min_step..=max_step);
+                    let b = rng.random_range(min_step..=max_step);
+                    (a.min(b), a.max(b))
+                };
+                let bounds = StepBounds {
+                    lower: Some(lo),
+                    upper: Some(hi),
+                };
+                let params = SeriesParams {
+                    max_points,
+                    ..SeriesParams::default()
+                };
+                let context = format!("seed {seed} round {round} [{lo}, {hi}] max {max_points}");
+                let expected = read_full(&reference, lo, hi, bounds, &params).unwrap();
+                let full = read_full(&capped, lo, hi, bounds, &params).unwrap();
+                assert_eq!(comparable(&full), comparable(&expected), "{context}");
+                if let Some(planned) = read_planned(&capped, lo, hi, max_points).unwrap() {
+                    assert_eq!(comparable(&planned), comparable(&expected), "{context}");
+                    assert_eq!(planned.total, expected.total, "{context}");
+                }
+                for with_aggregates in [true, false] {
+                    let merged = capped.collect_merged(bounds, with_aggregates);
+                    let wanted = reference.collect_merged(bounds, false);
+                    assert_eq!(merged.steps, wanted.steps, "{context}");
+                    assert_eq!(merged.timestamps, wanted.timestamps, "{context}");
+                }
+                let grid = Downsampler::new(lo, hi, max_points);
+                if let Some(plan) =
+                    capped.plan_step_read(lo, hi, max_points, &|a, b| grid.same_bucket(a, b))
+                {
+                    summarised += plan.summarised_blocks();
+                }
+            }
+            let first = *shown.timestamps.iter().min().unwrap();
+            let last = *shown.timestamps.iter().max().unwrap();
+            assert_eq!(capped.timestamp_range().unwrap(), Some((first, last)));
+        }
+        assert!(
+            summarised > 20,
+            "capped files still summarise whole shown blocks ({summarised})"
         );
     }
 

@@ -512,6 +512,9 @@ impl BlockSource for FileSource {
 pub struct SeriesSnapshot {
     key: String,
     files: Vec<Arc<PersistedFile>>,
+    /// Per file: the greatest step a read shows (a rewind hides the rest;
+    /// empty or `None`: every step).
+    caps: Vec<Option<i64>>,
     buffered: Buffered,
 }
 
@@ -676,8 +679,38 @@ impl SeriesSnapshot {
         SeriesSnapshot {
             key: key.to_string(),
             files,
+            caps: Vec::new(),
             buffered: Buffered::Sorted(Block::from_series(buffered)),
         }
+    }
+
+    /// The same snapshot showing, of each file, only the steps up to its
+    /// cap (`caps[i]` for `files[i]`, from
+    /// [`crate::ingest::SeriesSources`]): what a rewind leaves shown.
+    pub fn with_file_caps(mut self, caps: Vec<Option<i64>>) -> Self {
+        self.caps = caps;
+        self
+    }
+
+    /// File `index`'s cap.
+    fn cap(&self, index: usize) -> Option<i64> {
+        self.caps.get(index).copied().flatten()
+    }
+
+    /// `bounds` narrowed to what file `index` shows; `None` when it shows
+    /// nothing of them.
+    fn file_bounds(&self, index: usize, bounds: StepBounds) -> Option<StepBounds> {
+        let Some(cap) = self.cap(index) else {
+            return Some(bounds);
+        };
+        let upper = bounds.upper.map_or(cap, |upper| upper.min(cap));
+        if bounds.lower.is_some_and(|lower| lower > upper) {
+            return None;
+        }
+        Some(StepBounds {
+            lower: bounds.lower,
+            upper: Some(upper),
+        })
     }
 
     /// A snapshot of `key` that shares the buffer's segments: when the
@@ -728,6 +761,7 @@ impl SeriesSnapshot {
         SeriesSnapshot {
             key: key.to_string(),
             files,
+            caps: Vec::new(),
             buffered: Buffered::Blocks {
                 key_id,
                 blocks,
@@ -788,7 +822,10 @@ impl SeriesSnapshot {
         sink: &mut SliceSink<'_>,
     ) -> Result<(), ScalarError> {
         let mut sources: Vec<Box<dyn BlockSource>> = Vec::with_capacity(self.files.len() + 1);
-        for file in &self.files {
+        for (index, file) in self.files.iter().enumerate() {
+            let Some(bounds) = self.file_bounds(index, bounds) else {
+                continue;
+            };
             if with_aggregates {
                 sources.extend(full_file_source(file, &self.key, bounds)?);
             } else {
@@ -827,14 +864,18 @@ impl SeriesSnapshot {
             let (old_low, old_high) = range.unwrap_or((low, high));
             range = Some((old_low.min(low), old_high.max(high)));
         };
-        for file in &self.files {
-            if let Some(aggregates) = file.aggregates() {
+        for (index, file) in self.files.iter().enumerate() {
+            // A capped file's blocks may hold hidden rows: it is read.
+            if let Some(aggregates) = file.aggregates().filter(|_| self.cap(index).is_none()) {
                 for block in aggregates.key(&self.key).iter().flat_map(|key| &key.blocks) {
                     widen(block.min_timestamp, block.max_timestamp);
                 }
                 continue;
             }
-            let mut source = FileSource::new(Arc::clone(file), &self.key, StepBounds::default())?;
+            let Some(bounds) = self.file_bounds(index, StepBounds::default()) else {
+                continue;
+            };
+            let mut source = FileSource::new(Arc::clone(file), &self.key, bounds)?;
             while let Some(item) = source.next_item()? {
                 if let Item::Rows(block) = item {
                     fold_timestamps(&block.timestamps, &mut widen);
@@ -871,25 +912,38 @@ impl SeriesSnapshot {
         };
         let mut any_aggregates = matches!(self.buffered, Buffered::Blocks { .. });
         // Per file: its blocks of the key (with their first file row), or
-        // `None` for a file without aggregates; and the spans of its points
-        // other sources are checked against.
-        let mut files: Vec<(Option<Vec<StartedBlock>>, Vec<Span>)> = Vec::new();
-        for file in &self.files {
+        // `None` for a file without aggregates; the spans of its points
+        // other sources are checked against; and the bounds it shows (a
+        // rewind may cap them), `None` when it shows nothing of the range.
+        let mut files: Vec<PlannedFile> = Vec::new();
+        for (index, file) in self.files.iter().enumerate() {
+            let Some(file_bounds) = self.file_bounds(index, bounds) else {
+                files.push((Some(Vec::new()), Vec::new(), None));
+                continue;
+            };
+            let cap = self.cap(index);
             match file.aggregates() {
                 Some(aggregates) => {
                     any_aggregates = true;
                     let blocks: Vec<StartedBlock> = match aggregates.key(&self.key) {
-                        Some(key) => key.block_starts().zip(key.blocks.iter().copied()).collect(),
+                        Some(key) => key
+                            .block_starts()
+                            .zip(key.blocks.iter().copied())
+                            .filter(|(_, block)| cap.is_none_or(|cap| block.first.step <= cap))
+                            .collect(),
                         None => Vec::new(),
                     };
+                    // A block a rewind cuts shows nothing past the cap.
                     let spans = blocks
                         .iter()
                         .map(|(_, block)| Span {
                             start: block.first.position(),
-                            end: block.last.position(),
+                            end: cap.map_or(block.last.position(), |cap| {
+                                block.last.position().min((cap, i64::MAX))
+                            }),
                         })
                         .collect();
-                    files.push((Some(blocks), spans));
+                    files.push((Some(blocks), spans, Some(file_bounds)));
                 }
                 None => {
                     // One span over the row groups that may hold the key
@@ -897,7 +951,7 @@ impl SeriesSnapshot {
                     // A footer that cannot be read sends the read to the
                     // full scan, which reports it.
                     let footer = file_footer(file).ok()?;
-                    let spans = candidate_row_groups(&footer, &self.key, bounds)
+                    let spans = candidate_row_groups(&footer, &self.key, file_bounds)
                         .iter()
                         .map(|candidate| candidate.steps.unwrap_or((i64::MIN, i64::MAX)))
                         .reduce(|a, b| (a.0.min(b.0), a.1.max(b.1)))
@@ -907,7 +961,7 @@ impl SeriesSnapshot {
                         })
                         .into_iter()
                         .collect();
-                    files.push((None, spans));
+                    files.push((None, spans, Some(file_bounds)));
                 }
             }
         }
@@ -916,12 +970,16 @@ impl SeriesSnapshot {
         }
         let buffered_in_range = self.buffered.known_in_range(lo, hi);
         let inside = |block: &BlockAggregate| lo <= block.first.step && block.last.step <= hi;
+        // Inside the range a file shows (its upper bound is at most `hi`).
+        let inside_file = |block: &BlockAggregate, shown: &StepBounds| {
+            inside(block) && shown.upper.is_none_or(|upper| block.last.step <= upper)
+        };
         let known_in_range: u64 = files
             .iter()
-            .filter_map(|(blocks, _)| blocks.as_ref())
-            .flatten()
-            .filter(|(_, block)| inside(block))
-            .map(|(_, block)| u64::from(block.rows))
+            .filter_map(|(blocks, _, shown)| Some((blocks.as_ref()?, shown.as_ref()?)))
+            .flat_map(|(blocks, shown)| blocks.iter().map(move |(_, block)| (block, shown)))
+            .filter(|(block, shown)| inside_file(block, shown))
+            .map(|(block, _)| u64::from(block.rows))
             .sum::<u64>()
             + buffered_in_range;
         // Aggregates only when the downsampler is sure to bucket: a range
@@ -929,16 +987,20 @@ impl SeriesSnapshot {
         let summarise = max_points > 0 && known_in_range > max_points as u64;
         let mut sources: Vec<Box<dyn BlockSource>> = Vec::with_capacity(files.len() + 1);
         let mut summarised = 0usize;
-        for (index, (file, (blocks, _))) in self.files.iter().zip(&files).enumerate() {
+        for (index, (file, (blocks, _, shown))) in self.files.iter().zip(&files).enumerate() {
+            let Some(shown) = *shown else {
+                continue;
+            };
             let Some(blocks) = blocks else {
                 sources.push(Box::new(
-                    FileSource::new(Arc::clone(file), &self.key, bounds).ok()?,
+                    FileSource::new(Arc::clone(file), &self.key, shown).ok()?,
                 ));
                 continue;
             };
+            let shown_hi = shown.upper.unwrap_or(hi);
             let mut planned = Vec::new();
             for &(first_row, block) in blocks {
-                if block.last.step < lo || block.first.step > hi {
+                if block.last.step < lo || block.first.step > shown_hi {
                     continue;
                 }
                 let span = Span {
@@ -948,11 +1010,11 @@ impl SeriesSnapshot {
                 let alone = files
                     .iter()
                     .enumerate()
-                    .all(|(other, (_, spans))| other == index || !span.meets_any(spans))
+                    .all(|(other, (_, spans, _))| other == index || !span.meets_any(spans))
                     && !self.buffered.meets(&span);
                 let whole = summarise
                     && alone
-                    && inside(&block)
+                    && inside_file(&block, &shown)
                     && same_bucket(block.first.step, block.last.step);
                 summarised += usize::from(whole);
                 planned.push(PlannedBlock {
@@ -965,11 +1027,11 @@ impl SeriesSnapshot {
                 sources.push(Box::new(PlannedFileSource::new(
                     Arc::clone(file),
                     planned,
-                    bounds,
+                    shown,
                 )));
             }
         }
-        let all_spans: Vec<&[Span]> = files.iter().map(|(_, spans)| spans.as_slice()).collect();
+        let all_spans: Vec<&[Span]> = files.iter().map(|(_, spans, _)| spans.as_slice()).collect();
         let summarise_buffered = |block: &BlockAggregate| {
             let span = Span {
                 start: block.first.position(),
@@ -1044,6 +1106,10 @@ fn full_file_source(
 
 /// A file block and the file row it starts at.
 type StartedBlock = (u64, BlockAggregate);
+
+/// A file in a read plan: its blocks of the key (`None` without
+/// aggregates), the spans of its points, and the bounds it shows.
+type PlannedFile = (Option<Vec<StartedBlock>>, Vec<Span>, Option<StepBounds>);
 
 /// A closed span of `(step, timestamp)` positions.
 #[derive(Clone, Copy, Debug)]

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod connection;
+pub(crate) mod continuity;
 pub mod dashboard;
 pub mod error;
 pub mod extract;
@@ -110,6 +111,7 @@ fn router_with_counters(
         .merge(native::routes())
         .merge(ingest::routes())
         .merge(lineage::routes())
+        .merge(continuity::routes())
         .merge(mlflow::routes())
         .merge(scalars::routes(Arc::clone(&counters.streams)))
         .merge(tensorboard::routes())

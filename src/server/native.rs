@@ -125,6 +125,8 @@ struct RunWithMetrics {
     #[serde(flatten)]
     run: Run,
     metrics: BTreeMap<String, MetricSummaryJson>,
+    /// The run's rewinds, oldest first.
+    rewinds: Vec<super::continuity::RewindJson>,
 }
 
 /// Turns a JSON scalar into the string MLflow would store.
@@ -403,7 +405,16 @@ async fn get_run(
         .iter()
         .map(|(key, summary)| (key.clone(), MetricSummaryJson::from(summary)))
         .collect();
-    Ok(Json(RunWithMetrics { run, metrics }))
+    let rewinds = engine
+        .run_rewinds(id)
+        .iter()
+        .map(super::continuity::RewindJson::from)
+        .collect();
+    Ok(Json(RunWithMetrics {
+        run,
+        metrics,
+        rewinds,
+    }))
 }
 
 #[derive(Deserialize)]

@@ -22,6 +22,7 @@ use super::auth::Access;
 use super::error::ApiError;
 use super::extract::{json_body, run_id};
 use crate::engine::Engine;
+use crate::ingest::rewinds::RewoundPoints;
 use crate::model::RunId;
 use crate::model::float_json;
 use crate::scalars::follow::{FollowEvent, FollowPoint, FollowRequest, follow};
@@ -207,6 +208,28 @@ struct SeriesQuery {
     end: Option<String>,
     max_points: Option<String>,
     smoothing: Option<String>,
+    include_rewound: Option<String>,
+}
+
+/// `include_rewound`: whether a read returns the points a rewind hid.
+fn rewound_points(include: Option<bool>) -> RewoundPoints {
+    if include.unwrap_or(false) {
+        RewoundPoints::Included
+    } else {
+        RewoundPoints::Hidden
+    }
+}
+
+/// Parses a boolean query parameter (`true` or `false`).
+fn parse_flag(name: &str, text: Option<&str>) -> ApiResult<Option<bool>> {
+    match text {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(other) => Err(ApiError::invalid(format!(
+            "{name} must be true or false, got {other:?}"
+        ))),
+    }
 }
 
 impl SeriesQuery {
@@ -223,6 +246,10 @@ impl SeriesQuery {
             max_points: parse_number("max_points", self.max_points.as_deref())?
                 .unwrap_or(DEFAULT_MAX_POINTS),
             smoothing: parse_number("smoothing", self.smoothing.as_deref())?,
+            rewound: rewound_points(parse_flag(
+                "include_rewound",
+                self.include_rewound.as_deref(),
+            )?),
         };
         params.validate()?;
         Ok(params)
@@ -255,6 +282,7 @@ struct ScalarsRequest {
     end: Option<f64>,
     max_points: Option<usize>,
     smoothing: Option<f64>,
+    include_rewound: Option<bool>,
 }
 
 async fn query_scalars(
@@ -274,6 +302,7 @@ async fn query_scalars(
         end: request.end,
         max_points: request.max_points.unwrap_or(DEFAULT_MAX_POINTS),
         smoothing: request.smoothing,
+        rewound: rewound_points(request.include_rewound),
     };
     let runs = request
         .runs
@@ -334,6 +363,15 @@ fn points_event(points: &[FollowPoint], last_id: Option<i64>) -> Event {
 fn to_sse(event: &FollowEvent, last_id: Option<i64>) -> Event {
     match event {
         FollowEvent::Points(points) => points_event(points, last_id),
+        FollowEvent::Rewound(step) => {
+            let event = Event::default()
+                .event("rewind")
+                .data(json!({ "step": step }).to_string());
+            match last_id {
+                Some(last) => event.id(last.to_string()),
+                None => event,
+            }
+        }
         FollowEvent::End(status) => Event::default()
             .event("end")
             .data(json!({ "status": status.as_str() }).to_string()),
@@ -364,7 +402,9 @@ fn to_sse(event: &FollowEvent, last_id: Option<i64>) -> Event {
 /// ones after `after_step` first, then each new batch) and have the
 /// greatest step sent so far as their id, so a browser's `EventSource`
 /// resumes by itself (`Last-Event-ID` is taken as `after_step`, and wins
-/// over the `after_step` of the URL it reconnects to); `end`
+/// over the `after_step` of the URL it reconnects to); `rewind` tells
+/// that the run was rewound to `step` (drop the points received past it;
+/// its id lowers the resume point to it); `end`
 /// closes the stream when the run ends; `error` reports a follower that
 /// fell behind (`resume_after_step`) or a failed read.
 async fn stream_run(
@@ -436,8 +476,13 @@ async fn stream_run(
         (receiver, after_step, slot),
         |(mut receiver, mut last_id, slot)| async move {
             let event = receiver.recv().await?;
-            if let FollowEvent::Points(points) = &event {
-                last_id = last_id.max(points.iter().map(|point| point.step).max());
+            match &event {
+                FollowEvent::Points(points) => {
+                    last_id = last_id.max(points.iter().map(|point| point.step).max());
+                }
+                // A reconnect resumes after the step rewound to.
+                FollowEvent::Rewound(step) => last_id = last_id.map(|last| last.min(*step)),
+                _ => {}
             }
             let sse = to_sse(&event, last_id);
             Some((Ok::<Event, Infallible>(sse), (receiver, last_id, slot)))

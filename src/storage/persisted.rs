@@ -127,6 +127,15 @@ impl PersistedFile {
         &self.lsn_ranges
     }
 
+    /// The newest WAL record whose points the file holds (0 for none).
+    pub fn newest_lsn(&self) -> Lsn {
+        self.lsn_ranges
+            .iter()
+            .map(|&(_, end)| end)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The footer, from the cache or read again from the file.
     pub fn footer(&self) -> Result<ArrowReaderMetadata, StorageError> {
         self.cached_footer().map(|footer| footer.metadata)

@@ -1077,3 +1077,53 @@ def test_run_created_by_mlflow_is_visible_to_native_api(client, experiment, base
     assert series["steps"] == list(range(31))
     assert series["values"][:30] == [0.5 + step / 100.0 for step in range(30)]
     assert series["values"][30] == "-Infinity"
+
+
+def test_a_preempted_run_resumes_and_rewinds_through_a_tag(client, experiment, base_url):
+    """The preemption story with the unchanged client: a run logged up to
+    step 212 is killed; it resumes from its checkpoint at step 200 by
+    setting the status back to RUNNING and the tag
+    `stepstore.rewind_to_step`; steps 201.. are logged again. Every read
+    shows each step once, with the new values; the hidden ones stay
+    readable natively."""
+    run = client.create_run(experiment.experiment_id)
+    run_id = run.info.run_id
+    for step in range(0, 213):
+        client.log_metric(run_id, "loss", 1.0 / (step + 1), step=step, timestamp=1000 + step)
+    client.set_terminated(run_id, "KILLED")
+    # The restarted trainer resumes the same run from its checkpoint.
+    client.update_run(run_id, status="RUNNING")
+    client.set_tag(run_id, "stepstore.rewind_to_step", "200")
+    for step in range(201, 260):
+        client.log_metric(run_id, "loss", -float(step), step=step, timestamp=5000 + step)
+    history = client.get_metric_history(run_id, "loss")
+    steps = sorted(metric.step for metric in history)
+    assert steps == list(range(0, 260)), "each step once"
+    by_step = {metric.step: metric.value for metric in history}
+    assert by_step[200] == 1.0 / 201
+    assert by_step[201] == -201.0 and by_step[212] == -212.0
+    latest = client.get_run(run_id).data.metrics["loss"]
+    assert latest == -259.0
+    assert client.get_run(run_id).data.tags["stepstore.rewind_to_step"] == "200"
+    # log_batch with the tag: the rewind comes before the batch's metrics.
+    client.log_batch(
+        run_id,
+        metrics=[Metric("loss", 7.0, 9000, 251)],
+        tags=[RunTag("stepstore.rewind_to_step", "250")],
+    )
+    history = client.get_metric_history(run_id, "loss")
+    assert sorted(metric.step for metric in history) == list(range(0, 252))
+    assert {metric.step: metric.value for metric in history}[251] == 7.0
+    # The hidden points are kept: 12 from the first rewind, 9 from the second.
+    response = requests.get(
+        f"{base_url}/api/v1/runs/{run_id}/metrics/loss",
+        params={"max_points": 0, "include_rewound": "true"},
+        timeout=HTTP_TIMEOUT,
+    )
+    assert response.status_code == 200, response.text
+    assert len(response.json()["steps"]) == 260 + 12 + 1
+    runs = client.search_runs([experiment.experiment_id], filter_string="metrics.loss = 7")
+    assert [found.info.run_id for found in runs] == [run_id]
+    with pytest.raises(MlflowException) as refused:
+        client.set_tag(run_id, "stepstore.rewind_to_step", "two hundred")
+    assert refused.value.error_code == "INVALID_PARAMETER_VALUE"

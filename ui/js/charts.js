@@ -38,6 +38,7 @@ export class ChartsView {
     this.perf = null;
     this.live = new Live({
       onPoints: (runId, points) => this.livePoints(runId, points),
+      onRewind: () => this.reloadCharts(),
       onEnd: (runId, status) => this.runEnded(runId, status),
       onPoll: (ids) => this.poll(ids),
       onChange: () => this.renderLive(),
@@ -326,6 +327,14 @@ export class ChartsView {
     if (!range || state.x === "relative_time") return true;
     const x = state.x === "step" ? point.step : point.timestamp / 1000;
     return x >= range[0] && x <= range[1];
+  }
+
+  /** Reads every chart again (a followed run was rewound); hidden charts on view. */
+  reloadCharts() {
+    for (const chart of this.charts.values()) {
+      if (chart.visible) chart.load();
+      else chart.stale = true;
+    }
   }
 
   runEnded(runId, status) {

@@ -74,6 +74,10 @@ class Stream {
       this.state = "live";
       this.points += data.points.length;
       this.live.onPoints(this.runId, data.points);
+    } else if (event.type === "rewind") {
+      // The run was rewound: its points past `step` are hidden; the charts
+      // read the run again, and the points that replace them follow.
+      this.live.onRewind(this.runId, data.step);
     } else if (event.type === "end") {
       this.closed = true;
       this.state = "ended";
@@ -115,12 +119,13 @@ class Stream {
 
 export class Live {
   /**
-   * `onPoints(runId, points)` for each batch, `onEnd(runId, status)` when a
-   * run ends, `onPoll()` every few seconds while runs beyond the stream limit
+   * `onPoints(runId, points)` for each batch, `onRewind(runId, step)` when a
+   * run is rewound, `onEnd(runId, status)` when a run ends, `onPoll()` every few seconds while runs beyond the stream limit
    * run, `onChange()` when a stream's state changes.
    */
-  constructor({ onPoints, onEnd, onPoll, onChange }) {
+  constructor({ onPoints, onRewind, onEnd, onPoll, onChange }) {
     this.onPoints = onPoints;
+    this.onRewind = onRewind;
     this.onEnd = onEnd;
     this.onPoll = onPoll;
     this.onChange = onChange;

@@ -16,6 +16,7 @@ use super::request::{
 use super::wire::{self, optional_i64};
 use crate::auth::Principal;
 use crate::engine::Engine;
+use crate::ingest::rewinds::RewoundPoints;
 use crate::model::RunId;
 use crate::model::validation::{KeyKind, validate_key};
 use crate::scalars::history::{self, History};
@@ -351,6 +352,7 @@ pub(super) async fn read_bulk_interval(
         end,
         max_points: budget.max(4),
         smoothing: None,
+        rewound: RewoundPoints::Hidden,
     };
     // An exact key, never a glob (`*` is not a key character).
     validate_key(KeyKind::Metric, &key).map_err(|error| invalid(error.to_string()))?;

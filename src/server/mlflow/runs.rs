@@ -422,15 +422,17 @@ pub(super) async fn log_batch(
     };
     engine.run_for(&access, run_id)?;
     // MLflow's order: params (where a conflict stops the request), then
-    // metrics, then tags.
+    // metrics, then tags; a rewind tag rewinds before the metrics, which
+    // then take the place of the hidden points.
     if !params.is_empty() {
         engine.log_params(run_id, params).await?;
     }
+    engine.apply_rewind_tag(run_id, &tags).await?;
     if !batch.is_empty() {
         engine.log_metrics(run_id, batch).await?;
     }
     if !tags.is_empty() {
-        engine.set_run_tags(run_id, tags).await?;
+        engine.record_run_tags(run_id, tags).await?;
     }
     Ok(empty())
 }

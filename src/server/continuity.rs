@@ -1,0 +1,72 @@
+//! Run continuity over HTTP: `POST /api/v1/runs/{id}/rewind {"step": N}`
+//! hides the points the run logged so far with a step past `N` (MLflow
+//! clients do the same by setting the tag `stepstore.rewind_to_step`).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::auth::Access;
+use super::error::ApiError;
+use super::extract::{json_body, run_id};
+use crate::catalog::continuity::Rewind;
+use crate::engine::Engine;
+
+type ApiResult<T> = Result<T, ApiError>;
+type EngineState = State<Arc<Engine>>;
+
+/// The continuity routes.
+pub fn routes() -> Router<Arc<Engine>> {
+    Router::new().route("/api/v1/runs/{run_id}/rewind", post(rewind_run))
+}
+
+/// A rewind as JSON.
+#[derive(Serialize)]
+pub struct RewindJson {
+    /// The step rewound to.
+    pub step: i64,
+    /// When, ms since the epoch.
+    pub time: i64,
+}
+
+impl From<&Rewind> for RewindJson {
+    fn from(rewind: &Rewind) -> Self {
+        RewindJson {
+            step: rewind.step,
+            time: rewind.time,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RewindRequest {
+    step: i64,
+}
+
+#[derive(Serialize)]
+struct RewindResponse {
+    run_id: String,
+    rewinds: Vec<RewindJson>,
+}
+
+async fn rewind_run(
+    State(engine): EngineState,
+    access: Access,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<RewindResponse>> {
+    let id = run_id(&id)?;
+    engine.check_run_access(&access, id)?;
+    let request: RewindRequest = json_body(body)?;
+    let rewinds = engine.rewind_run(id, request.step).await?;
+    Ok(Json(RewindResponse {
+        run_id: id.to_string(),
+        rewinds: rewinds.iter().map(RewindJson::from).collect(),
+    }))
+}

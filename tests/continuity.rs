@@ -1,0 +1,608 @@
+//! Rewinds, end to end: random histories of logged points and rewinds
+//! (native `POST /rewind`, MLflow `set-tag` and `log-batch` with the tag
+//! `stepstore.rewind_to_step`), with clean restarts and SIGKILLs between
+//! them and buffers small enough that points sit in files, frozen chunks
+//! and the active buffer alike. After each phase every read path is
+//! compared with a model of what must be shown: the scalar API (with and
+//! without `include_rewound`, and downsampled), MLflow `get-history`, the
+//! TensorBoard endpoint, SQL `metrics`, `rewound_metrics` and
+//! `latest_metrics`, and the run's key summaries.
+
+mod common;
+
+use common::{TestServer, json_to_f64};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+
+const KEYS: [&str; 2] = ["loss", "acc"];
+
+/// One logged point; `seq` orders points and rewinds as they were sent.
+#[derive(Clone, Copy, Debug)]
+struct Point {
+    key: usize,
+    step: i64,
+    timestamp: i64,
+    value: f64,
+    seq: u64,
+}
+
+/// What one run should show.
+#[derive(Default)]
+struct RunModel {
+    points: Vec<Point>,
+    /// `(seq, step)` of each rewind.
+    rewinds: Vec<(u64, i64)>,
+    /// The step the trainer logs next.
+    cursor: i64,
+}
+
+impl RunModel {
+    fn shown(&self, point: &Point) -> bool {
+        self.rewinds
+            .iter()
+            .all(|&(seq, step)| seq < point.seq || point.step <= step)
+    }
+
+    /// `(step, timestamp, value)` of the key's points, shown or hidden (or
+    /// every point), in `(step, timestamp)` order.
+    fn series(&self, key: usize, which: Which) -> Vec<(i64, i64, f64)> {
+        let mut out: Vec<(i64, i64, f64)> = self
+            .points
+            .iter()
+            .filter(|point| point.key == key)
+            .filter(|point| match which {
+                Which::Shown => self.shown(point),
+                Which::Hidden => !self.shown(point),
+                Which::All => true,
+            })
+            .map(|point| (point.step, point.timestamp, point.value))
+            .collect();
+        out.sort_by_key(|&(step, timestamp, _)| (step, timestamp));
+        out
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Which {
+    Shown,
+    Hidden,
+    All,
+}
+
+struct History {
+    runs: Vec<(String, RunModel)>,
+    seq: u64,
+    timestamp: i64,
+}
+
+impl History {
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// Points of the run's next steps (some steps logged again, as a
+    /// trainer's evaluation does).
+    fn new_points(&mut self, rng: &mut SmallRng, run: usize) -> Vec<Point> {
+        let count = rng.random_range(1..12);
+        let mut points = Vec::new();
+        for _ in 0..count {
+            let key = rng.random_range(0..KEYS.len());
+            let step = self.runs[run].1.cursor;
+            self.runs[run].1.cursor += rng.random_range(0..3);
+            self.timestamp += 1;
+            let seq = self.next_seq();
+            points.push(Point {
+                key,
+                step,
+                timestamp: self.timestamp,
+                value: f64::from(rng.random_range(-1000..1000)) / 8.0,
+                seq,
+            });
+        }
+        points
+    }
+
+    fn rewind_to(&mut self, rng: &mut SmallRng, run: usize) -> i64 {
+        let model = &self.runs[run].1;
+        let step = rng.random_range(-2..model.cursor.max(0) + 3);
+        let seq = self.next_seq();
+        let model = &mut self.runs[run].1;
+        model.rewinds.push((seq, step));
+        model.cursor = step + 1;
+        step
+    }
+}
+
+fn native_points(points: &[Point]) -> Value {
+    let points: Vec<Value> = points
+        .iter()
+        .map(|point| {
+            json!({"key": KEYS[point.key], "step": point.step,
+                   "timestamp": point.timestamp, "value": point.value})
+        })
+        .collect();
+    json!({ "points": points })
+}
+
+fn mlflow_metrics(points: &[Point]) -> Vec<Value> {
+    points
+        .iter()
+        .map(|point| {
+            json!({"key": KEYS[point.key], "step": point.step,
+                   "timestamp": point.timestamp, "value": point.value})
+        })
+        .collect()
+}
+
+fn triples(steps: &Value, timestamps: &Value, values: &Value) -> Vec<(i64, i64, f64)> {
+    let steps = steps.as_array().expect("steps");
+    let timestamps = timestamps.as_array().expect("timestamps");
+    let values = values.as_array().expect("values");
+    (0..steps.len())
+        .map(|index| {
+            (
+                steps[index].as_i64().unwrap(),
+                timestamps[index].as_i64().unwrap(),
+                json_to_f64(&values[index]),
+            )
+        })
+        .collect()
+}
+
+fn scalar_series(server: &TestServer, run: &str, key: &str, extra: &str) -> Vec<(i64, i64, f64)> {
+    let body = server.get(&format!(
+        "/api/v1/runs/{run}/metrics/{key}?max_points=0{extra}"
+    ));
+    triples(&body["steps"], &body["timestamps"], &body["values"])
+}
+
+fn sql(server: &TestServer, query: &str) -> Vec<Value> {
+    let answer = server.post("/api/v1/sql", &json!({ "query": query }));
+    answer["rows"].as_array().expect("rows").clone()
+}
+
+fn sql_series(server: &TestServer, table: &str, run: &str, key: &str) -> Vec<(i64, i64, f64)> {
+    sql(
+        server,
+        &format!(
+            "SELECT step, CAST(timestamp AS BIGINT) AS ms, value FROM {table} \
+             WHERE run_id = '{run}' AND key = '{key}' ORDER BY step, ms"
+        ),
+    )
+    .iter()
+    .map(|row| {
+        (
+            row["step"].as_i64().unwrap(),
+            row["ms"].as_i64().unwrap(),
+            json_to_f64(&row["value"]),
+        )
+    })
+    .collect()
+}
+
+fn check(server: &TestServer, history: &History, phase: &str) {
+    for (run, model) in &history.runs {
+        let summaries = server.get(&format!("/api/v1/runs/{run}"));
+        for (index, key) in KEYS.iter().enumerate() {
+            let shown = model.series(index, Which::Shown);
+            let context = format!("{phase}: run {run} key {key}");
+            assert_eq!(
+                scalar_series(server, run, key, ""),
+                shown,
+                "scalars, {context}"
+            );
+            assert_eq!(
+                scalar_series(server, run, key, "&include_rewound=true"),
+                model.series(index, Which::All),
+                "include_rewound, {context}"
+            );
+            let mlflow = server.get(&format!(
+                "/api/2.0/mlflow/metrics/get-history?run_id={run}&metric_key={key}"
+            ));
+            let mut from_mlflow: Vec<(i64, i64, f64)> = mlflow["metrics"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|metric| {
+                    (
+                        metric["step"].as_i64().unwrap(),
+                        metric["timestamp"].as_i64().unwrap(),
+                        json_to_f64(&metric["value"]),
+                    )
+                })
+                .collect();
+            from_mlflow.sort_by_key(|&(step, timestamp, _)| (step, timestamp));
+            assert_eq!(from_mlflow, shown, "MLflow get-history, {context}");
+            let (status, board) = server.request(
+                "GET",
+                &format!("/data/plugin/scalars/scalars?run={run}&tag={key}&max_points=0"),
+                None,
+            );
+            if shown.is_empty() {
+                assert_eq!(status, 404, "TensorBoard, {context}: {board}");
+            } else {
+                let rows: Vec<(i64, f64)> = board
+                    .as_array()
+                    .expect("rows")
+                    .iter()
+                    .map(|row| (row[1].as_i64().unwrap(), json_to_f64(&row[2])))
+                    .collect();
+                let expected: Vec<(i64, f64)> = shown
+                    .iter()
+                    .map(|&(step, _, value)| (step, value))
+                    .collect();
+                assert_eq!(rows, expected, "TensorBoard, {context}");
+            }
+            assert_eq!(
+                sql_series(server, "metrics", run, key),
+                shown,
+                "SQL metrics, {context}"
+            );
+            assert_eq!(
+                sql_series(server, "rewound_metrics", run, key),
+                model.series(index, Which::Hidden),
+                "SQL rewound_metrics, {context}"
+            );
+            // Downsampled: only shown points, and the extremes kept.
+            let sampled = server.get(&format!("/api/v1/runs/{run}/metrics/{key}?max_points=4"));
+            let sampled = triples(
+                &sampled["steps"],
+                &sampled["timestamps"],
+                &sampled["values"],
+            );
+            assert!(
+                sampled.iter().all(|point| shown.contains(point)),
+                "downsampled shows only shown points, {context}: {sampled:?}"
+            );
+            // The key's summary: the latest shown point, the count, the
+            // step range.
+            let summary = &summaries["metrics"][key];
+            let latest = sql(
+                server,
+                &format!(
+                    "SELECT value, step, count FROM latest_metrics \
+                     WHERE run_id = '{run}' AND key = '{key}'"
+                ),
+            );
+            match shown
+                .iter()
+                .max_by_key(|&&(step, timestamp, _)| (step, timestamp))
+            {
+                None => {
+                    assert!(summary.is_null(), "no summary, {context}: {summary}");
+                    assert!(latest.is_empty(), "no latest row, {context}");
+                }
+                Some(&(step, _, value)) => {
+                    assert_eq!(summary["step"], step, "latest step, {context}");
+                    assert_eq!(json_to_f64(&summary["value"]), value, "{context}");
+                    assert_eq!(summary["count"], shown.len(), "count, {context}");
+                    let min_step = shown.iter().map(|point| point.0).min().unwrap();
+                    let max_step = shown.iter().map(|point| point.0).max().unwrap();
+                    assert_eq!(summary["first_step"], min_step, "first step, {context}");
+                    assert_eq!(summary["last_step"], max_step, "last step, {context}");
+                    let max_value = shown.iter().map(|point| point.2).fold(f64::MIN, f64::max);
+                    assert_eq!(json_to_f64(&summary["max"]), max_value, "max, {context}");
+                    assert_eq!(latest.len(), 1, "{context}");
+                    assert_eq!(json_to_f64(&latest[0]["value"]), value, "{context}");
+                    assert_eq!(latest[0]["count"], shown.len(), "{context}");
+                }
+            }
+        }
+        let rewinds = summaries["rewinds"].as_array().expect("rewinds");
+        let steps: Vec<i64> = rewinds
+            .iter()
+            .map(|r| r["step"].as_i64().unwrap())
+            .collect();
+        let expected: Vec<i64> = model.rewinds.iter().map(|&(_, step)| step).collect();
+        assert_eq!(steps, expected, "{phase}: rewinds of run {run}");
+    }
+}
+
+#[test]
+fn every_read_path_shows_what_the_rewinds_leave() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start(
+        dir.path(),
+        &["--flush-rows", "9", "--compact-after-files", "3"],
+    );
+    let mut rng = SmallRng::seed_from_u64(15);
+    let mut history = History {
+        runs: (0..3)
+            .map(|index| {
+                (
+                    server.create_run("continuity", &format!("run-{index}")),
+                    RunModel::default(),
+                )
+            })
+            .collect(),
+        seq: 0,
+        timestamp: 1_700_000_000_000,
+    };
+    for phase in 0..12 {
+        for _ in 0..14 {
+            let run = rng.random_range(0..history.runs.len());
+            let id = history.runs[run].0.clone();
+            match rng.random_range(0..10) {
+                0 => {
+                    let step = history.rewind_to(&mut rng, run);
+                    let answer = server.post(
+                        &format!("/api/v1/runs/{id}/rewind"),
+                        &json!({ "step": step }),
+                    );
+                    assert_eq!(
+                        answer["rewinds"].as_array().unwrap().last().unwrap()["step"],
+                        step
+                    );
+                }
+                1 => {
+                    let step = history.rewind_to(&mut rng, run);
+                    server.post(
+                        "/api/2.0/mlflow/runs/set-tag",
+                        &json!({"run_id": id, "key": "stepstore.rewind_to_step",
+                                "value": step.to_string()}),
+                    );
+                }
+                2 => {
+                    // The rewind comes before the batch's metrics.
+                    let step = history.rewind_to(&mut rng, run);
+                    let points = history.new_points(&mut rng, run);
+                    server.post(
+                        "/api/2.0/mlflow/runs/log-batch",
+                        &json!({"run_id": id, "metrics": mlflow_metrics(&points),
+                                "tags": [{"key": "stepstore.rewind_to_step",
+                                          "value": step.to_string()}]}),
+                    );
+                    history.runs[run].1.points.extend(points);
+                }
+                3 | 4 => {
+                    let points = history.new_points(&mut rng, run);
+                    server.post(
+                        "/api/2.0/mlflow/runs/log-batch",
+                        &json!({"run_id": id, "metrics": mlflow_metrics(&points)}),
+                    );
+                    history.runs[run].1.points.extend(points);
+                }
+                _ => {
+                    let points = history.new_points(&mut rng, run);
+                    server.post(
+                        &format!("/api/v1/runs/{id}/metrics"),
+                        &native_points(&points),
+                    );
+                    history.runs[run].1.points.extend(points);
+                }
+            }
+        }
+        check(&server, &history, &format!("phase {phase}"));
+        match phase % 4 {
+            1 => {
+                server.kill();
+                server.start_again();
+                check(&server, &history, &format!("phase {phase} after SIGKILL"));
+            }
+            3 => {
+                server.restart();
+                check(&server, &history, &format!("phase {phase} after a restart"));
+            }
+            _ => {}
+        }
+    }
+    // A finished run is compacted; its rewinds still hold.
+    for (id, _) in &history.runs {
+        server.post(
+            "/api/2.0/mlflow/runs/update",
+            &json!({"run_id": id, "status": "FINISHED"}),
+        );
+    }
+    server.restart();
+    check(&server, &history, "finished and restarted");
+    let rewinds = sql(&server, "SELECT count(*) AS n FROM rewinds");
+    let expected: usize = history
+        .runs
+        .iter()
+        .map(|(_, model)| model.rewinds.len())
+        .sum();
+    assert_eq!(rewinds[0]["n"], expected);
+    // The history hid enough to mean something, and points sat in files.
+    let hidden: usize = history
+        .runs
+        .iter()
+        .map(|(_, model)| {
+            (0..KEYS.len())
+                .map(|key| model.series(key, Which::Hidden).len())
+                .sum::<usize>()
+        })
+        .sum();
+    assert!(
+        hidden >= 30 && expected >= 10,
+        "{hidden} hidden points, {expected} rewinds"
+    );
+    assert!(common::parquet_files(dir.path()).len() >= history.runs.len());
+}
+
+#[test]
+fn bad_rewinds_are_refused_with_mlflow_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let run = server.create_run("continuity", "r");
+    for (body, what) in [
+        (json!({}), "no step"),
+        (json!({"step": "ten"}), "a step that is not a number"),
+        (json!({"step": 1.5}), "a fractional step"),
+        (json!({"step": 1, "extra": true}), "an unknown field"),
+    ] {
+        let (status, answer) =
+            server.request("POST", &format!("/api/v1/runs/{run}/rewind"), Some(&body));
+        assert_eq!(status, 400, "{what}: {answer}");
+        assert_eq!(
+            answer["error_code"], "INVALID_PARAMETER_VALUE",
+            "{what}: {answer}"
+        );
+    }
+    let (status, answer) = server.request(
+        "POST",
+        "/api/v1/runs/0123456789abcdef0123456789abcdef/rewind",
+        Some(&json!({"step": 1})),
+    );
+    assert_eq!(status, 404, "{answer}");
+    let (status, answer) = server.request(
+        "POST",
+        "/api/2.0/mlflow/runs/set-tag",
+        Some(&json!({"run_id": run, "key": "stepstore.rewind_to_step", "value": "2.5"})),
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error_code"], "INVALID_PARAMETER_VALUE");
+    let run_json = server.get(&format!("/api/v1/runs/{run}"));
+    assert!(run_json["rewinds"].as_array().unwrap().is_empty());
+    assert!(
+        run_json["tags"].get("stepstore.rewind_to_step").is_none(),
+        "a refused rewind sets no tag: {run_json}"
+    );
+    // A deleted run cannot be rewound.
+    server.post("/api/2.0/mlflow/runs/delete", &json!({ "run_id": run }));
+    let (status, answer) = server.request(
+        "POST",
+        &format!("/api/v1/runs/{run}/rewind"),
+        Some(&json!({"step": 1})),
+    );
+    assert_eq!(status, 400, "{answer}");
+}
+
+/// One write of the crash test and whether its answer came back.
+enum Op {
+    Log(Vec<Point>),
+    Rewind(i64),
+}
+
+/// The run's model with `op` applied.
+fn applied(model: &RunModel, op: &Op, seq: u64) -> RunModel {
+    let mut next = RunModel {
+        points: model.points.clone(),
+        rewinds: model.rewinds.clone(),
+        cursor: model.cursor,
+    };
+    match op {
+        Op::Log(points) => next.points.extend(points.iter().copied()),
+        Op::Rewind(step) => {
+            next.rewinds.push((seq, *step));
+            next.cursor = step + 1;
+        }
+    }
+    next
+}
+
+#[test]
+fn a_sigkill_in_the_middle_of_rewinds_keeps_one_consistent_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start(dir.path(), &["--flush-rows", "25"]);
+    let run = server.create_run("continuity", "preempted");
+    let mut history = History {
+        runs: vec![(run.clone(), RunModel::default())],
+        seq: 0,
+        timestamp: 1_700_000_000_000,
+    };
+    let mut rng = SmallRng::seed_from_u64(99);
+    let mut applied_unknown = 0;
+    for round in 0..8 {
+        let client = common::ledger::Client::of(&server);
+        let seed = rng.random::<u64>();
+        let mut moved = std::mem::take(&mut history.runs[0].1);
+        let (seq, timestamp) = (history.seq, history.timestamp);
+        let path = run.clone();
+        // The trainer: logs and rewinds one request at a time until the
+        // server is gone; returns the model of what was acknowledged and
+        // the request whose answer was lost, if any.
+        let worker = std::thread::spawn(move || {
+            let mut thread_rng = SmallRng::seed_from_u64(seed);
+            let mut local = History {
+                runs: vec![(path.clone(), std::mem::take(&mut moved))],
+                seq,
+                timestamp,
+            };
+            loop {
+                let (op, seq, response) = if thread_rng.random_range(0..6) == 0 {
+                    let step = {
+                        let model = &local.runs[0].1;
+                        thread_rng.random_range(0..model.cursor.max(0) + 2)
+                    };
+                    let seq = local.next_seq();
+                    let response = client.json(
+                        "POST",
+                        &format!("/api/v1/runs/{path}/rewind"),
+                        &json!({ "step": step }),
+                    );
+                    (Op::Rewind(step), seq, response)
+                } else {
+                    let points = local.new_points(&mut thread_rng, 0);
+                    let response = client.json(
+                        "POST",
+                        &format!("/api/v1/runs/{path}/metrics"),
+                        &native_points(&points),
+                    );
+                    (Op::Log(points), 0, response)
+                };
+                match response {
+                    Some((200, _)) => {
+                        let next = applied(&local.runs[0].1, &op, seq);
+                        local.runs[0].1 = next;
+                    }
+                    Some((status, body)) => panic!("refused with {status}: {body}"),
+                    None => return (local, Some((op, seq))),
+                }
+            }
+        });
+        std::thread::sleep(std::time::Duration::from_millis(rng.random_range(40..400)));
+        server.kill();
+        let (local, lost) = worker.join().expect("the trainer thread");
+        history.seq = local.seq;
+        history.timestamp = local.timestamp;
+        let acked = local.runs.into_iter().next().unwrap().1;
+        server.start_again();
+        // The lost request is there whole or not at all.
+        let candidates: Vec<RunModel> = match &lost {
+            Some((op, seq)) => vec![applied(&acked, op, *seq), acked],
+            None => vec![acked],
+        };
+        let server_rewinds: Vec<i64> = server.get(&format!("/api/v1/runs/{run}"))["rewinds"]
+            .as_array()
+            .expect("rewinds")
+            .iter()
+            .map(|rewind| rewind["step"].as_i64().unwrap())
+            .collect();
+        let mut matched = None;
+        for (index, candidate) in candidates.iter().enumerate() {
+            let candidate_rewinds: Vec<i64> =
+                candidate.rewinds.iter().map(|&(_, step)| step).collect();
+            let fits = candidate_rewinds == server_rewinds
+                && KEYS.iter().enumerate().all(|(key_index, key)| {
+                    scalar_series(&server, &run, key, "")
+                        == candidate.series(key_index, Which::Shown)
+                        && scalar_series(&server, &run, key, "&include_rewound=true")
+                            == candidate.series(key_index, Which::All)
+                });
+            if fits {
+                matched = Some(index);
+                break;
+            }
+        }
+        let Some(index) = matched else {
+            panic!(
+                "round {round}: the server's series fit no history (lost request: {})",
+                lost.is_some()
+            );
+        };
+        if index == 0 && lost.is_some() {
+            applied_unknown += 1;
+        }
+        history.runs[0].1 = candidates.into_iter().nth(index).unwrap();
+        // Every other read path agrees with the series.
+        check(&server, &history, &format!("round {round} after SIGKILL"));
+    }
+    server.restart();
+    check(&server, &history, "after a clean restart");
+    let rewinds = history.runs[0].1.rewinds.len();
+    assert!(rewinds >= 3, "only {rewinds} rewinds acknowledged");
+    eprintln!("{applied_unknown} of 8 lost requests were applied");
+}
