@@ -371,30 +371,43 @@ mod tests {
         assert!(loaded.receipts.receipts.is_empty());
     }
 
-    #[test]
-    fn rewinds_round_trip_and_snapshots_without_them_still_load() {
-        use std::collections::BTreeMap;
+    /// `state` written as a snapshot (without receipts) and loaded back.
+    fn round_trip(state: &CatalogState) -> CatalogState {
+        let dir = tempfile::tempdir().unwrap();
+        encode(state, &ReceiptsSnapshot::default())
+            .unwrap()
+            .write(dir.path(), &FileIo::default())
+            .unwrap();
+        load_latest(dir.path()).unwrap().unwrap().state
+    }
 
-        use crate::catalog::CatalogMutation;
-        use crate::model::{ExperimentId, LifecycleStage, Run, RunId};
-        let mut state = CatalogState::new("file:///a", 1);
-        let run_id = RunId::new_random();
-        CatalogMutation::CreateRun(Box::new(Run {
+    /// A running run of the Default experiment started at `start_time`.
+    fn test_run(run_id: crate::model::RunId, start_time: i64) -> crate::model::Run {
+        use crate::model::{ExperimentId, LifecycleStage, Run};
+        Run {
             run_id,
             experiment_id: ExperimentId::DEFAULT,
             run_name: "r".into(),
             user_id: String::new(),
             status: crate::model::RunStatus::Running,
-            start_time: 1,
+            start_time,
             end_time: None,
             lifecycle_stage: LifecycleStage::Active,
             deleted_time: None,
             artifact_uri: String::new(),
-            params: BTreeMap::new(),
-            tags: BTreeMap::new(),
+            params: std::collections::BTreeMap::new(),
+            tags: std::collections::BTreeMap::new(),
             inputs: Vec::new(),
-        }))
-        .apply(&mut state);
+        }
+    }
+
+    #[test]
+    fn rewinds_round_trip_and_snapshots_without_them_still_load() {
+        use crate::catalog::CatalogMutation;
+        use crate::model::RunId;
+        let mut state = CatalogState::new("file:///a", 1);
+        let run_id = RunId::new_random();
+        CatalogMutation::CreateRun(Box::new(test_run(run_id, 1))).apply(&mut state);
         state.applied_lsn = 6;
         CatalogMutation::RewindRun {
             run_id,
@@ -405,12 +418,7 @@ mod tests {
         let rewinds = state.continuity().rewinds(run_id).to_vec();
         assert_eq!(rewinds.len(), 1);
         assert_eq!((rewinds[0].lsn, rewinds[0].step), (6, 200));
-        let dir = tempfile::tempdir().unwrap();
-        encode(&state, &ReceiptsSnapshot::default())
-            .unwrap()
-            .write(dir.path(), &FileIo::default())
-            .unwrap();
-        let loaded = load_latest(dir.path()).unwrap().unwrap().state;
+        let loaded = round_trip(&state);
         assert_eq!(loaded.continuity().rewinds(run_id), rewinds.as_slice());
         // Written before rewinds existed: three sections, magic STEPCAT4.
         let old = tempfile::tempdir().unwrap();
@@ -433,25 +441,10 @@ mod tests {
         use std::collections::BTreeMap;
 
         use crate::catalog::CatalogMutation;
-        use crate::model::{Dataset, DatasetInput, ExperimentId, LifecycleStage, Run, RunId};
+        use crate::model::{Dataset, DatasetInput, RunId};
         let mut state = CatalogState::new("file:///a", 1);
         let run_id = RunId::new_random();
-        CatalogMutation::CreateRun(Box::new(Run {
-            run_id,
-            experiment_id: ExperimentId::DEFAULT,
-            run_name: "r".into(),
-            user_id: String::new(),
-            status: crate::model::RunStatus::Running,
-            start_time: 77,
-            end_time: None,
-            lifecycle_stage: LifecycleStage::Active,
-            deleted_time: None,
-            artifact_uri: String::new(),
-            params: BTreeMap::new(),
-            tags: BTreeMap::new(),
-            inputs: Vec::new(),
-        }))
-        .apply(&mut state);
+        CatalogMutation::CreateRun(Box::new(test_run(run_id, 77))).apply(&mut state);
         // Written before lineage existed: the old mutation, then a snapshot
         // of the old format holding the state alone.
         CatalogMutation::LogInputs {
@@ -470,12 +463,7 @@ mod tests {
         }
         .apply(&mut state);
         state.applied_lsn = 4;
-        let dir = tempfile::tempdir().unwrap();
-        encode(&state, &ReceiptsSnapshot::default())
-            .unwrap()
-            .write(dir.path(), &FileIo::default())
-            .unwrap();
-        let loaded = load_latest(dir.path()).unwrap().unwrap().state;
+        let loaded = round_trip(&state);
         assert_eq!(loaded.lineage().events(), state.lineage().events());
         let artifact = loaded.lineage().artifacts().next().unwrap();
         assert_eq!(

@@ -617,6 +617,32 @@ mod tests {
             .collect()
     }
 
+    /// A read's step range (the whole `steps` in round 0, else random
+    /// within it), its bounds and its parameters.
+    fn random_read(
+        rng: &mut SmallRng,
+        round: usize,
+        (min_step, max_step): (i64, i64),
+        max_points: usize,
+    ) -> (i64, i64, StepBounds, SeriesParams) {
+        let (lo, hi) = if round == 0 {
+            (min_step, max_step)
+        } else {
+            let a = rng.random_range(min_step..=max_step);
+            let b = rng.random_range(min_step..=max_step);
+            (a.min(b), a.max(b))
+        };
+        let bounds = StepBounds {
+            lower: Some(lo),
+            upper: Some(hi),
+        };
+        let params = SeriesParams {
+            max_points,
+            ..SeriesParams::default()
+        };
+        (lo, hi, bounds, params)
+    }
+
     #[test]
     fn planned_reads_match_the_full_scan_on_random_series() {
         let mut summarised = 0usize;
@@ -692,21 +718,8 @@ mod tests {
             let max_step = all.iter().map(|p| p.0).max().unwrap();
             for round in 0..12 {
                 let max_points = [4, 5, 8, 17, 64, 100, 1000, 4096, 40_000][rng.random_range(0..9)];
-                let (lo, hi) = if round == 0 {
-                    (min_step, max_step)
-                } else {
-                    let a = rng.random_range(min_step..=max_step);
-                    let b = rng.random_range(min_step..=max_step);
-                    (a.min(b), a.max(b))
-                };
-                let bounds = StepBounds {
-                    lower: Some(lo),
-                    upper: Some(hi),
-                };
-                let params = SeriesParams {
-                    max_points,
-                    ..SeriesParams::default()
-                };
+                let (lo, hi, bounds, params) =
+                    random_read(&mut rng, round, (min_step, max_step), max_points);
                 let full = read_full(&reference, lo, hi, bounds, &params).unwrap();
                 let planned = read_planned(&snapshot, lo, hi, max_points)
                     .unwrap()
@@ -814,21 +827,8 @@ mod tests {
             let max_step = *shown.steps.iter().max().unwrap();
             for round in 0..8 {
                 let max_points = [4, 8, 17, 100, 1000, 40_000][rng.random_range(0..6)];
-                let (lo, hi) = if round == 0 {
-                    (min_step, max_step)
-                } else {
-                    let a = rng.random_range(min_step..=max_step);
-                    let b = rng.random_range(min_step..=max_step);
-                    (a.min(b), a.max(b))
-                };
-                let bounds = StepBounds {
-                    lower: Some(lo),
-                    upper: Some(hi),
-                };
-                let params = SeriesParams {
-                    max_points,
-                    ..SeriesParams::default()
-                };
+                let (lo, hi, bounds, params) =
+                    random_read(&mut rng, round, (min_step, max_step), max_points);
                 let context = format!("seed {seed} round {round} [{lo}, {hi}] max {max_points}");
                 let expected = read_full(&reference, lo, hi, bounds, &params).unwrap();
                 let full = read_full(&capped, lo, hi, bounds, &params).unwrap();

@@ -207,6 +207,28 @@ class Run:
         ``str(value)``. The same value again is fine; another is an error."""
         self._request("POST", f"/api/v1/runs/{self.id}/params", flatten_config(params))
 
+    def rewind(self, step: int, timeout: Optional[float] = None) -> None:
+        """Rewinds the run to ``step`` (a training job restarted from its
+        checkpoint at ``step``): the points logged so far with a greater
+        step are hidden from every read, and the next ``log()`` without a
+        step gets ``step + 1``. Every point logged before is sent first;
+        points still waiting in the spool (the server was down) would land
+        after the rewind, so they make it a ``RuntimeError`` (``python -m
+        stepstore sync``, then rewind), as does a ``timeout`` that passes
+        before the points are sent."""
+        step = int(step)
+        if not self.flush(timeout):
+            raise RuntimeError(
+                f"cannot rewind run {self.id}: points logged before the rewind are still being sent"
+            )
+        if self._sender.counts.spooled:
+            raise RuntimeError(
+                f"cannot rewind run {self.id}: {self._sender.counts.spooled} points logged "
+                "before the rewind wait in the spool; sync them first"
+            )
+        self._request("POST", f"/api/v1/runs/{self.id}/rewind", {"step": step})
+        self._next_step = step + 1
+
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Sets run tags (values stored as strings)."""
         self._request(

@@ -239,6 +239,27 @@ def test_a_run_resumed_by_id_continues_its_steps(server_url, unique):
     assert run_info(server_url, run.id)["status"] == "FINISHED"
 
 
+def test_a_preempted_run_resumes_from_its_checkpoint(server_url, unique):
+    run = stepstore.init(experiment=unique("client"), url=server_url)
+    for step in range(213):
+        run.log({"loss": float(step)})
+    run.finish("KILLED")
+    # The restarted job loads its checkpoint of step 200.
+    resumed = stepstore.Run(run.id, url=server_url)
+    assert resumed.step == 213
+    resumed.rewind(200)
+    assert resumed.step == 201
+    for _ in range(20):
+        resumed.log({"loss": -1.0})
+    resumed.finish()
+    steps, values = series(server_url, run.id, "loss")
+    assert steps == list(range(221)), "each step once"
+    assert values[200] == 200.0 and values[201:] == [-1.0] * 20
+    info = run_info(server_url, run.id)
+    assert [rewind["step"] for rewind in info["rewinds"]] == [200]
+    assert info["metrics"]["loss"]["count"] == 221
+
+
 def test_503_is_retried_after_retry_after(proxy, unique):
     run = stepstore.init(experiment=unique("client"), url=proxy.url, flush_interval=0.1)
     proxy.mode = "unavailable"
