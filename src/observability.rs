@@ -64,7 +64,12 @@ impl Collector for ExtraGauges {
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snapshot = &self.0;
-        let counters: [(&str, &str, u64); 14] = [
+        let counters: [(&str, &str, u64); 15] = [
+            (
+                "rewinds",
+                "Runs rewound since start (POST /api/v1/runs/{id}/rewind or the tag stepstore.rewind_to_step)",
+                snapshot.rewinds,
+            ),
             (
                 "idempotent_replays",
                 "Bulk ingest requests sent again with an Idempotency-Key already accepted: answered from its receipt, nothing written",
@@ -142,7 +147,12 @@ impl Collector for SnapshotCollector {
                 encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric_encoder)?;
         }
-        let gauges: [(&str, &str, u64); 10] = [
+        let gauges: [(&str, &str, u64); 11] = [
+            (
+                "rewound_runs",
+                "Runs with at least one rewind (their hidden points are kept until stepstore gc)",
+                snapshot.rewound_runs,
+            ),
             (
                 "ingest_receipts",
                 "Receipts of bulk ingest requests with an Idempotency-Key kept (the last 24 hours, at most 100,000)",

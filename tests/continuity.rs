@@ -420,6 +420,14 @@ fn every_read_path_shows_what_the_rewinds_leave() {
         "{hidden} hidden points, {expected} rewinds"
     );
     assert!(common::parquet_files(dir.path()).len() >= history.runs.len());
+    assert_eq!(
+        server.metric("stepstore_rewound_runs"),
+        history
+            .runs
+            .iter()
+            .filter(|(_, model)| !model.rewinds.is_empty())
+            .count() as f64
+    );
 }
 
 #[test]

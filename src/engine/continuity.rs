@@ -90,6 +90,9 @@ impl Engine {
         let (_, ticket) = self.catalog.rewind_run(&log, run_id, step, now_millis())?;
         drop(log);
         self.wait_durable(ticket).await?;
+        self.rewinds_applied
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(%run_id, step, "run rewound");
         Ok(self.run_rewinds(run_id))
     }
 

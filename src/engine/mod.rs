@@ -281,6 +281,8 @@ pub struct Engine {
     checkpoint_lock: Mutex<()>,
     /// Summaries of rewound runs' points before their newest rewind.
     rewound_summaries: continuity::RewoundSummaryCache,
+    /// Rewinds made since start (for `/metrics`).
+    rewinds_applied: AtomicU64,
     _lock: File,
 }
 
@@ -388,6 +390,7 @@ impl Engine {
             catalog_in_doubt: Arc::default(),
             checkpoint_lock: Mutex::new(()),
             rewound_summaries: continuity::RewoundSummaryCache::default(),
+            rewinds_applied: AtomicU64::new(0),
             _lock: lock,
         });
         if engine.config.read_only {

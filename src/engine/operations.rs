@@ -63,6 +63,10 @@ pub struct TelemetrySnapshot {
     pub idempotency_conflicts: u64,
     /// Receipts of keyed bulk requests kept.
     pub ingest_receipts: u64,
+    /// Runs rewound since start.
+    pub rewinds: u64,
+    /// Runs with at least one rewind.
+    pub rewound_runs: u64,
 }
 
 impl Engine {
@@ -119,6 +123,8 @@ impl Engine {
             idempotent_replays: self.receipts.replays(),
             idempotency_conflicts: self.receipts.conflicts(),
             ingest_receipts: self.receipts.len() as u64,
+            rewinds: self.rewinds_applied.load(Ordering::Relaxed),
+            rewound_runs: state.continuity().all_rewinds().count() as u64,
         }
     }
 

@@ -183,16 +183,10 @@ impl RunState {
             .iter()
             .map(|&batch_key| mapping[batch_key as usize])
             .collect();
-        for (point, &id) in key_ids.iter().enumerate() {
-            let (step, timestamp, value) = (
-                batch.steps[point],
-                batch.timestamps[point],
-                batch.values[point],
-            );
-            add_to(&mut self.summaries[id as usize], step, timestamp, value);
-            if let Some(SinceRewind::Known(known)) = &mut self.since_rewind {
-                add_to(&mut known[id as usize], step, timestamp, value);
-            }
+        summarise(&mut self.summaries, &key_ids, batch);
+        // A rewound run also summarises what it logs after the rewind.
+        if let Some(SinceRewind::Known(known)) = &mut self.since_rewind {
+            summarise(known, &key_ids, batch);
         }
         self.active.append(
             lsn,
@@ -305,10 +299,18 @@ impl RunState {
     }
 }
 
-/// Adds a point to a summary slot.
-fn add_to(slot: &mut Option<KeySummary>, step: i64, timestamp: i64, value: f64) {
-    match slot {
-        Some(summary) => summary.add_point(step, timestamp, value),
-        None => *slot = Some(KeySummary::of_point(step, timestamp, value)),
+/// Adds the points of `batch` (their run key ids in `key_ids`) to the
+/// summaries by key id.
+fn summarise(summaries: &mut [Option<KeySummary>], key_ids: &[u32], batch: &MetricBatch) {
+    for (point, &id) in key_ids.iter().enumerate() {
+        let (step, timestamp, value) = (
+            batch.steps[point],
+            batch.timestamps[point],
+            batch.values[point],
+        );
+        match &mut summaries[id as usize] {
+            Some(summary) => summary.add_point(step, timestamp, value),
+            slot @ None => *slot = Some(KeySummary::of_point(step, timestamp, value)),
+        }
     }
 }

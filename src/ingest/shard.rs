@@ -293,15 +293,20 @@ impl Shard {
                 lsn,
                 step,
             } => {
-                self.runs
+                let run = self
+                    .runs
                     .entry(run_id)
                     .or_insert_with(|| new_run(experiment_id));
+                if run.rewinds.last_lsn().is_some_and(|last| last >= lsn) {
+                    // Replayed, and known from the snapshot already.
+                    return;
+                }
                 // The points before the rewind go to a chunk of their own.
                 self.freeze(run_id);
                 if let Some(run) = self.runs.get_mut(&run_id)
                     && run.rewind(lsn, step)
                 {
-                    tracing::info!(%run_id, lsn, step, "run rewound");
+                    tracing::debug!(%run_id, lsn, step, "rewind applied: the run's buffer was frozen at it");
                     self.live.publish_rewind(run_id, lsn, step);
                 }
             }
