@@ -531,6 +531,29 @@ def test_a_live_run_grows_and_resumes_without_gaps(browser, server, data):
     [stream] = script(browser, "return window.stepstore.live.streams()")
     assert stream["connections"] == 2 and stream["last_event_id"] == "199"
 
+    # The run is rewound to its checkpoint of step 179 and logs again: the
+    # charts read the run again and show each step once, the new values
+    # after 179.
+    fetches = charts(browser)["loss"]["fetches"]
+    server.post(f"/api/v1/runs/{run}/rewind", {"step": 179})
+    server.log_points(
+        run, [(key, step, -step / 100) for step in range(180, 190) for key in ("loss", "acc")]
+    )
+
+    def rewound():
+        loss = charts(browser)["loss"]
+        held = loss["series"][0]
+        return (
+            loss["fetches"] > fetches
+            and held["steps"] == list(range(190))
+            and held["values"][185] == -1.85
+        )
+
+    wait(rewound, "the charts to show the points after the rewind")
+    held = charts(browser)["loss"]["series"][0]
+    assert held["values"][179] == 1.79 and held["values"][189] == -1.89
+    assert steps()["acc"] == list(range(100, 190))
+
     # The run ends: the stream closes, the legend says so.
     server.finish(run)
     wait(
