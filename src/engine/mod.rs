@@ -767,23 +767,20 @@ impl Engine {
         runs: RunSelection,
     ) -> Result<Vec<RunSummaries>, EngineError> {
         let snapshot = self.ingester.summaries_snapshot(runs).await?;
-        let mut out = Vec::with_capacity(snapshot.len());
-        for run in snapshot {
-            let keys = match run.view {
-                crate::ingest::SummaryView::Complete(keys) => keys,
-                view => self
-                    .shown_summaries(&[run.run_id], vec![view])
-                    .await?
-                    .pop()
-                    .unwrap_or_default(),
-            };
-            out.push(RunSummaries {
-                run_id: run.run_id,
-                experiment_id: run.experiment_id,
+        let run_ids: Vec<RunId> = snapshot.iter().map(|run| run.run_id).collect();
+        let experiments: Vec<ExperimentId> = snapshot.iter().map(|run| run.experiment_id).collect();
+        let views = snapshot.into_iter().map(|run| run.view).collect();
+        let keys = self.shown_summaries(&run_ids, views).await?;
+        Ok(run_ids
+            .into_iter()
+            .zip(experiments)
+            .zip(keys)
+            .map(|((run_id, experiment_id), keys)| RunSummaries {
+                run_id,
+                experiment_id,
                 keys,
-            });
-        }
-        Ok(out)
+            })
+            .collect())
     }
 }
 

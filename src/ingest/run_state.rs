@@ -71,21 +71,23 @@ impl RunState {
             compaction_retry_at: None,
             ended: false,
             applied_lsn: 0,
-            since_rewind: (!rewinds.is_empty()).then(|| SinceRewind::Known(Vec::new())),
+            since_rewind: None,
             rewinds,
         };
         for (key, summary) in summaries {
             let id = run.intern(&key) as usize;
             run.summaries[id] = Some(summary);
         }
-        if let Some(SinceRewind::Known(known)) = &mut run.since_rewind {
-            known.resize(run.key_names.len(), None);
-            for (key, summary) in since_rewind {
-                let id = run.intern(&key) as usize;
-                if let Some(SinceRewind::Known(known)) = &mut run.since_rewind {
-                    known[id] = Some(summary);
-                }
+        if !run.rewinds.is_empty() {
+            let since: Vec<(usize, KeySummary)> = since_rewind
+                .into_iter()
+                .map(|(key, summary)| (run.intern(&key) as usize, summary))
+                .collect();
+            let mut known = vec![None; run.key_names.len()];
+            for (id, summary) in since {
+                known[id] = Some(summary);
             }
+            run.since_rewind = Some(SinceRewind::Known(known));
         }
         run
     }
@@ -111,9 +113,6 @@ impl RunState {
     /// The greatest step shown of a source whose newest point was logged
     /// at `newest_lsn` (`None`: every step).
     fn cap_for(&self, newest_lsn: Lsn) -> Option<i64> {
-        if self.rewinds.is_empty() {
-            return None;
-        }
         self.rewinds.cap_for(newest_lsn)
     }
 

@@ -97,26 +97,25 @@ impl SeriesSources {
 
     /// The shown points logged before the run's newest rewind (the files
     /// and frozen chunks with a cap), in step order. Blocking.
-    pub fn collect_before_last_rewind(self, key: &str) -> Result<MetricSeries, StorageError> {
-        let mut series = MetricSeries::default();
-        for (file, cap) in self.files.iter().zip(&self.file_caps) {
-            if let Some(cap) = *cap {
-                let from = series.len();
-                file.read_key(key, &mut series)?;
-                series.retain_steps_from(from, i64::MIN, cap);
-            }
-        }
-        if let Some(id) = self.key_id {
-            for (chunk, cap) in self.frozen.iter().zip(&self.frozen_caps) {
-                if let Some(cap) = *cap {
-                    let from = series.len();
-                    chunk.collect_key(id, &mut series);
-                    series.retain_steps_from(from, i64::MIN, cap);
-                }
-            }
-        }
-        series.sort_by_step_and_time();
-        Ok(series)
+    pub fn collect_before_last_rewind(mut self, key: &str) -> Result<MetricSeries, StorageError> {
+        // Only the sources with a cap were logged before the newest rewind.
+        let (files, file_caps) = self
+            .files
+            .into_iter()
+            .zip(self.file_caps)
+            .filter(|(_, cap)| cap.is_some())
+            .unzip();
+        let (frozen, frozen_caps) = self
+            .frozen
+            .into_iter()
+            .zip(self.frozen_caps)
+            .filter(|(_, cap)| cap.is_some())
+            .unzip();
+        (self.files, self.file_caps) = (files, file_caps);
+        (self.frozen, self.frozen_caps) = (frozen, frozen_caps);
+        self.sealed.clear();
+        self.active = MetricSeries::default();
+        self.collect(key)
     }
 
     /// The same sources read with the points a rewind hid.
