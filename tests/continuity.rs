@@ -614,3 +614,85 @@ fn a_sigkill_in_the_middle_of_rewinds_keeps_one_consistent_history() {
     assert!(rewinds >= 3, "only {rewinds} rewinds acknowledged");
     eprintln!("{applied_unknown} of 8 lost requests were applied");
 }
+
+/// The LSN of the newest catalog snapshot in `data_dir`.
+fn newest_snapshot_lsn(data_dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(data_dir.join("catalog"))
+        .expect("the catalog directory")
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            let lsn = name.strip_prefix("snapshot-")?;
+            lsn.split('.').next()?.parse::<u64>().ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_rewind_in_the_snapshot_still_splits_the_points_replayed_around_it() {
+    // The run has a file; then no metric file can be written (the disk
+    // refuses), so its points stay in the WAL, while snapshots come every
+    // second: after the SIGKILL the snapshot knows the rewind, and the WAL
+    // replays the points logged before it and after it.
+    let dir = tempfile::tempdir().unwrap();
+    const ARGS: &[&str] = &["--snapshot-interval", "0s", "--flush-rows", "30"];
+    let mut server = TestServer::start_with_env(
+        dir.path(),
+        ARGS,
+        &[("STEPSTORE_IO_FAULTS", "create:3+:metrics")],
+    );
+    let run = server.create_run("continuity", "snapshotted");
+    let log = |server: &TestServer, steps: std::ops::RangeInclusive<i64>, value: f64| {
+        let points: Vec<Value> = steps
+            .map(|step| json!({"key": "loss", "step": step, "value": value + step as f64}))
+            .collect();
+        server.post(
+            &format!("/api/v1/runs/{run}/metrics"),
+            &json!({ "points": points }),
+        );
+    };
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    log(&server, 0..=29, 0.0);
+    wait_for("the first 30 points were not written to a file", &|| {
+        !common::parquet_files(dir.path()).is_empty()
+    });
+    log(&server, 30..=40, 0.0);
+    let before = newest_snapshot_lsn(dir.path());
+    server.post(
+        &format!("/api/v1/runs/{run}/rewind"),
+        &json!({ "step": 35 }),
+    );
+    log(&server, 36..=38, 1000.0);
+    wait_for("no catalog snapshot was written after the rewind", &|| {
+        newest_snapshot_lsn(dir.path()) > before
+    });
+    assert_eq!(common::parquet_files(dir.path()).len(), 1);
+    let expected: Vec<(i64, f64)> = (0..=35)
+        .map(|step| (step, step as f64))
+        .chain((36..=38).map(|step| (step, 1000.0 + step as f64)))
+        .collect();
+    let shown = |server: &TestServer| -> Vec<(i64, f64)> {
+        scalar_series(server, &run, "loss", "")
+            .into_iter()
+            .map(|(step, _, value)| (step, value))
+            .collect()
+    };
+    assert_eq!(shown(&server), expected, "before the SIGKILL");
+    server.kill();
+    let server = TestServer::start(dir.path(), ARGS);
+    assert_eq!(shown(&server), expected, "after the SIGKILL");
+    let summary = &server.get(&format!("/api/v1/runs/{run}"))["metrics"]["loss"];
+    assert_eq!(summary["count"], 39, "{summary}");
+    assert_eq!(summary["last_step"], 38, "{summary}");
+    assert_eq!(json_to_f64(&summary["value"]), 1038.0, "{summary}");
+    assert_eq!(
+        scalar_series(&server, &run, "loss", "&include_rewound=true").len(),
+        44
+    );
+}

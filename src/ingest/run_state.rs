@@ -183,8 +183,11 @@ impl RunState {
             .map(|&batch_key| mapping[batch_key as usize])
             .collect();
         summarise(&mut self.summaries, &key_ids, batch);
-        // A rewound run also summarises what it logs after the rewind.
-        if let Some(SinceRewind::Known(known)) = &mut self.since_rewind {
+        // A rewound run also summarises what it logs after the rewind (a
+        // replayed record from before it is not).
+        if let Some(SinceRewind::Known(known)) = &mut self.since_rewind
+            && self.rewinds.last_lsn().is_none_or(|last| lsn > last)
+        {
             summarise(known, &key_ids, batch);
         }
         self.active.append(

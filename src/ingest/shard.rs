@@ -297,12 +297,14 @@ impl Shard {
                     .runs
                     .entry(run_id)
                     .or_insert_with(|| new_run(experiment_id));
-                if run.rewinds.last_lsn().is_some_and(|last| last >= lsn) {
-                    // Replayed, and known from the snapshot already.
+                let known = run.rewinds.last_lsn().is_some_and(|last| last >= lsn);
+                // The points before the rewind go to a chunk of their own,
+                // also when the rewind is replayed and was known from the
+                // snapshot: the WAL replays the points around it.
+                self.freeze(run_id);
+                if known {
                     return;
                 }
-                // The points before the rewind go to a chunk of their own.
-                self.freeze(run_id);
                 if let Some(run) = self.runs.get_mut(&run_id)
                     && run.rewind(lsn, step)
                 {
