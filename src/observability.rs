@@ -64,7 +64,12 @@ impl Collector for ExtraGauges {
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snapshot = &self.0;
-        let counters: [(&str, &str, u64); 15] = [
+        let counters: [(&str, &str, u64); 16] = [
+            (
+                "forks",
+                "Runs forked since start (POST /api/v1/runs with fork_from)",
+                snapshot.forks,
+            ),
             (
                 "rewinds",
                 "Runs rewound since start (POST /api/v1/runs/{id}/rewind or the tag stepstore.rewind_to_step)",
@@ -147,7 +152,12 @@ impl Collector for SnapshotCollector {
                 encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric_encoder)?;
         }
-        let gauges: [(&str, &str, u64); 11] = [
+        let gauges: [(&str, &str, u64); 12] = [
+            (
+                "forked_runs",
+                "Runs forked from another run (they read their parent's points up to the fork step)",
+                snapshot.forked_runs,
+            ),
             (
                 "rewound_runs",
                 "Runs with at least one rewind (their hidden points are kept until stepstore gc)",

@@ -1,10 +1,11 @@
-//! Rewinds, end to end: random histories of logged points and rewinds
-//! (native `POST /rewind`, MLflow `set-tag` and `log-batch` with the tag
-//! `stepstore.rewind_to_step`), with clean restarts and SIGKILLs between
-//! them and buffers small enough that points sit in files, frozen chunks
-//! and the active buffer alike. After each phase every read path is
-//! compared with a model of what must be shown: the scalar API (with and
-//! without `include_rewound`, and downsampled), MLflow `get-history`, the
+//! Rewinds and forks, end to end: random histories of logged points,
+//! rewinds (native `POST /rewind`, MLflow `set-tag` and `log-batch` with
+//! the tag `stepstore.rewind_to_step`) and forks (forks of forks too, and
+//! a deleted parent), with clean restarts and SIGKILLs between them and
+//! buffers small enough that points sit in files, frozen chunks and the
+//! active buffer alike. After each phase every read path is compared with
+//! a model of what must be shown: the scalar API (with and without
+//! `include_rewound`, and downsampled), MLflow `get-history`, the
 //! TensorBoard endpoint, SQL `metrics`, `rewound_metrics` and
 //! `latest_metrics`, and the run's key summaries.
 
@@ -28,39 +29,74 @@ struct Point {
 }
 
 /// What one run should show.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct RunModel {
     points: Vec<Point>,
     /// `(seq, step)` of each rewind.
     rewinds: Vec<(u64, i64)>,
     /// The step the trainer logs next.
     cursor: i64,
+    /// `(parent index, step, seq)` of a forked run.
+    fork: Option<(usize, i64, u64)>,
+    /// Deleted: no longer written to nor read (its forks still are).
+    deleted: bool,
 }
 
-impl RunModel {
-    fn shown(&self, point: &Point) -> bool {
-        self.rewinds
-            .iter()
-            .all(|&(seq, step)| seq < point.seq || point.step <= step)
+/// The points run `run` of `runs` holds as of `as_of` (a seq; its own
+/// and those it inherits), each with whether it is shown. A point is
+/// hidden by a rewind of the run made after it with a smaller step; a fork
+/// inherits the points its parent showed when it was forked, up to the
+/// fork's step.
+fn view(runs: &[(String, RunModel)], run: usize, as_of: u64) -> Vec<(Point, bool)> {
+    let model = &runs[run].1;
+    let rewinds: Vec<(u64, i64)> = model
+        .rewinds
+        .iter()
+        .copied()
+        .filter(|&(seq, _)| seq < as_of)
+        .collect();
+    let mut out: Vec<(Point, bool)> = model
+        .points
+        .iter()
+        .filter(|point| point.seq < as_of)
+        .map(|point| {
+            let shown = rewinds
+                .iter()
+                .all(|&(seq, step)| seq < point.seq || point.step <= step);
+            (*point, shown)
+        })
+        .collect();
+    if let Some((parent, fork_step, fork_seq)) = model.fork {
+        for (point, shown) in view(runs, parent, fork_seq) {
+            if shown && point.step <= fork_step {
+                let shown = rewinds.iter().all(|&(_, step)| point.step <= step);
+                out.push((point, shown));
+            }
+        }
     }
+    out
+}
 
-    /// `(step, timestamp, value)` of the key's points, shown or hidden (or
-    /// every point), in `(step, timestamp)` order.
-    fn series(&self, key: usize, which: Which) -> Vec<(i64, i64, f64)> {
-        let mut out: Vec<(i64, i64, f64)> = self
-            .points
-            .iter()
-            .filter(|point| point.key == key)
-            .filter(|point| match which {
-                Which::Shown => self.shown(point),
-                Which::Hidden => !self.shown(point),
-                Which::All => true,
-            })
-            .map(|point| (point.step, point.timestamp, point.value))
-            .collect();
-        out.sort_by_key(|&(step, timestamp, _)| (step, timestamp));
-        out
-    }
+/// `(step, timestamp, value)` of the key's points of run `run`, shown or
+/// hidden (or every point), in `(step, timestamp)` order.
+fn series(
+    runs: &[(String, RunModel)],
+    run: usize,
+    key: usize,
+    which: Which,
+) -> Vec<(i64, i64, f64)> {
+    let mut out: Vec<(i64, i64, f64)> = view(runs, run, u64::MAX)
+        .into_iter()
+        .filter(|(point, _)| point.key == key)
+        .filter(|&(_, shown)| match which {
+            Which::Shown => shown,
+            Which::Hidden => !shown,
+            Which::All => true,
+        })
+        .map(|(point, _)| (point.step, point.timestamp, point.value))
+        .collect();
+    out.sort_by_key(|&(step, timestamp, _)| (step, timestamp));
+    out
 }
 
 #[derive(Clone, Copy)]
@@ -183,10 +219,24 @@ fn sql_series(server: &TestServer, table: &str, run: &str, key: &str) -> Vec<(i6
 }
 
 fn check(server: &TestServer, history: &History, phase: &str) {
-    for (run, model) in &history.runs {
+    let runs = &history.runs;
+    for (run_index, (run, model)) in runs.iter().enumerate() {
+        if model.deleted {
+            continue;
+        }
         let summaries = server.get(&format!("/api/v1/runs/{run}"));
+        match model.fork {
+            Some((parent, step, _)) => {
+                assert_eq!(
+                    summaries["forked_from"]["run_id"], runs[parent].0,
+                    "{phase}"
+                );
+                assert_eq!(summaries["forked_from"]["step"], step, "{phase}");
+            }
+            None => assert!(summaries["forked_from"].is_null(), "{phase}"),
+        }
         for (index, key) in KEYS.iter().enumerate() {
-            let shown = model.series(index, Which::Shown);
+            let shown = series(runs, run_index, index, Which::Shown);
             let context = format!("{phase}: run {run} key {key}");
             assert_eq!(
                 scalar_series(server, run, key, ""),
@@ -195,7 +245,7 @@ fn check(server: &TestServer, history: &History, phase: &str) {
             );
             assert_eq!(
                 scalar_series(server, run, key, "&include_rewound=true"),
-                model.series(index, Which::All),
+                series(runs, run_index, index, Which::All),
                 "include_rewound, {context}"
             );
             let mlflow = server.get(&format!(
@@ -243,7 +293,7 @@ fn check(server: &TestServer, history: &History, phase: &str) {
             );
             assert_eq!(
                 sql_series(server, "rewound_metrics", run, key),
-                model.series(index, Which::Hidden),
+                series(runs, run_index, index, Which::Hidden),
                 "SQL rewound_metrics, {context}"
             );
             // Downsampled: only shown points, and the extremes kept.
@@ -301,8 +351,39 @@ fn check(server: &TestServer, history: &History, phase: &str) {
     }
 }
 
+/// Forks run `parent` at `step` (chosen at random when `None`) through
+/// `POST /api/v1/runs`; returns the new run's index.
+fn fork(
+    server: &TestServer,
+    history: &mut History,
+    rng: &mut SmallRng,
+    parent: usize,
+    step: Option<i64>,
+) -> usize {
+    let cursor = history.runs[parent].1.cursor;
+    let step = step.unwrap_or_else(|| rng.random_range(-2..cursor.max(0) + 3));
+    let seq = history.next_seq();
+    let name = format!("fork-{}", history.runs.len());
+    let answer = server.post(
+        "/api/v1/runs",
+        &json!({"run_name": name,
+                "fork_from": {"run_id": history.runs[parent].0, "step": step}}),
+    );
+    assert_eq!(answer["forked_from"]["step"], step, "{answer}");
+    let id = answer["run_id"].as_str().expect("run_id").to_string();
+    history.runs.push((
+        id,
+        RunModel {
+            cursor: step + 1,
+            fork: Some((parent, step, seq)),
+            ..RunModel::default()
+        },
+    ));
+    history.runs.len() - 1
+}
+
 #[test]
-fn every_read_path_shows_what_the_rewinds_leave() {
+fn every_read_path_shows_what_the_rewinds_and_forks_leave() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = TestServer::start(
         dir.path(),
@@ -322,10 +403,35 @@ fn every_read_path_shows_what_the_rewinds_leave() {
         timestamp: 1_700_000_000_000,
     };
     for phase in 0..12 {
+        match phase {
+            // A fork, a fork of it, and its parent deleted.
+            2 => {
+                let step = history.runs[0].1.cursor / 2;
+                fork(&server, &mut history, &mut rng, 0, Some(step));
+            }
+            5 => {
+                let forked = history.runs.len() - 1;
+                fork(&server, &mut history, &mut rng, forked, None);
+            }
+            8 => {
+                server.post(
+                    "/api/2.0/mlflow/runs/delete",
+                    &json!({ "run_id": history.runs[0].0 }),
+                );
+                history.runs[0].1.deleted = true;
+            }
+            _ => {}
+        }
         for _ in 0..14 {
-            let run = rng.random_range(0..history.runs.len());
+            let live: Vec<usize> = (0..history.runs.len())
+                .filter(|&run| !history.runs[run].1.deleted)
+                .collect();
+            let run = live[rng.random_range(0..live.len())];
             let id = history.runs[run].0.clone();
-            match rng.random_range(0..10) {
+            match rng.random_range(0..11) {
+                10 if history.runs.len() < 9 => {
+                    fork(&server, &mut history, &mut rng, run, None);
+                }
                 0 => {
                     let step = history.rewind_to(&mut rng, run);
                     let answer = server.post(
@@ -389,8 +495,8 @@ fn every_read_path_shows_what_the_rewinds_leave() {
             _ => {}
         }
     }
-    // A finished run is compacted; its rewinds still hold.
-    for (id, _) in &history.runs {
+    // A finished run is compacted; its rewinds and forks still hold.
+    for (id, _) in history.runs.iter().filter(|(_, model)| !model.deleted) {
         server.post(
             "/api/2.0/mlflow/runs/update",
             &json!({"run_id": id, "status": "FINISHED"}),
@@ -406,12 +512,10 @@ fn every_read_path_shows_what_the_rewinds_leave() {
         .sum();
     assert_eq!(rewinds[0]["n"], expected);
     // The history hid enough to mean something, and points sat in files.
-    let hidden: usize = history
-        .runs
-        .iter()
-        .map(|(_, model)| {
+    let hidden: usize = (0..history.runs.len())
+        .map(|run| {
             (0..KEYS.len())
-                .map(|key| model.series(key, Which::Hidden).len())
+                .map(|key| series(&history.runs, run, key, Which::Hidden).len())
                 .sum::<usize>()
         })
         .sum();
@@ -428,6 +532,41 @@ fn every_read_path_shows_what_the_rewinds_leave() {
             .filter(|(_, model)| !model.rewinds.is_empty())
             .count() as f64
     );
+    // The forks: in SQL, in /metrics, and in the lineage as the parent's
+    // checkpoint at the fork step, an input of the fork.
+    let forks: Vec<(usize, usize, i64)> = history
+        .runs
+        .iter()
+        .enumerate()
+        .filter_map(|(run, (_, model))| model.fork.map(|(parent, step, _)| (run, parent, step)))
+        .collect();
+    assert!(forks.len() >= 3, "only {} forks", forks.len());
+    let rows = sql(&server, "SELECT count(*) AS n FROM forks");
+    assert_eq!(rows[0]["n"], forks.len());
+    assert_eq!(server.metric("stepstore_forked_runs"), forks.len() as f64);
+    let inherited: usize = forks
+        .iter()
+        .map(|&(run, _, _)| view(&history.runs, run, u64::MAX).len() - history.runs[run].1.points.len())
+        .sum();
+    assert!(inherited >= 20, "forks inherited only {inherited} points");
+    for &(run, parent, step) in &forks {
+        let (child, parent) = (&history.runs[run].0, &history.runs[parent].0);
+        let lineage = server.get(&format!(
+            "/api/v1/lineage?run={child}&direction=upstream&max_hops=2"
+        ));
+        let events = lineage["events"].as_array().expect("events");
+        let input = events
+            .iter()
+            .find(|event| event["run_id"] == *child && event["type"] == "INPUT")
+            .unwrap_or_else(|| panic!("no INPUT of the fork: {lineage}"));
+        assert!(
+            events.iter().any(|event| event["run_id"] == *parent
+                && event["type"] == "OUTPUT"
+                && event["step"] == step
+                && event["artifact_id"] == input["artifact_id"]),
+            "the parent's checkpoint at step {step}: {lineage}"
+        );
+    }
 }
 
 #[test]
@@ -486,11 +625,7 @@ enum Op {
 
 /// The run's model with `op` applied.
 fn applied(model: &RunModel, op: &Op, seq: u64) -> RunModel {
-    let mut next = RunModel {
-        points: model.points.clone(),
-        rewinds: model.rewinds.clone(),
-        cursor: model.cursor,
-    };
+    let mut next = model.clone();
     match op {
         Op::Log(points) => next.points.extend(points.iter().copied()),
         Op::Rewind(step) => {
@@ -585,10 +720,11 @@ fn a_sigkill_in_the_middle_of_rewinds_keeps_one_consistent_history() {
                 candidate.rewinds.iter().map(|&(_, step)| step).collect();
             let fits = candidate_rewinds == server_rewinds
                 && KEYS.iter().enumerate().all(|(key_index, key)| {
+                    let runs = [(run.clone(), candidate.clone())];
                     scalar_series(&server, &run, key, "")
-                        == candidate.series(key_index, Which::Shown)
+                        == series(&runs, 0, key_index, Which::Shown)
                         && scalar_series(&server, &run, key, "&include_rewound=true")
-                            == candidate.series(key_index, Which::All)
+                            == series(&runs, 0, key_index, Which::All)
                 });
             if fits {
                 matched = Some(index);

@@ -1,16 +1,49 @@
-//! Run continuity in the catalog: the rewinds of each run (the history a
-//! read shows is derived from them, see [`crate::ingest::rewinds`]).
-//! Snapshotted as a section of its own ([`super::snapshot`]).
+//! Run continuity in the catalog: the rewinds of each run and the forks
+//! (the history a read shows is derived from them, see
+//! [`crate::ingest::rewinds`] and [`crate::ingest::forks`]). Snapshotted
+//! as sections of their own ([`super::snapshot`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Catalog, CatalogError, CatalogMutation, MutationLog, ensure_run_active, find_run, room_for,
+    Catalog, CatalogError, CatalogMutation, MutationLog, NewRun, PreparedRun, ensure_run_active,
+    find_run, room_for,
 };
-use crate::model::{ExperimentId, RunId};
+use crate::model::lineage::{Artifact, EventKind, LineageEvent};
+use crate::model::{ExperimentId, RUN_NAME_TAG, Run, RunId};
 use crate::wal::Lsn;
+
+/// The tag that rewinds a run when set through the MLflow API (`set-tag`,
+/// `log-batch`): its value is the step.
+pub const REWIND_TAG: &str = "stepstore.rewind_to_step";
+
+/// Runs forked from one run: each keeps the parent's files before it from
+/// being merged with those after it.
+pub const MAX_FORKS_PER_RUN: usize = 1_000;
+
+/// Forks of forks in one line of descent: a read of a run asks each
+/// ancestor for its points.
+pub const MAX_FORK_DEPTH: usize = 100;
+
+/// The artifact type of the checkpoint a fork starts from.
+pub const CHECKPOINT_TYPE: &str = "checkpoint";
+
+/// How a run was forked from another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fork {
+    /// The run it was forked from.
+    pub parent: RunId,
+    /// The parent's step it starts after: it inherits the parent's points
+    /// up to it.
+    pub step: i64,
+    /// The WAL record of the fork: it inherits the points the parent
+    /// logged before it.
+    pub lsn: Lsn,
+    /// When, ms since the epoch.
+    pub time: i64,
+}
 
 /// Rewinds one run may have: each one keeps the files before it from
 /// being merged with those after it until `stepstore gc`.
@@ -28,10 +61,20 @@ pub struct Rewind {
     pub time: i64,
 }
 
-/// The rewinds of every run that has some.
+/// The rewinds of every run that has some, and the forks.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ContinuityState {
     rewinds: HashMap<RunId, Vec<Rewind>>,
+    /// Per forked run, its fork (a snapshot section of its own: older
+    /// snapshots have none).
+    #[serde(skip)]
+    forks: ForkTable,
+}
+
+/// The forks, by forked run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ForkTable {
+    forks: HashMap<RunId, Fork>,
 }
 
 impl ContinuityState {
@@ -45,6 +88,59 @@ impl ContinuityState {
         self.rewinds
             .iter()
             .map(|(run_id, rewinds)| (*run_id, rewinds.as_slice()))
+    }
+
+    /// How `run_id` was forked, if it was.
+    pub fn fork_of(&self, run_id: RunId) -> Option<&Fork> {
+        self.forks.forks.get(&run_id)
+    }
+
+    /// Every forked run and its fork.
+    pub fn all_forks(&self) -> impl Iterator<Item = (RunId, &Fork)> {
+        self.forks.forks.iter().map(|(run_id, fork)| (*run_id, fork))
+    }
+
+    /// The LSNs of the forks made from `parent`, in order.
+    pub fn fork_points_of(&self, parent: RunId) -> Vec<Lsn> {
+        let mut points: Vec<Lsn> = self
+            .forks
+            .forks
+            .values()
+            .filter(|fork| fork.parent == parent)
+            .map(|fork| fork.lsn)
+            .collect();
+        points.sort_unstable();
+        points
+    }
+
+    /// The forks from `run_id` up its line of descent: its own fork, its
+    /// parent's, and so on.
+    pub fn line_of_descent(&self, run_id: RunId) -> Vec<Fork> {
+        let mut line = Vec::new();
+        let mut current = run_id;
+        while let Some(fork) = self.fork_of(current) {
+            if line.len() > MAX_FORK_DEPTH {
+                break;
+            }
+            line.push(*fork);
+            current = fork.parent;
+        }
+        line
+    }
+
+    /// The forks, for the snapshot.
+    pub(crate) fn fork_table(&self) -> &ForkTable {
+        &self.forks
+    }
+
+    /// Sets the forks read from a snapshot.
+    pub(crate) fn set_fork_table(&mut self, forks: ForkTable) {
+        self.forks = forks;
+    }
+
+    /// Records a fork (a record replayed twice is recorded once).
+    pub(crate) fn record_fork(&mut self, run_id: RunId, fork: Fork) {
+        self.forks.forks.entry(run_id).or_insert(fork);
     }
 
     /// Records a rewind (a record replayed twice is recorded once).
@@ -64,6 +160,15 @@ impl ContinuityState {
                 .filter(|(run_id, _)| keep(**run_id))
                 .map(|(run_id, rewinds)| (*run_id, rewinds.clone()))
                 .collect(),
+            forks: ForkTable {
+                forks: self
+                    .forks
+                    .forks
+                    .iter()
+                    .filter(|(run_id, _)| keep(**run_id))
+                    .map(|(run_id, fork)| (*run_id, *fork))
+                    .collect(),
+            },
         }
     }
 }
@@ -89,6 +194,150 @@ impl Catalog {
             ))
         })
     }
+}
+
+/// A request to fork a run.
+pub struct NewFork {
+    /// The run to fork.
+    pub parent: RunId,
+    /// The parent's step the fork starts after.
+    pub step: i64,
+    /// The new run (its experiment must be the parent's); its params and
+    /// tags are added to the parent's, replacing those of the same key.
+    pub run: NewRun,
+    /// When, ms since the epoch.
+    pub time: i64,
+}
+
+/// Tags a fork does not take from its parent: its own name and the
+/// parent's rewinds.
+const NOT_INHERITED_TAGS: [&str; 2] = [RUN_NAME_TAG, REWIND_TAG];
+
+impl Catalog {
+    /// Forks a run: a new run in the parent's experiment with the parent's
+    /// params and tags (those of the request win) whose series start with
+    /// the parent's points up to `step`. The lineage records the parent's
+    /// checkpoint at `step` as an OUTPUT of the parent and an INPUT of the
+    /// new run.
+    pub fn fork_run<L: MutationLog>(
+        &self,
+        log: &L,
+        fork: NewFork,
+    ) -> Result<(Run, Option<L::Ticket>), CatalogError> {
+        let NewFork {
+            parent,
+            step,
+            mut run,
+            time,
+        } = fork;
+        {
+            let state = self.read();
+            let parent_run = find_run(&state, parent)?;
+            ensure_run_active(parent_run)?;
+            if run.experiment_id != parent_run.experiment_id {
+                return Err(CatalogError::InvalidState(format!(
+                    "a fork is made in its parent's experiment ({}), not in {}",
+                    parent_run.experiment_id, run.experiment_id
+                )));
+            }
+            let mut params: BTreeMap<String, String> = parent_run.params.clone();
+            params.extend(run.params.drain(..));
+            run.params = params.into_iter().collect();
+            let mut tags: BTreeMap<String, String> = parent_run
+                .tags
+                .iter()
+                .filter(|(key, _)| !NOT_INHERITED_TAGS.contains(&key.as_str()))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect();
+            tags.extend(run.tags.drain(..));
+            run.tags = tags.into_iter().collect();
+        }
+        let prepared = PreparedRun::new(run)?;
+        self.commit(log, |state| {
+            let parent_run = find_run(state, parent)?;
+            ensure_run_active(parent_run)?;
+            let continuity = &state.continuity;
+            let depth = continuity.line_of_descent(parent).len() + 1;
+            room_for("forks of forks in a line", 1, depth - 1, MAX_FORK_DEPTH)?;
+            let forks = continuity.fork_points_of(parent).len();
+            room_for("forks", 1, forks, MAX_FORKS_PER_RUN)?;
+            let child = prepared.build(state)?;
+            let (artifacts, events) = fork_lineage(state, parent, child.run_id, step, time);
+            Ok((
+                child.clone(),
+                Some(CatalogMutation::ForkRun {
+                    run: Box::new(child),
+                    parent,
+                    step,
+                    time,
+                    artifacts,
+                    events,
+                }),
+            ))
+        })
+    }
+}
+
+/// The lineage of a fork: the parent's checkpoint at `step` (an OUTPUT of
+/// the parent there, found or created) and an INPUT of the child.
+fn fork_lineage(
+    state: &super::CatalogState,
+    parent: RunId,
+    child: RunId,
+    step: i64,
+    time: i64,
+) -> (Vec<Artifact>, Vec<LineageEvent>) {
+    let lineage = &state.lineage;
+    // A checkpoint the parent recorded at that step is the one.
+    let recorded = lineage
+        .events_of_run(parent)
+        .filter(|event| event.kind == EventKind::Output && event.step == Some(step))
+        .filter_map(|event| lineage.artifact(event.artifact_id))
+        .find(|artifact| artifact.artifact_type == CHECKPOINT_TYPE)
+        .map(|artifact| artifact.artifact_id);
+    let mut artifacts = Vec::new();
+    let mut events = Vec::new();
+    let artifact_id = match recorded {
+        Some(id) => id,
+        None => {
+            let artifact = Artifact {
+                artifact_id: lineage.next_id(),
+                artifact_type: CHECKPOINT_TYPE.to_string(),
+                name: format!("run {parent} at step {step}"),
+                uri: format!("stepstore:/runs/{parent}/steps/{step}"),
+                digest: String::new(),
+                properties: BTreeMap::from([
+                    ("run_id".to_string(), parent.to_string()),
+                    ("step".to_string(), step.to_string()),
+                ]),
+                creation_time: time,
+            };
+            let id = match lineage.find(&artifact.identity()) {
+                Some(existing) => existing.artifact_id,
+                None => {
+                    let id = artifact.artifact_id;
+                    artifacts.push(artifact);
+                    id
+                }
+            };
+            events.push(LineageEvent {
+                artifact_id: id,
+                run_id: parent,
+                kind: EventKind::Output,
+                step: Some(step),
+                time,
+            });
+            id
+        }
+    };
+    events.push(LineageEvent {
+        artifact_id,
+        run_id: child,
+        kind: EventKind::Input,
+        step: Some(step),
+        time,
+    });
+    (artifacts, events)
 }
 
 #[cfg(test)]

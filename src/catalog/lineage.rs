@@ -109,7 +109,7 @@ impl LineageState {
     }
 
     /// The id the next new artifact gets.
-    fn next_id(&self) -> ArtifactId {
+    pub(crate) fn next_id(&self) -> ArtifactId {
         ArtifactId(self.next_artifact_id.max(1))
     }
 

@@ -187,6 +187,95 @@ pub struct NewRun {
     pub tags: Vec<(String, String)>,
 }
 
+/// A new run checked against the limits, ready to be built in a commit.
+pub(crate) struct PreparedRun {
+    run_id: RunId,
+    experiment_id: ExperimentId,
+    run_name: String,
+    user_id: String,
+    start_time: i64,
+    params: BTreeMap<String, String>,
+    tags: BTreeMap<String, String>,
+}
+
+impl PreparedRun {
+    /// Validates a request: params, tags, name and their limits.
+    pub(crate) fn new(request: NewRun) -> Result<Self, CatalogError> {
+        let params = validated_params(request.params)?;
+        let mut tags: BTreeMap<String, String> =
+            validated_tags(request.tags)?.into_iter().collect();
+        let run_name = match (request.run_name, tags.get(RUN_NAME_TAG)) {
+            (Some(name), Some(tagged)) if !name.is_empty() && name != *tagged => {
+                return Err(CatalogError::InvalidState(format!(
+                    "both a run name ('{name}') and an '{RUN_NAME_TAG}' tag ('{tagged}') were \
+                     given, with different values"
+                )));
+            }
+            (Some(name), _) if !name.is_empty() => name,
+            (_, Some(tagged)) => tagged.clone(),
+            _ => run_names::random_run_name(),
+        };
+        validate_tag_value(RUN_NAME_TAG, &run_name)?;
+        tags.insert(RUN_NAME_TAG.to_string(), run_name.clone());
+        if !request.user_id.is_empty() {
+            tags.entry(USER_TAG.to_string())
+                .or_insert_with(|| request.user_id.clone());
+        }
+        room_for("params", params.len(), 0, MAX_PARAMS_PER_RUN)?;
+        room_for("tags", tags.len(), 0, MAX_TAGS_PER_RUN)?;
+        let mut param_map = BTreeMap::new();
+        let run_id = RunId::new_random();
+        for (key, value) in params {
+            if let Some(old) = param_map.insert(key.clone(), value.clone())
+                && old != value
+            {
+                return Err(CatalogError::ParamConflict {
+                    run_id,
+                    key,
+                    old,
+                    new: value,
+                });
+            }
+        }
+        Ok(PreparedRun {
+            run_id,
+            experiment_id: request.experiment_id,
+            run_name,
+            user_id: request.user_id,
+            start_time: request.start_time,
+            params: param_map,
+            tags,
+        })
+    }
+
+    /// The run, in `state`'s experiment (which must be active).
+    pub(crate) fn build(&self, state: &CatalogState) -> Result<Run, CatalogError> {
+        let experiment = find_experiment(state, self.experiment_id)?;
+        if experiment.lifecycle_stage != LifecycleStage::Active {
+            return Err(CatalogError::InvalidState(format!(
+                "The experiment {} must be in the 'active' state. Current state is deleted.",
+                self.experiment_id
+            )));
+        }
+        let run_id = self.run_id;
+        Ok(Run {
+            run_id,
+            experiment_id: self.experiment_id,
+            run_name: self.run_name.clone(),
+            user_id: self.user_id.clone(),
+            status: RunStatus::Running,
+            start_time: self.start_time,
+            end_time: None,
+            lifecycle_stage: LifecycleStage::Active,
+            deleted_time: None,
+            artifact_uri: format!("{}/{run_id}/artifacts", experiment.artifact_location),
+            params: self.params.clone(),
+            tags: self.tags.clone(),
+            inputs: Vec::new(),
+        })
+    }
+}
+
 /// A change of a run's status, end time or name.
 #[derive(Clone, Debug, Default)]
 pub struct RunUpdate {
@@ -426,65 +515,9 @@ impl Catalog {
         log: &L,
         request: NewRun,
     ) -> Result<(Run, Option<L::Ticket>), CatalogError> {
-        let params = validated_params(request.params)?;
-        let mut tags: BTreeMap<String, String> =
-            validated_tags(request.tags)?.into_iter().collect();
-        let run_name = match (request.run_name, tags.get(RUN_NAME_TAG)) {
-            (Some(name), Some(tagged)) if !name.is_empty() && name != *tagged => {
-                return Err(CatalogError::InvalidState(format!(
-                    "both a run name ('{name}') and an '{RUN_NAME_TAG}' tag ('{tagged}') were \
-                     given, with different values"
-                )));
-            }
-            (Some(name), _) if !name.is_empty() => name,
-            (_, Some(tagged)) => tagged.clone(),
-            _ => run_names::random_run_name(),
-        };
-        validate_tag_value(RUN_NAME_TAG, &run_name)?;
-        tags.insert(RUN_NAME_TAG.to_string(), run_name.clone());
-        if !request.user_id.is_empty() {
-            tags.entry(USER_TAG.to_string())
-                .or_insert_with(|| request.user_id.clone());
-        }
-        room_for("params", params.len(), 0, MAX_PARAMS_PER_RUN)?;
-        room_for("tags", tags.len(), 0, MAX_TAGS_PER_RUN)?;
-        let mut param_map = BTreeMap::new();
-        let run_id = RunId::new_random();
-        for (key, value) in params {
-            if let Some(old) = param_map.insert(key.clone(), value.clone())
-                && old != value
-            {
-                return Err(CatalogError::ParamConflict {
-                    run_id,
-                    key,
-                    old,
-                    new: value,
-                });
-            }
-        }
+        let prepared = PreparedRun::new(request)?;
         self.commit(log, |state| {
-            let experiment = find_experiment(state, request.experiment_id)?;
-            if experiment.lifecycle_stage != LifecycleStage::Active {
-                return Err(CatalogError::InvalidState(format!(
-                    "The experiment {} must be in the 'active' state. Current state is deleted.",
-                    request.experiment_id
-                )));
-            }
-            let run = Run {
-                run_id,
-                experiment_id: request.experiment_id,
-                run_name,
-                user_id: request.user_id,
-                status: RunStatus::Running,
-                start_time: request.start_time,
-                end_time: None,
-                lifecycle_stage: LifecycleStage::Active,
-                deleted_time: None,
-                artifact_uri: format!("{}/{run_id}/artifacts", experiment.artifact_location),
-                params: param_map,
-                tags,
-                inputs: Vec::new(),
-            };
+            let run = prepared.build(state)?;
             Ok((run.clone(), Some(CatalogMutation::CreateRun(Box::new(run)))))
         })
     }

@@ -131,6 +131,23 @@ pub enum CatalogMutation {
         /// When, ms since the epoch.
         time: i64,
     },
+    /// A run forked from another: it reads the parent's points logged
+    /// before this record with a step up to `step` (appended variant).
+    ForkRun {
+        /// The new run, with the params and tags it took from its parent.
+        run: Box<Run>,
+        /// The run it was forked from.
+        parent: RunId,
+        /// The parent's step it starts after.
+        step: i64,
+        /// When, ms since the epoch.
+        time: i64,
+        /// The checkpoint artifact, when it is new.
+        artifacts: Vec<Artifact>,
+        /// The checkpoint's events: the parent's OUTPUT (when new) and the
+        /// fork's INPUT.
+        events: Vec<LineageEvent>,
+    },
 }
 
 impl CatalogMutation {
@@ -283,6 +300,34 @@ impl CatalogMutation {
                         },
                     );
                 }
+            }
+            CatalogMutation::ForkRun {
+                run,
+                parent,
+                step,
+                time,
+                artifacts,
+                events,
+            } => {
+                // The record's LSN: set before a mutation is applied.
+                let lsn = state.applied_lsn;
+                let run_id = run.run_id;
+                state.insert_run(run.as_ref().clone());
+                for artifact in artifacts {
+                    state.lineage.insert_artifact(artifact.clone());
+                }
+                for event in events {
+                    state.lineage.push_event(event.clone());
+                }
+                state.continuity.record_fork(
+                    run_id,
+                    super::continuity::Fork {
+                        parent: *parent,
+                        step: *step,
+                        lsn,
+                        time: *time,
+                    },
+                );
             }
         }
     }

@@ -1,11 +1,12 @@
 //! Catalog snapshots: the whole catalog state written atomically (temp file,
 //! fsync, rename, directory fsync) so that the WAL before it can go.
 //!
-//! File layout: magic `STEPCAT5`, u32 LE CRC32C of the body, then the
-//! bincode of four sections: the catalog state, the ingest receipts (see
-//! [`super::receipts`]), the lineage (see [`super::lineage`]) and the runs'
-//! rewinds (see [`super::continuity`]). Older files are still read:
-//! `STEPCAT4` (no rewinds), `STEPCAT3` (state and receipts) and `STEPCAT2`
+//! File layout: magic `STEPCAT6`, u32 LE CRC32C of the body, then the
+//! bincode of five sections: the catalog state, the ingest receipts (see
+//! [`super::receipts`]), the lineage (see [`super::lineage`]), the runs'
+//! rewinds and their forks (see [`super::continuity`]). Older files are
+//! still read: `STEPCAT5` (no forks), `STEPCAT4` (no rewinds), `STEPCAT3`
+//! (state and receipts) and `STEPCAT2`
 //! (the state alone); the lineage of the last two is rebuilt from the
 //! runs' dataset inputs.
 
@@ -13,14 +14,16 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::CatalogError;
-use super::continuity::ContinuityState;
+use super::continuity::{ContinuityState, ForkTable};
 use super::lineage::LineageState;
 use super::receipts::ReceiptsSnapshot;
 use super::state::CatalogState;
 use crate::durable_fs::FileIo;
 use crate::wal::Lsn;
 
-const MAGIC: &[u8; 8] = b"STEPCAT5";
+const MAGIC: &[u8; 8] = b"STEPCAT6";
+/// The format before forks: state, receipts, lineage and rewinds.
+const MAGIC_WITHOUT_FORKS: &[u8; 8] = b"STEPCAT5";
 /// The format before rewinds: state, receipts and lineage.
 const MAGIC_WITHOUT_CONTINUITY: &[u8; 8] = b"STEPCAT4";
 /// The format before lineage: the state and the receipts.
@@ -136,9 +139,11 @@ fn read_snapshot(path: &Path, lsn: Lsn) -> Result<(CatalogState, ReceiptsSnapsho
         path: path.to_path_buf(),
         reason,
     };
-    // How many sections after the state: receipts, lineage, continuity.
+    // How many sections after the state: receipts, lineage, rewinds,
+    // forks.
     let sections = match bytes.get(..8) {
-        Some(magic) if magic == MAGIC => 3,
+        Some(magic) if magic == MAGIC => 4,
+        Some(magic) if magic == MAGIC_WITHOUT_FORKS => 3,
         Some(magic) if magic == MAGIC_WITHOUT_CONTINUITY => 2,
         Some(magic) if magic == MAGIC_WITHOUT_LINEAGE => 1,
         Some(magic) if magic == MAGIC_WITHOUT_RECEIPTS => 0,
@@ -171,10 +176,16 @@ fn read_snapshot(path: &Path, lsn: Lsn) -> Result<(CatalogState, ReceiptsSnapsho
         LineageState::from_dataset_inputs(state.runs())
     };
     if sections >= 3 {
-        let (continuity, _): (ContinuityState, usize) =
+        let (continuity, length): (ContinuityState, usize) =
             crate::bounded_decode::decode(&body[used..])
                 .map_err(|error| corrupt(error.to_string()))?;
+        used += length;
         state.continuity = continuity;
+    }
+    if sections >= 4 {
+        let (forks, _): (ForkTable, usize) = crate::bounded_decode::decode(&body[used..])
+            .map_err(|error| corrupt(error.to_string()))?;
+        state.continuity.set_fork_table(forks);
     }
     if state.applied_lsn != lsn {
         return Err(corrupt(format!(
@@ -208,6 +219,8 @@ pub fn encode(
     bincode::serde::encode_into_std_write(&state.lineage, &mut body, config)
         .map_err(|error| CatalogError::Encode(error.to_string()))?;
     bincode::serde::encode_into_std_write(&state.continuity, &mut body, config)
+        .map_err(|error| CatalogError::Encode(error.to_string()))?;
+    bincode::serde::encode_into_std_write(state.continuity.fork_table(), &mut body, config)
         .map_err(|error| CatalogError::Encode(error.to_string()))?;
     Ok(EncodedSnapshot {
         lsn: state.applied_lsn,

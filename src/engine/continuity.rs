@@ -18,9 +18,7 @@ use crate::ingest::{SeriesSources, SummaryView};
 use crate::model::{KeySummary, MetricSeries, RunId, now_millis};
 use crate::wal::Lsn;
 
-/// The tag that rewinds a run when set through the MLflow API (`set-tag`,
-/// `log-batch`): its value is the step.
-pub const REWIND_TAG: &str = "stepstore.rewind_to_step";
+pub use crate::catalog::continuity::REWIND_TAG;
 
 /// Rewound runs whose summaries before the newest rewind are kept; past
 /// it the cache starts over.
@@ -106,22 +104,30 @@ impl Engine {
         rewound: RewoundPoints,
     ) -> Result<(SeriesSources, Option<KeySummary>), EngineError> {
         let sources = self.series_sources(run_id, key).await?;
-        if rewound == RewoundPoints::Included {
+        if rewound == RewoundPoints::Included && !sources.is_inherited() {
             // The shard's summary covers every point, hidden ones too.
             let summary = sources.summary();
             return Ok((sources.include_rewound(), summary));
         }
-        if !sources.has_hidden_points() {
+        if !sources.has_hidden_points() && !sources.is_inherited() {
             let summary = sources.summary();
             return Ok((sources, summary));
         }
-        let summary = self
+        let shown = self
             .run_metric_summaries(run_id)
             .await?
             .into_iter()
             .find(|(name, _)| name == key)
             .map(|(_, summary)| summary);
-        Ok((sources, summary))
+        if rewound == RewoundPoints::Included {
+            let summary = super::forks::including_rewound(
+                shown,
+                sources.summary(),
+                sources.inherited_hidden_steps(),
+            );
+            return Ok((sources.include_rewound(), summary));
+        }
+        Ok((sources, shown))
     }
 
     /// A run's rewinds, oldest first.
@@ -139,7 +145,7 @@ impl Engine {
     ) -> Result<Vec<Vec<(String, KeySummary)>>, EngineError> {
         let mut out = Vec::with_capacity(views.len());
         for (&run_id, view) in run_ids.iter().zip(views) {
-            out.push(match view {
+            out.push(match self.with_fork_boundary(run_id, view) {
                 SummaryView::Complete(keys) => keys,
                 view => self.rewound_run_summaries(run_id, view).await?,
             });
@@ -169,12 +175,13 @@ impl Engine {
                 return Ok(summaries);
             }
             // Rewound again meanwhile: start over from a fresh view.
-            view = self
+            let fresh = self
                 .ingester
                 .shown_summaries(&[run_id])
                 .await?
                 .pop()
                 .unwrap_or(SummaryView::Complete(Vec::new()));
+            view = self.with_fork_boundary(run_id, fresh);
         }
         Err(EngineError::Busy(format!(
             "run {run_id} was rewound while its summaries were read, {MAX_ATTEMPTS} times; try \
@@ -213,11 +220,11 @@ impl Engine {
         last_rewind: Lsn,
         part: Part,
     ) -> Result<Option<Vec<(String, KeySummary)>>, EngineError> {
-        let keys = self.ingester.run_summaries(run_id).await?;
+        let keys = self.gathered_keys(run_id).await?;
         let mut summaries = Vec::with_capacity(keys.len());
-        for (key, _) in keys {
-            let sources = self.ingester.series_sources(run_id, &key).await?;
-            if sources.last_rewind() != Some(last_rewind) {
+        for key in keys {
+            let sources = self.gathered_sources(run_id, &key).await?;
+            if self.boundary_of(run_id, &sources) != Some(last_rewind) {
                 return Ok(None);
             }
             let read_key = key.clone();

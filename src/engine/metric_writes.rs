@@ -274,7 +274,7 @@ impl Engine {
     ) -> Result<SeriesSources, EngineError> {
         validate_key(KeyKind::Metric, key)?;
         self.catalog.run(run_id)?;
-        Ok(self.ingester.series_sources(run_id, key).await?)
+        self.gathered_sources(run_id, key).await
     }
 
     /// Live notifications of acknowledged points and run ends, per run.

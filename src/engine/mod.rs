@@ -14,6 +14,7 @@
 
 mod catalog_log;
 pub mod continuity;
+mod forks;
 mod key_budget;
 mod lineage;
 mod maintenance;
@@ -283,6 +284,8 @@ pub struct Engine {
     rewound_summaries: continuity::RewoundSummaryCache,
     /// Rewinds made since start (for `/metrics`).
     rewinds_applied: AtomicU64,
+    /// Runs forked since start (for `/metrics`).
+    forks_made: AtomicU64,
     _lock: File,
 }
 
@@ -391,6 +394,7 @@ impl Engine {
             checkpoint_lock: Mutex::new(()),
             rewound_summaries: continuity::RewoundSummaryCache::default(),
             rewinds_applied: AtomicU64::new(0),
+            forks_made: AtomicU64::new(0),
             _lock: lock,
         });
         if engine.config.read_only {
@@ -757,7 +761,8 @@ impl Engine {
     /// captured so that each acknowledged point appears exactly once: in a
     /// file or in a copy of a buffer (see [`RunPoints`]).
     pub async fn metric_points(&self, runs: RunSelection) -> Result<Vec<RunPoints>, EngineError> {
-        Ok(self.ingester.points_snapshot(runs).await?)
+        let points = self.ingester.points_snapshot(runs.clone()).await?;
+        self.gather_points(&runs, points).await
     }
 
     /// The key summaries (latest value, min, max, count) of the selected
@@ -766,7 +771,8 @@ impl Engine {
         &self,
         runs: RunSelection,
     ) -> Result<Vec<RunSummaries>, EngineError> {
-        let snapshot = self.ingester.summaries_snapshot(runs).await?;
+        let snapshot = self.ingester.summaries_snapshot(runs.clone()).await?;
+        let snapshot = self.with_forked_runs(&runs, snapshot);
         let run_ids: Vec<RunId> = snapshot.iter().map(|run| run.run_id).collect();
         let experiments: Vec<ExperimentId> = snapshot.iter().map(|run| run.experiment_id).collect();
         let views = snapshot.into_iter().map(|run| run.view).collect();

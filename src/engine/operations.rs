@@ -67,6 +67,10 @@ pub struct TelemetrySnapshot {
     pub rewinds: u64,
     /// Runs with at least one rewind.
     pub rewound_runs: u64,
+    /// Runs forked since start.
+    pub forks: u64,
+    /// Runs forked from another.
+    pub forked_runs: u64,
 }
 
 impl Engine {
@@ -125,6 +129,8 @@ impl Engine {
             ingest_receipts: self.receipts.len() as u64,
             rewinds: self.rewinds_applied.load(Ordering::Relaxed),
             rewound_runs: state.continuity().all_rewinds().count() as u64,
+            forks: self.forks_made.load(Ordering::Relaxed),
+            forked_runs: state.continuity().all_forks().count() as u64,
         }
     }
 

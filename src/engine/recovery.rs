@@ -112,6 +112,10 @@ pub(crate) fn load_metric_files(
         max_lsn: 0,
         quarantined: 0,
     };
+    let mut fork_points: HashMap<RunId, Vec<Lsn>> = HashMap::new();
+    for (_, fork) in continuity.all_forks() {
+        fork_points.entry(fork.parent).or_default().push(fork.lsn);
+    }
     for directory in layout.scan()? {
         let mut opened = Vec::with_capacity(directory.files.len());
         let mut damaged = Vec::new();
@@ -185,6 +189,7 @@ pub(crate) fn load_metric_files(
             summaries: summaries.into_iter().collect(),
             rewinds,
             since_rewind: since_rewind.into_iter().collect(),
+            fork_points: fork_points.remove(&directory.run_id).unwrap_or_default(),
         });
     }
     Ok(loaded)
@@ -302,6 +307,10 @@ pub(crate) fn replay_wal(
                         catalog.read().run(run_id).map(|run| run.experiment_id)
                 {
                     ingester.rewind(run_id, experiment_id, lsn, step);
+                }
+                // So does every fork, to its parent's shard.
+                if let CatalogMutation::ForkRun { parent, .. } = mutation {
+                    ingester.fork_point(parent, lsn);
                 }
             }
             WalRecord::Metrics(runs) => {

@@ -11,6 +11,7 @@
 pub(crate) mod buffer;
 pub mod live;
 mod persister;
+pub mod forks;
 pub mod rewinds;
 mod run_state;
 mod shard;
@@ -214,6 +215,8 @@ pub struct LoadedRun {
     pub rewinds: rewinds::RewindMarks,
     /// Key summaries of the files written after the newest rewind.
     pub since_rewind: Vec<(String, KeySummary)>,
+    /// The LSNs of the forks made from the run.
+    pub fork_points: Vec<Lsn>,
 }
 
 /// Which runs a snapshot covers: every run, or only these.
@@ -235,6 +238,9 @@ pub(crate) enum DataMessage {
         lsn: Lsn,
         step: i64,
     },
+    /// A run was forked from this one, in WAL order with the points
+    /// around it.
+    Fork { run_id: RunId, lsn: Lsn },
     /// The WAL replay is over: compaction may start.
     Recovered,
     Checkpoint(Sender<Option<Lsn>>),
@@ -254,6 +260,22 @@ pub(crate) enum ControlMessage {
     RunSummaries {
         run_id: RunId,
         reply: oneshot::Sender<Vec<(String, KeySummary)>>,
+    },
+    /// A key's sources a fork of the run inherits.
+    ReadInherited {
+        run_id: RunId,
+        key: String,
+        before: Lsn,
+        bound: i64,
+        reply: oneshot::Sender<SeriesSources>,
+    },
+    /// Every point a fork of the run inherits, as the fork's.
+    InheritedPoints {
+        parent: RunId,
+        child: RunId,
+        before: Lsn,
+        bound: i64,
+        reply: oneshot::Sender<Option<RunPoints>>,
     },
     ShownSummaries {
         run_id: RunId,

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::buffer::{ActiveBuffer, FrozenChunk};
-use super::rewinds::RewindMarks;
+use super::rewinds::{RewindMarks, SourceCap, min_cap};
+use super::views::FrozenSource;
 use super::{RunPoints, SeriesSources, SummaryView};
 use crate::model::{ExperimentId, KeySummary, MetricBatch, MetricSeries, RunId};
 use crate::storage::PersistedFile;
@@ -33,6 +34,10 @@ pub(crate) struct RunState {
     /// Summaries of the points logged since the newest rewind (`None`
     /// until the run is rewound).
     since_rewind: Option<SinceRewind>,
+    /// The LSNs at which runs were forked from this one, in order: like
+    /// rewinds, the buffer was frozen at each, and compaction never merges
+    /// files across one (a fork reads the files before it).
+    fork_points: Vec<Lsn>,
 }
 
 /// What a rewound run's shard knows of the points after its newest rewind.
@@ -55,7 +60,10 @@ impl RunState {
         summaries: Vec<(String, KeySummary)>,
         rewinds: RewindMarks,
         since_rewind: Vec<(String, KeySummary)>,
+        mut fork_points: Vec<Lsn>,
     ) -> Self {
+        fork_points.sort_unstable();
+        fork_points.dedup();
         let next_seq = files.iter().map(|file| file.seq() + 1).max().unwrap_or(1);
         let mut run = RunState {
             experiment_id,
@@ -73,6 +81,7 @@ impl RunState {
             applied_lsn: 0,
             since_rewind: None,
             rewinds,
+            fork_points,
         };
         for (key, summary) in summaries {
             let id = run.intern(&key) as usize;
@@ -116,10 +125,28 @@ impl RunState {
         self.rewinds.cap_for(newest_lsn)
     }
 
-    /// Where the files logged after the newest rewind start: compaction
-    /// merges no file before it with one after it.
-    pub(crate) fn first_file_after_rewinds(&self) -> usize {
-        match self.rewinds.last_lsn() {
+    /// Records that a run was forked from this one at WAL record `lsn`,
+    /// after the shard froze the active buffer. `false` when known.
+    pub(crate) fn add_fork_point(&mut self, lsn: Lsn) -> bool {
+        if self.fork_points.contains(&lsn) {
+            return false;
+        }
+        let position = self.fork_points.partition_point(|&known| known < lsn);
+        self.fork_points.insert(position, lsn);
+        self.applied_lsn = self.applied_lsn.max(lsn);
+        true
+    }
+
+    /// Where the files logged after the newest rewind or fork start:
+    /// compaction merges no file before it with one after it.
+    pub(crate) fn first_file_after_boundaries(&self) -> usize {
+        let last = self
+            .rewinds
+            .last_lsn()
+            .into_iter()
+            .chain(self.fork_points.last().copied())
+            .max();
+        match last {
             None => 0,
             Some(last) => self.files.partition_point(|file| file.newest_lsn() < last),
         }
@@ -243,14 +270,20 @@ impl RunState {
             file_caps: self
                 .files
                 .iter()
-                .map(|file| self.cap_for(file.newest_lsn()))
+                .map(|file| SourceCap::rewound_at(self.cap_for(file.newest_lsn())))
                 .collect(),
             files: self.files.clone(),
-            frozen_caps: frozen
-                .iter()
-                .map(|chunk| self.cap_for(chunk.lsn_range().1))
-                .collect(),
-            frozen,
+            frozen: match key_id {
+                Some(id) => frozen
+                    .into_iter()
+                    .map(|chunk| FrozenSource {
+                        cap: SourceCap::rewound_at(self.cap_for(chunk.lsn_range().1)),
+                        chunk,
+                        key_id: id,
+                    })
+                    .collect(),
+                None => Vec::new(),
+            },
             key_id,
             sealed: if key_id.is_some() {
                 self.active.sealed().to_vec()
@@ -261,6 +294,80 @@ impl RunState {
             applied_lsn: self.applied_lsn,
             summary: key_id.and_then(|id| self.summaries[id as usize]),
             last_rewind: self.rewinds.last_lsn(),
+            rewind_floor: self.rewinds.floor(),
+            inherited: false,
+        }
+    }
+
+    /// The cap of a source whose newest point was logged at `newest_lsn`,
+    /// as a run forked from this one at `before` with step `bound` reads
+    /// it: bounded by the step and by this run's rewinds between the two.
+    fn inherited_cap(&self, newest_lsn: Lsn, before: Lsn, bound: i64) -> SourceCap {
+        let cap = min_cap(
+            Some(bound),
+            self.rewinds.cap_between(newest_lsn, before),
+        );
+        SourceCap {
+            shown: cap,
+            bound: cap,
+        }
+    }
+
+    /// The sources of `key` that a run forked from this one at WAL record
+    /// `before` with step `bound` inherits: the files and frozen chunks
+    /// logged before the fork (the buffer was frozen at it), capped as
+    /// they were then.
+    pub(crate) fn inherited_sources_for(&self, key: &str, before: Lsn, bound: i64) -> SeriesSources {
+        let mut sources = SeriesSources::empty();
+        for file in self.files.iter().filter(|file| file.newest_lsn() < before) {
+            sources.files.push(Arc::clone(file));
+            sources
+                .file_caps
+                .push(self.inherited_cap(file.newest_lsn(), before, bound));
+        }
+        if let Some(key_id) = self.key_id(key) {
+            for chunk in self.frozen.iter().filter(|chunk| chunk.lsn_range().1 < before) {
+                sources.frozen.push(FrozenSource {
+                    chunk: Arc::clone(chunk),
+                    key_id,
+                    cap: self.inherited_cap(chunk.lsn_range().1, before, bound),
+                });
+            }
+        }
+        sources.inherited = true;
+        sources
+    }
+
+    /// Every point a run forked from this one at `before` with step `bound`
+    /// inherits (see [`Self::inherited_sources_for`]), as run `run_id`'s.
+    pub(crate) fn inherited_points(&self, run_id: RunId, before: Lsn, bound: i64) -> RunPoints {
+        let files: Vec<Arc<PersistedFile>> = self
+            .files
+            .iter()
+            .filter(|file| file.newest_lsn() < before)
+            .cloned()
+            .collect();
+        let frozen: Vec<Arc<FrozenChunk>> = self
+            .frozen
+            .iter()
+            .filter(|chunk| chunk.lsn_range().1 < before)
+            .cloned()
+            .collect();
+        RunPoints {
+            run_id,
+            experiment_id: self.experiment_id,
+            file_caps: files
+                .iter()
+                .map(|file| self.inherited_cap(file.newest_lsn(), before, bound))
+                .collect(),
+            files,
+            frozen_caps: frozen
+                .iter()
+                .map(|chunk| self.inherited_cap(chunk.lsn_range().1, before, bound))
+                .collect(),
+            frozen,
+            active: None,
+            rewind_floor: None,
         }
     }
 
@@ -279,16 +386,17 @@ impl RunState {
             file_caps: self
                 .files
                 .iter()
-                .map(|file| self.cap_for(file.newest_lsn()))
+                .map(|file| SourceCap::rewound_at(self.cap_for(file.newest_lsn())))
                 .collect(),
             files: self.files.clone(),
             frozen_caps: self
                 .frozen
                 .iter()
-                .map(|chunk| self.cap_for(chunk.lsn_range().1))
+                .map(|chunk| SourceCap::rewound_at(self.cap_for(chunk.lsn_range().1)))
                 .collect(),
             frozen: self.frozen.clone(),
             active,
+            rewind_floor: self.rewinds.floor(),
         }
     }
 

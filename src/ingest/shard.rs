@@ -116,6 +116,7 @@ fn new_run(experiment_id: crate::model::ExperimentId) -> RunState {
         Vec::new(),
         RewindMarks::default(),
         Vec::new(),
+        Vec::new(),
     )
 }
 
@@ -164,6 +165,7 @@ impl Shard {
                         run.summaries,
                         run.rewinds,
                         run.since_rewind,
+                        run.fork_points,
                     ),
                 )
             })
@@ -312,6 +314,21 @@ impl Shard {
                     self.live.publish_rewind(run_id, lsn, step);
                 }
             }
+            DataMessage::Fork { run_id, lsn } => {
+                // A run without points or files has nothing to hand down.
+                if !self.runs.contains_key(&run_id) {
+                    return;
+                }
+                // The points before the fork go to a chunk of their own
+                // (also when replayed: the WAL replays the points around
+                // it).
+                self.freeze(run_id);
+                if let Some(run) = self.runs.get_mut(&run_id)
+                    && run.add_fork_point(lsn)
+                {
+                    tracing::debug!(%run_id, lsn, "fork point applied: the run's buffer was frozen at it");
+                }
+            }
             DataMessage::Recovered => self.recovering = false,
             DataMessage::Checkpoint(reply) => {
                 let oldest = self
@@ -340,6 +357,32 @@ impl Shard {
                     None => SeriesSources::empty(),
                 };
                 let _ = reply.send(sources);
+            }
+            ControlMessage::ReadInherited {
+                run_id,
+                key,
+                before,
+                bound,
+                reply,
+            } => {
+                let sources = match self.runs.get(&run_id) {
+                    Some(run) => run.inherited_sources_for(&key, before, bound),
+                    None => SeriesSources::empty(),
+                };
+                let _ = reply.send(sources);
+            }
+            ControlMessage::InheritedPoints {
+                parent,
+                child,
+                before,
+                bound,
+                reply,
+            } => {
+                let points = self
+                    .runs
+                    .get(&parent)
+                    .map(|run| run.inherited_points(child, before, bound));
+                let _ = reply.send(points);
             }
             ControlMessage::RunSummaries { run_id, reply } => {
                 let summaries = self
@@ -435,7 +478,7 @@ impl Shard {
             .filter(|(_, run)| {
                 !run.compacting
                     && run.frozen.is_empty()
-                    && run.files.len() > run.first_file_after_rewinds() + 1
+                    && run.files.len() > run.first_file_after_boundaries() + 1
             })
             .map(|(run_id, _)| *run_id)
             .collect();
@@ -591,9 +634,10 @@ impl Shard {
             return;
         }
         let finished = run.ended && run.active.rows() == 0;
-        // Files logged before a rewind are never merged with later ones
-        // (their caps differ); only the files after the newest rewind are.
-        let files = &run.files[run.first_file_after_rewinds()..];
+        // Files logged before a rewind or a fork are never merged with
+        // later ones (their caps differ; a fork reads only the earlier
+        // ones); only the files after the newest of them are.
+        let files = &run.files[run.first_file_after_boundaries()..];
         if files.len() < 2 || (!finished && files.len() < self.config.compact_after_files) {
             return;
         }

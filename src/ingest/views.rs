@@ -2,7 +2,8 @@
 //! ([`SeriesSources`]), every point of a run ([`RunPoints`]) and the key
 //! summaries reads show ([`SummaryView`]), each captured atomically by the
 //! run's shard, with the caps a rewind puts on the sources (see
-//! [`super::rewinds`]).
+//! [`super::rewinds`]); a forked run's also hold the sources it inherits
+//! (see [`super::forks`]).
 
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use arrow::array::RecordBatch;
 use arrow::error::ArrowError;
 
 use super::buffer::{BufferedPoints, FrozenChunk, Segment};
-use super::rewinds;
+use super::rewinds::{self, SourceCap};
 use crate::model::{ExperimentId, KeySummary, MetricSeries, RunId};
 use crate::storage::{PersistedFile, StorageError};
 use crate::wal::Lsn;
@@ -56,12 +57,13 @@ pub struct RunSummaryView {
 /// for them ([`SeriesSources::include_rewound`]). The active buffer holds
 /// only points logged after the newest rewind.
 pub struct SeriesSources {
+    /// Files, oldest first (inherited ones before the run's own).
     pub(super) files: Vec<Arc<PersistedFile>>,
-    /// Per file: the greatest step shown (`None`: every step).
-    pub(super) file_caps: Vec<Option<i64>>,
-    pub(super) frozen: Vec<Arc<FrozenChunk>>,
-    /// Per frozen chunk: the greatest step shown.
-    pub(super) frozen_caps: Vec<Option<i64>>,
+    /// Per file: what it shows.
+    pub(super) file_caps: Vec<SourceCap>,
+    /// Frozen chunks, oldest first.
+    pub(super) frozen: Vec<FrozenSource>,
+    /// The key's id in the run's active buffer.
     pub(super) key_id: Option<u32>,
     /// The active buffer's sealed segments (shared).
     pub(super) sealed: Vec<Arc<Segment>>,
@@ -71,6 +73,19 @@ pub struct SeriesSources {
     pub(super) summary: Option<KeySummary>,
     /// The LSN of the run's newest rewind the shard had applied.
     pub(super) last_rewind: Option<Lsn>,
+    /// The smallest step of the run's rewinds: it caps the sources the
+    /// run inherits.
+    pub(super) rewind_floor: Option<i64>,
+    /// Whether some sources come from the run's fork parents.
+    pub(super) inherited: bool,
+}
+
+/// A frozen chunk among a key's sources.
+pub(super) struct FrozenSource {
+    pub(super) chunk: Arc<FrozenChunk>,
+    /// The key's id in the chunk (a fork parent's chunk has its own).
+    pub(super) key_id: u32,
+    pub(super) cap: SourceCap,
 }
 
 impl SeriesSources {
@@ -80,13 +95,14 @@ impl SeriesSources {
             files: Vec::new(),
             file_caps: Vec::new(),
             frozen: Vec::new(),
-            frozen_caps: Vec::new(),
             key_id: None,
             sealed: Vec::new(),
             active: MetricSeries::default(),
             applied_lsn: 0,
             summary: None,
             last_rewind: None,
+            rewind_floor: None,
+            inherited: false,
         }
     }
 
@@ -95,24 +111,25 @@ impl SeriesSources {
         self.last_rewind
     }
 
-    /// The shown points logged before the run's newest rewind (the files
-    /// and frozen chunks with a cap), in step order. Blocking.
+    /// Whether some of the sources come from the run's fork parents.
+    pub fn is_inherited(&self) -> bool {
+        self.inherited
+    }
+
+    /// The shown points logged before the run's newest rewind, or before
+    /// its fork when it was never rewound (the files and frozen chunks
+    /// with a cap), in step order. Blocking.
     pub fn collect_before_last_rewind(mut self, key: &str) -> Result<MetricSeries, StorageError> {
-        // Only the sources with a cap were logged before the newest rewind.
+        // Only the sources with a cap were logged before the newest rewind
+        // (or inherited).
         let (files, file_caps) = self
             .files
             .into_iter()
             .zip(self.file_caps)
-            .filter(|(_, cap)| cap.is_some())
-            .unzip();
-        let (frozen, frozen_caps) = self
-            .frozen
-            .into_iter()
-            .zip(self.frozen_caps)
-            .filter(|(_, cap)| cap.is_some())
+            .filter(|(_, cap)| cap.shown.is_some())
             .unzip();
         (self.files, self.file_caps) = (files, file_caps);
-        (self.frozen, self.frozen_caps) = (frozen, frozen_caps);
+        self.frozen.retain(|source| source.cap.shown.is_some());
         self.sealed.clear();
         self.active = MetricSeries::default();
         self.collect(key)
@@ -120,8 +137,11 @@ impl SeriesSources {
 
     /// The same sources read with the points a rewind hid.
     pub fn include_rewound(mut self) -> Self {
-        self.file_caps.iter_mut().for_each(|cap| *cap = None);
-        self.frozen_caps.iter_mut().for_each(|cap| *cap = None);
+        let uncap = |cap: &mut SourceCap| cap.shown = cap.bound;
+        self.file_caps.iter_mut().for_each(uncap);
+        self.frozen
+            .iter_mut()
+            .for_each(|source| uncap(&mut source.cap));
         self
     }
 
@@ -129,8 +149,13 @@ impl SeriesSources {
     pub fn has_hidden_points(&self) -> bool {
         self.file_caps
             .iter()
-            .chain(&self.frozen_caps)
-            .any(Option::is_some)
+            .chain(self.frozen.iter().map(|source| &source.cap))
+            .any(|cap| cap.hides_points())
+    }
+
+    /// The greatest step each file shows (`None`: every step).
+    fn shown_caps(&self) -> Vec<Option<i64>> {
+        self.file_caps.iter().map(|cap| cap.shown).collect()
     }
 
     /// Reads every source (files, then frozen chunks, then the active
@@ -141,7 +166,7 @@ impl SeriesSources {
         for (file, cap) in self.files.iter().zip(&self.file_caps) {
             let from = series.len();
             file.read_key(key, &mut series)?;
-            if let Some(cap) = *cap {
+            if let Some(cap) = cap.shown {
                 series.retain_steps_from(from, i64::MIN, cap);
             }
         }
@@ -159,15 +184,15 @@ impl SeriesSources {
     /// unsealed tail.
     fn buffered_parts(self) -> (Vec<MetricSeries>, MetricSeries) {
         let mut parts = Vec::new();
-        if let Some(id) = self.key_id {
-            for (chunk, cap) in self.frozen.iter().zip(&self.frozen_caps) {
-                let mut points = MetricSeries::default();
-                chunk.collect_key(id, &mut points);
-                if let Some(cap) = *cap {
-                    points.retain_steps_from(0, i64::MIN, cap);
-                }
-                parts.push(points);
+        for source in &self.frozen {
+            let mut points = MetricSeries::default();
+            source.chunk.collect_key(source.key_id, &mut points);
+            if let Some(cap) = source.cap.shown {
+                points.retain_steps_from(0, i64::MIN, cap);
             }
+            parts.push(points);
+        }
+        if let Some(id) = self.key_id {
             for segment in &self.sealed {
                 let mut points = MetricSeries::default();
                 segment.collect_key(id, &mut points);
@@ -198,7 +223,7 @@ impl SeriesSources {
     /// themselves. Blocking.
     pub fn into_parts(self) -> (Vec<Arc<PersistedFile>>, Vec<Option<i64>>, MetricSeries) {
         let files = self.files.clone();
-        let caps = self.file_caps.clone();
+        let caps = self.shown_caps();
         let (parts, tail) = self.buffered_parts();
         let mut buffered = MetricSeries::default();
         for part in &parts {
@@ -215,9 +240,14 @@ impl SeriesSources {
     /// The files (in sequence order) with their caps, and the key's
     /// buffered points as shared segments plus a copy of the unsealed
     /// tail, without copying the segments (when a frozen chunk has hidden
-    /// points, every buffered point is copied into the tail instead).
+    /// points or is inherited, every buffered point is copied into the
+    /// tail instead).
     pub fn into_shared(self) -> (Vec<Arc<PersistedFile>>, Vec<Option<i64>>, BufferedKey) {
-        if self.frozen_caps.iter().any(Option::is_some) {
+        if self
+            .frozen
+            .iter()
+            .any(|source| source.cap.shown.is_some() || Some(source.key_id) != self.key_id)
+        {
             let key_id = self.key_id.unwrap_or(0);
             let (files, caps, tail) = self.into_parts();
             return (
@@ -230,18 +260,19 @@ impl SeriesSources {
                 },
             );
         }
+        let caps = self.shown_caps();
         let segments = match self.key_id {
             Some(_) => self
                 .frozen
                 .iter()
-                .flat_map(|chunk| chunk.segments().iter().cloned())
+                .flat_map(|source| source.chunk.segments().iter().cloned())
                 .chain(self.sealed)
                 .collect(),
             None => Vec::new(),
         };
         (
             self.files,
-            self.file_caps,
+            caps,
             BufferedKey {
                 key_id: self.key_id.unwrap_or(0),
                 segments,
@@ -275,13 +306,15 @@ pub struct RunPoints {
     pub run_id: RunId,
     /// Its experiment.
     pub experiment_id: ExperimentId,
-    /// Its files, in sequence order.
+    /// Its files, oldest first (inherited ones before the run's own).
     pub files: Vec<Arc<PersistedFile>>,
-    /// Per file: the greatest step shown (`None`: every step).
-    pub file_caps: Vec<Option<i64>>,
+    /// Per file: what it shows.
+    pub file_caps: Vec<SourceCap>,
     pub(super) frozen: Vec<Arc<FrozenChunk>>,
-    pub(super) frozen_caps: Vec<Option<i64>>,
+    pub(super) frozen_caps: Vec<SourceCap>,
     pub(super) active: Option<BufferedPoints>,
+    /// The smallest step of the run's rewinds.
+    pub(super) rewind_floor: Option<i64>,
 }
 
 impl RunPoints {
@@ -312,7 +345,7 @@ impl RunPoints {
         }
         if let Some(active) = self.active.take()
             && active.rows() > 0
-            && rewound.steps(None).is_some()
+            && rewound.steps(SourceCap::default()).is_some()
         {
             batches.push(active.into_record_batch()?);
         }

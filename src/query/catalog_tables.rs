@@ -157,6 +157,7 @@ pub fn register(context: &SessionContext, catalog: &CatalogState) -> DfResult<us
         ("artifact_properties", artifact_properties_batch(catalog)?),
         ("events", events_batch(catalog)?),
         ("rewinds", rewinds_batch(catalog)?),
+        ("forks", forks_batch(catalog)?),
     ];
     let mut bytes = 0;
     for (name, batch) in tables {
@@ -406,4 +407,47 @@ fn rewinds_batch(catalog: &CatalogState) -> DfResult<RecordBatch> {
         Arc::new(times.finish()),
     ];
     Ok(RecordBatch::try_new(rewinds_schema(), columns)?)
+}
+
+/// Schema of `forks`: one row per forked run.
+pub fn forks_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    cached_schema(&SCHEMA, || {
+        vec![
+            text("run_id"),
+            text("experiment_id"),
+            text("parent_run_id"),
+            Field::new("step", DataType::Int64, false),
+            Field::new("time", timestamp_type(), false),
+        ]
+    })
+}
+
+fn forks_batch(catalog: &CatalogState) -> DfResult<RecordBatch> {
+    let mut run_ids = StringBuilder::new();
+    let mut experiment_ids = StringBuilder::new();
+    let mut parents = StringBuilder::new();
+    let mut steps = Int64Builder::new();
+    let mut times = TimestampMillisecondBuilder::new().with_timezone(TIMEZONE);
+    let mut rows: Vec<(RunId, ExperimentId, crate::catalog::continuity::Fork)> = catalog
+        .continuity()
+        .all_forks()
+        .filter_map(|(run_id, fork)| Some((run_id, catalog.run(run_id)?.experiment_id, *fork)))
+        .collect();
+    rows.sort_by_key(|(_, _, fork)| fork.lsn);
+    for (run_id, experiment_id, fork) in rows {
+        run_ids.append_value(run_id.to_string());
+        experiment_ids.append_value(experiment_id.to_string());
+        parents.append_value(fork.parent.to_string());
+        steps.append_value(fork.step);
+        times.append_value(fork.time);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(run_ids.finish()),
+        Arc::new(experiment_ids.finish()),
+        Arc::new(parents.finish()),
+        Arc::new(steps.finish()),
+        Arc::new(times.finish()),
+    ];
+    Ok(RecordBatch::try_new(forks_schema(), columns)?)
 }

@@ -1,6 +1,8 @@
 //! Run continuity over HTTP: `POST /api/v1/runs/{id}/rewind {"step": N}`
 //! hides the points the run logged so far with a step past `N` (MLflow
-//! clients do the same by setting the tag `stepstore.rewind_to_step`).
+//! clients do the same by setting the tag `stepstore.rewind_to_step`);
+//! the JSON of forks (`POST /api/v1/runs` with `fork_from` is in
+//! [`super::native`]).
 
 use std::sync::Arc;
 
@@ -14,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::auth::Access;
 use super::error::ApiError;
 use super::extract::{json_body, run_id};
-use crate::catalog::continuity::Rewind;
+use crate::catalog::continuity::{Fork, Rewind};
 use crate::engine::Engine;
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -39,6 +41,37 @@ impl From<&Rewind> for RewindJson {
         RewindJson {
             step: rewind.step,
             time: rewind.time,
+        }
+    }
+}
+
+/// Where a new run is forked from (`fork_from` of `POST /api/v1/runs`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForkFrom {
+    /// The parent run.
+    pub run_id: String,
+    /// The parent's step the fork starts after.
+    pub step: i64,
+}
+
+/// How a run was forked, as JSON.
+#[derive(Serialize)]
+pub struct ForkJson {
+    /// The parent run.
+    pub run_id: String,
+    /// The parent's step the fork starts after.
+    pub step: i64,
+    /// When, ms since the epoch.
+    pub time: i64,
+}
+
+impl From<&Fork> for ForkJson {
+    fn from(fork: &Fork) -> Self {
+        ForkJson {
+            run_id: fork.parent.to_string(),
+            step: fork.step,
+            time: fork.time,
         }
     }
 }

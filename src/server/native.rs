@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use super::auth::Access;
 use super::error::ApiError;
 use super::extract::{body_error, experiment_id, json_body, parse_json, run_id};
+use crate::catalog::continuity::NewFork;
 use crate::catalog::{NewExperiment, NewRun, RunUpdate};
 use crate::engine::{Engine, ViewType};
 use crate::error_kind::{Classify, ErrorKind};
@@ -127,6 +128,18 @@ struct RunWithMetrics {
     metrics: BTreeMap<String, MetricSummaryJson>,
     /// The run's rewinds, oldest first.
     rewinds: Vec<super::continuity::RewindJson>,
+    /// The run it was forked from, if it was.
+    forked_from: Option<super::continuity::ForkJson>,
+}
+
+/// A run as `POST /api/v1/runs` answers it.
+#[derive(Serialize)]
+struct CreatedRun {
+    #[serde(flatten)]
+    run: Run,
+    /// The run it was forked from, for a fork.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    forked_from: Option<super::continuity::ForkJson>,
 }
 
 /// Turns a JSON scalar into the string MLflow would store.
@@ -327,6 +340,8 @@ struct CreateRunRequest {
     start_time: Option<i64>,
     params: Option<Value>,
     tags: Option<Value>,
+    /// Fork this run from another at a step.
+    fork_from: Option<super::continuity::ForkFrom>,
 }
 
 /// Finds the experiment a new run goes to: by id, by name (created when
@@ -374,22 +389,49 @@ async fn create_run(
     State(engine): EngineState,
     access: Access,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<Run>> {
+) -> ApiResult<Json<CreatedRun>> {
     let request: CreateRunRequest = json_body(body)?;
-    let experiment_id = resolve_experiment(&engine, &access, &request).await?;
+    // A fork goes to its parent's experiment unless told otherwise.
+    let parent = match &request.fork_from {
+        Some(fork) => Some(engine.run_for(&access, run_id(&fork.run_id)?)?),
+        None => None,
+    };
+    let experiment_id = match &parent {
+        Some(parent) if request.experiment_id.is_none() && request.experiment_name.is_none() => {
+            parent.experiment_id
+        }
+        _ => resolve_experiment(&engine, &access, &request).await?,
+    };
     let params = object_pairs(request.params, "params", true)?;
     let tags = object_pairs(request.tags, "tags", false)?;
+    let new_run = NewRun {
+        experiment_id,
+        run_name: request.run_name,
+        user_id: request.user_id.unwrap_or_default(),
+        start_time: request.start_time.unwrap_or_else(now_millis),
+        params,
+        tags,
+    };
+    let (Some(parent), Some(fork)) = (parent, request.fork_from) else {
+        let run = engine.create_run(new_run).await?;
+        return Ok(Json(CreatedRun {
+            run,
+            forked_from: None,
+        }));
+    };
     let run = engine
-        .create_run(NewRun {
-            experiment_id,
-            run_name: request.run_name,
-            user_id: request.user_id.unwrap_or_default(),
-            start_time: request.start_time.unwrap_or_else(now_millis),
-            params,
-            tags,
+        .fork_run(NewFork {
+            parent: parent.run_id,
+            step: fork.step,
+            run: new_run,
+            time: now_millis(),
         })
         .await?;
-    Ok(Json(run))
+    let forked_from = engine
+        .run_fork(run.run_id)
+        .as_ref()
+        .map(super::continuity::ForkJson::from);
+    Ok(Json(CreatedRun { run, forked_from }))
 }
 
 async fn get_run(
@@ -410,10 +452,15 @@ async fn get_run(
         .iter()
         .map(super::continuity::RewindJson::from)
         .collect();
+    let forked_from = engine
+        .run_fork(id)
+        .as_ref()
+        .map(super::continuity::ForkJson::from);
     Ok(Json(RunWithMetrics {
         run,
         metrics,
         rewinds,
+        forked_from,
     }))
 }
 
