@@ -546,7 +546,9 @@ fn every_read_path_shows_what_the_rewinds_and_forks_leave() {
     assert_eq!(server.metric("stepstore_forked_runs"), forks.len() as f64);
     let inherited: usize = forks
         .iter()
-        .map(|&(run, _, _)| view(&history.runs, run, u64::MAX).len() - history.runs[run].1.points.len())
+        .map(|&(run, _, _)| {
+            view(&history.runs, run, u64::MAX).len() - history.runs[run].1.points.len()
+        })
         .sum();
     assert!(inherited >= 20, "forks inherited only {inherited} points");
     for &(run, parent, step) in &forks {
@@ -805,30 +807,208 @@ fn a_rewind_in_the_snapshot_still_splits_the_points_replayed_around_it() {
         &json!({ "step": 35 }),
     );
     log(&server, 36..=38, 1000.0);
+    // A fork at step 37 (the parent's points up to it, the rewound ones
+    // left out), then the parent logs on: the fork does not see it.
+    let forked = server.post(
+        "/api/v1/runs",
+        &json!({"fork_from": {"run_id": run, "step": 37}}),
+    )["run_id"]
+        .as_str()
+        .expect("run_id")
+        .to_string();
+    log(&server, 39..=39, 1000.0);
+    let fork_points = [(&forked, 38.0), (&forked, 39.0)];
+    for (id, step) in fork_points {
+        server.post(
+            &format!("/api/v1/runs/{id}/metrics"),
+            &json!({"points": [{"key": "loss", "step": step as i64, "value": 5000.0 + step}]}),
+        );
+    }
     wait_for("no catalog snapshot was written after the rewind", &|| {
         newest_snapshot_lsn(dir.path()) > before
     });
     assert_eq!(common::parquet_files(dir.path()).len(), 1);
     let expected: Vec<(i64, f64)> = (0..=35)
         .map(|step| (step, step as f64))
-        .chain((36..=38).map(|step| (step, 1000.0 + step as f64)))
+        .chain((36..=39).map(|step| (step, 1000.0 + step as f64)))
         .collect();
-    let shown = |server: &TestServer| -> Vec<(i64, f64)> {
-        scalar_series(server, &run, "loss", "")
+    let expected_fork: Vec<(i64, f64)> = (0..=35)
+        .map(|step| (step, step as f64))
+        .chain((36..=37).map(|step| (step, 1000.0 + step as f64)))
+        .chain((38..=39).map(|step| (step, 5000.0 + step as f64)))
+        .collect();
+    let shown = |server: &TestServer, run: &str| -> Vec<(i64, f64)> {
+        scalar_series(server, run, "loss", "")
             .into_iter()
             .map(|(step, _, value)| (step, value))
             .collect()
     };
-    assert_eq!(shown(&server), expected, "before the SIGKILL");
+    assert_eq!(shown(&server, &run), expected, "before the SIGKILL");
+    assert_eq!(shown(&server, &forked), expected_fork, "the fork, before");
     server.kill();
     let server = TestServer::start(dir.path(), ARGS);
-    assert_eq!(shown(&server), expected, "after the SIGKILL");
+    assert_eq!(shown(&server, &run), expected, "after the SIGKILL");
+    assert_eq!(shown(&server, &forked), expected_fork, "the fork, after");
     let summary = &server.get(&format!("/api/v1/runs/{run}"))["metrics"]["loss"];
-    assert_eq!(summary["count"], 39, "{summary}");
-    assert_eq!(summary["last_step"], 38, "{summary}");
-    assert_eq!(json_to_f64(&summary["value"]), 1038.0, "{summary}");
+    assert_eq!(summary["count"], 40, "{summary}");
+    assert_eq!(summary["last_step"], 39, "{summary}");
+    assert_eq!(json_to_f64(&summary["value"]), 1039.0, "{summary}");
     assert_eq!(
         scalar_series(&server, &run, "loss", "&include_rewound=true").len(),
-        44
+        45
     );
+    let summary = &server.get(&format!("/api/v1/runs/{forked}"))["metrics"]["loss"];
+    assert_eq!(summary["count"], 40, "{summary}");
+    assert_eq!(json_to_f64(&summary["value"]), 5039.0, "{summary}");
+}
+
+#[test]
+fn a_fork_inherits_params_and_tags_and_bad_forks_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let parent = server.post(
+        "/api/v1/runs",
+        &json!({"experiment_name": "forks", "run_name": "parent",
+                "params": {"lr": "0.1", "batch": "32"}, "tags": {"team": "vision"}}),
+    )["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let points: Vec<Value> = (0..10)
+        .map(|step| json!({"key": "loss", "step": step, "value": step as f64}))
+        .collect();
+    server.post(
+        &format!("/api/v1/runs/{parent}/metrics"),
+        &json!({ "points": points }),
+    );
+    server.post(
+        "/api/2.0/mlflow/runs/set-tag",
+        &json!({"run_id": parent, "key": "stepstore.rewind_to_step", "value": "7"}),
+    );
+    // The fork's own params and tags win over the parent's.
+    let child = server.post(
+        "/api/v1/runs",
+        &json!({"run_name": "lower-lr", "params": {"lr": "0.01"}, "tags": {"note": "retry"},
+                "fork_from": {"run_id": parent, "step": 5}}),
+    );
+    let child_id = child["run_id"].as_str().unwrap().to_string();
+    assert_eq!(child["forked_from"]["run_id"], parent.as_str());
+    assert_eq!(
+        child["experiment_id"],
+        server.get(&format!("/api/v1/runs/{parent}"))["experiment_id"]
+    );
+    let got = server.get(&format!("/api/v1/runs/{child_id}"));
+    assert_eq!(got["params"]["lr"], "0.01", "{got}");
+    assert_eq!(got["params"]["batch"], "32", "{got}");
+    assert_eq!(got["tags"]["team"], "vision", "{got}");
+    assert_eq!(got["tags"]["note"], "retry", "{got}");
+    assert_eq!(got["tags"]["mlflow.runName"], "lower-lr", "{got}");
+    assert!(
+        got["tags"].get("stepstore.rewind_to_step").is_none(),
+        "{got}"
+    );
+    assert_eq!(got["metrics"]["loss"]["count"], 6, "{got}");
+    assert!(got["rewinds"].as_array().unwrap().is_empty());
+    // Its tags are its own.
+    server.post(
+        "/api/2.0/mlflow/runs/set-tag",
+        &json!({"run_id": child_id, "key": "team", "value": "audio"}),
+    );
+    assert_eq!(
+        server.get(&format!("/api/v1/runs/{parent}"))["tags"]["team"],
+        "vision"
+    );
+    // The MLflow form: two tags on runs/create.
+    let experiment_id = got["experiment_id"].as_str().unwrap().to_string();
+    let created = server.post(
+        "/api/2.0/mlflow/runs/create",
+        &json!({"experiment_id": experiment_id, "tags": [
+            {"key": "stepstore.fork_from_run_id", "value": parent},
+            {"key": "stepstore.fork_from_step", "value": "3"}]}),
+    );
+    let mlflow_child = created["run"]["info"]["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let history = server.get(&format!(
+        "/api/2.0/mlflow/metrics/get-history?run_id={mlflow_child}&metric_key=loss"
+    ));
+    assert_eq!(history["metrics"].as_array().unwrap().len(), 4, "{history}");
+    let forked = server.get(&format!("/api/v1/runs/{mlflow_child}"));
+    assert_eq!(forked["forked_from"]["step"], 3, "{forked}");
+    assert_eq!(forked["params"]["batch"], "32", "{forked}");
+    // Refused: each with an MLflow error body.
+    let other = server.create_run("elsewhere", "x");
+    let other_experiment = server.get(&format!("/api/v1/runs/{other}"))["experiment_id"].clone();
+    for (body, status, what) in [
+        (
+            json!({"fork_from": {"run_id": "0123456789abcdef0123456789abcdef", "step": 1}}),
+            404,
+            "an unknown parent",
+        ),
+        (
+            json!({"fork_from": {"run_id": parent, "step": 1}, "experiment_name": "elsewhere"}),
+            400,
+            "another experiment",
+        ),
+        (json!({"fork_from": {"run_id": parent}}), 400, "no step"),
+        (
+            json!({"fork_from": {"run_id": parent, "step": "x"}}),
+            400,
+            "a step that is not a number",
+        ),
+        (
+            json!({"fork_from": {"run_id": parent, "step": 1, "at": 2}}),
+            400,
+            "an unknown field",
+        ),
+        (
+            json!({"fork_from": {"run_id": "nope", "step": 1}}),
+            400,
+            "a malformed run id",
+        ),
+    ] {
+        let (got, answer) = server.request("POST", "/api/v1/runs", Some(&body));
+        assert_eq!(got, status, "{what}: {answer}");
+        assert!(answer["error_code"].is_string(), "{what}: {answer}");
+    }
+    for (tags, what) in [
+        (
+            json!([{"key": "stepstore.fork_from_run_id", "value": parent}]),
+            "no step tag",
+        ),
+        (
+            json!([{"key": "stepstore.fork_from_run_id", "value": parent},
+                   {"key": "stepstore.fork_from_step", "value": "1.5"}]),
+            "a fractional step",
+        ),
+    ] {
+        let (got, answer) = server.request(
+            "POST",
+            "/api/2.0/mlflow/runs/create",
+            Some(&json!({"experiment_id": experiment_id, "tags": tags})),
+        );
+        assert_eq!(got, 400, "{what}: {answer}");
+        assert_eq!(
+            answer["error_code"], "INVALID_PARAMETER_VALUE",
+            "{what}: {answer}"
+        );
+    }
+    let (got, answer) = server.request(
+        "POST",
+        "/api/2.0/mlflow/runs/create",
+        Some(&json!({"experiment_id": other_experiment, "tags": [
+            {"key": "stepstore.fork_from_run_id", "value": parent},
+            {"key": "stepstore.fork_from_step", "value": "1"}]})),
+    );
+    assert_eq!(got, 400, "a fork into another experiment: {answer}");
+    // A deleted parent cannot be forked, and its forks stay readable.
+    server.post("/api/2.0/mlflow/runs/delete", &json!({ "run_id": parent }));
+    let (got, answer) = server.request(
+        "POST",
+        "/api/v1/runs",
+        Some(&json!({"fork_from": {"run_id": parent, "step": 1}})),
+    );
+    assert_eq!(got, 400, "{answer}");
+    assert_eq!(scalar_series(&server, &child_id, "loss", "").len(), 6);
 }

@@ -19,6 +19,13 @@ use crate::wal::Lsn;
 /// `log-batch`): its value is the step.
 pub const REWIND_TAG: &str = "stepstore.rewind_to_step";
 
+/// With [`FORK_STEP_TAG`], the tags that fork a new run from another when
+/// given to MLflow `runs/create`: the parent's run id.
+pub const FORK_RUN_TAG: &str = "stepstore.fork_from_run_id";
+
+/// The parent's step a run created with [`FORK_RUN_TAG`] starts after.
+pub const FORK_STEP_TAG: &str = "stepstore.fork_from_step";
+
 /// Runs forked from one run: each keeps the parent's files before it from
 /// being merged with those after it.
 pub const MAX_FORKS_PER_RUN: usize = 1_000;
@@ -97,7 +104,10 @@ impl ContinuityState {
 
     /// Every forked run and its fork.
     pub fn all_forks(&self) -> impl Iterator<Item = (RunId, &Fork)> {
-        self.forks.forks.iter().map(|(run_id, fork)| (*run_id, fork))
+        self.forks
+            .forks
+            .iter()
+            .map(|(run_id, fork)| (*run_id, fork))
     }
 
     /// The LSNs of the forks made from `parent`, in order.
@@ -209,9 +219,9 @@ pub struct NewFork {
     pub time: i64,
 }
 
-/// Tags a fork does not take from its parent: its own name and the
-/// parent's rewinds.
-const NOT_INHERITED_TAGS: [&str; 2] = [RUN_NAME_TAG, REWIND_TAG];
+/// Tags a fork does not take from its parent: its own name, the parent's
+/// rewinds and the parent's own fork.
+const NOT_INHERITED_TAGS: [&str; 4] = [RUN_NAME_TAG, REWIND_TAG, FORK_RUN_TAG, FORK_STEP_TAG];
 
 impl Catalog {
     /// Forks a run: a new run in the parent's experiment with the parent's

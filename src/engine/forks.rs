@@ -147,10 +147,7 @@ impl Engine {
         let mut own: HashMap<RunId, RunPoints> = HashMap::new();
         points.retain_mut(|run| {
             if forked.iter().any(|(run_id, _)| *run_id == run.run_id) {
-                let taken = std::mem::replace(
-                    run,
-                    RunPoints::empty(run.run_id, run.experiment_id),
-                );
+                let taken = std::mem::replace(run, RunPoints::empty(run.run_id, run.experiment_id));
                 own.insert(taken.run_id, taken);
                 false
             } else {

@@ -9,9 +9,9 @@
 //! control channel so they never wait behind a full data channel.
 
 pub(crate) mod buffer;
+pub mod forks;
 pub mod live;
 mod persister;
-pub mod forks;
 pub mod rewinds;
 mod run_state;
 mod shard;
@@ -240,7 +240,10 @@ pub(crate) enum DataMessage {
     },
     /// A run was forked from this one, in WAL order with the points
     /// around it.
-    Fork { run_id: RunId, lsn: Lsn },
+    Fork {
+        run_id: RunId,
+        lsn: Lsn,
+    },
     /// The WAL replay is over: compaction may start.
     Recovered,
     Checkpoint(Sender<Option<Lsn>>),

@@ -303,10 +303,7 @@ impl RunState {
     /// as a run forked from this one at `before` with step `bound` reads
     /// it: bounded by the step and by this run's rewinds between the two.
     fn inherited_cap(&self, newest_lsn: Lsn, before: Lsn, bound: i64) -> SourceCap {
-        let cap = min_cap(
-            Some(bound),
-            self.rewinds.cap_between(newest_lsn, before),
-        );
+        let cap = min_cap(Some(bound), self.rewinds.cap_between(newest_lsn, before));
         SourceCap {
             shown: cap,
             bound: cap,
@@ -317,7 +314,12 @@ impl RunState {
     /// `before` with step `bound` inherits: the files and frozen chunks
     /// logged before the fork (the buffer was frozen at it), capped as
     /// they were then.
-    pub(crate) fn inherited_sources_for(&self, key: &str, before: Lsn, bound: i64) -> SeriesSources {
+    pub(crate) fn inherited_sources_for(
+        &self,
+        key: &str,
+        before: Lsn,
+        bound: i64,
+    ) -> SeriesSources {
         let mut sources = SeriesSources::empty();
         for file in self.files.iter().filter(|file| file.newest_lsn() < before) {
             sources.files.push(Arc::clone(file));
@@ -326,7 +328,11 @@ impl RunState {
                 .push(self.inherited_cap(file.newest_lsn(), before, bound));
         }
         if let Some(key_id) = self.key_id(key) {
-            for chunk in self.frozen.iter().filter(|chunk| chunk.lsn_range().1 < before) {
+            for chunk in self
+                .frozen
+                .iter()
+                .filter(|chunk| chunk.lsn_range().1 < before)
+            {
                 sources.frozen.push(FrozenSource {
                     chunk: Arc::clone(chunk),
                     key_id,

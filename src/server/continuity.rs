@@ -16,8 +16,9 @@ use serde::{Deserialize, Serialize};
 use super::auth::Access;
 use super::error::ApiError;
 use super::extract::{json_body, run_id};
-use crate::catalog::continuity::{Fork, Rewind};
+use crate::catalog::continuity::{FORK_RUN_TAG, FORK_STEP_TAG, Fork, Rewind};
 use crate::engine::Engine;
+use crate::model::RunId;
 
 type ApiResult<T> = Result<T, ApiError>;
 type EngineState = State<Arc<Engine>>;
@@ -73,6 +74,35 @@ impl From<&Fork> for ForkJson {
             step: fork.step,
             time: fork.time,
         }
+    }
+}
+
+/// The fork that the tags of an MLflow `runs/create` ask for
+/// ([`FORK_RUN_TAG`] and [`FORK_STEP_TAG`]), if they ask for one.
+pub fn fork_from_tags<'a>(
+    mut tags: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Result<Option<(RunId, i64)>, ApiError> {
+    let (mut parent, mut step) = (None, None);
+    for (key, value) in tags.by_ref() {
+        match key {
+            FORK_RUN_TAG => parent = Some(value),
+            FORK_STEP_TAG => step = Some(value),
+            _ => {}
+        }
+    }
+    match (parent, step) {
+        (None, None) => Ok(None),
+        (Some(parent), Some(step)) => {
+            let step = step.trim().parse::<i64>().map_err(|_| {
+                ApiError::invalid(format!(
+                    "tag {FORK_STEP_TAG} must be a whole step number, got {step:?}"
+                ))
+            })?;
+            Ok(Some((run_id(parent.trim())?, step)))
+        }
+        _ => Err(ApiError::invalid(format!(
+            "a fork needs both tags {FORK_RUN_TAG} and {FORK_STEP_TAG}"
+        ))),
     }
 }
 

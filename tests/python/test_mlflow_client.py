@@ -1127,3 +1127,51 @@ def test_a_preempted_run_resumes_and_rewinds_through_a_tag(client, experiment, b
     with pytest.raises(MlflowException) as refused:
         client.set_tag(run_id, "stepstore.rewind_to_step", "two hundred")
     assert refused.value.error_code == "INVALID_PARAMETER_VALUE"
+
+
+def test_a_run_forks_from_a_checkpoint_through_tags(client, experiment, base_url):
+    """A sweep forks a run at its step-100 checkpoint with the unchanged
+    client: `runs/create` with the tags `stepstore.fork_from_run_id` and
+    `stepstore.fork_from_step`. The fork starts with the parent's params,
+    tags and points up to step 100, then logs its own; the parent is
+    unchanged, and deleting it keeps the fork readable."""
+    parent = client.create_run(experiment.experiment_id, tags={"team": "vision"})
+    parent_id = parent.info.run_id
+    client.log_param(parent_id, "lr", "0.1")
+    for step in range(0, 150):
+        client.log_metric(parent_id, "loss", 1.0 / (step + 1), step=step, timestamp=1000 + step)
+    child = client.create_run(
+        experiment.experiment_id,
+        tags={"stepstore.fork_from_run_id": parent_id, "stepstore.fork_from_step": "100"},
+    )
+    child_id = child.info.run_id
+    for step in range(101, 120):
+        client.log_metric(child_id, "loss", -float(step), step=step, timestamp=5000 + step)
+    history = client.get_metric_history(child_id, "loss")
+    assert sorted(metric.step for metric in history) == list(range(0, 120))
+    by_step = {metric.step: metric.value for metric in history}
+    assert by_step[100] == 1.0 / 101 and by_step[101] == -101.0
+    forked = client.get_run(child_id)
+    assert forked.data.metrics["loss"] == -119.0
+    assert forked.data.params == {"lr": "0.1"}
+    assert forked.data.tags["team"] == "vision"
+    assert len(client.get_metric_history(parent_id, "loss")) == 150
+    runs = client.search_runs([experiment.experiment_id], filter_string="metrics.loss = -119")
+    assert [found.info.run_id for found in runs] == [child_id]
+    # The lineage: the parent's checkpoint at step 100 is the fork's input.
+    response = requests.get(
+        f"{base_url}/api/v1/lineage",
+        params={"run": child_id, "direction": "upstream"},
+        timeout=HTTP_TIMEOUT,
+    )
+    assert response.status_code == 200, response.text
+    events = response.json()["events"]
+    assert any(
+        event["run_id"] == parent_id and event["type"] == "OUTPUT" and event["step"] == 100
+        for event in events
+    ), events
+    client.delete_run(parent_id)
+    assert len(client.get_metric_history(child_id, "loss")) == 120
+    with pytest.raises(MlflowException) as refused:
+        client.create_run(experiment.experiment_id, tags={"stepstore.fork_from_run_id": child_id})
+    assert refused.value.error_code == "INVALID_PARAMETER_VALUE"

@@ -21,6 +21,7 @@ use super::request::{
 use super::wire::{self, DatasetInputJson, KeyValue, RunInfoJson, RunJson, optional_i64};
 use super::{empty, page_response, view_type};
 use crate::auth::Principal;
+use crate::catalog::continuity::NewFork;
 use crate::catalog::{NewRun, RunUpdate};
 use crate::engine::{Engine, ViewType};
 use crate::model::float_json::JsonF64;
@@ -109,16 +110,34 @@ pub(super) async fn create(
         user_id = tag.value.clone();
     }
     access.check_experiment(experiment_id)?;
-    let run = engine
-        .create_run(NewRun {
-            experiment_id,
-            run_name: request.run_name.filter(|name| !name.is_empty()),
-            user_id,
-            start_time: request.start_time.unwrap_or_else(now_millis),
-            params: Vec::new(),
-            tags: truncated_tags(request.tags),
-        })
-        .await?;
+    let fork = crate::server::continuity::fork_from_tags(
+        request
+            .tags
+            .iter()
+            .map(|tag| (tag.key.as_str(), tag.value.as_str())),
+    )?;
+    let new_run = NewRun {
+        experiment_id,
+        run_name: request.run_name.filter(|name| !name.is_empty()),
+        user_id,
+        start_time: request.start_time.unwrap_or_else(now_millis),
+        params: Vec::new(),
+        tags: truncated_tags(request.tags),
+    };
+    let run = match fork {
+        None => engine.create_run(new_run).await?,
+        Some((parent, step)) => {
+            engine.check_run_access(&access, parent)?;
+            engine
+                .fork_run(NewFork {
+                    parent,
+                    step,
+                    run: new_run,
+                    time: now_millis(),
+                })
+                .await?
+        }
+    };
     Ok(Json(json!({ "run": RunJson::new(&run, &[]) })))
 }
 
