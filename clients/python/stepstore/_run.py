@@ -11,7 +11,7 @@ import threading
 import time
 import urllib.parse
 import weakref
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ._columns import Segment, coerce_values, encoder
 from ._config import flatten_config, param_text
@@ -335,13 +335,18 @@ def init(
     tags: Optional[Mapping[str, Any]] = None,
     url: Optional[str] = None,
     token: Optional[str] = None,
+    fork_from: Optional[Tuple[str, int]] = None,
     **options: Any,
 ) -> Run:
     """Creates a run in ``experiment`` (created if missing; the Default
     experiment when omitted) with ``config`` as its params and ``tags``, and
     returns it, ready to ``log()``. ``url`` and ``token`` default to
     ``$STEPSTORE_URL`` (else http://127.0.0.1:5000) and
-    ``$STEPSTORE_TOKEN``. Options: see the README's "Python client"."""
+    ``$STEPSTORE_TOKEN``. ``fork_from=(run_id, step)`` forks that run at
+    that step: the new run (in its parent's experiment) starts with the
+    parent's params, tags and points up to ``step`` (``config`` and ``tags``
+    replace the parent's of the same key), and logs from ``step + 1``.
+    Options: see the README's "Python client"."""
     server_url, server_token = _server(url, token)
     _check_options(options)  # before a run is created
     payload: Dict[str, Any] = {
@@ -352,12 +357,20 @@ def init(
         payload["experiment_name"] = experiment
     if name is not None:
         payload["run_name"] = name
+    if fork_from is not None:
+        parent, step = fork_from
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise TypeError(f"fork_from=(run_id, step): step must be an int, got {step!r}")
+        payload["fork_from"] = {"run_id": str(parent), "step": step}
     connection = Connection(server_url, server_token, options.get("timeout", 60.0))
     try:
         created = connection.json("POST", "/api/v1/runs", payload)
     finally:
         connection.close()
-    return Run(created["run_id"], url=server_url, token=server_token, _created=created, **options)
+    run = Run(created["run_id"], url=server_url, token=server_token, _created=created, **options)
+    if fork_from is not None:
+        run._next_step = fork_from[1] + 1
+    return run
 
 
 def _check_options(options: Dict[str, Any]) -> None:

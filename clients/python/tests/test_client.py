@@ -260,6 +260,31 @@ def test_a_preempted_run_resumes_from_its_checkpoint(server_url, unique):
     assert info["metrics"]["loss"]["count"] == 221
 
 
+def test_a_run_forks_from_another_at_a_step(server_url, unique):
+    parent = stepstore.init(
+        experiment=unique("client"), config={"lr": 0.1, "depth": 4}, url=server_url
+    )
+    for step in range(50):
+        parent.log({"loss": float(step)})
+    parent.finish()
+    # A trial of a sweep starts from the parent's checkpoint at step 30.
+    child = stepstore.init(config={"lr": 0.01}, fork_from=(parent.id, 30), url=server_url)
+    assert child.experiment_id == parent.experiment_id
+    assert child.step == 31
+    for _ in range(10):
+        child.log({"loss": -1.0})
+    child.finish()
+    steps, values = series(server_url, child.id, "loss")
+    assert steps == list(range(41))
+    assert values[30] == 30.0 and values[31:] == [-1.0] * 10
+    info = run_info(server_url, child.id)
+    assert info["forked_from"]["run_id"] == parent.id and info["forked_from"]["step"] == 30
+    assert info["params"] == {"lr": "0.01", "depth": "4"}
+    assert series(server_url, parent.id, "loss")[0] == list(range(50)), "the parent is unchanged"
+    with pytest.raises(TypeError):
+        stepstore.init(fork_from=(parent.id, "30"), url=server_url)
+
+
 def test_503_is_retried_after_retry_after(proxy, unique):
     run = stepstore.init(experiment=unique("client"), url=proxy.url, flush_interval=0.1)
     proxy.mode = "unavailable"
