@@ -7,7 +7,12 @@
 //!   point decoded;
 //! - `buffers_10m`: the same series still in the run's Arrow buffer;
 //! - `one_key_100_runs`: one key across 100 runs of 100,000 points each
-//!   (persisted), 1,000 points per run.
+//!   (persisted), 1,000 points per run;
+//! - `parquet_11m` and `forked_10m_plus_1m`: 1,000 points of an ordinary
+//!   run of 11 million points, and of a run forked at step 9,999,999 from
+//!   a run of 12 million points (10 million inherited, read from the
+//!   parent's file up to the fork step) that logged 1 million of its own
+//!   (all persisted).
 //!
 //! Before the timed runs, it prints the peak extra heap one query takes for
 //! a 1-million and a 10-million-point series (a counting allocator), which
@@ -28,6 +33,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 use stepstore::catalog::NewRun;
+use stepstore::catalog::continuity::NewFork;
 use stepstore::engine::{Engine, EngineConfig};
 use stepstore::ingest::IngestConfig;
 use stepstore::model::{ExperimentId, MetricBatchBuilder, RunId};
@@ -77,24 +83,31 @@ fn open(dir: &Path) -> Arc<Engine> {
     Engine::open(config).expect("engine")
 }
 
+fn new_run(name: &str) -> NewRun {
+    NewRun {
+        experiment_id: ExperimentId::DEFAULT,
+        run_name: Some(name.to_string()),
+        user_id: String::new(),
+        start_time: 1_700_000_000_000,
+        params: Vec::new(),
+        tags: Vec::new(),
+    }
+}
+
 /// A run with `points` points of `loss`: a noisy decaying curve with one
 /// spike.
 async fn logged_run(engine: &Engine, name: &str, points: i64) -> RunId {
-    let run = engine
-        .create_run(NewRun {
-            experiment_id: ExperimentId::DEFAULT,
-            run_name: Some(name.to_string()),
-            user_id: String::new(),
-            start_time: 1_700_000_000_000,
-            params: Vec::new(),
-            tags: Vec::new(),
-        })
-        .await
-        .expect("run");
+    let run = engine.create_run(new_run(name)).await.expect("run");
+    log_steps(engine, run.run_id, 0..points, points).await;
+    run.run_id
+}
+
+/// Logs the steps `steps` of a curve of `points` points to a run.
+async fn log_steps(engine: &Engine, run_id: RunId, steps: std::ops::Range<i64>, points: i64) {
     let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    for first in (0..points).step_by(BATCH as usize) {
+    for first in steps.clone().step_by(BATCH as usize) {
         let mut builder = MetricBatchBuilder::with_capacity(BATCH as usize);
-        for step in first..(first + BATCH).min(points) {
+        for step in first..(first + BATCH).min(steps.end) {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
@@ -107,11 +120,10 @@ async fn logged_run(engine: &Engine, name: &str, points: i64) -> RunId {
             builder.push("loss", step, 1_700_000_000_000 + step * 50, value);
         }
         engine
-            .log_metrics(run.run_id, builder.finish())
+            .log_metrics(run_id, builder.finish())
             .await
             .expect("log");
     }
-    run.run_id
 }
 
 fn peak_query_heap(
@@ -223,6 +235,63 @@ fn bench(c: &mut Criterion) {
         })
     });
     drop(many);
+
+    // A forked run against an ordinary one of the same length.
+    let forks = open(&dir.path().join("forks"));
+    let (ordinary, forked) = runtime.block_on(async {
+        let ordinary = logged_run(&forks, "11m", 11_000_000).await;
+        let parent = logged_run(&forks, "parent-12m", 12_000_000).await;
+        forks.flush_buffers().expect("flush");
+        let child = forks
+            .fork_run(NewFork {
+                parent,
+                step: 9_999_999,
+                run: new_run("fork"),
+                time: 1_700_000_000_000,
+            })
+            .await
+            .expect("fork");
+        log_steps(&forks, child.run_id, 10_000_000..11_000_000, 11_000_000).await;
+        (ordinary, child.run_id)
+    });
+    forks.flush_buffers().expect("flush");
+    for run_id in [ordinary, forked] {
+        let series = runtime
+            .block_on(query::read_series(
+                &forks,
+                run_id,
+                "loss",
+                &SeriesParams::default(),
+            ))
+            .expect("read");
+        assert!(series.downsampled && series.steps.len() <= 1000);
+        assert_eq!(series.steps.last(), Some(&10_999_999));
+    }
+    group.bench_function("parquet_11m", |b| {
+        b.iter(|| {
+            runtime
+                .block_on(query::read_series(
+                    &forks,
+                    ordinary,
+                    "loss",
+                    &SeriesParams::default(),
+                ))
+                .expect("read")
+        })
+    });
+    group.bench_function("forked_10m_plus_1m", |b| {
+        b.iter(|| {
+            runtime
+                .block_on(query::read_series(
+                    &forks,
+                    forked,
+                    "loss",
+                    &SeriesParams::default(),
+                ))
+                .expect("read")
+        })
+    });
+    drop(forks);
 
     let buffered = open(&dir.path().join("buffered"));
     let in_buffer = runtime.block_on(logged_run(&buffered, "10m", 10_000_000));

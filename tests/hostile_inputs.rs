@@ -220,8 +220,8 @@ proptest! {
     #[test]
     fn catalog_snapshots_never_panic(body in hostile(vec![snapshot_body_sample()])) {
         // Checksummed as written, so the decoder itself meets the bytes;
-        // in today's format and in the two before it.
-        for magic in [b"STEPCAT4", b"STEPCAT3", b"STEPCAT2"] {
+        // in today's format and in every one before it.
+        for magic in [b"STEPCAT6", b"STEPCAT5", b"STEPCAT4", b"STEPCAT3", b"STEPCAT2"] {
             let dir = tempfile::tempdir().unwrap();
             let mut file = magic.to_vec();
             file.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());

@@ -353,6 +353,109 @@ fn fork_lineage(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::tests::{MemoryLog, catalog, new_run};
+    use crate::model::LifecycleStage;
+
+    #[test]
+    fn a_fork_takes_its_parents_params_and_tags_and_records_the_checkpoint() {
+        let log = MemoryLog::default();
+        let catalog = catalog();
+        let mut request = new_run(ExperimentId::DEFAULT);
+        request.params.push(("depth".into(), "4".into()));
+        request.tags = vec![("team".into(), "a".into()), (REWIND_TAG.into(), "3".into())];
+        let (parent, _) = catalog.create_run(&log, request).unwrap();
+        let fork = |step: i64, params: Vec<(String, String)>| NewFork {
+            parent: parent.run_id,
+            step,
+            run: NewRun {
+                params,
+                tags: vec![("note".into(), "x".into())],
+                ..new_run(ExperimentId::DEFAULT)
+            },
+            time: 9,
+        };
+        let (child, _) = catalog
+            .fork_run(&log, fork(7, vec![("lr".into(), "0.01".into())]))
+            .unwrap();
+        assert_eq!(child.params["lr"], "0.01", "the fork's own params win");
+        assert_eq!(child.params["depth"], "4");
+        assert_eq!(child.tags["team"], "a");
+        assert_eq!(child.tags["note"], "x");
+        assert!(!child.tags.contains_key(REWIND_TAG));
+        assert_eq!(child.tags[RUN_NAME_TAG], child.run_name);
+        let (second, _) = catalog.fork_run(&log, fork(7, Vec::new())).unwrap();
+        let (grandchild, _) = catalog
+            .fork_run(
+                &log,
+                NewFork {
+                    parent: child.run_id,
+                    ..fork(20, Vec::new())
+                },
+            )
+            .unwrap();
+        {
+            let state = catalog.read();
+            let continuity = state.continuity();
+            let recorded = continuity.fork_of(child.run_id).unwrap();
+            assert_eq!(
+                (recorded.parent, recorded.step, recorded.time),
+                (parent.run_id, 7, 9)
+            );
+            assert_eq!(continuity.fork_points_of(parent.run_id).len(), 2);
+            let line = continuity.line_of_descent(grandchild.run_id);
+            assert_eq!(line.len(), 2);
+            assert_eq!(
+                (line[0].parent, line[1].parent),
+                (child.run_id, parent.run_id)
+            );
+            // One checkpoint of the parent at step 7, the input of both forks.
+            let outputs: Vec<&LineageEvent> = state
+                .lineage
+                .events_of_run(parent.run_id)
+                .filter(|event| event.kind == EventKind::Output)
+                .collect();
+            assert_eq!(outputs.len(), 1);
+            assert_eq!(outputs[0].step, Some(7));
+            let checkpoint = state.lineage.artifact(outputs[0].artifact_id).unwrap();
+            assert_eq!(checkpoint.artifact_type, CHECKPOINT_TYPE);
+            for run in [child.run_id, second.run_id] {
+                let inputs: Vec<&LineageEvent> = state
+                    .lineage
+                    .events_of_run(run)
+                    .filter(|event| event.kind == EventKind::Input)
+                    .collect();
+                assert_eq!(inputs.len(), 1);
+                assert_eq!(inputs[0].artifact_id, checkpoint.artifact_id);
+            }
+        }
+        // Refused: another experiment, a deleted parent, an unknown one.
+        let (other, _) = catalog
+            .create_experiment(
+                &log,
+                super::super::NewExperiment {
+                    name: "other".into(),
+                    ..Default::default()
+                },
+                1,
+            )
+            .unwrap();
+        let mut elsewhere = fork(1, Vec::new());
+        elsewhere.run.experiment_id = other;
+        assert!(matches!(
+            catalog.fork_run(&log, elsewhere),
+            Err(CatalogError::InvalidState(_))
+        ));
+        catalog
+            .set_run_lifecycle(&log, parent.run_id, LifecycleStage::Deleted, 3)
+            .unwrap();
+        assert!(catalog.fork_run(&log, fork(1, Vec::new())).is_err());
+        let mut unknown = fork(1, Vec::new());
+        unknown.parent = RunId::new_random();
+        assert!(matches!(
+            catalog.fork_run(&log, unknown),
+            Err(CatalogError::RunNotFound(_))
+        ));
+    }
 
     #[test]
     fn rewinds_are_kept_in_order_and_a_replayed_one_once() {

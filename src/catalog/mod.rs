@@ -843,7 +843,7 @@ mod tests {
 
     /// A log that keeps mutations in memory.
     #[derive(Default)]
-    struct MemoryLog {
+    pub(super) struct MemoryLog {
         records: RefCell<Vec<(Lsn, CatalogMutation)>>,
     }
 
@@ -857,14 +857,14 @@ mod tests {
         }
     }
 
-    fn catalog() -> Catalog {
+    pub(super) fn catalog() -> Catalog {
         Catalog::new(
             CatalogState::new("file:///art", 0),
             "file:///art".to_string(),
         )
     }
 
-    fn new_run(experiment_id: ExperimentId) -> NewRun {
+    pub(super) fn new_run(experiment_id: ExperimentId) -> NewRun {
         NewRun {
             experiment_id,
             run_name: None,

@@ -450,6 +450,52 @@ mod tests {
     }
 
     #[test]
+    fn forks_round_trip_and_snapshots_without_them_still_load() {
+        use crate::catalog::CatalogMutation;
+        use crate::model::RunId;
+        let mut state = CatalogState::new("file:///a", 1);
+        let (parent, child) = (RunId::new_random(), RunId::new_random());
+        CatalogMutation::CreateRun(Box::new(test_run(parent, 1))).apply(&mut state);
+        state.applied_lsn = 4;
+        CatalogMutation::RewindRun {
+            run_id: parent,
+            step: 3,
+            time: 2,
+        }
+        .apply(&mut state);
+        state.applied_lsn = 8;
+        CatalogMutation::ForkRun {
+            run: Box::new(test_run(child, 2)),
+            parent,
+            step: 50,
+            time: 3,
+            artifacts: Vec::new(),
+            events: Vec::new(),
+        }
+        .apply(&mut state);
+        let fork = *state.continuity().fork_of(child).unwrap();
+        assert_eq!((fork.parent, fork.step, fork.lsn), (parent, 50, 8));
+        let loaded = round_trip(&state);
+        assert_eq!(loaded.continuity().fork_of(child), Some(&fork));
+        assert!(loaded.run(child).is_some());
+        // Written before forks existed: four sections, magic STEPCAT5.
+        let old = tempfile::tempdir().unwrap();
+        let config = bincode::config::standard();
+        let mut body = bincode::serde::encode_to_vec(&state, config).unwrap();
+        bincode::serde::encode_into_std_write(ReceiptsSnapshot::default(), &mut body, config)
+            .unwrap();
+        bincode::serde::encode_into_std_write(&state.lineage, &mut body, config).unwrap();
+        bincode::serde::encode_into_std_write(&state.continuity, &mut body, config).unwrap();
+        let mut bytes = MAGIC_WITHOUT_FORKS.to_vec();
+        bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        bytes.extend_from_slice(&body);
+        fs::write(snapshot_path(old.path(), 8, SUFFIX), bytes).unwrap();
+        let loaded = load_latest(old.path()).unwrap().unwrap().state;
+        assert!(loaded.continuity().fork_of(child).is_none());
+        assert_eq!(loaded.continuity().rewinds(parent).len(), 1);
+    }
+
+    #[test]
     fn lineage_round_trips_and_older_snapshots_get_it_from_dataset_inputs() {
         use std::collections::BTreeMap;
 

@@ -179,3 +179,125 @@ impl RunPoints {
         self.frozen_caps = frozen_caps;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::IngestConfig;
+    use crate::model::{MetricBatch, MetricBatchBuilder};
+    use crate::storage::MetricsLayout;
+
+    fn batch(steps: std::ops::Range<i64>, value: f64) -> MetricBatch {
+        let mut builder = MetricBatchBuilder::new();
+        for step in steps {
+            builder.push("k", step, step, value);
+        }
+        builder.finish()
+    }
+
+    async fn steps(
+        ingester: &Ingester,
+        run_id: RunId,
+        ancestry: &[Inheritance],
+        include_rewound: bool,
+    ) -> Vec<(i64, f64)> {
+        let mut sources = ingester
+            .series_sources_with_ancestry(run_id, "k", ancestry)
+            .await
+            .unwrap();
+        if include_rewound {
+            sources = sources.include_rewound();
+        }
+        let series = sources.collect("k").unwrap();
+        series.steps.into_iter().zip(series.values).collect()
+    }
+
+    #[tokio::test]
+    async fn a_fork_reads_its_parents_points_before_the_fork_up_to_its_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let ingester = Ingester::start(
+            IngestConfig::default(),
+            MetricsLayout::new(dir.path().join("metrics")),
+            Vec::new(),
+        )
+        .unwrap();
+        let experiment = ExperimentId::DEFAULT;
+        let (parent, child) = (RunId::new_random(), RunId::new_random());
+        ingester.apply(parent, experiment, 1, batch(0..10, 1.0), None);
+        ingester.apply(parent, experiment, 2, batch(10..20, 1.0), None);
+        // The parent rewinds to 15 and logs 16..24 again, then is forked
+        // at step 18, then logs on.
+        ingester.rewind(parent, experiment, 3, 15);
+        ingester.apply(parent, experiment, 4, batch(16..25, 2.0), None);
+        ingester.fork_point(parent, 5);
+        ingester.apply(parent, experiment, 6, batch(25..30, 3.0), None);
+        ingester.apply(child, experiment, 7, batch(19..22, 4.0), None);
+        let ancestry = [Inheritance {
+            ancestor: parent,
+            before: 5,
+            bound: 18,
+        }];
+        let expected: Vec<(i64, f64)> = (0..=15)
+            .map(|step| (step, 1.0))
+            .chain((16..=18).map(|step| (step, 2.0)))
+            .chain((19..22).map(|step| (step, 4.0)))
+            .collect();
+        assert_eq!(steps(&ingester, child, &ancestry, false).await, expected);
+        // Persisted, the same.
+        ingester.flush_all().unwrap();
+        assert_eq!(steps(&ingester, child, &ancestry, false).await, expected);
+        // The fork rewinds below its fork step: inherited points past it
+        // are hidden like its own, and shown with the rewound ones.
+        ingester.rewind(child, experiment, 8, 10);
+        ingester.apply(child, experiment, 9, batch(11..13, 5.0), None);
+        let shown: Vec<(i64, f64)> = (0..=10)
+            .map(|step| (step, 1.0))
+            .chain((11..13).map(|step| (step, 5.0)))
+            .collect();
+        assert_eq!(steps(&ingester, child, &ancestry, false).await, shown);
+        let mut all = expected.clone();
+        all.extend((11..13).map(|step| (step, 5.0)));
+        all.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        let mut included = steps(&ingester, child, &ancestry, true).await;
+        included.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        assert_eq!(included, all);
+        let sources = ingester
+            .series_sources_with_ancestry(child, "k", &ancestry)
+            .await
+            .unwrap();
+        assert!(sources.is_inherited() && sources.has_hidden_points());
+        assert_eq!(sources.inherited_hidden_steps(), Some((11, 18)));
+        // Every point of the fork, as SQL reads it: the inherited files
+        // under the fork, with their caps.
+        let own = ingester
+            .points_snapshot(Some(std::sync::Arc::new([child].into())))
+            .await
+            .unwrap()
+            .pop();
+        let points = ingester
+            .points_with_ancestry(own, child, experiment, &ancestry)
+            .await
+            .unwrap();
+        assert_eq!(points.run_id, child);
+        let inherited_caps: Vec<SourceCap> = points
+            .file_caps
+            .iter()
+            .copied()
+            .filter(|cap| cap.bound.is_some())
+            .collect();
+        assert_eq!(
+            inherited_caps,
+            vec![
+                SourceCap {
+                    shown: Some(10),
+                    bound: Some(15)
+                },
+                SourceCap {
+                    shown: Some(10),
+                    bound: Some(18)
+                }
+            ]
+        );
+        ingester.shutdown();
+    }
+}
