@@ -144,8 +144,9 @@ impl Engine {
         views: Vec<SummaryView>,
     ) -> Result<Vec<Vec<(String, KeySummary)>>, EngineError> {
         let mut out = Vec::with_capacity(views.len());
-        for (&run_id, view) in run_ids.iter().zip(views) {
-            out.push(match self.with_fork_boundary(run_id, view) {
+        let fork_lsns = self.fork_lsns(run_ids);
+        for ((&run_id, view), fork_lsn) in run_ids.iter().zip(views).zip(fork_lsns) {
+            out.push(match Engine::with_fork_boundary(fork_lsn, view) {
                 SummaryView::Complete(keys) => keys,
                 view => self.rewound_run_summaries(run_id, view).await?,
             });
@@ -181,7 +182,8 @@ impl Engine {
                 .await?
                 .pop()
                 .unwrap_or(SummaryView::Complete(Vec::new()));
-            view = self.with_fork_boundary(run_id, fresh);
+            let fork_lsn = self.run_fork(run_id).map(|fork| fork.lsn);
+            view = Engine::with_fork_boundary(fork_lsn, fresh);
         }
         Err(EngineError::Busy(format!(
             "run {run_id} was rewound while its summaries were read, {MAX_ATTEMPTS} times; try \

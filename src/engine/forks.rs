@@ -109,19 +109,30 @@ impl Engine {
         Ok(keys.into_iter().collect())
     }
 
-    /// The shard's view of a forked run's summaries as reads need it: a
-    /// run never rewound is summarised by its shard after its fork only
-    /// (the inherited points are read, once per fork).
-    pub(super) fn with_fork_boundary(&self, run_id: RunId, view: SummaryView) -> SummaryView {
-        match view {
-            SummaryView::Complete(keys) => match self.run_fork(run_id) {
-                Some(fork) => SummaryView::SinceRewind {
-                    last_rewind: fork.lsn,
-                    keys,
-                },
-                None => SummaryView::Complete(keys),
+    /// The LSN of each run's fork (`None` for a run never forked), under
+    /// one look at the catalog.
+    pub(super) fn fork_lsns(&self, run_ids: &[RunId]) -> Vec<Option<Lsn>> {
+        let state = self.catalog.read();
+        let continuity = state.continuity();
+        if continuity.all_forks().next().is_none() {
+            return vec![None; run_ids.len()];
+        }
+        run_ids
+            .iter()
+            .map(|&run_id| continuity.fork_of(run_id).map(|fork| fork.lsn))
+            .collect()
+    }
+
+    /// The shard's view of a run's summaries as reads need it: a forked
+    /// run never rewound is summarised by its shard after its fork (at
+    /// `fork_lsn`) only; the inherited points are read, once per fork.
+    pub(super) fn with_fork_boundary(fork_lsn: Option<Lsn>, view: SummaryView) -> SummaryView {
+        match (view, fork_lsn) {
+            (SummaryView::Complete(keys), Some(lsn)) => SummaryView::SinceRewind {
+                last_rewind: lsn,
+                keys,
             },
-            view => view,
+            (view, _) => view,
         }
     }
 
