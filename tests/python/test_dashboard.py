@@ -697,6 +697,35 @@ def test_run_page(browser, data):
     browser.assert_clean()
 
 
+def test_a_forked_run_links_its_parent_and_lists_its_rewinds(browser, server):
+    parent = server.create_run("forks", "baseline")
+    server.log_points(parent, [("loss", step, 1 / (step + 1)) for step in range(300)])
+    child = server.post(
+        "/api/v1/runs",
+        {"run_name": "lower-lr", "fork_from": {"run_id": parent, "step": 200}},
+    )["run_id"]
+    server.log_points(child, [("loss", step, 0.001) for step in range(201, 260)])
+    server.post(f"/api/v1/runs/{child}/rewind", {"step": 250})
+    open_view(browser, f"view=run&run={child}")
+    browser.wait_for_text("Forked from")
+    page = browser.find("#view-run")[0]
+    assert "lower-lr" in page.text
+    assert f"{parent} at step 200" in page.text, page.text
+    assert "Rewound to" in page.text and "step 250" in page.text, page.text
+    metrics = page.find_element(By.XPATH, ".//h2[starts-with(., 'Metrics')]/..").text
+    # 201 inherited points (steps 0 to 200) and 50 of its own (201 to 250).
+    assert "251" in metrics, metrics
+    browser.screenshot("run-page-fork")
+    page.find_element(By.CSS_SELECTOR, "a.fork-parent").click()
+    wait(
+        lambda: parse_qs(urlparse(browser.driver.current_url).query).get("run") == [parent],
+        "the parent's page",
+    )
+    browser.wait_for_text("baseline")
+    assert "Forked from" not in browser.find("#view-run")[0].text
+    browser.assert_clean()
+
+
 def test_deep_link_restores_the_view(browser, data):
     runs = ",".join(data["sweep"][:2])
     mark = browser.mark()

@@ -1,7 +1,8 @@
-// The run page: a run's header (status, times, ids), its params as a tree
-// (dotted keys of a nested config become nested groups), its tags, dataset
-// inputs and a summary of every metric key (count, step range, latest,
-// min, max) with links that open the key's curve.
+// The run page: a run's header (status, times, ids, the run it was forked
+// from and its rewinds), its params as a tree (dotted keys of a nested
+// config become nested groups), its tags, dataset inputs and a summary of
+// every metric key (count, step range, latest, min, max) with links that
+// open the key's curve.
 
 import { api, num } from "./api.js";
 import { catalog } from "./catalog.js";
@@ -126,6 +127,10 @@ export class RunView {
         ["Duration", formatDuration(end - run.start_time)],
         ["User", run.user_id || "—"],
         ["Keys", formatCount(keys.length)],
+        ...(run.forked_from ? [["Forked from", this.forkedFrom(run.forked_from)]] : []),
+        ...(run.rewinds?.length
+          ? [["Rewound to", h("span", { title: run.rewinds.map((rewind) => `step ${rewind.step} at ${formatTime(rewind.time)}`).join("\n") }, run.rewinds.map((rewind) => `step ${formatCount(rewind.step)}`).join(", "))]]
+          : []),
       ].flatMap(([term, detail]) => [h("dt", {}, term), h("dd", {}, detail)]),
     );
     const metricRows = keys.map((key) => {
@@ -188,6 +193,20 @@ export class RunView {
           keys.length ? table(["key", "latest", "at step", "min", "max", "points", "steps"], metricRows) : h("p.muted", {}, "No metrics logged yet."),
         ),
       ),
+    );
+  }
+
+  /** A link to the parent run, and the step the run starts after. */
+  forkedFrom(fork) {
+    const open = (event) => {
+      event.preventDefault();
+      update({ view: "run", run: fork.run_id }, { push: true });
+    };
+    return h(
+      "span",
+      {},
+      h("a.fork-parent", { href: `?view=run&run=${encodeURIComponent(fork.run_id)}`, onclick: open }, h("code", {}, fork.run_id)),
+      ` at step ${formatCount(fork.step)}`,
     );
   }
 
