@@ -571,6 +571,17 @@ fn every_read_path_shows_what_the_rewinds_and_forks_leave() {
     }
 }
 
+/// POSTs `body` to `path` and checks it is refused: 400
+/// `INVALID_PARAMETER_VALUE`.
+fn assert_invalid(server: &TestServer, path: &str, body: &Value, what: &str) {
+    let (status, answer) = server.request("POST", path, Some(body));
+    assert_eq!(status, 400, "{what}: {answer}");
+    assert_eq!(
+        answer["error_code"], "INVALID_PARAMETER_VALUE",
+        "{what}: {answer}"
+    );
+}
+
 #[test]
 fn bad_rewinds_are_refused_with_mlflow_errors() {
     let dir = tempfile::tempdir().unwrap();
@@ -582,13 +593,7 @@ fn bad_rewinds_are_refused_with_mlflow_errors() {
         (json!({"step": 1.5}), "a fractional step"),
         (json!({"step": 1, "extra": true}), "an unknown field"),
     ] {
-        let (status, answer) =
-            server.request("POST", &format!("/api/v1/runs/{run}/rewind"), Some(&body));
-        assert_eq!(status, 400, "{what}: {answer}");
-        assert_eq!(
-            answer["error_code"], "INVALID_PARAMETER_VALUE",
-            "{what}: {answer}"
-        );
+        assert_invalid(&server, &format!("/api/v1/runs/{run}/rewind"), &body, what);
     }
     let (status, answer) = server.request(
         "POST",
@@ -983,16 +988,8 @@ fn a_fork_inherits_params_and_tags_and_bad_forks_are_refused() {
             "a fractional step",
         ),
     ] {
-        let (got, answer) = server.request(
-            "POST",
-            "/api/2.0/mlflow/runs/create",
-            Some(&json!({"experiment_id": experiment_id, "tags": tags})),
-        );
-        assert_eq!(got, 400, "{what}: {answer}");
-        assert_eq!(
-            answer["error_code"], "INVALID_PARAMETER_VALUE",
-            "{what}: {answer}"
-        );
+        let body = json!({"experiment_id": experiment_id, "tags": tags});
+        assert_invalid(&server, "/api/2.0/mlflow/runs/create", &body, what);
     }
     let (got, answer) = server.request(
         "POST",

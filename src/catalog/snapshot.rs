@@ -375,16 +375,21 @@ mod tests {
         // state alone.
         let old = tempfile::tempdir().unwrap();
         let body = bincode::serde::encode_to_vec(&state, bincode::config::standard()).unwrap();
-        let mut bytes = MAGIC_WITHOUT_RECEIPTS.to_vec();
-        bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-        bytes.extend_from_slice(&body);
-        fs::write(snapshot_path(old.path(), 8, SUFFIX), bytes).unwrap();
+        write_in_format(old.path(), 8, MAGIC_WITHOUT_RECEIPTS, &body);
         let loaded = load_latest(old.path()).unwrap().unwrap();
         assert_eq!(loaded.state.applied_lsn, 8);
         assert!(loaded.receipts.receipts.is_empty());
     }
 
     /// `state` written as a snapshot (without receipts) and loaded back.
+    /// Writes `body` as the snapshot at `lsn` in the format of `magic`.
+    fn write_in_format(dir: &Path, lsn: Lsn, magic: &[u8; 8], body: &[u8]) {
+        let mut bytes = magic.to_vec();
+        bytes.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
+        bytes.extend_from_slice(body);
+        fs::write(snapshot_path(dir, lsn, SUFFIX), bytes).unwrap();
+    }
+
     fn round_trip(state: &CatalogState) -> CatalogState {
         let dir = tempfile::tempdir().unwrap();
         encode(state, &ReceiptsSnapshot::default())
@@ -440,10 +445,7 @@ mod tests {
         bincode::serde::encode_into_std_write(ReceiptsSnapshot::default(), &mut body, config)
             .unwrap();
         bincode::serde::encode_into_std_write(&state.lineage, &mut body, config).unwrap();
-        let mut bytes = MAGIC_WITHOUT_CONTINUITY.to_vec();
-        bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-        bytes.extend_from_slice(&body);
-        fs::write(snapshot_path(old.path(), 6, SUFFIX), bytes).unwrap();
+        write_in_format(old.path(), 6, MAGIC_WITHOUT_CONTINUITY, &body);
         let loaded = load_latest(old.path()).unwrap().unwrap().state;
         assert!(loaded.continuity().rewinds(run_id).is_empty());
         assert!(loaded.run(run_id).is_some());
@@ -486,10 +488,7 @@ mod tests {
             .unwrap();
         bincode::serde::encode_into_std_write(&state.lineage, &mut body, config).unwrap();
         bincode::serde::encode_into_std_write(&state.continuity, &mut body, config).unwrap();
-        let mut bytes = MAGIC_WITHOUT_FORKS.to_vec();
-        bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-        bytes.extend_from_slice(&body);
-        fs::write(snapshot_path(old.path(), 8, SUFFIX), bytes).unwrap();
+        write_in_format(old.path(), 8, MAGIC_WITHOUT_FORKS, &body);
         let loaded = load_latest(old.path()).unwrap().unwrap().state;
         assert!(loaded.continuity().fork_of(child).is_none());
         assert_eq!(loaded.continuity().rewinds(parent).len(), 1);
@@ -531,10 +530,7 @@ mod tests {
         );
         let old = tempfile::tempdir().unwrap();
         let body = bincode::serde::encode_to_vec(&state, bincode::config::standard()).unwrap();
-        let mut bytes = MAGIC_WITHOUT_RECEIPTS.to_vec();
-        bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-        bytes.extend_from_slice(&body);
-        fs::write(snapshot_path(old.path(), 4, SUFFIX), bytes).unwrap();
+        write_in_format(old.path(), 4, MAGIC_WITHOUT_RECEIPTS, &body);
         let rebuilt = load_latest(old.path()).unwrap().unwrap().state;
         assert_eq!(rebuilt.lineage().events(), state.lineage().events());
         assert_eq!(

@@ -112,19 +112,13 @@ impl SeriesSources {
     /// already here) first, capped by this run's rewinds.
     pub(super) fn inherit(&mut self, inherited: SeriesSources) {
         let floor = self.rewind_floor;
-        let capped = |cap: SourceCap| cap.rewound_below(floor);
-        let mut files = inherited.files;
-        files.append(&mut self.files);
-        self.files = files;
-        let mut caps: Vec<SourceCap> = inherited.file_caps.into_iter().map(capped).collect();
-        caps.append(&mut self.file_caps);
-        self.file_caps = caps;
+        prepend(&mut self.files, inherited.files);
+        prepend(&mut self.file_caps, capped(inherited.file_caps, floor));
         let mut frozen = inherited.frozen;
         for source in &mut frozen {
-            source.cap = capped(source.cap);
+            source.cap = source.cap.rewound_below(floor);
         }
-        frozen.append(&mut self.frozen);
-        self.frozen = frozen;
+        prepend(&mut self.frozen, frozen);
         self.inherited = true;
     }
 
@@ -163,21 +157,25 @@ impl RunPoints {
     /// already here) first, capped by this run's rewinds.
     pub(super) fn inherit(&mut self, inherited: RunPoints) {
         let floor = self.rewind_floor;
-        let capped = |cap: SourceCap| cap.rewound_below(floor);
-        let mut files = inherited.files;
-        files.append(&mut self.files);
-        self.files = files;
-        let mut caps: Vec<SourceCap> = inherited.file_caps.into_iter().map(capped).collect();
-        caps.append(&mut self.file_caps);
-        self.file_caps = caps;
-        let mut frozen = inherited.frozen;
-        frozen.append(&mut self.frozen);
-        self.frozen = frozen;
-        let mut frozen_caps: Vec<SourceCap> =
-            inherited.frozen_caps.into_iter().map(capped).collect();
-        frozen_caps.append(&mut self.frozen_caps);
-        self.frozen_caps = frozen_caps;
+        prepend(&mut self.files, inherited.files);
+        prepend(&mut self.file_caps, capped(inherited.file_caps, floor));
+        prepend(&mut self.frozen, inherited.frozen);
+        prepend(&mut self.frozen_caps, capped(inherited.frozen_caps, floor));
     }
+}
+
+/// Puts `older` before `items`.
+fn prepend<T>(items: &mut Vec<T>, mut older: Vec<T>) {
+    older.append(items);
+    *items = older;
+}
+
+/// Inherited caps further capped by the inheriting run's rewinds (whose
+/// smallest step is `floor`).
+fn capped(caps: Vec<SourceCap>, floor: Option<i64>) -> Vec<SourceCap> {
+    caps.into_iter()
+        .map(|cap| cap.rewound_below(floor))
+        .collect()
 }
 
 #[cfg(test)]
