@@ -382,6 +382,18 @@ mod tests {
     }
 
     /// `state` written as a snapshot (without receipts) and loaded back.
+    const BINCODE: bincode::config::Configuration = bincode::config::standard();
+
+    /// The first three sections of a snapshot of `state`: the state, no
+    /// receipts and the lineage (the `STEPCAT4` body).
+    fn sections_up_to_lineage(state: &CatalogState) -> Vec<u8> {
+        let mut body = bincode::serde::encode_to_vec(state, BINCODE).unwrap();
+        bincode::serde::encode_into_std_write(ReceiptsSnapshot::default(), &mut body, BINCODE)
+            .unwrap();
+        bincode::serde::encode_into_std_write(&state.lineage, &mut body, BINCODE).unwrap();
+        body
+    }
+
     /// Writes `body` as the snapshot at `lsn` in the format of `magic`.
     fn write_in_format(dir: &Path, lsn: Lsn, magic: &[u8; 8], body: &[u8]) {
         let mut bytes = magic.to_vec();
@@ -440,11 +452,7 @@ mod tests {
         assert_eq!(loaded.continuity().rewinds(run_id), rewinds.as_slice());
         // Written before rewinds existed: three sections, magic STEPCAT4.
         let old = tempfile::tempdir().unwrap();
-        let config = bincode::config::standard();
-        let mut body = bincode::serde::encode_to_vec(&state, config).unwrap();
-        bincode::serde::encode_into_std_write(ReceiptsSnapshot::default(), &mut body, config)
-            .unwrap();
-        bincode::serde::encode_into_std_write(&state.lineage, &mut body, config).unwrap();
+        let body = sections_up_to_lineage(&state);
         write_in_format(old.path(), 6, MAGIC_WITHOUT_CONTINUITY, &body);
         let loaded = load_latest(old.path()).unwrap().unwrap().state;
         assert!(loaded.continuity().rewinds(run_id).is_empty());
@@ -482,12 +490,8 @@ mod tests {
         assert!(loaded.run(child).is_some());
         // Written before forks existed: four sections, magic STEPCAT5.
         let old = tempfile::tempdir().unwrap();
-        let config = bincode::config::standard();
-        let mut body = bincode::serde::encode_to_vec(&state, config).unwrap();
-        bincode::serde::encode_into_std_write(ReceiptsSnapshot::default(), &mut body, config)
-            .unwrap();
-        bincode::serde::encode_into_std_write(&state.lineage, &mut body, config).unwrap();
-        bincode::serde::encode_into_std_write(&state.continuity, &mut body, config).unwrap();
+        let mut body = sections_up_to_lineage(&state);
+        bincode::serde::encode_into_std_write(&state.continuity, &mut body, BINCODE).unwrap();
         write_in_format(old.path(), 8, MAGIC_WITHOUT_FORKS, &body);
         let loaded = load_latest(old.path()).unwrap().unwrap().state;
         assert!(loaded.continuity().fork_of(child).is_none());
