@@ -28,6 +28,7 @@ use stepstore::server::mlflow_ui::{MlflowUi, MlflowUiSource};
 use stepstore::server::{self, ServerConfig};
 use stepstore::wal::SyncPolicy;
 
+mod gc_cli;
 mod sql_cli;
 mod token_cli;
 
@@ -62,6 +63,10 @@ enum Command {
     /// Manage access tokens (create, list, revoke).
     #[command(subcommand)]
     Token(token_cli::TokenCommand),
+    /// Remove for good the runs and experiments deleted more than
+    /// --older-than ago, with their metric files (prints what it would
+    /// remove unless --yes).
+    Gc(gc_cli::GcArgs),
 }
 
 #[derive(Args)]
@@ -263,6 +268,7 @@ fn main() -> anyhow::Result<()> {
         Command::Import(ImportCommand::Dvc(args)) => import_dvc(args),
         Command::Sql(args) => sql_cli::run(args),
         Command::Token(command) => token_cli::run(command),
+        Command::Gc(args) => gc_cli::run(args),
     }
 }
 

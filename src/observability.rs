@@ -64,7 +64,12 @@ impl Collector for ExtraGauges {
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snapshot = &self.0;
-        let counters: [(&str, &str, u64); 16] = [
+        let counters: [(&str, &str, u64); 17] = [
+            (
+                "gc_runs_purged",
+                "Deleted runs removed for good by stepstore gc since start",
+                snapshot.runs_purged,
+            ),
             (
                 "forks",
                 "Runs forked since start (POST /api/v1/runs with fork_from)",

@@ -148,6 +148,12 @@ impl ContinuityState {
         self.forks = forks;
     }
 
+    /// Drops the rewinds and forks of `runs`.
+    pub(crate) fn remove_runs(&mut self, runs: &std::collections::HashSet<RunId>) {
+        self.rewinds.retain(|run_id, _| !runs.contains(run_id));
+        self.forks.forks.retain(|run_id, _| !runs.contains(run_id));
+    }
+
     /// Records a fork (a record replayed twice is recorded once).
     pub(crate) fn record_fork(&mut self, run_id: RunId, fork: Fork) {
         self.forks.forks.entry(run_id).or_insert(fork);

@@ -38,6 +38,16 @@ pub struct LineageState {
 }
 
 impl LineageState {
+    /// Drops the events of `runs` (their artifacts stay: other runs may
+    /// name them).
+    pub(crate) fn remove_runs(&mut self, runs: &std::collections::HashSet<RunId>) {
+        let before = self.events.len();
+        self.events.retain(|event| !runs.contains(&event.run_id));
+        if self.events.len() != before {
+            self.rebuild_indexes();
+        }
+    }
+
     /// Rebuilds the indexes after deserialisation.
     pub(crate) fn rebuild_indexes(&mut self) {
         self.by_identity = self

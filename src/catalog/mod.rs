@@ -9,6 +9,7 @@ pub mod continuity;
 pub mod lineage;
 mod mutation;
 pub mod receipts;
+pub mod retention;
 mod run_names;
 pub mod snapshot;
 mod state;

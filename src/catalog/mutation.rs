@@ -148,6 +148,9 @@ pub enum CatalogMutation {
         /// fork's INPUT.
         events: Vec<LineageEvent>,
     },
+    /// Runs and experiments removed for good by `stepstore gc` (appended
+    /// variant).
+    Purge(super::retention::Purge),
 }
 
 impl CatalogMutation {
@@ -329,6 +332,7 @@ impl CatalogMutation {
                     },
                 );
             }
+            CatalogMutation::Purge(purge) => state.remove(&purge.runs, &purge.experiments),
         }
     }
 }

@@ -189,4 +189,20 @@ impl CatalogState {
     pub(crate) fn insert_run(&mut self, run: Run) {
         self.runs.insert(run.run_id, run);
     }
+
+    /// Removes runs (with their lineage events, rewinds and forks) and
+    /// experiments for good.
+    pub(crate) fn remove(&mut self, runs: &[RunId], experiments: &[ExperimentId]) {
+        let gone: std::collections::HashSet<RunId> = runs.iter().copied().collect();
+        for run_id in runs {
+            self.runs.remove(run_id);
+        }
+        for experiment_id in experiments {
+            if let Some(experiment) = self.experiments.remove(experiment_id) {
+                self.experiment_names.remove(&experiment.name);
+            }
+        }
+        self.lineage.remove_runs(&gone);
+        self.continuity.remove_runs(&gone);
+    }
 }

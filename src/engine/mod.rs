@@ -21,6 +21,7 @@ mod maintenance;
 mod metric_writes;
 mod operations;
 mod recovery;
+pub mod retention;
 pub mod wal_record;
 
 pub use lineage::ArtifactFilter;
@@ -286,6 +287,8 @@ pub struct Engine {
     rewinds_applied: AtomicU64,
     /// Runs forked since start (for `/metrics`).
     forks_made: AtomicU64,
+    /// Runs removed for good by gc since start (for `/metrics`).
+    runs_purged: AtomicU64,
     _lock: File,
 }
 
@@ -334,6 +337,21 @@ impl Engine {
         let wal_dir = data_dir.join(recovery::WAL_DIR);
         let replayed =
             recovery::replay_wal(&wal_dir, &catalog, &receipts, &ingester, &files.covered)?;
+        // Files of a run the catalog does not know (a gc's record is behind
+        // the snapshot, and the server stopped before the files went; or a
+        // catalog that lost runs) are kept, never served: `stepstore gc`
+        // lists and removes them.
+        let unknown = files
+            .covered
+            .keys()
+            .filter(|run_id| catalog.read().run(**run_id).is_none())
+            .count();
+        if unknown > 0 {
+            tracing::warn!(
+                runs = unknown,
+                "metric files of runs the catalog does not know are kept; stepstore gc removes them"
+            );
+        }
         ingester.finish_recovery();
         let last_lsn = replayed
             .last_lsn
@@ -395,6 +413,7 @@ impl Engine {
             rewound_summaries: continuity::RewoundSummaryCache::default(),
             rewinds_applied: AtomicU64::new(0),
             forks_made: AtomicU64::new(0),
+            runs_purged: AtomicU64::new(0),
             _lock: lock,
         });
         if engine.config.read_only {

@@ -71,6 +71,8 @@ pub struct TelemetrySnapshot {
     pub forks: u64,
     /// Runs forked from another.
     pub forked_runs: u64,
+    /// Runs removed for good by gc since start.
+    pub runs_purged: u64,
 }
 
 impl Engine {
@@ -131,6 +133,7 @@ impl Engine {
             rewound_runs: state.continuity().all_rewinds().count() as u64,
             forks: self.forks_made.load(Ordering::Relaxed),
             forked_runs: state.continuity().all_forks().count() as u64,
+            runs_purged: self.runs_purged.load(Ordering::Relaxed),
         }
     }
 

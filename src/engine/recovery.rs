@@ -117,6 +117,12 @@ pub(crate) fn load_metric_files(
         fork_points.entry(fork.parent).or_default().push(fork.lsn);
     }
     for directory in layout.scan()? {
+        if directory.files.is_empty() {
+            // Left by a gc (its files went while it was removed): nothing
+            // to load.
+            let _ = std::fs::remove_dir(layout.run_dir(directory.experiment_id, directory.run_id));
+            continue;
+        }
         let mut opened = Vec::with_capacity(directory.files.len());
         let mut damaged = Vec::new();
         for (seq, path) in &directory.files {
@@ -308,9 +314,16 @@ pub(crate) fn replay_wal(
                 {
                     ingester.rewind(run_id, experiment_id, lsn, step);
                 }
-                // So does every fork, to its parent's shard.
-                if let CatalogMutation::ForkRun { parent, .. } = mutation {
-                    ingester.fork_point(parent, lsn);
+                // So does every fork, to its parent's shard, and every
+                // purge.
+                match mutation {
+                    CatalogMutation::ForkRun { parent, .. } => ingester.fork_point(parent, lsn),
+                    CatalogMutation::Purge(purge) => {
+                        for run_id in purge.runs {
+                            ingester.purge(run_id);
+                        }
+                    }
+                    _ => {}
                 }
             }
             WalRecord::Metrics(runs) => {

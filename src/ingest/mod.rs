@@ -244,6 +244,10 @@ pub(crate) enum DataMessage {
         run_id: RunId,
         lsn: Lsn,
     },
+    /// A run removed for good, in WAL order.
+    Purge {
+        run_id: RunId,
+    },
     /// The WAL replay is over: compaction may start.
     Recovered,
     Checkpoint(Sender<Option<Lsn>>),
@@ -445,6 +449,16 @@ impl Ingester {
             lsn,
             step,
         });
+    }
+
+    /// Forgets a run removed for good (sent in WAL order, like
+    /// [`Self::apply`]): its buffers are dropped and its files deleted once
+    /// no reader holds them.
+    pub fn purge(&self, run_id: RunId) {
+        let _ = self
+            .shard_of(run_id)
+            .data
+            .send(DataMessage::Purge { run_id });
     }
 
     /// Where the points of `key` of a run are.

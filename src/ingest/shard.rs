@@ -329,6 +329,7 @@ impl Shard {
                     tracing::debug!(%run_id, lsn, "fork point applied: the run's buffer was frozen at it");
                 }
             }
+            DataMessage::Purge { run_id } => self.purge(run_id),
             DataMessage::Recovered => self.recovering = false,
             DataMessage::Checkpoint(reply) => {
                 let oldest = self
@@ -570,6 +571,9 @@ impl Shard {
                         .fetch_add(file.bytes(), Ordering::Relaxed);
                     tracing::debug!(%run_id, seq = file.seq(), rows = file.rows(), bytes = file.bytes(), "persisted buffer");
                     run.add_file(file);
+                } else {
+                    // The run was purged while its buffer was written.
+                    file.mark_obsolete();
                 }
                 self.maybe_compact(run_id);
                 self.answer_flush_waiters(None);
@@ -586,6 +590,46 @@ impl Shard {
         }
     }
 
+    /// Forgets a run removed for good: its buffers are released and its
+    /// files deleted once no reader holds them.
+    fn purge(&mut self, run_id: RunId) {
+        let Some(run) = self.runs.remove(&run_id) else {
+            return;
+        };
+        let chunks: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, pending)| pending.run_id == run_id)
+            .map(|(chunk_id, _)| *chunk_id)
+            .collect();
+        let mut released = run.active.bytes();
+        for chunk_id in chunks {
+            if let Some(pending) = self.pending.remove(&chunk_id) {
+                self.frozen_bytes = self.frozen_bytes.saturating_sub(pending.bytes);
+                released += pending.bytes;
+            }
+        }
+        self.stats
+            .buffer_bytes
+            .fetch_sub(released.min(self.stats.buffer_bytes()), Ordering::Relaxed);
+        self.stats.memory_freed.notify_waiters();
+        for file in &run.files {
+            file.mark_obsolete();
+        }
+        let directory = run
+            .files
+            .first()
+            .and_then(|file| file.path().parent().map(std::path::Path::to_path_buf));
+        tracing::info!(%run_id, files = run.files.len(), "run purged");
+        drop(run);
+        // Empty once no reader holds a file (else the next start removes
+        // what is left).
+        if let Some(directory) = directory {
+            let _ = std::fs::remove_dir(&directory);
+        }
+        self.answer_flush_waiters(None);
+    }
+
     fn on_compacted(
         &mut self,
         run_id: RunId,
@@ -593,6 +637,10 @@ impl Shard {
         outcome: Result<Arc<PersistedFile>, StorageError>,
     ) {
         let Some(run) = self.runs.get_mut(&run_id) else {
+            // Purged meanwhile: its merged file goes too.
+            if let Ok(file) = outcome {
+                file.mark_obsolete();
+            }
             return;
         };
         run.compacting = false;

@@ -125,6 +125,9 @@ pub fn requirement(method: &Method, path: &str, metrics_public: bool) -> Require
     if path == "/api/v1/tokens" || path.starts_with("/api/v1/tokens/") {
         return Requirement::Scope(Scope::Admin);
     }
+    if path.starts_with("/api/v1/admin/") {
+        return Requirement::Scope(Scope::Admin);
+    }
     if let Some((_, endpoint)) = path.split_once("/mlflow/") {
         if MLFLOW_ADMIN.contains(&endpoint) {
             return Requirement::Scope(Scope::Admin);
@@ -335,6 +338,7 @@ mod tests {
                 S(Scope::Admin),
             ),
             (Method::GET, "/api/v1/tokens", S(Scope::Admin)),
+            (Method::POST, "/api/v1/admin/gc", S(Scope::Admin)),
             (Method::DELETE, "/api/v1/tokens/ci", S(Scope::Admin)),
             (Method::GET, "/", S(Scope::Read)),
             (

@@ -13,6 +13,7 @@ pub(crate) mod lineage;
 pub mod mlflow;
 pub mod mlflow_ui;
 pub mod native;
+mod retention;
 pub mod scalars;
 pub mod sql;
 pub mod static_files;
@@ -112,6 +113,7 @@ fn router_with_counters(
         .merge(ingest::routes())
         .merge(lineage::routes())
         .merge(continuity::routes())
+        .merge(retention::routes())
         .merge(mlflow::routes())
         .merge(scalars::routes(Arc::clone(&counters.streams)))
         .merge(tensorboard::routes())

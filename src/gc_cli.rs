@@ -1,0 +1,167 @@
+//! `stepstore gc`: removes for good the runs and experiments deleted more
+//! than `--older-than` ago, with their metric files, as `mlflow gc` does:
+//! offline on a data directory (`--data-dir`) or through a running server
+//! (`--server URL`, an admin token). It only prints what it would remove
+//! unless `--yes` is given.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde_json::{Value, json};
+
+use stepstore::engine::retention::GcReport;
+use stepstore::engine::{Engine, EngineConfig, EngineError};
+
+/// Arguments of `stepstore gc`.
+#[derive(Args)]
+pub struct GcArgs {
+    /// Remove what was deleted at least this long ago, e.g. 30d, 12h
+    /// (default: everything deleted).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    older_than: Duration,
+    /// Remove for good (without it, only print what would be removed).
+    #[arg(long)]
+    yes: bool,
+    /// Data directory to clean offline (default ./stepstore-data). It must
+    /// not be in use by a running server: use --server for that one.
+    #[arg(long, conflicts_with = "server")]
+    data_dir: Option<PathBuf>,
+    /// Base URL of a running server, e.g. http://127.0.0.1:5000.
+    #[arg(long, env = "STEPSTORE_SERVER")]
+    server: Option<String>,
+    /// Token for --server (an admin token not limited to experiments).
+    #[arg(long, env = "STEPSTORE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the gc and prints its report.
+pub fn run(args: GcArgs) -> anyhow::Result<()> {
+    let report: Value = match &args.server {
+        Some(url) => gc_server(url, args.token.as_deref(), args.older_than, !args.yes)?,
+        None => serde_json::to_value(gc_offline(
+            args.data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("./stepstore-data")),
+            args.older_than,
+            !args.yes,
+        )?)?,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", summary(&report));
+    }
+    Ok(())
+}
+
+fn gc_offline(data_dir: PathBuf, older_than: Duration, dry_run: bool) -> anyhow::Result<GcReport> {
+    if !data_dir.is_dir() {
+        bail!("no data directory at {}", data_dir.display());
+    }
+    let engine = match Engine::open(EngineConfig::new(&data_dir)) {
+        Ok(engine) => engine,
+        Err(EngineError::DataDirInUse(dir)) => bail!(
+            "the data directory {dir} is in use by a running stepstore server; \
+             run gc through it with --server http://<its address> (an admin token)"
+        ),
+        Err(error) => {
+            return Err(error)
+                .with_context(|| format!("cannot open data directory {}", data_dir.display()));
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let outcome = runtime.block_on(engine.gc(older_than, dry_run));
+    engine.shutdown()?;
+    Ok(outcome?)
+}
+
+fn gc_server(
+    url: &str,
+    token: Option<&str>,
+    older_than: Duration,
+    dry_run: bool,
+) -> anyhow::Result<Value> {
+    let endpoint = format!("{}/api/v1/admin/gc", url.trim_end_matches('/'));
+    let client = reqwest::blocking::Client::builder()
+        .timeout(None)
+        .build()
+        .context("cannot create the HTTP client")?;
+    let mut request = client.post(&endpoint);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let body = json!({
+        "older_than": humantime::format_duration(older_than).to_string(),
+        "dry_run": dry_run,
+    });
+    let response = request
+        .json(&body)
+        .send()
+        .with_context(|| format!("cannot reach {endpoint}"))?;
+    let status = response.status();
+    let answer: Value = response
+        .json()
+        .with_context(|| format!("cannot read the answer of {endpoint}"))?;
+    if !status.is_success() {
+        let message = answer
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("no message");
+        bail!("the server refused the gc ({status}): {message}");
+    }
+    Ok(answer)
+}
+
+/// The report for a person: one line per run and experiment, then the
+/// totals.
+fn summary(report: &Value) -> String {
+    let dry_run = report["dry_run"].as_bool().unwrap_or(true);
+    let verb = if dry_run { "would remove" } else { "removed" };
+    let mut out = String::new();
+    let runs = report["runs"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let experiments = report["experiments"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    for run in runs {
+        let name = run["run_name"].as_str().unwrap_or("");
+        let note = if run["in_catalog"].as_bool() == Some(false) {
+            " (files of a run the catalog does not know)"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "run {} {name} (experiment {}){note}\n",
+            run["run_id"].as_str().unwrap_or("?"),
+            run["experiment_id"].as_str().unwrap_or("?"),
+        ));
+    }
+    for experiment in experiments {
+        out.push_str(&format!(
+            "experiment {} {}\n",
+            experiment["experiment_id"].as_str().unwrap_or("?"),
+            experiment["name"].as_str().unwrap_or(""),
+        ));
+    }
+    out.push_str(&format!(
+        "gc {verb} {} runs, {} experiments, {} metric files ({} bytes){}\n",
+        runs.len(),
+        experiments.len(),
+        report["files"].as_u64().unwrap_or(0),
+        report["bytes"].as_u64().unwrap_or(0),
+        if dry_run {
+            "; run again with --yes to remove them"
+        } else {
+            ""
+        },
+    ));
+    out
+}
