@@ -24,16 +24,8 @@ pub struct GcArgs {
     /// Remove for good (without it, only print what would be removed).
     #[arg(long)]
     yes: bool,
-    /// Data directory to clean offline (default ./stepstore-data). It must
-    /// not be in use by a running server: use --server for that one.
-    #[arg(long, conflicts_with = "server")]
-    data_dir: Option<PathBuf>,
-    /// Base URL of a running server, e.g. http://127.0.0.1:5000.
-    #[arg(long, env = "STEPSTORE_SERVER")]
-    server: Option<String>,
-    /// Token for --server (an admin token not limited to experiments).
-    #[arg(long, env = "STEPSTORE_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    #[command(flatten)]
+    target: crate::cli_target::Target,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -41,12 +33,15 @@ pub struct GcArgs {
 
 /// Runs the gc and prints its report.
 pub fn run(args: GcArgs) -> anyhow::Result<()> {
-    let report: Value = match &args.server {
-        Some(url) => gc_server(url, args.token.as_deref(), args.older_than, !args.yes)?,
+    let report: Value = match &args.target.server {
+        Some(url) => gc_server(
+            url,
+            args.target.token.as_deref(),
+            args.older_than,
+            !args.yes,
+        )?,
         None => serde_json::to_value(gc_offline(
-            args.data_dir
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("./stepstore-data")),
+            args.target.data_dir(),
             args.older_than,
             !args.yes,
         )?)?,

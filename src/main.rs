@@ -28,6 +28,7 @@ use stepstore::server::mlflow_ui::{MlflowUi, MlflowUiSource};
 use stepstore::server::{self, ServerConfig};
 use stepstore::wal::SyncPolicy;
 
+mod cli_target;
 mod gc_cli;
 mod sql_cli;
 mod token_cli;

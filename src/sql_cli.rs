@@ -51,16 +51,8 @@ impl SqlLimits {
 pub struct SqlArgs {
     /// The query (one statement that reads).
     query: String,
-    /// Data directory to query offline (default ./stepstore-data). It must
-    /// not be in use by a running server: query that one with --server.
-    #[arg(long, conflicts_with = "server")]
-    data_dir: Option<PathBuf>,
-    /// Base URL of a running server, e.g. http://127.0.0.1:5000.
-    #[arg(long, env = "STEPSTORE_SERVER")]
-    server: Option<String>,
-    /// Token for --server (a read token suffices).
-    #[arg(long, env = "STEPSTORE_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    #[command(flatten)]
+    target: crate::cli_target::Target,
     /// Output: table, csv or json.
     #[arg(long, default_value = "table")]
     format: OutputFormat,
@@ -70,12 +62,10 @@ pub struct SqlArgs {
 
 /// Runs the query and prints its result.
 pub fn run(args: SqlArgs) -> anyhow::Result<()> {
-    let result = match &args.server {
-        Some(url) => query_server(url, args.token.as_deref(), &args.query)?,
+    let result = match &args.target.server {
+        Some(url) => query_server(url, args.target.token.as_deref(), &args.query)?,
         None => query_offline(
-            args.data_dir
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("./stepstore-data")),
+            args.target.data_dir(),
             &args.query,
             args.limits.query_config(),
         )?,
