@@ -4,7 +4,7 @@
 //! own sources and those of each ancestor up its line of descent, with the
 //! bounds the forks and the ancestors' rewinds put on them.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::{Engine, EngineError};
@@ -149,22 +149,18 @@ impl Engine {
     pub(super) async fn gather_points(
         &self,
         runs: &RunSelection,
-        mut points: Vec<RunPoints>,
+        points: Vec<RunPoints>,
     ) -> Result<Vec<RunPoints>, EngineError> {
         let forked = self.selected_forked_runs(runs);
         if forked.is_empty() {
             return Ok(points);
         }
-        let mut own: HashMap<RunId, RunPoints> = HashMap::new();
-        points.retain_mut(|run| {
-            if forked.iter().any(|(run_id, _)| *run_id == run.run_id) {
-                let taken = std::mem::replace(run, RunPoints::empty(run.run_id, run.experiment_id));
-                own.insert(taken.run_id, taken);
-                false
-            } else {
-                true
-            }
-        });
+        let forked_ids: HashSet<RunId> = forked.iter().map(|(run_id, _)| *run_id).collect();
+        let (own, mut points): (Vec<RunPoints>, Vec<RunPoints>) = points
+            .into_iter()
+            .partition(|run| forked_ids.contains(&run.run_id));
+        let mut own: HashMap<RunId, RunPoints> =
+            own.into_iter().map(|run| (run.run_id, run)).collect();
         for (run_id, experiment_id) in forked {
             let ancestry = self.ancestry(run_id);
             points.push(
@@ -183,8 +179,9 @@ impl Engine {
         runs: &RunSelection,
         mut views: Vec<RunSummaryView>,
     ) -> Vec<RunSummaryView> {
+        let known: HashSet<RunId> = views.iter().map(|view| view.run_id).collect();
         for (run_id, experiment_id) in self.selected_forked_runs(runs) {
-            if !views.iter().any(|view| view.run_id == run_id) {
+            if !known.contains(&run_id) {
                 views.push(RunSummaryView {
                     run_id,
                     experiment_id,
