@@ -29,3 +29,46 @@ impl Target {
             .unwrap_or_else(|| PathBuf::from("./stepstore-data"))
     }
 }
+
+/// Opens the engine on `config`'s data directory for an offline command;
+/// when a server holds it, the error says to use `--server` (`instead`
+/// tells how).
+pub fn open_offline(
+    config: stepstore::engine::EngineConfig,
+    instead: &str,
+) -> anyhow::Result<std::sync::Arc<stepstore::engine::Engine>> {
+    use anyhow::Context;
+    let data_dir = config.data_dir.clone();
+    if !data_dir.is_dir() {
+        anyhow::bail!("no data directory at {}", data_dir.display());
+    }
+    match stepstore::engine::Engine::open(config) {
+        Ok(engine) => Ok(engine),
+        Err(stepstore::engine::EngineError::DataDirInUse(dir)) => anyhow::bail!(
+            "the data directory {dir} is in use by a running stepstore server; {instead}"
+        ),
+        Err(error) => {
+            Err(error).with_context(|| format!("cannot open data directory {}", data_dir.display()))
+        }
+    }
+}
+
+/// A POST of `path` to the server at `url`, with `token` as its bearer;
+/// returns the endpoint too, for messages.
+pub fn server_post(
+    url: &str,
+    token: Option<&str>,
+    path: &str,
+) -> anyhow::Result<(String, reqwest::blocking::RequestBuilder)> {
+    use anyhow::Context;
+    let endpoint = format!("{}{path}", url.trim_end_matches('/'));
+    let client = reqwest::blocking::Client::builder()
+        .timeout(None)
+        .build()
+        .context("cannot create the HTTP client")?;
+    let mut request = client.post(&endpoint);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    Ok((endpoint, request))
+}

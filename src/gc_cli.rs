@@ -11,8 +11,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::{Value, json};
 
+use stepstore::engine::EngineConfig;
 use stepstore::engine::retention::GcReport;
-use stepstore::engine::{Engine, EngineConfig, EngineError};
 
 /// Arguments of `stepstore gc`.
 #[derive(Args)]
@@ -55,20 +55,10 @@ pub fn run(args: GcArgs) -> anyhow::Result<()> {
 }
 
 fn gc_offline(data_dir: PathBuf, older_than: Duration, dry_run: bool) -> anyhow::Result<GcReport> {
-    if !data_dir.is_dir() {
-        bail!("no data directory at {}", data_dir.display());
-    }
-    let engine = match Engine::open(EngineConfig::new(&data_dir)) {
-        Ok(engine) => engine,
-        Err(EngineError::DataDirInUse(dir)) => bail!(
-            "the data directory {dir} is in use by a running stepstore server; \
-             run gc through it with --server http://<its address> (an admin token)"
-        ),
-        Err(error) => {
-            return Err(error)
-                .with_context(|| format!("cannot open data directory {}", data_dir.display()));
-        }
-    };
+    let engine = crate::cli_target::open_offline(
+        EngineConfig::new(&data_dir),
+        "run gc through it with --server http://<its address> (an admin token)",
+    )?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -84,15 +74,7 @@ fn gc_server(
     older_than: Duration,
     dry_run: bool,
 ) -> anyhow::Result<Value> {
-    let endpoint = format!("{}/api/v1/admin/gc", url.trim_end_matches('/'));
-    let client = reqwest::blocking::Client::builder()
-        .timeout(None)
-        .build()
-        .context("cannot create the HTTP client")?;
-    let mut request = client.post(&endpoint);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
+    let (endpoint, request) = crate::cli_target::server_post(url, token, "/api/v1/admin/gc")?;
     let body = json!({
         "older_than": humantime::format_duration(older_than).to_string(),
         "dry_run": dry_run,

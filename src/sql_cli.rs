@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 
-use stepstore::engine::{Engine, EngineConfig, EngineError};
+use stepstore::engine::EngineConfig;
 use stepstore::query::output::{ARROW_STREAM_MEDIA_TYPE, OutputFormat, from_arrow_stream};
 use stepstore::query::{QueryConfig, QueryResult, QueryService};
 use stepstore::wal::SyncPolicy;
@@ -88,23 +88,13 @@ fn query_offline(
     query: &str,
     config: QueryConfig,
 ) -> anyhow::Result<QueryResult> {
-    if !data_dir.is_dir() {
-        bail!("no data directory at {}", data_dir.display());
-    }
     let mut engine_config = EngineConfig::new(&data_dir);
     engine_config.read_only = true;
     engine_config.wal_sync = SyncPolicy::Off;
-    let engine = match Engine::open(engine_config) {
-        Ok(engine) => engine,
-        Err(EngineError::DataDirInUse(dir)) => bail!(
-            "the data directory {dir} is in use by a running stepstore server; \
-             query the server instead with --server http://<its address>"
-        ),
-        Err(error) => {
-            return Err(error)
-                .with_context(|| format!("cannot open data directory {}", data_dir.display()));
-        }
-    };
+    let engine = crate::cli_target::open_offline(
+        engine_config,
+        "query the server instead with --server http://<its address>",
+    )?;
     let service = Arc::new(QueryService::new(Arc::clone(&engine), config)?);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -117,15 +107,7 @@ fn query_offline(
 }
 
 fn query_server(url: &str, token: Option<&str>, query: &str) -> anyhow::Result<QueryResult> {
-    let endpoint = format!("{}/api/v1/sql", url.trim_end_matches('/'));
-    let client = reqwest::blocking::Client::builder()
-        .timeout(None)
-        .build()
-        .context("cannot create the HTTP client")?;
-    let mut request = client.post(&endpoint);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
+    let (endpoint, request) = crate::cli_target::server_post(url, token, "/api/v1/sql")?;
     let response = request
         .header(reqwest::header::ACCEPT, ARROW_STREAM_MEDIA_TYPE)
         .json(&serde_json::json!({ "query": query }))
