@@ -24,7 +24,6 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, RecordBatch, StringViewBuilder};
 use arrow::compute::cast;
 use arrow::datatypes::SchemaRef;
-use bytes::Bytes;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result as DfResult, Statistics};
 use datafusion::execution::TaskContext;
@@ -38,17 +37,11 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
     SendableRecordBatchStream,
 };
-use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{
-    ArrowPredicateFn, ArrowReaderMetadata, ParquetRecordBatchReader,
-    ParquetRecordBatchReaderBuilder, RowFilter, RowSelection,
-};
-use parquet::errors::ParquetError;
-use parquet::file::reader::{ChunkReader, Length};
 
 use super::scan_filter::ScanFilter;
-use crate::storage::schema::{KEY_COLUMN, STEP_COLUMN};
-use crate::storage::{DataFile, FileMetadata, PersistedFile};
+use crate::storage::row_plan::push_range;
+use crate::storage::schema::{KEY_COLUMN, file_column};
+use crate::storage::{PersistedFile, RowRequest, SelectedRows, StepFilter, SummaryRows};
 
 /// One file to scan and the run it belongs to.
 #[derive(Clone, Debug)]
@@ -245,7 +238,7 @@ struct PartitionScan {
 
 /// The reader of the file being scanned.
 struct OpenFile {
-    reader: ParquetRecordBatchReader,
+    reader: SelectedRows,
     /// The run's ids, `batch_size` rows long (sliced per batch).
     experiment_id: ArrayRef,
     run_id: ArrayRef,
@@ -276,7 +269,7 @@ impl Iterator for PartitionScan {
             };
             let batch = match batch {
                 Ok(batch) => batch,
-                Err(error) => return Some(Err(error.into())),
+                Err(error) => return Some(Err(DataFusionError::External(Box::new(error)))),
             };
             match self.finish_batch(batch) {
                 Ok(Some(batch)) => return Some(Ok(batch)),
@@ -301,9 +294,8 @@ impl PartitionScan {
         }
         let external =
             |error: crate::storage::StorageError| DataFusionError::External(Box::new(error));
-        let (footer, data): (ArrowReaderMetadata, DataFile) =
-            file.file.open_data().map_err(external)?;
-        let metadata = Arc::clone(footer.metadata());
+        let footer = file.file.footer().map_err(external)?;
+        let metadata = footer.metadata();
         let total_rows = u64::try_from(metadata.file_metadata().num_rows()).unwrap_or(0);
         let everything = std::iter::once(0..total_rows).collect::<Vec<_>>();
         // The rows to read, and whether their keys and steps need checking.
@@ -322,8 +314,16 @@ impl PartitionScan {
             }
             // Files written before block aggregates: key row ranges from
             // the key summaries, when they check out.
-            None => match summary_ranges(&metadata, &filter, total_rows) {
-                Some(ranges) => (ranges, false, filter.restricts_steps()),
+            None => match SummaryRows::of(metadata) {
+                Some(summaries) => {
+                    let mut ranges = Vec::new();
+                    for (key, rows, (min_step, max_step)) in summaries.keys() {
+                        if filter.allows_key(key) && filter.meets_steps(min_step, max_step) {
+                            push_range(&mut ranges, rows);
+                        }
+                    }
+                    (ranges, false, filter.restricts_steps())
+                }
                 None => (
                     everything,
                     filter.restricts_keys(),
@@ -340,89 +340,33 @@ impl PartitionScan {
         }
         self.counters.files_opened.add(1);
 
-        let parquet_schema = metadata.file_metadata().schema_descr();
         // File columns to decode: the projected ones and those to check.
         let file_columns = self.table_schema.fields().len() - 2;
-        let mut names: Vec<&str> = self
+        let mut columns: Vec<&'static str> = self
             .projection
             .iter()
             .filter(|&&index| index < file_columns)
-            .map(|&index| self.table_schema.field(index).name().as_str())
+            .filter_map(|&index| file_column(self.table_schema.field(index).name()))
             .collect();
-        if check_keys && !names.contains(&KEY_COLUMN) {
-            names.push(KEY_COLUMN);
+        if check_keys && !columns.contains(&KEY_COLUMN) {
+            columns.push(KEY_COLUMN);
         }
-        // Steps are checked by a row filter, which decodes the step column
-        // first and the other columns only for the rows that pass.
-        let step_leaf = if check_steps {
-            Some(leaf_of(parquet_schema, STEP_COLUMN, file.file.path())?)
-        } else {
-            None
-        };
-        let leaves = names
-            .iter()
-            .map(|name| leaf_of(parquet_schema, name, file.file.path()))
-            .collect::<DfResult<Vec<usize>>>()?;
-
-        // Row groups holding selected rows, and the selection within them.
-        let mut row_groups = Vec::new();
-        let mut local_ranges: Vec<Range<usize>> = Vec::new();
-        let mut group_start = 0u64;
-        let mut kept_rows = 0u64;
-        let mut spans: Vec<Range<u64>> = Vec::new();
-        for (index, group) in metadata.row_groups().iter().enumerate() {
-            let group_rows = u64::try_from(group.num_rows()).unwrap_or(0);
-            let group_end = group_start + group_rows;
-            let inside: Vec<Range<u64>> = ranges
-                .iter()
-                .filter(|range| range.start < group_end && range.end > group_start)
-                .map(|range| {
-                    range.start.max(group_start) - group_start
-                        ..range.end.min(group_end) - group_start
-                })
-                .collect();
-            if !inside.is_empty() {
-                row_groups.push(index);
-                for range in &inside {
-                    local_ranges.push(
-                        usize::try_from(kept_rows + range.start).unwrap_or(usize::MAX)
-                            ..usize::try_from(kept_rows + range.end).unwrap_or(usize::MAX),
-                    );
-                }
-                // The bytes each decoded column needs in this row group.
-                for &leaf in leaves.iter().chain(&step_leaf) {
-                    spans.extend(byte_span(&metadata, index, leaf, &inside));
-                }
-                kept_rows += group_rows;
-            }
-            group_start = group_end;
-        }
-        let whole = local_ranges.len() == 1
-            && local_ranges[0].start == 0
-            && local_ranges[0].end as u64 == kept_rows;
-
-        let chunks = LocalChunks::open(data, spans)?;
-        self.counters.bytes_scanned.add(chunks.loaded_bytes());
-        let mask = ProjectionMask::leaves(parquet_schema, leaves.iter().copied());
-        let mut builder = ParquetRecordBatchReaderBuilder::new_with_metadata(chunks, footer)
-            .with_row_groups(row_groups)
-            .with_projection(mask)
-            .with_batch_size(self.batch_size);
-        if !whole {
-            builder = builder.with_row_selection(RowSelection::from_consecutive_ranges(
-                local_ranges.into_iter(),
-                usize::try_from(kept_rows).unwrap_or(usize::MAX),
-            ));
-        }
-        if let Some(step_leaf) = step_leaf {
+        // Steps are checked while decoding: the step column first, the
+        // others only for the rows that pass.
+        let step_filter: Option<StepFilter> = check_steps.then(|| {
             let filter = Arc::clone(&filter);
-            let predicate = ArrowPredicateFn::new(
-                ProjectionMask::leaves(parquet_schema, [step_leaf]),
-                move |batch: RecordBatch| filter.step_mask(batch.column(0)),
-            );
-            builder = builder.with_row_filter(RowFilter::new(vec![Box::new(predicate)]));
-        }
-        let reader = builder.build()?;
+            Arc::new(move |steps: &ArrayRef| filter.step_mask(steps)) as StepFilter
+        });
+        let request = RowRequest {
+            ranges,
+            columns,
+            step_filter,
+            batch_size: self.batch_size,
+        };
+        let Some(reader) = file.file.read_rows(request).map_err(external)? else {
+            return Ok(None);
+        };
+        self.counters.bytes_scanned.add(reader.prefetched_bytes);
         Ok(Some(OpenFile {
             reader,
             experiment_id: constant_id(&file.experiment_id, self.batch_size)?,
@@ -481,74 +425,6 @@ impl PartitionScan {
     }
 }
 
-/// Appends `range` to sorted, disjoint `ranges`, merging it with the last
-/// one when they touch.
-fn push_range(ranges: &mut Vec<Range<u64>>, range: Range<u64>) {
-    match ranges.last_mut() {
-        Some(last) if last.end == range.start => last.end = range.end,
-        _ => ranges.push(range),
-    }
-}
-
-/// The leaf column named `name`.
-fn leaf_of(
-    schema: &parquet::schema::types::SchemaDescriptor,
-    name: &str,
-    path: &std::path::Path,
-) -> DfResult<usize> {
-    (0..schema.num_columns())
-        .find(|&leaf| schema.column(leaf).name() == name)
-        .ok_or_else(|| {
-            DataFusionError::Execution(format!(
-                "metric file {} has no column {name}",
-                path.display()
-            ))
-        })
-}
-
-/// The rows of the keys `filter` allows (and whose step range meets the
-/// filter's), from the key summaries in the footer of a file without
-/// block aggregates: the file is sorted by key, so each key's rows follow
-/// the previous key's. `None` when the footer does not vouch for that
-/// (no summaries, keys out of order, counts that do not add up to the
-/// file's rows, or a row group not recorded as sorted by key).
-fn summary_ranges(
-    metadata: &parquet::file::metadata::ParquetMetaData,
-    filter: &ScanFilter,
-    total_rows: u64,
-) -> Option<Vec<Range<u64>>> {
-    let summaries =
-        FileMetadata::from_key_values(metadata.file_metadata().key_value_metadata()).ok()?;
-    let sorted_by_key = metadata.row_groups().iter().all(|group| {
-        group
-            .sorting_columns()
-            .and_then(|columns| columns.first())
-            .is_some_and(|first| first.column_idx == 0 && !first.descending)
-    });
-    let in_order = summaries
-        .keys
-        .windows(2)
-        .all(|pair| pair[0].0.as_bytes() < pair[1].0.as_bytes());
-    let counted: u64 = summaries
-        .keys
-        .iter()
-        .map(|(_, summary)| summary.count)
-        .sum();
-    if !sorted_by_key || !in_order || counted != total_rows {
-        return None;
-    }
-    let mut ranges = Vec::new();
-    let mut start = 0u64;
-    for (key, summary) in &summaries.keys {
-        let end = start + summary.count;
-        if filter.allows_key(key) && filter.meets_steps(summary.min_step, summary.max_step) {
-            push_range(&mut ranges, start..end);
-        }
-        start = end;
-    }
-    Some(ranges)
-}
-
 /// The first `rows` rows of a constant id column (longer batches, which the
 /// reader does not produce, get a column of their own).
 fn ids(column: &ArrayRef, rows: usize) -> DfResult<ArrayRef> {
@@ -572,137 +448,6 @@ pub(crate) fn constant_id(value: &str, rows: usize) -> DfResult<ArrayRef> {
     Ok(Arc::new(builder.finish()))
 }
 
-/// The byte range of column `leaf` of row group `group` that holds the
-/// rows `ranges` (relative to the row group): from the first to the last
-/// page holding a selected row, with the dictionary page; the whole chunk
-/// without an offset index.
-fn byte_span(
-    metadata: &parquet::file::metadata::ParquetMetaData,
-    group: usize,
-    leaf: usize,
-    ranges: &[Range<u64>],
-) -> Vec<Range<u64>> {
-    let column = metadata.row_group(group).column(leaf);
-    let (start, length) = column.byte_range();
-    let chunk = start..start + length;
-    let pages = metadata
-        .offset_index()
-        .and_then(|index| index.get(group))
-        .and_then(|columns| columns.get(leaf))
-        .map(|index| index.page_locations());
-    let Some(pages) = pages.filter(|pages| !pages.is_empty()) else {
-        return vec![chunk];
-    };
-    let (Some(first_row), Some(last_row)) = (
-        ranges.first().map(|range| range.start),
-        ranges.last().map(|range| range.end),
-    ) else {
-        return Vec::new();
-    };
-    let page_rows = |page: usize| {
-        let start = u64::try_from(pages[page].first_row_index).unwrap_or(0);
-        let end = pages.get(page + 1).map_or(u64::MAX, |next| {
-            u64::try_from(next.first_row_index).unwrap_or(0)
-        });
-        start..end
-    };
-    let needed: Vec<usize> = (0..pages.len())
-        .filter(|&page| {
-            let rows = page_rows(page);
-            rows.start < last_row && rows.end > first_row
-        })
-        .collect();
-    let (Some(&first), Some(&last)) = (needed.first(), needed.last()) else {
-        return Vec::new();
-    };
-    let span_start = u64::try_from(pages[first].offset).unwrap_or(0);
-    let span_end = u64::try_from(pages[last].offset).unwrap_or(0)
-        + u64::try_from(pages[last].compressed_page_size).unwrap_or(0);
-    let mut spans = Vec::with_capacity(2);
-    let first_data = u64::try_from(pages[0].offset).unwrap_or(chunk.start);
-    if first_data > chunk.start {
-        // The dictionary page.
-        spans.push(chunk.start..first_data);
-    }
-    spans.push(span_start..span_end.min(chunk.end).max(span_start));
-    spans
-}
-
-/// A metric file for the Parquet reader: the byte spans it will need are
-/// read (and checked) up front, one read each; anything else is read when
-/// asked for.
-struct LocalChunks {
-    data: DataFile,
-    /// Loaded spans, by start offset.
-    loaded: Vec<(u64, Bytes)>,
-}
-
-impl LocalChunks {
-    fn open(data: DataFile, mut spans: Vec<Range<u64>>) -> DfResult<Self> {
-        spans.sort_by_key(|span| span.start);
-        // Merge spans that touch or overlap.
-        let mut merged: Vec<Range<u64>> = Vec::with_capacity(spans.len());
-        for span in spans.into_iter().filter(|span| span.end > span.start) {
-            match merged.last_mut() {
-                Some(last) if span.start <= last.end => last.end = last.end.max(span.end),
-                _ => merged.push(span),
-            }
-        }
-        let mut chunks = LocalChunks {
-            data,
-            loaded: Vec::with_capacity(merged.len()),
-        };
-        for span in merged {
-            let bytes = chunks
-                .data
-                .read_at(span.start, (span.end - span.start) as usize)
-                .map_err(|error| DataFusionError::Execution(error.to_string()))?;
-            chunks.loaded.push((span.start, bytes));
-        }
-        Ok(chunks)
-    }
-
-    fn loaded_bytes(&self) -> usize {
-        self.loaded.iter().map(|(_, bytes)| bytes.len()).sum()
-    }
-}
-
-impl Length for LocalChunks {
-    fn len(&self) -> u64 {
-        self.data.len()
-    }
-}
-
-impl ChunkReader for LocalChunks {
-    type T = std::io::Cursor<Bytes>;
-
-    fn get_read(&self, start: u64) -> Result<Self::T, ParquetError> {
-        // The rest of the loaded span holding `start`, else of the file.
-        let index = self.loaded.partition_point(|(offset, _)| *offset <= start);
-        if let Some((offset, bytes)) = index.checked_sub(1).map(|index| &self.loaded[index])
-            && start < offset + bytes.len() as u64
-        {
-            return Ok(std::io::Cursor::new(
-                bytes.slice((start - offset) as usize..),
-            ));
-        }
-        let length = usize::try_from(self.data.len().saturating_sub(start)).unwrap_or(usize::MAX);
-        Ok(std::io::Cursor::new(self.data.read_at(start, length)?))
-    }
-
-    fn get_bytes(&self, start: u64, length: usize) -> Result<Bytes, ParquetError> {
-        let end = start.saturating_add(length as u64);
-        let index = self.loaded.partition_point(|(offset, _)| *offset <= start);
-        if let Some((offset, bytes)) = index.checked_sub(1).map(|index| &self.loaded[index])
-            && end <= offset + bytes.len() as u64
-        {
-            let from = (start - offset) as usize;
-            return Ok(bytes.slice(from..from + length));
-        }
-        self.data.read_at(start, length)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -713,6 +458,7 @@ mod tests {
     use datafusion::logical_expr::{Expr, col, lit};
     use datafusion::prelude::SessionContext;
     use futures::TryStreamExt;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use rand::rngs::SmallRng;
     use rand::{Rng, SeedableRng};
     use std::fs::File;

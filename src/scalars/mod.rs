@@ -46,14 +46,10 @@ pub enum ScalarError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// A metric file is not what stepstore writes.
-    #[error("metric file {path} cannot be read: {reason}")]
-    InvalidFile {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
+    /// Reading a metric file failed (damage, a vanished file, a store
+    /// that does not answer).
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
     /// A background read task failed.
     #[error("background read failed: {0}")]
     Task(String),
@@ -81,7 +77,7 @@ impl Classify for ScalarError {
             ScalarError::TooManyPoints { .. } => ErrorKind::InvalidParameter,
             ScalarError::Engine(error) => error.kind(),
             ScalarError::Io { .. }
-            | ScalarError::InvalidFile { .. }
+            | ScalarError::Storage(_)
             | ScalarError::Task(_)
             | ScalarError::Aggregates(_) => ErrorKind::Internal,
         }

@@ -33,27 +33,17 @@
 //! scan, and the full scan carries on without the aggregates.
 
 use std::ops::Range;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::buffer::ScalarBuffer;
-use arrow::datatypes::{Float64Type, Int32Type, Int64Type, TimestampMillisecondType};
-use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection,
-    RowSelectionPolicy,
-};
-use parquet::file::metadata::RowGroupMetaData;
-use parquet::file::statistics::Statistics;
 
 use super::ScalarError;
 use crate::ingest::{BufferedKey, Segment, SegmentBlock};
 use crate::model::MetricSeries;
-use crate::storage::{BlockAggregate, DataFile, PageRowReader, PersistedFile};
-
-/// Rows decoded per Parquet batch: bounds a file source's memory.
-const BATCH_ROWS: usize = 32 * 1024;
+pub use crate::storage::StepBounds;
+use crate::storage::{
+    BlockAggregate, ColumnRows, FooterTrust, KeyRows, KeyRowsReader, NumericRows, PersistedFile,
+};
 
 /// Takes ordered slices of steps, timestamps and values; returns `false`
 /// to stop the read.
@@ -92,21 +82,6 @@ impl PointSink for SlicesOnly<'_, '_> {
         Err(ScalarError::Aggregates(
             "a block aggregate reached a reader that wants every point".into(),
         ))
-    }
-}
-
-/// Inclusive step bounds applied while reading (`None`: unbounded).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StepBounds {
-    /// Smallest step wanted.
-    pub lower: Option<i64>,
-    /// Greatest step wanted.
-    pub upper: Option<i64>,
-}
-
-impl StepBounds {
-    fn excludes_range(&self, min: i64, max: i64) -> bool {
-        self.lower.is_some_and(|lower| max < lower) || self.upper.is_some_and(|upper| min > upper)
     }
 }
 
@@ -150,6 +125,14 @@ impl Block {
             steps: self.steps.slice(offset, len),
             timestamps: self.timestamps.slice(offset, len),
             values: self.values.slice(offset, len),
+        }
+    }
+
+    fn from_rows(rows: ColumnRows) -> Block {
+        Block {
+            steps: rows.steps,
+            timestamps: rows.timestamps,
+            values: rows.values,
         }
     }
 
@@ -235,273 +218,48 @@ impl BlockSource for BufferSource {
     }
 }
 
-/// One Parquet file, read row group by row group.
+/// One file's rows of the key, from the storage reader, in order and
+/// within the bounds.
 struct FileSource {
-    path: PathBuf,
-    footer: ArrowReaderMetadata,
-    key: String,
+    rows: Option<KeyRowsReader>,
     bounds: StepBounds,
-    /// Candidate row groups not yet opened, and whether each holds only
-    /// the requested key (then its key column is not read).
-    row_groups: std::vec::IntoIter<(usize, bool)>,
-    reader: Option<(ParquetRecordBatchReader, bool)>,
-    done: bool,
     /// The file (which stays on disk while it is read, even once
     /// compacted away).
-    file: Arc<PersistedFile>,
-}
-
-/// A file opened for checked reading, with a failure as a scalar error
-/// naming the file.
-fn file_data(file: &PersistedFile) -> Result<DataFile, ScalarError> {
-    file.open_data()
-        .map(|(_, data)| data)
-        .map_err(|error| ScalarError::InvalidFile {
-            path: file.path().to_path_buf(),
-            reason: error.to_string(),
-        })
-}
-
-/// A file's footer (from the footer cache, or read again), with a read
-/// failure as a scalar error naming the file.
-fn file_footer(file: &PersistedFile) -> Result<ArrowReaderMetadata, ScalarError> {
-    file.footer().map_err(|error| ScalarError::InvalidFile {
-        path: file.path().to_path_buf(),
-        reason: error.to_string(),
-    })
+    _file: Arc<PersistedFile>,
 }
 
 impl FileSource {
+    /// The key's rows of `file` within `bounds`, planned trusting `trust`.
     fn new(
         file: Arc<PersistedFile>,
         key: &str,
         bounds: StepBounds,
+        trust: FooterTrust,
     ) -> Result<FileSource, ScalarError> {
-        let footer = file_footer(&file)?;
-        let row_groups: Vec<(usize, bool)> = candidate_row_groups(&footer, key, bounds)
-            .into_iter()
-            .map(|candidate| (candidate.index, candidate.only_key))
-            .collect();
         Ok(FileSource {
-            path: file.path().to_path_buf(),
-            footer,
-            key: key.to_string(),
+            rows: KeyRowsReader::open(&file, key, bounds, trust)?,
             bounds,
-            row_groups: row_groups.into_iter(),
-            reader: None,
-            done: false,
-            file,
+            _file: file,
         })
     }
-
-    fn open_row_group(
-        &self,
-        row_group: usize,
-        only_key: bool,
-    ) -> Result<ParquetRecordBatchReader, ScalarError> {
-        let data = file_data(&self.file)?;
-        let mut builder =
-            ParquetRecordBatchReaderBuilder::new_with_metadata(data, self.footer.clone())
-                .with_row_groups(vec![row_group])
-                .with_batch_size(BATCH_ROWS);
-        if only_key {
-            let mask = ProjectionMask::roots(
-                self.footer.metadata().file_metadata().schema_descr(),
-                [1, 2, 3],
-            );
-            builder = builder.with_projection(mask);
-        }
-        builder
-            .build()
-            .map_err(|error| parquet_error(&self.path, error))
-    }
-
-    /// The key's rows of a decoded batch, as one block.
-    fn key_rows(&self, batch: &RecordBatch, only_key: bool) -> Result<Option<Block>, ScalarError> {
-        let invalid = |reason: &str| ScalarError::InvalidFile {
-            path: self.path.clone(),
-            reason: reason.to_string(),
-        };
-        let block = batch_block(&self.path, batch, !only_key)?;
-        if only_key {
-            return Ok(Some(block));
-        }
-        let matches: Vec<bool> = {
-            let column = batch.column(0);
-            if let Some(dictionary) = column.as_dictionary_opt::<Int32Type>() {
-                let names = dictionary
-                    .values()
-                    .as_string_opt::<i32>()
-                    .ok_or_else(|| invalid("key dictionary is not UTF-8"))?;
-                let Some(wanted) = (0..names.len()).find(|&index| names.value(index) == self.key)
-                else {
-                    return Ok(None);
-                };
-                let wanted = wanted as i32;
-                dictionary
-                    .keys()
-                    .values()
-                    .iter()
-                    .map(|&index| index == wanted)
-                    .collect()
-            } else {
-                let names = column
-                    .as_string_opt::<i32>()
-                    .ok_or_else(|| invalid("key column is not UTF-8"))?;
-                (0..names.len())
-                    .map(|row| names.value(row) == self.key)
-                    .collect()
-            }
-        };
-        Ok(select_rows(&block, &matches))
-    }
-}
-
-/// A row group that may hold the key: its index, whether it holds only the
-/// key, and its step range when its statistics give one.
-struct Candidate {
-    index: usize,
-    only_key: bool,
-    steps: Option<(i64, i64)>,
-}
-
-/// The row groups whose key and step statistics do not rule them out.
-fn candidate_row_groups(
-    footer: &ArrowReaderMetadata,
-    key: &str,
-    bounds: StepBounds,
-) -> Vec<Candidate> {
-    let wanted = key.as_bytes();
-    footer
-        .metadata()
-        .row_groups()
-        .iter()
-        .enumerate()
-        .filter_map(|(index, row_group)| {
-            let key_stats = row_group.column(0).statistics();
-            let may_hold_key = key_stats.is_none_or(|statistics| {
-                statistics.min_bytes_opt().is_none_or(|min| min <= wanted)
-                    && statistics.max_bytes_opt().is_none_or(|max| wanted <= max)
-            });
-            if !may_hold_key {
-                return None;
-            }
-            let steps = match row_group.column(1).statistics() {
-                Some(Statistics::Int64(steps)) => match (steps.min_opt(), steps.max_opt()) {
-                    (Some(&min), Some(&max)) => Some((min, max)),
-                    _ => None,
-                },
-                _ => None,
-            };
-            if steps.is_some_and(|(min, max)| bounds.excludes_range(min, max)) {
-                return None;
-            }
-            let only_key = key_stats.is_some_and(|statistics| {
-                statistics.min_is_exact()
-                    && statistics.max_is_exact()
-                    && statistics.min_bytes_opt() == Some(wanted)
-                    && statistics.max_bytes_opt() == Some(wanted)
-                    && statistics.null_count_opt().unwrap_or(1) == 0
-            });
-            Some(Candidate {
-                index,
-                only_key,
-                steps,
-            })
-        })
-        .collect()
-}
-
-/// The step, timestamp and value columns of a decoded batch as a block;
-/// `with_key` tells whether the batch starts with the key column.
-fn batch_block(path: &Path, batch: &RecordBatch, with_key: bool) -> Result<Block, ScalarError> {
-    let invalid = |reason: &str| ScalarError::InvalidFile {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    };
-    let first = usize::from(with_key);
-    if batch.num_columns() != first + 3
-        || batch.columns().iter().any(|column| column.null_count() > 0)
-    {
-        return Err(invalid("unexpected columns or nulls in a metric file"));
-    }
-    let steps = batch
-        .column(first)
-        .as_primitive_opt::<Int64Type>()
-        .ok_or_else(|| invalid("step column is not int64"))?
-        .values()
-        .clone();
-    let timestamps = batch
-        .column(first + 1)
-        .as_primitive_opt::<TimestampMillisecondType>()
-        .ok_or_else(|| invalid("timestamp column is not a millisecond timestamp"))?
-        .values()
-        .clone();
-    let values = batch
-        .column(first + 2)
-        .as_primitive_opt::<Float64Type>()
-        .ok_or_else(|| invalid("value column is not float64"))?
-        .values()
-        .clone();
-    Ok(Block {
-        steps,
-        timestamps,
-        values,
-    })
-}
-
-/// The rows of `block` where `matches` is set: a zero-copy slice when they
-/// are contiguous (always, in a file sorted by key), else a copy.
-fn select_rows(block: &Block, matches: &[bool]) -> Option<Block> {
-    let start = matches.iter().position(|&hit| hit)?;
-    let run = matches[start..].iter().take_while(|&&hit| hit).count();
-    let end = start + run;
-    if !matches[end..].iter().any(|&hit| hit) {
-        return Some(block.slice(start, run));
-    }
-    let mut series = MetricSeries::default();
-    for (row, _) in matches.iter().enumerate().filter(|(_, hit)| **hit) {
-        series.push(block.steps[row], block.timestamps[row], block.values[row]);
-    }
-    Some(Block::from_series(series))
 }
 
 impl BlockSource for FileSource {
     fn next_item(&mut self) -> Result<Option<Item>, ScalarError> {
-        loop {
-            if self.done {
-                return Ok(None);
-            }
-            let Some((reader, only_key)) = &mut self.reader else {
-                match self.row_groups.next() {
-                    Some((row_group, only_key)) => {
-                        let reader = self.open_row_group(row_group, only_key)?;
-                        self.reader = Some((reader, only_key));
-                        continue;
-                    }
-                    None => return Ok(None),
-                }
+        while let Some(reader) = &mut self.rows {
+            let Some(rows) = reader.next_rows()? else {
+                self.rows = None;
+                break;
             };
-            let only_key = *only_key;
-            let Some(batch) = reader.next() else {
-                self.reader = None;
-                continue;
-            };
-            let batch = batch.map_err(|error| ScalarError::InvalidFile {
-                path: self.path.clone(),
-                reason: error.to_string(),
-            })?;
-            let Some(block) = self.key_rows(&batch, only_key)? else {
-                continue;
-            };
-            let (block, past_upper) = block.sorted().trim(self.bounds);
+            let (block, past_upper) = Block::from_rows(rows).sorted().trim(self.bounds);
             if past_upper {
-                self.done = true;
+                self.rows = None;
             }
             if let Some(block) = block {
                 return Ok(Some(Item::Rows(block)));
             }
         }
+        Ok(None)
     }
 }
 
@@ -833,6 +591,7 @@ impl SeriesSnapshot {
                     Arc::clone(file),
                     &self.key,
                     bounds,
+                    FooterTrust::StatisticsOnly,
                 )?));
             }
         }
@@ -875,7 +634,8 @@ impl SeriesSnapshot {
             let Some(bounds) = self.file_bounds(index, StepBounds::default()) else {
                 continue;
             };
-            let mut source = FileSource::new(Arc::clone(file), &self.key, bounds)?;
+            let mut source =
+                FileSource::new(Arc::clone(file), &self.key, bounds, FooterTrust::Summaries)?;
             while let Some(item) = source.next_item()? {
                 if let Item::Rows(block) = item {
                     fold_timestamps(&block.timestamps, &mut widen);
@@ -946,21 +706,20 @@ impl SeriesSnapshot {
                     files.push((Some(blocks), spans, Some(file_bounds)));
                 }
                 None => {
-                    // One span over the row groups that may hold the key
-                    // (their step statistics may cover other keys too).
-                    // A footer that cannot be read sends the read to the
-                    // full scan, which reports it.
-                    let footer = file_footer(file).ok()?;
-                    let spans = candidate_row_groups(&footer, &self.key, file_bounds)
-                        .iter()
-                        .map(|candidate| candidate.steps.unwrap_or((i64::MIN, i64::MAX)))
-                        .reduce(|a, b| (a.0.min(b.0), a.1.max(b.1)))
-                        .map(|(min, max)| Span {
-                            start: (min, i64::MIN),
-                            end: (max, i64::MAX),
-                        })
-                        .into_iter()
-                        .collect();
+                    // One span over the steps the key's rows may hold (a
+                    // row group's step statistics cover its other keys
+                    // too). A footer that cannot be read sends the read
+                    // to the full scan, which reports it.
+                    let footer = file.cached_footer().ok()?;
+                    let spans =
+                        KeyRows::plan(&footer, &self.key, file_bounds, FooterTrust::Summaries)
+                            .map(|rows| rows.steps().unwrap_or((i64::MIN, i64::MAX)))
+                            .map(|(min, max)| Span {
+                                start: (min, i64::MIN),
+                                end: (max, i64::MAX),
+                            })
+                            .into_iter()
+                            .collect();
                     files.push((None, spans, Some(file_bounds)));
                 }
             }
@@ -993,7 +752,8 @@ impl SeriesSnapshot {
             };
             let Some(blocks) = blocks else {
                 sources.push(Box::new(
-                    FileSource::new(Arc::clone(file), &self.key, shown).ok()?,
+                    FileSource::new(Arc::clone(file), &self.key, shown, FooterTrust::Summaries)
+                        .ok()?,
                 ));
                 continue;
             };
@@ -1064,11 +824,11 @@ fn fold_timestamps(timestamps: &[i64], widen: &mut impl FnMut(i64, i64)) {
     }
 }
 
-/// Every point of `key` in `file` within `bounds`: block by block through
-/// the page reader when the file has block aggregates (they give the key's
-/// rows exactly, and each decoded block is checked against its
-/// aggregate), else row group by row group through the Arrow reader.
-/// `None` when the file holds no point of the key in range.
+/// Every point of `key` in `file` within `bounds`: block by block when the
+/// file has block aggregates (they give the key's rows exactly, and each
+/// decoded block is checked against its aggregate), else as the storage
+/// reader finds the key's rows. `None` when the file holds no point of
+/// the key in range.
 fn full_file_source(
     file: &Arc<PersistedFile>,
     key: &str,
@@ -1079,6 +839,7 @@ fn full_file_source(
             Arc::clone(file),
             key,
             bounds,
+            FooterTrust::Summaries,
         )?)));
     };
     let Some(entry) = aggregates.key(key) else {
@@ -1167,117 +928,56 @@ struct PlannedBlock {
 }
 
 /// One file read block by block: summarised blocks come out as their
-/// aggregates; the others are decoded through one row selection that
-/// covers only them.
+/// aggregates; the others are decoded (only they are read).
 struct PlannedFileSource {
     file: Arc<PersistedFile>,
     blocks: std::vec::IntoIter<PlannedBlock>,
     decode: Vec<Range<u64>>,
     bounds: StepBounds,
-    reader: Option<PlannedReader>,
-    /// Decoded rows not yet handed out (Arrow reader).
-    pending: Option<Block>,
+    rows: Option<NumericRows>,
     /// The block being decoded and the rows of it already handed out.
     current: Option<(PlannedBlock, u32)>,
 }
 
-/// How a planned file read decodes its blocks: straight from the pages
-/// (files as stepstore writes them), or through the Arrow reader and one
-/// row selection (files the page reader does not take).
-enum PlannedReader {
-    Pages(Box<PageRowReader>),
-    Arrow(ParquetRecordBatchReader),
-}
-
 impl PlannedFileSource {
     fn new(file: Arc<PersistedFile>, blocks: Vec<PlannedBlock>, bounds: StepBounds) -> Self {
-        let decode = blocks
-            .iter()
-            .filter(|planned| !planned.summarise)
-            .map(|planned| planned.first_row..planned.first_row + u64::from(planned.block.rows))
-            .collect();
+        let mut decode: Vec<Range<u64>> = Vec::new();
+        for planned in blocks.iter().filter(|planned| !planned.summarise) {
+            let range = planned.first_row..planned.first_row + u64::from(planned.block.rows);
+            match decode.last_mut() {
+                Some(last) if last.end == range.start => last.end = range.end,
+                _ => decode.push(range),
+            }
+        }
         PlannedFileSource {
             file,
             blocks: blocks.into_iter(),
             decode,
             bounds,
-            reader: None,
-            pending: None,
+            rows: None,
             current: None,
         }
     }
 
-    fn open(&self) -> Result<PlannedReader, ScalarError> {
-        let path = self.file.path();
-        let footer = file_footer(&self.file)?;
-        if let Some(pages) =
-            PageRowReader::open(file_data(&self.file)?, Arc::clone(footer.metadata()))
-        {
-            return Ok(PlannedReader::Pages(Box::new(pages)));
-        }
-        let row_groups = footer.metadata().row_groups();
-        let (selected, selection) = selection_for(row_groups, &self.decode);
-        let handle = file_data(&self.file)?;
-        let mask =
-            ProjectionMask::roots(footer.metadata().file_metadata().schema_descr(), [1, 2, 3]);
-        ParquetRecordBatchReaderBuilder::new_with_metadata(handle, footer.clone())
-            .with_row_groups(selected)
-            .with_row_selection(selection)
-            .with_row_selection_policy(RowSelectionPolicy::Selectors)
-            .with_projection(mask)
-            .with_batch_size(BATCH_ROWS)
-            .build()
-            .map(PlannedReader::Arrow)
-            .map_err(|error| parquet_error(path, error))
-    }
-
-    /// Decoded rows of `planned` from its row `done` on: all of them (page
-    /// reader), or up to the rest of a decoded batch (Arrow reader).
+    /// Decoded rows of `planned` from its row `done` on (at least one).
     fn take_rows(&mut self, planned: &PlannedBlock, done: u32) -> Result<Block, ScalarError> {
-        if self.reader.is_none() {
-            self.reader = Some(self.open()?);
-        }
-        if let Some(PlannedReader::Pages(pages)) = self.reader.as_mut() {
-            let start = planned.first_row + u64::from(done);
-            let end = planned.first_row + u64::from(planned.block.rows);
-            let rows = pages
-                .read(start..end)
-                .map_err(|error| ScalarError::InvalidFile {
-                    path: self.file.path().to_path_buf(),
-                    reason: error.to_string(),
-                })?;
-            return Ok(Block {
-                steps: rows.steps,
-                timestamps: rows.timestamps,
-                values: rows.values,
-            });
-        }
-        let wanted = (planned.block.rows - done) as usize;
-        let pending = match self.pending.take() {
-            Some(pending) => pending,
-            None => {
-                let batch = match self.reader.as_mut() {
-                    Some(PlannedReader::Arrow(reader)) => reader.next(),
-                    _ => None,
-                }
-                .ok_or_else(|| {
-                    ScalarError::Aggregates(format!(
-                        "{} has fewer rows than its aggregates say",
-                        self.file.path().display()
-                    ))
-                })?
-                .map_err(|error| ScalarError::InvalidFile {
-                    path: self.file.path().to_path_buf(),
-                    reason: error.to_string(),
-                })?;
-                batch_block(self.file.path(), &batch, false)?
-            }
+        let rows = match &mut self.rows {
+            Some(rows) => rows,
+            None => self.rows.insert(NumericRows::open(
+                &self.file,
+                std::mem::take(&mut self.decode),
+            )?),
         };
-        if pending.len() <= wanted {
-            return Ok(pending);
+        let start = planned.first_row + u64::from(done);
+        let end = planned.first_row + u64::from(planned.block.rows);
+        let read = rows.read(start..end)?;
+        if read.is_empty() {
+            return Err(ScalarError::Aggregates(format!(
+                "{} has fewer rows than its aggregates say",
+                self.file.path().display()
+            )));
         }
-        self.pending = Some(pending.slice(wanted, pending.len() - wanted));
-        Ok(pending.slice(0, wanted))
+        Ok(Block::from_rows(read))
     }
 }
 
@@ -1287,9 +987,6 @@ impl BlockSource for PlannedFileSource {
             if let Some((planned, done)) = self.current {
                 let aggregate = planned.block;
                 let rows = self.take_rows(&planned, done)?;
-                if rows.len() == 0 {
-                    continue;
-                }
                 let done_now = done + rows.len() as u32;
                 let agrees = rows.is_sorted()
                     && (done > 0 || rows.head() == aggregate.first.position())
@@ -1315,51 +1012,6 @@ impl BlockSource for PlannedFileSource {
             }
             self.current = Some((planned, 0));
         }
-    }
-}
-
-/// The row groups holding any of the sorted file row `ranges`, and the
-/// selection of exactly those rows within them.
-fn selection_for(
-    row_groups: &[RowGroupMetaData],
-    ranges: &[Range<u64>],
-) -> (Vec<usize>, RowSelection) {
-    let mut selected = Vec::new();
-    let mut selected_ranges: Vec<Range<usize>> = Vec::new();
-    let mut group_start = 0u64;
-    let mut base = 0usize;
-    let mut next = 0usize;
-    for (index, row_group) in row_groups.iter().enumerate() {
-        let rows = row_group.num_rows().max(0) as u64;
-        let group_end = group_start + rows;
-        while next < ranges.len() && ranges[next].end <= group_start {
-            next += 1;
-        }
-        let mut touched = false;
-        let mut cursor = next;
-        while cursor < ranges.len() && ranges[cursor].start < group_end {
-            let start = ranges[cursor].start.max(group_start) - group_start;
-            let end = ranges[cursor].end.min(group_end) - group_start;
-            if start < end {
-                touched = true;
-                selected_ranges.push(base + start as usize..base + end as usize);
-            }
-            cursor += 1;
-        }
-        if touched {
-            selected.push(index);
-            base += rows as usize;
-        }
-        group_start = group_end;
-    }
-    let selection = RowSelection::from_consecutive_ranges(selected_ranges.into_iter(), base);
-    (selected, selection)
-}
-
-fn parquet_error(path: &Path, error: parquet::errors::ParquetError) -> ScalarError {
-    ScalarError::InvalidFile {
-        path: path.to_path_buf(),
-        reason: error.to_string(),
     }
 }
 
@@ -1453,6 +1105,7 @@ fn merge(
 mod tests {
     use super::*;
     use crate::storage::{MetricFileWriter, SortedColumns};
+    use std::path::Path;
 
     fn write_file(dir: &Path, seq: u64, points: &[(&str, i64, i64, f64)]) -> Arc<PersistedFile> {
         let columns = SortedColumns::from_points(points.iter().copied());
@@ -1601,19 +1254,5 @@ mod tests {
             vec![1.0, 3.0, 4.0, 2.0],
             "files in order, then the buffer"
         );
-    }
-
-    #[test]
-    fn select_rows_slices_contiguous_rows_and_copies_scattered_ones() {
-        let block = Block::from_series(MetricSeries {
-            steps: vec![0, 1, 2, 3],
-            timestamps: vec![0, 0, 0, 0],
-            values: vec![0.0, 1.0, 2.0, 3.0],
-        });
-        let slice = select_rows(&block, &[false, true, true, false]).unwrap();
-        assert_eq!(slice.steps.to_vec(), vec![1, 2]);
-        let copy = select_rows(&block, &[true, false, true, false]).unwrap();
-        assert_eq!(copy.steps.to_vec(), vec![0, 2]);
-        assert!(select_rows(&block, &[false; 4]).is_none());
     }
 }

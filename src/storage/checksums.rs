@@ -14,9 +14,8 @@
 //! Files written before the table existed are read unchecked. Other
 //! Parquet readers ignore the entry.
 
-use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +27,7 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::reader::{ChunkReader, Length};
 
 use super::StorageError;
+use super::source::{ByteSource, LocalFile, coalesce};
 
 /// Footer key of the checksum table.
 pub const CHECKSUMS_KEY: &str = "stepstore.checksums";
@@ -203,11 +203,12 @@ impl<W: Write> Write for ChecksumWrite<W> {
     }
 }
 
-/// A metric file opened for reading: every byte it hands out from the
-/// checksummed part was checked first. Cheap to clone.
+/// A metric file opened for reading, over any [`ByteSource`]: every byte
+/// it hands out from the checksummed part was checked first. Cheap to
+/// clone.
 #[derive(Clone, Debug)]
 pub struct DataFile {
-    file: Arc<File>,
+    source: Arc<dyn ByteSource>,
     path: Arc<PathBuf>,
     length: u64,
     checksums: Option<Arc<FileChecksums>>,
@@ -225,14 +226,26 @@ impl DataFile {
         length: u64,
         checksums: Option<Arc<FileChecksums>>,
     ) -> Result<Self, StorageError> {
-        let file = File::open(path).map_err(|source| StorageError::io("open", path, source))?;
-        Ok(DataFile {
-            file: Arc::new(file),
+        let file =
+            LocalFile::open(path).map_err(|source| StorageError::io("open", path, source))?;
+        Ok(DataFile::over(Arc::new(file), path, length, checksums))
+    }
+
+    /// The file `path`, `length` bytes long, read from `source`, checking
+    /// what is read against `checksums`.
+    pub fn over(
+        source: Arc<dyn ByteSource>,
+        path: &Path,
+        length: u64,
+        checksums: Option<Arc<FileChecksums>>,
+    ) -> Self {
+        DataFile {
+            source,
             path: Arc::new(path.to_path_buf()),
             length,
             checksums,
             damaged_reads: None,
-        })
+        }
     }
 
     /// Counts each read that finds damage in `counter`.
@@ -249,6 +262,53 @@ impl DataFile {
     /// Reads `length` bytes at `start`. Within the checksummed part the
     /// whole blocks around them are read and checked first.
     pub fn read_at(&self, start: u64, length: usize) -> Result<Bytes, ParquetError> {
+        let range = self.checked_range(start, length)?;
+        let widened = self.widened(&range);
+        let bytes = self
+            .source
+            .read_range(widened.clone())
+            .map_err(|error| self.read_error(error))?;
+        self.check(&widened, &bytes)?;
+        let from = (range.start - widened.start) as usize;
+        Ok(bytes.slice(from..from + length))
+    }
+
+    /// Reads each of `ranges` (in any order, possibly overlapping), checked
+    /// like [`DataFile::read_at`], in as few reads of the source as the
+    /// ranges allow: ranges whose checked blocks touch are read as one,
+    /// and the reads go to the source together (a remote source fetches
+    /// them concurrently). The bytes come back in the order of `ranges`.
+    pub fn read_ranges(&self, ranges: &[Range<u64>]) -> Result<Vec<Bytes>, ParquetError> {
+        let mut wanted = Vec::with_capacity(ranges.len());
+        for range in ranges {
+            let length = usize::try_from(range.end.saturating_sub(range.start))
+                .map_err(|_| ParquetError::General("range too large".into()))?;
+            wanted.push(self.checked_range(range.start, length)?);
+        }
+        let merged = coalesce(wanted.iter().map(|range| self.widened(range)).collect());
+        let pieces = self
+            .source
+            .read_ranges(&merged)
+            .map_err(|error| self.read_error(error))?;
+        for (read, bytes) in merged.iter().zip(&pieces) {
+            self.check(read, bytes)?;
+        }
+        wanted
+            .iter()
+            .map(|range| {
+                if range.is_empty() {
+                    return Ok(Bytes::new());
+                }
+                let index = merged.partition_point(|read| read.start <= range.start) - 1;
+                let from = (range.start - merged[index].start) as usize;
+                let to = from + (range.end - range.start) as usize;
+                Ok(pieces[index].slice(from..to))
+            })
+            .collect()
+    }
+
+    /// `length` bytes at `start`, when the file holds them.
+    fn checked_range(&self, start: u64, length: usize) -> Result<Range<u64>, ParquetError> {
         let end = start
             .checked_add(length as u64)
             .filter(|&end| end <= self.length)
@@ -259,45 +319,56 @@ impl DataFile {
                     start.saturating_add(length as u64)
                 ))
             })?;
+        Ok(start..end)
+    }
+
+    /// The bytes to read for `range`: within the checksummed part, the
+    /// whole blocks around it.
+    fn widened(&self, range: &Range<u64>) -> Range<u64> {
         let Some(checksums) = self
             .checksums
             .as_ref()
-            .filter(|checksums| start < checksums.covered && length > 0)
+            .filter(|checksums| range.start < checksums.covered && !range.is_empty())
         else {
-            return self.read_exact(start, end);
+            return range.clone();
         };
-        let read_start = start - start % BLOCK_BYTES;
-        let covered_end = end
+        let read_start = range.start - range.start % BLOCK_BYTES;
+        let covered_end = range
+            .end
             .min(checksums.covered)
             .div_ceil(BLOCK_BYTES)
             .saturating_mul(BLOCK_BYTES)
             .min(checksums.covered);
-        let read_end = end.max(covered_end);
-        let bytes = self.read_exact(read_start, read_end)?;
-        if let Err(block) = checksums.check(read_start, &bytes) {
-            if let Some(counter) = &self.damaged_reads {
-                counter.fetch_add(1, Ordering::Relaxed);
-            }
-            tracing::error!(path = %self.path.display(), bytes = ?block, "a metric file's data fails its checksum");
-            return Err(ParquetError::General(format!(
-                "{} is damaged: bytes {}..{} fail their checksum",
-                self.path.display(),
-                block.start,
-                block.end
-            )));
-        }
-        let from = (start - read_start) as usize;
-        Ok(bytes.slice(from..from + length))
+        read_start..range.end.max(covered_end)
     }
 
-    fn read_exact(&self, start: u64, end: u64) -> Result<Bytes, ParquetError> {
-        let mut buffer = vec![0u8; (end - start) as usize];
-        self.file
-            .read_exact_at(&mut buffer, start)
-            .map_err(|error| {
-                ParquetError::General(format!("cannot read {}: {error}", self.path.display()))
-            })?;
-        Ok(Bytes::from(buffer))
+    /// Checks `bytes`, read for `read` (a widened range), against the
+    /// checksums; damage is counted, logged and an error naming the bytes.
+    fn check(&self, read: &Range<u64>, bytes: &[u8]) -> Result<(), ParquetError> {
+        let Some(checksums) = self
+            .checksums
+            .as_ref()
+            .filter(|checksums| read.start < checksums.covered && !read.is_empty())
+        else {
+            return Ok(());
+        };
+        let Err(block) = checksums.check(read.start, bytes) else {
+            return Ok(());
+        };
+        if let Some(counter) = &self.damaged_reads {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::error!(path = %self.path.display(), bytes = ?block, "a metric file's data fails its checksum");
+        Err(ParquetError::General(format!(
+            "{} is damaged: bytes {}..{} fail their checksum",
+            self.path.display(),
+            block.start,
+            block.end
+        )))
+    }
+
+    fn read_error(&self, error: io::Error) -> ParquetError {
+        ParquetError::External(Box::new(StorageError::io("read", &self.path, error)))
     }
 }
 
@@ -356,6 +427,7 @@ impl Read for DataReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
 
     /// Writes `content` through a [`ChecksumWrite`] in uneven pieces;
     /// returns the file and its table.

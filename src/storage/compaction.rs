@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use super::StorageError;
 use super::columns::SortedColumns;
+use super::key_reader::KeySegments;
 use super::persisted::PersistedFile;
-use super::reader::{KeySegments, load_footer};
+use super::reader::load_footer;
 use super::schema::ROW_GROUP_ROWS;
 use super::writer::{MetricFileWriter, WrittenFile};
 use crate::durable_fs::FileIo;

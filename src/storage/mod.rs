@@ -7,11 +7,14 @@ pub mod columns;
 pub mod compaction;
 pub mod file_meta;
 pub mod footer_cache;
+pub(crate) mod key_reader;
 pub mod layout;
 pub(crate) mod pages;
 pub mod persisted;
 pub mod reader;
+pub(crate) mod row_plan;
 pub mod schema;
+pub mod source;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -24,9 +27,14 @@ pub use aggregates::{BlockAggregate, BlockPoint, FileAggregates, KeyAggregates};
 pub use checksums::{DataFile, FileChecksums};
 pub use columns::{LoggedRows, SortedColumns};
 pub use file_meta::FileMetadata;
+pub(crate) use key_reader::{KeyRowsReader, NumericRows};
 pub use layout::{MetricsLayout, RunDirectory};
-pub(crate) use pages::PageRowReader;
+pub(crate) use pages::ColumnRows;
 pub use persisted::{PersistedFile, SharedByFiles};
+pub(crate) use reader::{RowRequest, SelectedRows, StepFilter};
+pub use row_plan::StepBounds;
+pub(crate) use row_plan::{FooterTrust, KeyRows, SummaryRows};
+pub use source::{ByteSource, LocalFile};
 pub use writer::{MetricFileWriter, WrittenFile};
 
 /// Errors of metric file storage.
@@ -93,6 +101,18 @@ impl Classify for StorageError {
     fn kind(&self) -> ErrorKind {
         ErrorKind::Internal
     }
+}
+
+/// Writes `points` as metric file 1 at `path`, covering WAL record 1, and
+/// opens it (for tests).
+#[cfg(test)]
+pub(crate) fn written_file(path: &Path, points: &[(&str, i64, i64, f64)]) -> PersistedFile {
+    let mut writer = MetricFileWriter::create(path).unwrap();
+    writer
+        .write(SortedColumns::from_points(points.iter().copied()))
+        .unwrap();
+    writer.finish(vec![(1, 1)], vec![]).unwrap();
+    PersistedFile::open(1, path).unwrap().0
 }
 
 #[cfg(test)]

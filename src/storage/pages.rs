@@ -30,13 +30,7 @@ use parquet::file::serialized_reader::SerializedPageReader;
 
 use super::StorageError;
 use super::checksums::DataFile;
-
-/// Leaf column index of `step` in a metric file.
-const STEP_LEAF: usize = 1;
-/// Leaf column index of `timestamp`.
-const TIMESTAMP_LEAF: usize = 2;
-/// Leaf column index of `value`.
-const VALUE_LEAF: usize = 3;
+use super::row_plan::{STEP_LEAF, TIMESTAMP_LEAF, VALUE_LEAF};
 
 /// Rows of a metric file's numeric columns.
 #[derive(Clone, Debug)]
@@ -47,6 +41,45 @@ pub struct ColumnRows {
     pub timestamps: ScalarBuffer<i64>,
     /// The values.
     pub values: ScalarBuffer<f64>,
+}
+
+impl ColumnRows {
+    /// No rows.
+    pub fn empty() -> ColumnRows {
+        ColumnRows {
+            steps: ScalarBuffer::from(Vec::<i64>::new()),
+            timestamps: ScalarBuffer::from(Vec::<i64>::new()),
+            values: ScalarBuffer::from(Vec::<f64>::new()),
+        }
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// `length` rows from `offset`, sharing the buffers.
+    pub fn slice(&self, offset: usize, length: usize) -> ColumnRows {
+        ColumnRows {
+            steps: self.steps.slice(offset, length),
+            timestamps: self.timestamps.slice(offset, length),
+            values: self.values.slice(offset, length),
+        }
+    }
+
+    /// The rows `rows` (in range), copied.
+    pub fn take(&self, rows: &[usize]) -> ColumnRows {
+        ColumnRows {
+            steps: rows.iter().map(|&row| self.steps[row]).collect(),
+            timestamps: rows.iter().map(|&row| self.timestamps[row]).collect(),
+            values: rows.iter().map(|&row| self.values[row]).collect(),
+        }
+    }
 }
 
 /// Reads row ranges of a metric file, in ascending order, page by page.
@@ -603,7 +636,6 @@ fn unpack_words(source: &[u8], width: usize, out: &mut [u64; 32]) {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
 
     use arrow::array::AsArray;
     use arrow::datatypes::{Float64Type, Int64Type, TimestampMillisecondType};
@@ -612,18 +644,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
-    use crate::storage::columns::SortedColumns;
-    use crate::storage::{MetricFileWriter, PersistedFile};
-
-    /// Writes `points` as a metric file and opens it.
-    fn write(path: &Path, points: &[(&str, i64, i64, f64)]) -> PersistedFile {
-        let mut writer = MetricFileWriter::create(path).unwrap();
-        writer
-            .write(SortedColumns::from_points(points.iter().copied()))
-            .unwrap();
-        writer.finish(vec![(1, 1)], vec![]).unwrap();
-        PersistedFile::open(1, path).unwrap().0
-    }
+    use crate::storage::{PersistedFile, written_file as write};
 
     /// Every row of the numeric columns, read by the Arrow reader.
     fn arrow_rows(file: &PersistedFile) -> (Vec<i64>, Vec<i64>, Vec<f64>) {

@@ -16,7 +16,6 @@ use super::checksums::{DataFile, FileChecksums};
 use super::file_meta::FileMetadata;
 use super::footer_cache::{FileFooter, FooterCache};
 use super::reader;
-use crate::model::MetricSeries;
 use crate::wal::Lsn;
 
 /// What the metric files of one engine share: the bounded cache of their
@@ -154,7 +153,9 @@ impl PersistedFile {
         &self.shared.footers
     }
 
-    fn cached_footer(&self) -> Result<FileFooter, StorageError> {
+    /// The footer with its parsed aggregates and checksums, from the cache
+    /// or read again from the file.
+    pub(crate) fn cached_footer(&self) -> Result<FileFooter, StorageError> {
         self.shared
             .footers
             .get_or_load(&self.path, || load(&self.path).map(|(footer, _)| footer))
@@ -167,12 +168,6 @@ impl PersistedFile {
         let data = DataFile::open(&self.path, self.bytes, footer.checksums)?
             .counting_damage_in(Arc::clone(&self.shared.damaged_reads));
         Ok((footer.metadata, data))
-    }
-
-    /// Appends the points of `key` to `out`.
-    pub fn read_key(&self, key: &str, out: &mut MetricSeries) -> Result<(), StorageError> {
-        let (footer, data) = self.open_data()?;
-        reader::read_key(data, &footer, key, out)
     }
 
     /// Marks the file as replaced: it is deleted once no one holds it.

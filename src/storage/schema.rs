@@ -22,6 +22,13 @@ pub const VALUE_COLUMN: &str = "value";
 /// Time zone of the timestamp column.
 pub const TIMEZONE: &str = "UTC";
 
+/// The column of a metric file named `name`, as the constant naming it.
+pub fn file_column(name: &str) -> Option<&'static str> {
+    [KEY_COLUMN, STEP_COLUMN, TIMESTAMP_COLUMN, VALUE_COLUMN]
+        .into_iter()
+        .find(|column| *column == name)
+}
+
 /// Rows per Parquet row group (a multiple of [`BLOCK_ROWS`], the rows per
 /// data page).
 pub const ROW_GROUP_ROWS: usize = 256 * 1024;
