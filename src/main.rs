@@ -26,6 +26,7 @@ use stepstore::server::connection::ConnectionLimits;
 use stepstore::server::hygiene::{AllowedHosts, HygieneSettings};
 use stepstore::server::mlflow_ui::{MlflowUi, MlflowUiSource};
 use stepstore::server::{self, ServerConfig};
+use stepstore::storage::MetricStore;
 use stepstore::wal::SyncPolicy;
 
 mod cli_target;
@@ -51,7 +52,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server on a data directory.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Drive ingest load against stepstore or any MLflow-compatible server
     /// and report throughput and latency.
     Bench(BenchArgs),
@@ -189,6 +190,17 @@ struct ServeArgs {
     /// buffers are persisted; when it is full, metric writes wait for room.
     #[arg(long, env = "STEPSTORE_BUFFER_BUDGET_MB", default_value_t = 512)]
     buffer_budget_mb: u64,
+    /// Object store that metric files are uploaded to once written
+    /// locally: s3://bucket/prefix, gs://bucket/prefix, az://container/prefix
+    /// or file:///path. Credentials come from each cloud's standard
+    /// environment variables (AWS_ACCESS_KEY_ID, GOOGLE_SERVICE_ACCOUNT,
+    /// AZURE_STORAGE_ACCOUNT_NAME, ...).
+    #[arg(long, env = "STEPSTORE_STORE")]
+    store: Option<String>,
+    /// Endpoint of an S3-compatible server for an s3:// store, such as
+    /// http://127.0.0.1:9000.
+    #[arg(long, env = "STEPSTORE_STORE_ENDPOINT", requires = "store")]
+    store_endpoint: Option<String>,
     /// Memory in MiB for cached metric file footers (read again from disk
     /// when dropped).
     #[arg(long, env = "STEPSTORE_FOOTER_CACHE_MB", default_value_t = 32)]
@@ -263,7 +275,7 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match Cli::parse().command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Bench(args) => bench(args),
         Command::Import(ImportCommand::Tensorboard(args)) => import_tensorboard(args),
         Command::Import(ImportCommand::Dvc(args)) => import_dvc(args),
@@ -372,6 +384,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.max_keys_per_run = args.max_keys_per_run.max(1);
     config.snapshot_interval = args.snapshot_interval;
     config.footer_cache_bytes = args.footer_cache_mb << 20;
+    if let Some(url) = &args.store {
+        config.store = Some(MetricStore::open(url, args.store_endpoint.as_deref())?);
+    }
     config.ingest = ingest;
     if let Some(plan) = std::env::var_os(IO_FAULTS_ENV) {
         // Test hook: file operations of the write paths fail as planned.

@@ -64,7 +64,28 @@ impl Collector for ExtraGauges {
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snapshot = &self.0;
-        let counters: [(&str, &str, u64); 17] = [
+        let uploads = &snapshot.uploads;
+        let counters: [(&str, &str, u64); 21] = [
+            (
+                "store_uploaded_files",
+                "Metric files uploaded to the object store since start",
+                uploads.uploaded_files,
+            ),
+            (
+                "store_uploaded_bytes",
+                "Bytes of metric files uploaded to the object store since start",
+                uploads.uploaded_bytes,
+            ),
+            (
+                "store_failed_requests",
+                "Object store uploads and deletes that failed (each is retried with backoff)",
+                uploads.failed_attempts,
+            ),
+            (
+                "store_deleted_files",
+                "Replaced metric files deleted from the object store since start",
+                uploads.deleted_files,
+            ),
             (
                 "gc_runs_purged",
                 "Deleted runs removed for good by stepstore gc since start",
@@ -157,7 +178,22 @@ impl Collector for SnapshotCollector {
                 encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric_encoder)?;
         }
-        let gauges: [(&str, &str, u64); 12] = [
+        let gauges: [(&str, &str, u64); 15] = [
+            (
+                "store_pending_files",
+                "Metric files waiting to be uploaded to the object store (the WAL keeps their points)",
+                uploads.pending_files,
+            ),
+            (
+                "store_pending_bytes",
+                "Bytes of metric files waiting to be uploaded to the object store",
+                uploads.pending_bytes,
+            ),
+            (
+                "store_upload_lag_seconds",
+                "How long the oldest metric file waiting for upload has waited",
+                uploads.lag.as_secs(),
+            ),
             (
                 "forked_runs",
                 "Runs forked from another run (they read their parent's points up to the fork step)",

@@ -46,7 +46,7 @@ use crate::model::{
     DatasetInput, Experiment, ExperimentId, KeySummary, LifecycleStage, Run, RunId,
     ValidationError, now_millis,
 };
-use crate::storage::{MetricsLayout, SharedByFiles, StorageError};
+use crate::storage::{MetricsLayout, SharedByFiles, StorageError, Uploader};
 use crate::wal::{SyncPolicy, Wal, WalConfig, WalError};
 use catalog_log::WalMutationLog;
 
@@ -82,6 +82,9 @@ pub struct EngineConfig {
     pub file_io: FileIo,
     /// Memory for cached metric file footers, in bytes (`--footer-cache-mb`).
     pub footer_cache_bytes: u64,
+    /// The object store metric files are uploaded to (`--store`); `None`
+    /// keeps them on the local disk only.
+    pub store: Option<crate::storage::MetricStore>,
 }
 
 impl EngineConfig {
@@ -101,6 +104,7 @@ impl EngineConfig {
             max_keys_per_run: 100_000,
             file_io: FileIo::default(),
             footer_cache_bytes: crate::storage::footer_cache::DEFAULT_FOOTER_CACHE_BYTES,
+            store: None,
         }
     }
 }
@@ -307,6 +311,13 @@ impl Engine {
             MetricsLayout::with_io(data_dir.join(recovery::METRICS_DIR), config.file_io.clone())
                 .with_footer_cache(config.footer_cache_bytes);
         let files_shared = layout.shared();
+        if let Some(store) = config.store.clone().filter(|_| !config.read_only) {
+            tracing::info!(
+                store = store.url(),
+                "metric files are uploaded to the object store"
+            );
+            layout.set_uploader(Uploader::start(store, layout.root().to_path_buf()));
+        }
         let catalog_dir = data_dir.join(recovery::CATALOG_DIR);
         let loaded_catalog = recovery::load_catalog(
             &data_dir,
@@ -319,6 +330,7 @@ impl Engine {
             &data_dir.join(recovery::QUARANTINE_DIR),
             catalog_state.continuity(),
         )?;
+        recovery::reconcile_store(&layout, &files);
         let receipts = Arc::new(IngestReceipts::new(loaded_catalog.receipts, now_millis()));
         let quarantined_files = files.quarantined + loaded_catalog.quarantined;
         let snapshot_lsn = catalog_state.applied_lsn;

@@ -73,6 +73,8 @@ pub struct TelemetrySnapshot {
     pub forked_runs: u64,
     /// Runs removed for good by gc since start.
     pub runs_purged: u64,
+    /// What the object store uploader did (all zero without a store).
+    pub uploads: crate::storage::UploadSnapshot,
 }
 
 impl Engine {
@@ -90,6 +92,18 @@ impl Engine {
                 "{panics} panic(s) in persister or shard threads were contained since start (see \
                  the log; the work is retried)"
             ));
+        }
+        if let Some(uploads) = self.files_shared.uploads() {
+            let snapshot = uploads.snapshot();
+            if let Some(reason) = uploads.last_error() {
+                problems.push(format!(
+                    "metric files cannot be uploaded to {} ({} waiting, the oldest for {} s; \
+                     retried, the WAL keeps their points): {reason}",
+                    uploads.store().url(),
+                    snapshot.pending_files,
+                    snapshot.lag.as_secs()
+                ));
+            }
         }
         if let Some(reason) = self.ingester.stats().persist_failing() {
             problems.push(format!(
@@ -134,6 +148,11 @@ impl Engine {
             forks: self.forks_made.load(Ordering::Relaxed),
             forked_runs: state.continuity().all_forks().count() as u64,
             runs_purged: self.runs_purged.load(Ordering::Relaxed),
+            uploads: self
+                .files_shared
+                .uploads()
+                .map(|uploads| uploads.snapshot())
+                .unwrap_or_default(),
         }
     }
 

@@ -96,6 +96,41 @@ fn quarantine(root: &Path, quarantine: &Path, path: &Path) -> Result<PathBuf, En
     Ok(target)
 }
 
+/// With an object store: marks the loaded files the store already holds
+/// (same path, same size) as uploaded and queues the others, so a file
+/// written before a crash or while the store was down goes up now (the WAL
+/// keeps its records until it does). A store that cannot be listed does
+/// not stop the start: every file is queued, and the uploads retry.
+pub(crate) fn reconcile_store(layout: &MetricsLayout, loaded: &LoadedFiles) {
+    let Some(uploads) = layout.shared().uploads().cloned() else {
+        return;
+    };
+    let stored: HashMap<std::path::PathBuf, u64> = match uploads.store().list_metric_files() {
+        Ok(listing) => listing.into_iter().collect(),
+        Err(error) => {
+            tracing::warn!(%error, "cannot list the object store; every local metric file is uploaded again");
+            HashMap::new()
+        }
+    };
+    let (mut present, mut queued) = (0u64, 0u64);
+    for file in loaded.runs.iter().flat_map(|run| &run.files) {
+        let relative = file.path().strip_prefix(layout.root()).ok();
+        if relative.and_then(|relative| stored.get(relative)) == Some(&file.bytes()) {
+            file.mark_uploaded();
+            present += 1;
+        } else {
+            layout.publish(file);
+            queued += 1;
+        }
+    }
+    tracing::info!(
+        store = uploads.store().url(),
+        present,
+        queued,
+        "metric files checked against the object store"
+    );
+}
+
 /// Opens every metric file, removing those a compaction already replaced.
 /// A damaged file (its footer or stepstore's metadata cannot be read) does
 /// not stop the start: it is moved to `quarantine_dir`, and the run's points

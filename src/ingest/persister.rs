@@ -74,8 +74,11 @@ pub(crate) fn run(jobs: Receiver<PersistJob>, layout: MetricsLayout, stats: Arc<
                         .prepare_dir_of(&path)
                         .and_then(|()| write_chunk(&chunk, &path, seq, &layout))
                 });
-                if let Err(error) = &outcome {
-                    tracing::error!(%run_id, seq, %error, "persisting a buffer failed; it stays in memory and is retried");
+                match &outcome {
+                    Ok(file) => layout.publish(file),
+                    Err(error) => {
+                        tracing::error!(%run_id, seq, %error, "persisting a buffer failed; it stays in memory and is retried");
+                    }
                 }
                 let _ = reply.send(ControlMessage::Persisted {
                     run_id,
@@ -104,14 +107,17 @@ pub(crate) fn run(jobs: Receiver<PersistJob>, layout: MetricsLayout, stats: Arc<
                         .map(|(file, _)| Arc::new(file))
                 });
                 match &outcome {
-                    Ok(file) => tracing::info!(
+                    Ok(file) => {
+                        layout.publish(file);
+                        tracing::info!(
                         %run_id,
                         inputs = inputs.len(),
                         rows = file.rows(),
                         bytes = file.bytes(),
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "compacted run files"
-                    ),
+                        )
+                    }
                     Err(error) => {
                         tracing::error!(%run_id, %error, "compaction failed; the input files stay")
                     }

@@ -243,12 +243,18 @@ impl RunState {
         all
     }
 
-    /// The oldest LSN of a record not yet persisted to a file.
+    /// The oldest LSN of a record not yet persisted to a file (and, with
+    /// an object store, uploaded there).
     pub(crate) fn min_unpersisted_lsn(&self) -> Option<Lsn> {
         self.frozen
             .iter()
             .map(|chunk| chunk.lsn_range().0)
             .chain(self.active.first_lsn())
+            .chain(
+                self.files
+                    .iter()
+                    .filter_map(|file| file.oldest_unuploaded_lsn()),
+            )
             .min()
     }
 

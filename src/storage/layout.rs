@@ -67,6 +67,19 @@ impl MetricsLayout {
         }
     }
 
+    /// Sends the files of the tree to `uploader` from now on.
+    pub fn set_uploader(&self, uploader: Arc<super::upload::Uploader>) {
+        self.shared.set_uploader(uploader);
+    }
+
+    /// Queues a newly written file for upload, when the tree has an
+    /// object store.
+    pub fn publish(&self, file: &Arc<PersistedFile>) {
+        if let Some(uploads) = self.shared.uploads() {
+            uploads.upload(file);
+        }
+    }
+
     /// Opens file `seq` of the tree at `path`, its footer kept in the
     /// tree's cache and its damaged reads counted
     /// ([`MetricsLayout::shared`]).

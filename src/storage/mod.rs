@@ -15,6 +15,8 @@ pub mod reader;
 pub(crate) mod row_plan;
 pub mod schema;
 pub mod source;
+pub mod store;
+pub mod upload;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +37,8 @@ pub(crate) use reader::{RowRequest, SelectedRows, StepFilter};
 pub use row_plan::StepBounds;
 pub(crate) use row_plan::{FooterTrust, KeyRows, SummaryRows};
 pub use source::{ByteSource, LocalFile};
+pub use store::{MetricStore, StoreError};
+pub use upload::{UploadSnapshot, Uploader};
 pub use writer::{MetricFileWriter, WrittenFile};
 
 /// Errors of metric file storage.

@@ -5,8 +5,8 @@
 //! compaction is deleted when the last holder lets go.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 
@@ -16,15 +16,18 @@ use super::checksums::{DataFile, FileChecksums};
 use super::file_meta::FileMetadata;
 use super::footer_cache::{FileFooter, FooterCache};
 use super::reader;
+use super::upload::Uploader;
 use crate::wal::Lsn;
 
 /// What the metric files of one engine share: the bounded cache of their
-/// footers and the count of reads that found damage. The engine's
-/// [`super::MetricsLayout`] owns it and hands it to every file it opens.
+/// footers, the count of reads that found damage, and the uploader to the
+/// object store when there is one. The engine's [`super::MetricsLayout`]
+/// owns it and hands it to every file it opens.
 #[derive(Debug, Default)]
 pub struct SharedByFiles {
     footers: FooterCache,
     damaged_reads: Arc<AtomicU64>,
+    uploads: OnceLock<Arc<Uploader>>,
 }
 
 impl SharedByFiles {
@@ -34,7 +37,19 @@ impl SharedByFiles {
         SharedByFiles {
             footers: FooterCache::new(footer_cache_bytes),
             damaged_reads: Arc::default(),
+            uploads: OnceLock::new(),
         }
+    }
+
+    /// The uploader of the files, when they go to an object store.
+    pub fn uploads(&self) -> Option<&Arc<Uploader>> {
+        self.uploads.get()
+    }
+
+    /// Sends every file opened from now on to `uploader` (once; a second
+    /// uploader is ignored).
+    pub(crate) fn set_uploader(&self, uploader: Arc<Uploader>) {
+        let _ = self.uploads.set(uploader);
     }
 
     /// The footers of the files.
@@ -58,6 +73,9 @@ pub struct PersistedFile {
     bytes: u64,
     lsn_ranges: Vec<(Lsn, Lsn)>,
     obsolete: AtomicBool,
+    /// In the object store (always, without one): until then the WAL
+    /// keeps the records the file holds.
+    uploaded: AtomicBool,
     /// The footer cache and damage count of the files it was opened with.
     shared: Arc<SharedByFiles>,
 }
@@ -95,6 +113,7 @@ impl PersistedFile {
                 bytes,
                 lsn_ranges: metadata.lsn_ranges.clone(),
                 obsolete: AtomicBool::new(false),
+                uploaded: AtomicBool::new(shared.uploads().is_none()),
                 shared,
             },
             metadata,
@@ -174,6 +193,31 @@ impl PersistedFile {
     pub fn mark_obsolete(&self) {
         self.obsolete.store(true, Ordering::SeqCst);
     }
+
+    /// Whether the file was replaced.
+    pub fn is_obsolete(&self) -> bool {
+        self.obsolete.load(Ordering::SeqCst)
+    }
+
+    /// Whether the object store holds the file (always true without a
+    /// store).
+    pub fn is_uploaded(&self) -> bool {
+        self.uploaded.load(Ordering::SeqCst)
+    }
+
+    /// Records that the object store holds the file.
+    pub fn mark_uploaded(&self) {
+        self.uploaded.store(true, Ordering::SeqCst);
+    }
+
+    /// The oldest WAL record whose points the file holds, while the
+    /// object store does not hold it yet.
+    pub fn oldest_unuploaded_lsn(&self) -> Option<Lsn> {
+        if self.is_uploaded() {
+            return None;
+        }
+        self.lsn_ranges.iter().map(|&(start, _)| start).min()
+    }
 }
 
 /// Reads a file's footer and parses its block aggregates. Aggregates that
@@ -222,6 +266,9 @@ impl Drop for PersistedFile {
             && error.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(path = %self.path.display(), %error, "could not remove a compacted-away metric file");
+        }
+        if let Some(uploads) = self.shared.uploads() {
+            uploads.delete(&self.path);
         }
     }
 }
