@@ -25,6 +25,8 @@ pub enum ErrorKind {
     InsufficientStorage,
     /// Something failed on the server (500).
     Internal,
+    /// A write sent to a read replica (405).
+    ReadOnlyReplica,
 }
 
 /// Errors that know their [`ErrorKind`].

@@ -19,6 +19,7 @@ use std::sync::atomic::Ordering;
 use stepstore::auth::{AuthMode, Scope};
 use stepstore::bench::BenchConfig;
 use stepstore::durable_fs::{FaultPlan, FileIo};
+use stepstore::engine::replica::ReplicaSettings;
 use stepstore::engine::{Engine, EngineConfig};
 use stepstore::ingest::IngestConfig;
 use stepstore::server::auth::AuthSettings;
@@ -201,6 +202,31 @@ struct ServeArgs {
     /// http://127.0.0.1:9000.
     #[arg(long, env = "STEPSTORE_STORE_ENDPOINT", requires = "store")]
     store_endpoint: Option<String>,
+    /// With --store: directory of the local cache of the store (footers
+    /// and ranges read from it); <data-dir>/cache when absent.
+    #[arg(long, env = "STEPSTORE_CACHE_DIR", requires = "store")]
+    cache_dir: Option<PathBuf>,
+    /// With --store: local disk in MiB for copies of uploaded files and
+    /// ranges read from the store; the least recently read go first, and
+    /// their reads go to the store.
+    #[arg(long, env = "STEPSTORE_CACHE_MB", default_value_t = stepstore::storage::cache::DEFAULT_CACHE_MB)]
+    cache_mb: u64,
+    /// Serve as a read replica of the writer's --store: every read API,
+    /// from the store's files and catalog snapshots, no writes (405).
+    #[arg(long, env = "STEPSTORE_READ_ONLY", requires = "store")]
+    read_only: bool,
+    /// With --read-only: seconds between looks at the store for new
+    /// catalog snapshots and files.
+    #[arg(
+        long,
+        env = "STEPSTORE_REFRESH_SECS",
+        default_value_t = 5,
+        requires = "read_only"
+    )]
+    refresh_secs: u64,
+    /// With --read-only: the writer's URL, named in the error a write gets.
+    #[arg(long, env = "STEPSTORE_WRITER_URL", requires = "read_only")]
+    writer_url: Option<String>,
     /// Memory in MiB for cached metric file footers (read again from disk
     /// when dropped).
     #[arg(long, env = "STEPSTORE_FOOTER_CACHE_MB", default_value_t = 32)]
@@ -386,6 +412,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.footer_cache_bytes = args.footer_cache_mb << 20;
     if let Some(url) = &args.store {
         config.store = Some(MetricStore::open(url, args.store_endpoint.as_deref())?);
+        config.cache_dir = args.cache_dir.clone();
+        config.cache_bytes = args.cache_mb << 20;
+    }
+    if args.read_only {
+        config.replica = Some(ReplicaSettings {
+            refresh: Duration::from_secs(args.refresh_secs.max(1)),
+            writer: args.writer_url.clone(),
+        });
     }
     config.ingest = ingest;
     if let Some(plan) = std::env::var_os(IO_FAULTS_ENV) {

@@ -65,7 +65,44 @@ impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snapshot = &self.0;
         let uploads = &snapshot.uploads;
-        let counters: [(&str, &str, u64); 21] = [
+        let cache = &snapshot.cache;
+        let replica = &snapshot.replica;
+        let counters: [(&str, &str, u64); 28] = [
+            (
+                "replica_refreshes",
+                "Read replica refreshes from the object store that succeeded since start",
+                replica.refreshes,
+            ),
+            (
+                "replica_failed_refreshes",
+                "Read replica refreshes that failed (the store did not answer; retried at the next)",
+                replica.failed_refreshes,
+            ),
+            (
+                "replica_run_updates",
+                "Runs whose files changed in the store, applied by a read replica since start",
+                replica.run_updates,
+            ),
+            (
+                "store_cache_hits",
+                "1 MiB ranges of stored metric files read from the local cache",
+                cache.hits,
+            ),
+            (
+                "store_cache_misses",
+                "1 MiB ranges of stored metric files fetched from the object store for reads",
+                cache.misses,
+            ),
+            (
+                "store_fetched_bytes",
+                "Bytes fetched from the object store for reads since start",
+                cache.fetched_bytes,
+            ),
+            (
+                "store_evicted_local_files",
+                "Local copies of uploaded metric files evicted from the cache (read from the store since)",
+                cache.evicted_local_files,
+            ),
             (
                 "store_uploaded_files",
                 "Metric files uploaded to the object store since start",
@@ -178,7 +215,22 @@ impl Collector for SnapshotCollector {
                 encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric_encoder)?;
         }
-        let gauges: [(&str, &str, u64); 15] = [
+        let gauges: [(&str, &str, u64); 18] = [
+            (
+                "replica_staleness_seconds",
+                "Seconds since a read replica's last successful refresh (0 for a writer)",
+                replica.staleness_secs,
+            ),
+            (
+                "store_cache_bytes",
+                "Local disk the object store's cache holds: copies of uploaded files and ranges read (--cache-mb bounds it)",
+                cache.bytes,
+            ),
+            (
+                "store_cache_budget_bytes",
+                "The object store cache's budget (--cache-mb)",
+                cache.budget,
+            ),
             (
                 "store_pending_files",
                 "Metric files waiting to be uploaded to the object store (the WAL keeps their points)",

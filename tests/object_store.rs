@@ -93,21 +93,42 @@ const AWS_ENV: [(&str, &str); 3] = [
 ];
 
 fn serve(data_dir: &Path, endpoint: &str) -> TestServer {
-    TestServer::start_with_env(
-        data_dir,
-        &[
-            "--store",
-            &format!("s3://{BUCKET}/team/runs"),
-            "--store-endpoint",
-            endpoint,
-            "--flush-rows",
-            "100",
-            "--wal-segment-mb",
-            "1",
-            "--snapshot-interval",
-            "0s",
-        ],
-        &AWS_ENV,
+    serve_with(data_dir, endpoint, &[])
+}
+
+fn serve_with(data_dir: &Path, endpoint: &str, extra: &[&str]) -> TestServer {
+    let store = format!("s3://{BUCKET}/team/runs");
+    let mut args = vec![
+        "--store",
+        &store,
+        "--store-endpoint",
+        endpoint,
+        "--flush-rows",
+        "100",
+        "--wal-segment-mb",
+        "1",
+        "--snapshot-interval",
+        "0s",
+    ];
+    args.extend_from_slice(extra);
+    TestServer::start_with_env(data_dir, &args, &AWS_ENV)
+}
+
+/// The run's points of `key` as SQL counts them: (rows, sum of values).
+fn sql_count_and_sum(server: &TestServer, run: &str, key: &str) -> (f64, f64) {
+    let body = server.post(
+        "/api/v1/sql",
+        &json!({
+            "query": format!(
+                "SELECT count(*) AS n, sum(value) AS total FROM metrics \
+                 WHERE run_id = '{run}' AND key = '{key}'"
+            )
+        }),
+    );
+    let row = &body["rows"][0];
+    (
+        common::json_to_f64(&row["n"]),
+        common::json_to_f64(&row["total"]),
     )
 }
 
@@ -364,4 +385,181 @@ fn a_sigkill_after_the_uploads_neither_loses_nor_duplicates_points() {
     assert_eq!(steps, (0..400).collect::<Vec<i64>>());
     let stored = read_with_pyarrow(&python, &moto.endpoint);
     assert_eq!(stored[&run]["rows"], 800, "{stored}");
+}
+
+#[test]
+fn with_no_room_in_the_cache_reads_come_from_the_store_and_a_new_disk_finds_everything() {
+    let test =
+        "with_no_room_in_the_cache_reads_come_from_the_store_and_a_new_disk_finds_everything";
+    let Some(python) = common::python_or_skip(test) else {
+        return;
+    };
+    let Some(moto) = Moto::start(&python, test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = serve_with(dir.path(), &moto.endpoint, &["--cache-mb", "0"]);
+    let run = server.create_run("store", "evicted");
+    for chunk in 0..5 {
+        log(&server, &run, chunk * 100..(chunk + 1) * 100);
+    }
+    finish(&server, &run);
+    // The run is compacted into one file, which goes up; with no room
+    // for local copies, every uploaded file leaves the local disk.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !common::parquet_files(dir.path()).is_empty()
+        || server.metric("stepstore_store_pending_files") > 0.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "local copies stayed: {:?}",
+            common::parquet_files(dir.path())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(server.metric("stepstore_store_evicted_local_files_total") >= 1.0);
+    let expected: Vec<i64> = (0..500).collect();
+    let (steps, _, values) = server.series(&run, "acc");
+    assert_eq!(steps, expected);
+    assert!(common::same_value(values[499], 0.499));
+    assert!(server.metric("stepstore_store_fetched_bytes_total") > 0.0);
+    let (rows, sum) = sql_count_and_sum(&server, &run, "loss");
+    assert_eq!(rows, 500.0);
+    let loss_sum: f64 = (0..500).map(|step| 1.0 / (step + 1) as f64).sum();
+    assert!((sum - loss_sum).abs() < 1e-9, "{sum} != {loss_sum}");
+    // A restart finds the file from its footer copy, reads it from the
+    // store, and keeps nothing local but the cache.
+    server.restart();
+    assert_eq!(server.series(&run, "acc").0, expected);
+    assert_eq!(sql_count_and_sum(&server, &run, "loss").0, 500.0);
+    assert!(common::parquet_files(dir.path()).is_empty());
+    server.stop();
+    // A new disk with the same store: the catalog snapshot and the metric
+    // files come from the store.
+    let fresh = tempfile::tempdir().unwrap();
+    let mut replacement = serve_with(fresh.path(), &moto.endpoint, &["--cache-mb", "0"]);
+    let fetched = replacement.get(&format!("/api/2.0/mlflow/runs/get?run_id={run}"));
+    assert_eq!(fetched["run"]["info"]["status"], "FINISHED", "{fetched}");
+    assert_eq!(fetched["run"]["info"]["run_name"], "evicted");
+    let (steps, _, values) = replacement.series(&run, "loss");
+    assert_eq!(steps, expected);
+    assert!(common::same_value(values[0], 1.0));
+    assert_eq!(sql_count_and_sum(&replacement, &run, "loss"), (rows, sum));
+    // Started without --store, the data directory still names its store.
+    replacement.stop();
+    let mut without_flag = TestServer::start_with_env(fresh.path(), &[], &AWS_ENV);
+    assert_eq!(without_flag.series(&run, "acc").0, expected);
+    without_flag.stop();
+    // Another store is refused: this directory's files are not there.
+    let refused = TestServer::start_expecting_failure_with_env(
+        fresh.path(),
+        &[
+            "--store",
+            "s3://elsewhere/x",
+            "--store-endpoint",
+            &moto.endpoint,
+        ],
+        &AWS_ENV,
+    );
+    assert!(
+        refused
+            .stderr
+            .contains("keeps its metric files in s3://stepstore/team/runs"),
+        "{}",
+        refused.stderr
+    );
+}
+
+/// Waits until `check` holds on the replica, at most 60 s.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(Instant::now() < deadline, "the replica never saw {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_read_replica_serves_what_the_writer_stores_and_refuses_writes() {
+    let test = "a_read_replica_serves_what_the_writer_stores_and_refuses_writes";
+    let Some(python) = common::python_or_skip(test) else {
+        return;
+    };
+    let Some(moto) = Moto::start(&python, test) else {
+        return;
+    };
+    let writer_dir = tempfile::tempdir().unwrap();
+    let mut writer = serve(writer_dir.path(), &moto.endpoint);
+    let run = writer.create_run("store", "replicated");
+    for chunk in 0..3 {
+        log(&writer, &run, chunk * 100..(chunk + 1) * 100);
+    }
+    wait_for_uploads(&writer, 1.0);
+    let replica_dir = tempfile::tempdir().unwrap();
+    let mut replica = serve_with(
+        replica_dir.path(),
+        &moto.endpoint,
+        &[
+            "--read-only",
+            "--refresh-secs",
+            "1",
+            "--writer-url",
+            "http://writer.example:5000",
+        ],
+    );
+    let run_path = format!("/api/2.0/mlflow/runs/get?run_id={run}");
+    eventually("the run", || {
+        replica.request("GET", &run_path, None).0 == 200
+    });
+    eventually("the first 300 steps", || {
+        replica.series(&run, "acc").0 == (0..300).collect::<Vec<i64>>()
+    });
+    // Writes are refused, naming the writer.
+    let (status, body) = replica.request(
+        "POST",
+        "/api/2.0/mlflow/runs/create",
+        Some(&json!({"experiment_id": "0"})),
+    );
+    assert_eq!(status, 405, "{body}");
+    assert_eq!(body["error_code"], "FEATURE_DISABLED");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("read replica") && message.contains("http://writer.example:5000"),
+        "{message}"
+    );
+    let (status, _) = replica.request(
+        "POST",
+        &format!("/api/v1/runs/{run}/metrics"),
+        Some(&json!({"points": [{"key": "acc", "step": 1000, "value": 1.0}]})),
+    );
+    assert_eq!(status, 405);
+    // The writer goes on and finishes the run: its files are compacted
+    // into one and the inputs leave the store; the replica follows, and
+    // shows every point once.
+    for chunk in 3..5 {
+        log(&writer, &run, chunk * 100..(chunk + 1) * 100);
+    }
+    finish(&writer, &run);
+    let expected: Vec<i64> = (0..500).collect();
+    eventually("the finished run", || {
+        replica.get(&run_path)["run"]["info"]["status"] == "FINISHED"
+            && replica.series(&run, "acc").0 == expected
+            && sql_count_and_sum(&replica, &run, "loss").0 == 500.0
+    });
+    let stored = read_with_pyarrow(&python, &moto.endpoint);
+    eventually("the compacted run", || {
+        read_with_pyarrow(&python, &moto.endpoint)[&run]["files"] == 1
+    });
+    assert_eq!(stored[&run]["rows"], 1000, "{stored}");
+    // Give the replica one more refresh after the inputs left the store.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(replica.series(&run, "loss").0, expected);
+    let (rows, sum) = sql_count_and_sum(&replica, &run, "loss");
+    let loss_sum: f64 = (0..500).map(|step| 1.0 / (step + 1) as f64).sum();
+    assert_eq!(rows, 500.0);
+    assert!((sum - loss_sum).abs() < 1e-9, "{sum} != {loss_sum}");
+    assert!(replica.metric("stepstore_replica_refreshes_total") >= 1.0);
+    assert!(replica.metric("stepstore_replica_run_updates_total") >= 1.0);
+    replica.stop();
+    writer.stop();
 }

@@ -40,6 +40,21 @@ fn snapshot_path(dir: &Path, lsn: Lsn, suffix: &str) -> PathBuf {
     dir.join(format!("{PREFIX}{lsn:020}{suffix}"))
 }
 
+/// The first copy of the snapshot at `lsn` in `dir` (the one an object
+/// store keeps).
+pub fn file_path(dir: &Path, lsn: Lsn) -> PathBuf {
+    snapshot_path(dir, lsn, SUFFIX)
+}
+
+/// The LSN of the snapshot file named `name` (either copy), when it is
+/// one.
+pub fn lsn_of(name: &str) -> Option<Lsn> {
+    let rest = name.strip_prefix(PREFIX)?;
+    [SUFFIX, COPY_SUFFIX]
+        .into_iter()
+        .find_map(|suffix| rest.strip_suffix(suffix)?.parse().ok())
+}
+
 /// One snapshot file found in the catalog directory.
 struct ListedSnapshot {
     lsn: Lsn,

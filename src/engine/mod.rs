@@ -21,6 +21,7 @@ mod maintenance;
 mod metric_writes;
 mod operations;
 mod recovery;
+pub mod replica;
 pub mod retention;
 pub mod wal_record;
 
@@ -46,7 +47,7 @@ use crate::model::{
     DatasetInput, Experiment, ExperimentId, KeySummary, LifecycleStage, Run, RunId,
     ValidationError, now_millis,
 };
-use crate::storage::{MetricsLayout, SharedByFiles, StorageError, Uploader};
+use crate::storage::{MetricsLayout, ReadCache, SharedByFiles, StorageError, Uploader};
 use crate::wal::{SyncPolicy, Wal, WalConfig, WalError};
 use catalog_log::WalMutationLog;
 
@@ -85,6 +86,15 @@ pub struct EngineConfig {
     /// The object store metric files are uploaded to (`--store`); `None`
     /// keeps them on the local disk only.
     pub store: Option<crate::storage::MetricStore>,
+    /// Where the local cache of the object store lives (`--cache-dir`);
+    /// `<data-dir>/cache` when absent.
+    pub cache_dir: Option<PathBuf>,
+    /// Local disk for uploaded files' copies and ranges read from the
+    /// store, in bytes (`--cache-mb`).
+    pub cache_bytes: u64,
+    /// A read replica of `store` (`--read-only` with `--store`): implies
+    /// `read_only`.
+    pub replica: Option<replica::ReplicaSettings>,
 }
 
 impl EngineConfig {
@@ -105,6 +115,9 @@ impl EngineConfig {
             file_io: FileIo::default(),
             footer_cache_bytes: crate::storage::footer_cache::DEFAULT_FOOTER_CACHE_BYTES,
             store: None,
+            cache_dir: None,
+            cache_bytes: crate::storage::cache::DEFAULT_CACHE_MB << 20,
+            replica: None,
         }
     }
 }
@@ -127,6 +140,9 @@ pub enum EngineError {
     /// Metric file storage failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The object store failed.
+    #[error(transparent)]
+    Store(#[from] crate::storage::StoreError),
     /// The token store failed.
     #[error(transparent)]
     Auth(#[from] AuthError),
@@ -179,6 +195,17 @@ pub enum EngineError {
     /// The engine was opened read-only.
     #[error("the data directory is open for reading only")]
     ReadOnly,
+    /// The server is a read replica.
+    #[error(
+        "this server is a read replica of {store}: it serves reads only; send writes to the \
+         writer{}", writer.as_ref().map(|url| format!(" at {url}")).unwrap_or_default()
+    )]
+    Replica {
+        /// The store it reads.
+        store: String,
+        /// Where writes go, when configured (`--writer-url`).
+        writer: Option<String>,
+    },
     /// Another process holds the data directory.
     #[error("the data directory {0} is in use by another stepstore process")]
     DataDirInUse(String),
@@ -226,11 +253,13 @@ impl Classify for EngineError {
             EngineError::LargerThanBudget { .. } => ErrorKind::TooLarge,
             EngineError::TooManyKeys { .. } => ErrorKind::InvalidParameter,
             EngineError::ReadOnly | EngineError::InvalidRequest(_) => ErrorKind::InvalidParameter,
+            EngineError::Replica { .. } => ErrorKind::ReadOnlyReplica,
             EngineError::Busy(_) => ErrorKind::Overloaded,
             EngineError::Wal(error) => error.kind(),
-            EngineError::DataDirInUse(_) | EngineError::Io { .. } | EngineError::Task(_) => {
-                ErrorKind::Internal
-            }
+            EngineError::DataDirInUse(_)
+            | EngineError::Io { .. }
+            | EngineError::Task(_)
+            | EngineError::Store(_) => ErrorKind::Internal,
         }
     }
 }
@@ -273,6 +302,9 @@ pub struct Engine {
     accepting: AtomicBool,
     shut_down: AtomicBool,
     maintenance: Mutex<Option<maintenance::MaintenanceHandle>>,
+    /// A read replica's state; `None` for a writer.
+    replica: Option<replica::Replica>,
+    replica_thread: Mutex<Option<replica::ReplicaHandle>>,
     tokens: TokenStore,
     /// Damaged metric files moved to quarantine at start.
     quarantined_files: u64,
@@ -299,9 +331,19 @@ pub struct Engine {
 impl Engine {
     /// Opens (or creates) the data directory, recovers its state and starts
     /// the background threads.
-    pub fn open(config: EngineConfig) -> Result<Arc<Engine>, EngineError> {
+    pub fn open(mut config: EngineConfig) -> Result<Arc<Engine>, EngineError> {
         let started = Instant::now();
         let lock = recovery::lock_data_dir(&config.data_dir)?;
+        config.store = recovery::resolve_store(&config.data_dir, config.store.take())?;
+        if config.replica.is_some() {
+            if config.store.is_none() {
+                return Err(EngineError::InvalidRequest(
+                    "a read replica needs the writer's object store (--store)".into(),
+                ));
+            }
+            config.read_only = true;
+        }
+        let is_replica = config.replica.is_some();
         let data_dir = config.data_dir.clone();
         let artifact_root = config.artifact_root.clone().unwrap_or_else(|| {
             let absolute = std::path::absolute(&data_dir).unwrap_or_else(|_| data_dir.clone());
@@ -311,26 +353,44 @@ impl Engine {
             MetricsLayout::with_io(data_dir.join(recovery::METRICS_DIR), config.file_io.clone())
                 .with_footer_cache(config.footer_cache_bytes);
         let files_shared = layout.shared();
-        if let Some(store) = config.store.clone().filter(|_| !config.read_only) {
-            tracing::info!(
-                store = store.url(),
-                "metric files are uploaded to the object store"
-            );
-            layout.set_uploader(Uploader::start(store, layout.root().to_path_buf()));
+        if let Some(store) = config.store.clone() {
+            let cache_dir = config
+                .cache_dir
+                .clone()
+                .unwrap_or_else(|| data_dir.join(recovery::CACHE_DIR));
+            layout.set_cache(ReadCache::open(
+                store.clone(),
+                cache_dir.clone(),
+                layout.root().to_path_buf(),
+                config.cache_bytes,
+            )?);
+            if !config.read_only {
+                tracing::info!(
+                    store = store.url(),
+                    cache_dir = %cache_dir.display(),
+                    cache_mb = config.cache_bytes >> 20,
+                    "metric files are uploaded to the object store"
+                );
+                layout.set_uploader(Uploader::start(store, layout.root().to_path_buf()));
+            }
         }
         let catalog_dir = data_dir.join(recovery::CATALOG_DIR);
+        recovery::fetch_catalog(&layout, &data_dir, is_replica)?;
         let loaded_catalog = recovery::load_catalog(
             &data_dir,
             &data_dir.join(recovery::QUARANTINE_DIR),
             &artifact_root,
         )?;
         let catalog_state = loaded_catalog.state;
+        let listing = recovery::list_store(&layout);
+        let stored = recovery::stored_files(&layout, listing.as_ref(), is_replica)?;
         let files = recovery::load_metric_files(
             &layout,
             &data_dir.join(recovery::QUARANTINE_DIR),
             catalog_state.continuity(),
+            &stored,
         )?;
-        recovery::reconcile_store(&layout, &files);
+        recovery::reconcile_store(&layout, &files, listing.as_ref());
         let receipts = Arc::new(IngestReceipts::new(loaded_catalog.receipts, now_millis()));
         let quarantined_files = files.quarantined + loaded_catalog.quarantined;
         let snapshot_lsn = catalog_state.applied_lsn;
@@ -341,6 +401,19 @@ impl Engine {
         let catalog = Catalog::new(catalog_state, artifact_root);
         let tokens = TokenStore::open(&data_dir.join(recovery::AUTH_DIR))?;
         let file_count: usize = files.runs.iter().map(|run| run.files.len()).sum();
+        let replica_state = config.replica.clone().map(|settings| replica::Replica {
+            settings,
+            layout: layout.clone(),
+            files: replica::ReplicaFiles::from_start(
+                &files.runs,
+                listing.as_ref(),
+                catalog.read().continuity(),
+            ),
+            stats: replica::ReplicaStats::default(),
+        });
+        if let Some(replica) = &replica_state {
+            replica.stats.started();
+        }
         let ingester = Arc::new(Ingester::start_recovering(
             config.ingest.clone(),
             layout,
@@ -364,7 +437,11 @@ impl Engine {
                 "metric files of runs the catalog does not know are kept; stepstore gc removes them"
             );
         }
-        ingester.finish_recovery();
+        // Read-only (a replica, `stepstore sql --data-dir`): never compact,
+        // so nothing is written.
+        if !config.read_only {
+            ingester.finish_recovery();
+        }
         let last_lsn = replayed
             .last_lsn
             .max(files.max_lsn)
@@ -377,7 +454,7 @@ impl Engine {
             .filter(|run| run.status.is_terminal())
             .map(|run| run.run_id)
             .collect();
-        for run_id in ended {
+        for run_id in ended.into_iter().filter(|_| !config.read_only) {
             ingester.run_ended(run_id);
         }
         let wal = Wal::open_continuing(
@@ -417,6 +494,8 @@ impl Engine {
             accepting: AtomicBool::new(true),
             shut_down: AtomicBool::new(false),
             maintenance: Mutex::new(None),
+            replica: replica_state,
+            replica_thread: Mutex::new(None),
             tokens,
             quarantined_files,
             files_shared,
@@ -428,6 +507,13 @@ impl Engine {
             runs_purged: AtomicU64::new(0),
             _lock: lock,
         });
+        if let Some(replica) = &engine.replica {
+            let handle = replica::start(Arc::downgrade(&engine), replica.settings.refresh)?;
+            *engine
+                .replica_thread
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(handle);
+        }
         if engine.config.read_only {
             return Ok(engine);
         }
@@ -450,6 +536,12 @@ impl Engine {
         &self.tokens
     }
 
+    /// What the metric files share: their footer cache, and with an object
+    /// store its uploader and local cache.
+    pub fn metric_files(&self) -> &SharedByFiles {
+        &self.files_shared
+    }
+
     fn log(&self) -> WalMutationLog<'_> {
         WalMutationLog {
             wal: &self.wal,
@@ -459,7 +551,17 @@ impl Engine {
     }
 
     fn ensure_accepting(&self) -> Result<(), EngineError> {
-        if self.config.read_only {
+        if let Some(replica) = &self.replica {
+            Err(EngineError::Replica {
+                store: self
+                    .config
+                    .store
+                    .as_ref()
+                    .map(|store| store.url().to_string())
+                    .unwrap_or_default(),
+                writer: replica.settings.writer.clone(),
+            })
+        } else if self.config.read_only {
             Err(EngineError::ReadOnly)
         } else if self.accepting.load(Ordering::SeqCst) {
             Ok(())

@@ -10,6 +10,9 @@ use super::{Engine, EngineError};
 use crate::catalog::snapshot;
 use crate::wal::Lsn;
 
+/// How long shutdown waits for the object store to take the last files.
+const UPLOADS_AT_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Values for `/metrics`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TelemetrySnapshot {
@@ -75,6 +78,10 @@ pub struct TelemetrySnapshot {
     pub runs_purged: u64,
     /// What the object store uploader did (all zero without a store).
     pub uploads: crate::storage::UploadSnapshot,
+    /// The object store's local cache (all zero without a store).
+    pub cache: crate::storage::CacheSnapshot,
+    /// A read replica's refreshes (all zero for a writer).
+    pub replica: super::replica::ReplicaSnapshot,
 }
 
 impl Engine {
@@ -153,6 +160,16 @@ impl Engine {
                 .uploads()
                 .map(|uploads| uploads.snapshot())
                 .unwrap_or_default(),
+            cache: self
+                .files_shared
+                .cache()
+                .map(|cache| cache.snapshot())
+                .unwrap_or_default(),
+            replica: self
+                .replica
+                .as_ref()
+                .map(|replica| replica.stats.snapshot())
+                .unwrap_or_default(),
         }
     }
 
@@ -228,10 +245,11 @@ impl Engine {
         let encoded = snapshot::encode(&copy, &receipts)?;
         drop(copy);
         let lsn = encoded.lsn();
-        let bytes = encoded.write(
-            &self.config.data_dir.join(recovery::CATALOG_DIR),
-            &self.config.file_io,
-        )?;
+        let catalog_dir = self.config.data_dir.join(recovery::CATALOG_DIR);
+        let bytes = encoded.write(&catalog_dir, &self.config.file_io)?;
+        if let Some(uploads) = self.files_shared.uploads() {
+            uploads.upload_catalog(&snapshot::file_path(&catalog_dir, lsn));
+        }
         self.snapshot_lsn.store(lsn, Ordering::SeqCst);
         self.receipts.snapshotted(&receipts_included);
         *last = Instant::now();
@@ -264,11 +282,36 @@ impl Engine {
         {
             handle.stop();
         }
+        if let Some(handle) = self
+            .replica_thread
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+        {
+            handle.stop();
+        }
         let outcome = if self.config.read_only {
             Ok(())
         } else {
             self.flush_buffers().and_then(|()| self.checkpoint(true))
         };
+        if let Some(uploads) = self.files_shared.uploads() {
+            // The files just written and the catalog go up before the
+            // process ends, within reason: what does not is uploaded at
+            // the next start (the WAL keeps the files' points).
+            if uploads.wait_until_idle(UPLOADS_AT_SHUTDOWN) {
+                if let Err(error) = self.checkpoint(false) {
+                    tracing::warn!(%error, "the checkpoint after the last uploads failed");
+                }
+            } else {
+                let pending = uploads.snapshot();
+                tracing::warn!(
+                    pending_files = pending.pending_files,
+                    pending_bytes = pending.pending_bytes,
+                    "stopping before every file reached the object store; the next start uploads them"
+                );
+            }
+        }
         self.wal.shutdown();
         self.ingester.shutdown();
         match &outcome {

@@ -250,6 +250,14 @@ pub(crate) enum DataMessage {
     },
     /// The WAL replay is over: compaction may start.
     Recovered,
+    /// A read replica's new view of a run's files: replaces what the
+    /// shard held of the run.
+    ReplaceRun(Box<LoadedRun>),
+    /// A read replica's run the writer purged: forgotten (its files are
+    /// not deleted; they are the writer's).
+    DropRun {
+        run_id: RunId,
+    },
     Checkpoint(Sender<Option<Lsn>>),
     FlushAll(Sender<Result<(), String>>),
 }
@@ -459,6 +467,24 @@ impl Ingester {
             .shard_of(run_id)
             .data
             .send(DataMessage::Purge { run_id });
+    }
+
+    /// Replaces what the ingester holds of a run with `run` (a read
+    /// replica's refresh; the run has no buffers there).
+    pub fn replace_run(&self, run: LoadedRun) {
+        let _ = self
+            .shard_of(run.run_id)
+            .data
+            .send(DataMessage::ReplaceRun(Box::new(run)));
+    }
+
+    /// Forgets a run without touching its files (a read replica's run the
+    /// writer purged).
+    pub fn drop_run(&self, run_id: RunId) {
+        let _ = self
+            .shard_of(run_id)
+            .data
+            .send(DataMessage::DropRun { run_id });
     }
 
     /// Where the points of `key` of a run are.

@@ -330,6 +330,23 @@ impl Shard {
                 }
             }
             DataMessage::Purge { run_id } => self.purge(run_id),
+            DataMessage::ReplaceRun(run) => {
+                let run = *run;
+                self.runs.insert(
+                    run.run_id,
+                    RunState::new(
+                        run.experiment_id,
+                        run.files,
+                        run.summaries,
+                        run.rewinds,
+                        run.since_rewind,
+                        run.fork_points,
+                    ),
+                );
+            }
+            DataMessage::DropRun { run_id } => {
+                self.runs.remove(&run_id);
+            }
             DataMessage::Recovered => self.recovering = false,
             DataMessage::Checkpoint(reply) => {
                 let oldest = self

@@ -65,6 +65,7 @@ impl ApiError {
                 (StatusCode::INSUFFICIENT_STORAGE, "INSUFFICIENT_STORAGE")
             }
             ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),
+            ErrorKind::ReadOnlyReplica => (StatusCode::METHOD_NOT_ALLOWED, "FEATURE_DISABLED"),
         };
         if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
             tracing::error!(%error, "request failed");
@@ -89,6 +90,7 @@ impl ApiError {
                 (StatusCode::INSUFFICIENT_STORAGE, "INSUFFICIENT_STORAGE")
             }
             ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),
+            ErrorKind::ReadOnlyReplica => (StatusCode::METHOD_NOT_ALLOWED, "FEATURE_DISABLED"),
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(%error, "request failed");

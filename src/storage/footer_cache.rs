@@ -104,6 +104,11 @@ impl FooterCache {
         self.footers.insert(path.to_path_buf(), cached(footer));
     }
 
+    /// Forgets every footer (benchmarks: a cold cache).
+    pub fn clear(&self) {
+        self.footers.clear();
+    }
+
     /// Forgets the footer of a deleted file.
     pub fn remove(&self, path: &Path) {
         self.footers.remove(path);

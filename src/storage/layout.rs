@@ -4,8 +4,9 @@
 //! All file paths are built here from validated ids; this is the one module
 //! to change to move storage to object stores.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::StorageError;
@@ -28,6 +29,10 @@ pub struct RunDirectory {
     pub run_id: RunId,
     /// Its files as `(sequence number, path)`, in sequence order.
     pub files: Vec<(u64, PathBuf)>,
+    /// The lengths of those of its files that are only in the object
+    /// store, by sequence number (their paths say where a local copy
+    /// would be).
+    pub stored_only: HashMap<u64, u64>,
 }
 
 /// The metrics directory tree.
@@ -65,6 +70,23 @@ impl MetricsLayout {
             shared: Arc::new(SharedByFiles::new(bytes)),
             ..self
         }
+    }
+
+    /// Reads the tree's files that are only in the object store through
+    /// `cache`, and counts uploaded local copies against it.
+    pub fn set_cache(&self, cache: Arc<super::cache::ReadCache>) {
+        self.shared.set_cache(cache);
+    }
+
+    /// Opens file `seq` of the tree, `bytes` long, whose only copy is in
+    /// the object store ([`PersistedFile::open_stored`]).
+    pub fn open_stored_file(
+        &self,
+        seq: u64,
+        path: &Path,
+        bytes: u64,
+    ) -> Result<(PersistedFile, FileMetadata), StorageError> {
+        PersistedFile::open_stored(seq, path, bytes, Arc::clone(&self.shared))
     }
 
     /// Sends the files of the tree to `uploader` from now on.
@@ -145,6 +167,51 @@ impl MetricsLayout {
     /// Lists every run directory and its files. Leftover temporary files
     /// (from a crash mid-write) are removed; unknown names are ignored.
     pub fn scan(&self) -> Result<Vec<RunDirectory>, StorageError> {
+        self.scan_with_stored(&[])
+    }
+
+    /// Lists every run and its files like [`MetricsLayout::scan`], adding
+    /// the files of `stored` (`(path under the tree, length)`: the object
+    /// store's) that have no local copy.
+    pub fn scan_with_stored(
+        &self,
+        stored: &[(PathBuf, u64)],
+    ) -> Result<Vec<RunDirectory>, StorageError> {
+        let mut found: BTreeMap<(ExperimentId, RunId), RunDirectory> = self
+            .scan_local()?
+            .into_iter()
+            .map(|directory| ((directory.experiment_id, directory.run_id), directory))
+            .collect();
+        for (relative, bytes) in stored {
+            let Some((experiment_id, run_id, seq)) = parse_relative(relative) else {
+                continue;
+            };
+            let path = self.file_path(experiment_id, run_id, seq);
+            let directory = found
+                .entry((experiment_id, run_id))
+                .or_insert_with(|| RunDirectory {
+                    experiment_id,
+                    run_id,
+                    files: Vec::new(),
+                    stored_only: HashMap::new(),
+                });
+            if directory.files.iter().any(|(local, _)| *local == seq) {
+                continue;
+            }
+            directory.files.push((seq, path));
+            directory.stored_only.insert(seq, *bytes);
+        }
+        Ok(found
+            .into_values()
+            .map(|mut directory| {
+                directory.files.sort();
+                directory
+            })
+            .collect())
+    }
+
+    /// The run directories and files on the local disk.
+    fn scan_local(&self) -> Result<Vec<RunDirectory>, StorageError> {
         create_dir_synced(&self.root)
             .map_err(|source| StorageError::io("create", &self.root, source))?;
         let mut found = Vec::new();
@@ -184,11 +251,45 @@ impl MetricsLayout {
                     experiment_id,
                     run_id,
                     files,
+                    stored_only: HashMap::new(),
                 });
             }
         }
         Ok(found)
     }
+}
+
+impl MetricsLayout {
+    /// The experiment, run and sequence number a path under the tree names
+    /// (`experiment_id=<e>/run_id=<r>/<seq>.parquet`).
+    pub fn parse_relative(relative: &Path) -> Option<(ExperimentId, RunId, u64)> {
+        parse_relative(relative)
+    }
+}
+
+/// The experiment, run and sequence number a path under the tree names
+/// (`experiment_id=<e>/run_id=<r>/<seq>.parquet`).
+fn parse_relative(relative: &Path) -> Option<(ExperimentId, RunId, u64)> {
+    let mut parts = relative.components().map(|component| match component {
+        Component::Normal(part) => part.to_str(),
+        _ => None,
+    });
+    let experiment = parts.next()??.strip_prefix(EXPERIMENT_PREFIX)?;
+    let run = parts.next()??.strip_prefix(RUN_PREFIX)?;
+    let name = parts.next()??;
+    if parts.next().is_some() {
+        return None;
+    }
+    let seq = name
+        .strip_suffix(FILE_SUFFIX)
+        .filter(|stem| !stem.is_empty() && stem.bytes().all(|b| b.is_ascii_digit()))?
+        .parse()
+        .ok()?;
+    Some((
+        ExperimentId::parse(experiment).ok()?,
+        RunId::parse(run).ok()?,
+        seq,
+    ))
 }
 
 fn parse_component(path: &Path, prefix: &str) -> Option<String> {

@@ -2,6 +2,7 @@
 //! compaction. Every file access of the metric data goes through here.
 
 pub mod aggregates;
+pub mod cache;
 pub mod checksums;
 pub mod columns;
 pub mod compaction;
@@ -26,6 +27,7 @@ use thiserror::Error;
 use crate::error_kind::{Classify, ErrorKind};
 
 pub use aggregates::{BlockAggregate, BlockPoint, FileAggregates, KeyAggregates};
+pub use cache::{CacheSnapshot, ReadCache};
 pub use checksums::{DataFile, FileChecksums};
 pub use columns::{LoggedRows, SortedColumns};
 pub use file_meta::FileMetadata;

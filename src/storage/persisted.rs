@@ -12,22 +12,25 @@ use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 
 use super::StorageError;
 use super::aggregates::FileAggregates;
+use super::cache::{ReadCache, StoredFile};
 use super::checksums::{DataFile, FileChecksums};
 use super::file_meta::FileMetadata;
 use super::footer_cache::{FileFooter, FooterCache};
 use super::reader;
+use super::source::{ByteSource, LocalFile};
 use super::upload::Uploader;
 use crate::wal::Lsn;
 
 /// What the metric files of one engine share: the bounded cache of their
-/// footers, the count of reads that found damage, and the uploader to the
-/// object store when there is one. The engine's [`super::MetricsLayout`]
+/// footers, the count of reads that found damage, and with an object store
+/// the uploader to it and the local cache of what is read from it. The engine's [`super::MetricsLayout`]
 /// owns it and hands it to every file it opens.
 #[derive(Debug, Default)]
 pub struct SharedByFiles {
     footers: FooterCache,
     damaged_reads: Arc<AtomicU64>,
     uploads: OnceLock<Arc<Uploader>>,
+    cache: OnceLock<Arc<ReadCache>>,
 }
 
 impl SharedByFiles {
@@ -38,7 +41,21 @@ impl SharedByFiles {
             footers: FooterCache::new(footer_cache_bytes),
             damaged_reads: Arc::default(),
             uploads: OnceLock::new(),
+            cache: OnceLock::new(),
         }
+    }
+
+    /// The local cache of the object store, when the files are stored in
+    /// one.
+    pub fn cache(&self) -> Option<&Arc<ReadCache>> {
+        self.cache.get()
+    }
+
+    /// Reads the files moved to the object store through `cache`, and
+    /// counts uploaded local copies against it (once; a second cache is
+    /// ignored).
+    pub(crate) fn set_cache(&self, cache: Arc<ReadCache>) {
+        let _ = self.cache.set(cache);
     }
 
     /// The uploader of the files, when they go to an object store.
@@ -76,6 +93,9 @@ pub struct PersistedFile {
     /// In the object store (always, without one): until then the WAL
     /// keeps the records the file holds.
     uploaded: AtomicBool,
+    /// Set once the local copy is gone: the file is read from the object
+    /// store, through the cache.
+    stored: OnceLock<Arc<StoredFile>>,
     /// The footer cache and damage count of the files it was opened with.
     shared: Arc<SharedByFiles>,
 }
@@ -99,13 +119,73 @@ impl PersistedFile {
         path: &Path,
         shared: Arc<SharedByFiles>,
     ) -> Result<(PersistedFile, FileMetadata), StorageError> {
-        let (footer, metadata) = load(path)?;
         let bytes = std::fs::metadata(path)
             .map_err(|source| StorageError::io("stat", path, source))?
             .len();
+        let local =
+            LocalFile::open(path).map_err(|source| StorageError::io("open", path, source))?;
+        let (footer, metadata) = load(&DataFile::over(Arc::new(local), path, bytes, None))?;
+        let uploaded = shared.uploads().is_none();
+        Ok(PersistedFile::opened(
+            seq, path, bytes, footer, metadata, uploaded, shared,
+        ))
+    }
+
+    /// Opens file `seq` of the tree, `bytes` long, whose only copy is in
+    /// the object store behind `shared`'s cache (its local copy was
+    /// evicted, or it was written by another machine): its footer comes
+    /// from the cache's footer copy, or from the store.
+    pub fn open_stored(
+        seq: u64,
+        path: &Path,
+        bytes: u64,
+        shared: Arc<SharedByFiles>,
+    ) -> Result<(PersistedFile, FileMetadata), StorageError> {
+        let cache = shared
+            .cache()
+            .cloned()
+            .ok_or_else(|| StorageError::Metadata {
+                path: path.to_path_buf(),
+                reason: "the file is only in the object store, and no store is configured".into(),
+            })?;
+        let stored =
+            Arc::new(
+                cache
+                    .stored_file(path, bytes)
+                    .ok_or_else(|| StorageError::Metadata {
+                        path: path.to_path_buf(),
+                        reason: "the object store's cache was closed".into(),
+                    })?,
+            );
+        let source: Arc<dyn ByteSource> = stored.clone();
+        let (footer, metadata) = load(&DataFile::over(source, path, bytes, None))?;
+        if !stored.has_footer_copy() {
+            // Keep the footer so the next start needs no request for it.
+            let start = footer_copy_start(path, &footer.metadata, bytes, stored.as_ref());
+            if let Err(error) =
+                start.and_then(|start| cache.keep_footer(path, bytes, start, stored.as_ref()))
+            {
+                tracing::warn!(path = %path.display(), %error, "could not keep a copy of a stored file's footer");
+            }
+        }
+        let opened = PersistedFile::opened(seq, path, bytes, footer, metadata, true, shared);
+        let _ = opened.0.stored.set(stored);
+        Ok(opened)
+    }
+
+    /// The file `seq` at `path`, its footer just loaded.
+    fn opened(
+        seq: u64,
+        path: &Path,
+        bytes: u64,
+        footer: FileFooter,
+        metadata: FileMetadata,
+        uploaded: bool,
+        shared: Arc<SharedByFiles>,
+    ) -> (PersistedFile, FileMetadata) {
         let rows = footer.metadata.metadata().file_metadata().num_rows().max(0) as u64;
         shared.footers.insert(path, footer);
-        Ok((
+        (
             PersistedFile {
                 seq,
                 path: path.to_path_buf(),
@@ -113,11 +193,38 @@ impl PersistedFile {
                 bytes,
                 lsn_ranges: metadata.lsn_ranges.clone(),
                 obsolete: AtomicBool::new(false),
-                uploaded: AtomicBool::new(shared.uploads().is_none()),
+                uploaded: AtomicBool::new(uploaded),
+                stored: OnceLock::new(),
                 shared,
             },
             metadata,
-        ))
+        )
+    }
+
+    /// Whether the file is read from the object store (its local copy is
+    /// gone).
+    pub fn is_stored_only(&self) -> bool {
+        self.stored.get().is_some()
+    }
+
+    /// Moves the file to the object store for reading: keeps its footer in
+    /// `cache`, then deletes the local copy. The file must be uploaded.
+    pub(crate) fn move_to_store(&self, cache: &ReadCache) -> Result<(), StorageError> {
+        if !self.is_uploaded() || self.is_stored_only() {
+            return Ok(());
+        }
+        let footer = self.cached_footer()?;
+        let local = LocalFile::open(&self.path)
+            .map_err(|source| StorageError::io("open", &self.path, source))?;
+        let start = footer_copy_start(&self.path, &footer.metadata, self.bytes, &local)?;
+        cache.keep_footer(&self.path, self.bytes, start, &local)?;
+        let Some(stored) = cache.stored_file(&self.path, self.bytes) else {
+            return Ok(());
+        };
+        let _ = self.stored.set(Arc::new(stored));
+        cache.release_local(&self.path);
+        std::fs::remove_file(&self.path)
+            .map_err(|source| StorageError::io("remove the local copy of", &self.path, source))
     }
 
     /// Sequence number within the run (file name).
@@ -154,6 +261,32 @@ impl PersistedFile {
             .unwrap_or(0)
     }
 
+    /// Stepstore's metadata of the file (WAL ranges, key summaries, the
+    /// files it replaced), from its footer.
+    pub fn metadata(&self) -> Result<FileMetadata, StorageError> {
+        let footer = self.cached_footer()?;
+        FileMetadata::from_key_values(
+            footer
+                .metadata
+                .metadata()
+                .file_metadata()
+                .key_value_metadata(),
+        )
+        .map_err(|reason| StorageError::Metadata {
+            path: self.path.clone(),
+            reason,
+        })
+    }
+
+    /// Drops what the local cache of the object store holds of the file
+    /// (a replica's file the writer purged).
+    pub(crate) fn forget_cached(&self) {
+        self.shared.footers.remove(&self.path);
+        if let Some(cache) = self.shared.cache() {
+            cache.forget(&self.path, self.bytes);
+        }
+    }
+
     /// The footer, from the cache or read again from the file.
     pub fn footer(&self) -> Result<ArrowReaderMetadata, StorageError> {
         self.cached_footer().map(|footer| footer.metadata)
@@ -175,18 +308,49 @@ impl PersistedFile {
     /// The footer with its parsed aggregates and checksums, from the cache
     /// or read again from the file.
     pub(crate) fn cached_footer(&self) -> Result<FileFooter, StorageError> {
-        self.shared
-            .footers
-            .get_or_load(&self.path, || load(&self.path).map(|(footer, _)| footer))
+        self.shared.footers.get_or_load(&self.path, || {
+            load(&self.data_file(None)?).map(|(footer, _)| footer)
+        })
     }
 
     /// The footer and the file opened for reading, every byte read from
     /// it checked against the footer's checksums.
     pub fn open_data(&self) -> Result<(ArrowReaderMetadata, DataFile), StorageError> {
         let footer = self.cached_footer()?;
-        let data = DataFile::open(&self.path, self.bytes, footer.checksums)?
+        let data = self
+            .data_file(footer.checksums)?
             .counting_damage_in(Arc::clone(&self.shared.damaged_reads));
         Ok((footer.metadata, data))
+    }
+
+    /// The file's bytes, checked against `checksums`: the local copy while
+    /// there is one, else the object store through the cache.
+    fn data_file(&self, checksums: Option<Arc<FileChecksums>>) -> Result<DataFile, StorageError> {
+        let stored = |stored: &Arc<StoredFile>| {
+            let source: Arc<dyn ByteSource> = stored.clone();
+            DataFile::over(source, &self.path, self.bytes, checksums.clone())
+        };
+        if let Some(remote) = self.stored.get() {
+            return Ok(stored(remote));
+        }
+        match LocalFile::open(&self.path) {
+            Ok(local) => {
+                if let Some(cache) = self.shared.cache() {
+                    cache.touch_local(&self.path);
+                }
+                Ok(DataFile::over(
+                    Arc::new(local),
+                    &self.path,
+                    self.bytes,
+                    checksums.clone(),
+                ))
+            }
+            // Evicted between the two checks.
+            Err(source) => match self.stored.get() {
+                Some(remote) if source.kind() == std::io::ErrorKind::NotFound => Ok(stored(remote)),
+                _ => Err(StorageError::io("open", &self.path, source)),
+            },
+        }
     }
 
     /// Marks the file as replaced: it is deleted once no one holds it.
@@ -205,9 +369,13 @@ impl PersistedFile {
         self.uploaded.load(Ordering::SeqCst)
     }
 
-    /// Records that the object store holds the file.
-    pub fn mark_uploaded(&self) {
+    /// Records that the object store holds the file; its local copy now
+    /// counts against the store's local cache.
+    pub fn mark_uploaded(self: &Arc<Self>) {
         self.uploaded.store(true, Ordering::SeqCst);
+        if let Some(cache) = self.shared.cache() {
+            cache.adopt_local(self);
+        }
     }
 
     /// The oldest WAL record whose points the file holds, while the
@@ -220,11 +388,46 @@ impl PersistedFile {
     }
 }
 
+/// Where a footer copy of the file (`length` bytes) starts: at its page
+/// index, written before the footer, or at the footer itself.
+fn footer_copy_start(
+    path: &Path,
+    footer: &ArrowReaderMetadata,
+    length: u64,
+    source: &dyn ByteSource,
+) -> Result<u64, StorageError> {
+    let metadata_length = |bytes: &[u8]| -> Option<u64> {
+        let mut length = [0u8; 4];
+        length.copy_from_slice(bytes.get(..4)?);
+        Some(u64::from(u32::from_le_bytes(length)))
+    };
+    let last = source
+        .read_range(length.saturating_sub(8)..length)
+        .map_err(|source| StorageError::io("read the footer length of", path, source))?;
+    let footer_start = metadata_length(&last)
+        .and_then(|metadata| length.checked_sub(8 + metadata))
+        .ok_or_else(|| StorageError::Metadata {
+            path: path.to_path_buf(),
+            reason: "the footer length does not fit the file".into(),
+        })?;
+    let index_start = footer
+        .metadata()
+        .row_groups()
+        .iter()
+        .flat_map(|group| group.columns())
+        .flat_map(|column| [column.column_index_offset(), column.offset_index_offset()])
+        .flatten()
+        .filter_map(|offset| u64::try_from(offset).ok())
+        .min();
+    Ok(index_start.map_or(footer_start, |start| start.min(footer_start)))
+}
+
 /// Reads a file's footer and parses its block aggregates. Aggregates that
 /// are missing (older files) or do not check out (logged) are left out:
 /// such a file is read by the full scan.
-fn load(path: &Path) -> Result<(FileFooter, FileMetadata), StorageError> {
-    let (footer, metadata) = reader::load_footer(path)?;
+fn load(data: &DataFile) -> Result<(FileFooter, FileMetadata), StorageError> {
+    let path = data.path();
+    let (footer, metadata) = reader::load_footer_from(data)?;
     let rows = footer.metadata().file_metadata().num_rows().max(0) as u64;
     let aggregates = match FileAggregates::from_key_values(
         footer.metadata().file_metadata().key_value_metadata(),
@@ -262,6 +465,9 @@ impl Drop for PersistedFile {
             return;
         }
         self.shared.footers.remove(&self.path);
+        if let Some(cache) = self.shared.cache() {
+            cache.forget(&self.path, self.bytes);
+        }
         if let Err(error) = std::fs::remove_file(&self.path)
             && error.kind() != std::io::ErrorKind::NotFound
         {

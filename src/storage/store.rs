@@ -31,6 +31,9 @@ const MULTIPART_BYTES: u64 = 16 << 20;
 const PART_BYTES: usize = 8 << 20;
 /// Threads of the request runtime.
 const IO_THREADS: usize = 2;
+/// Where catalog snapshots go under the store's prefix (metric files go
+/// under `metrics`).
+const CATALOG_PREFIX: &str = "catalog";
 
 /// Errors of the object store.
 #[derive(Debug, Error)]
@@ -73,6 +76,20 @@ pub enum StoreError {
     /// The request runtime could not start, or stopped.
     #[error("the object store's request runtime: {0}")]
     Runtime(#[source] io::Error),
+    /// The store holds a newer catalog snapshot than the one to upload:
+    /// another writer uses the prefix, or this data directory started
+    /// without the store's catalog. Nothing is overwritten.
+    #[error(
+        "the object store holds a newer catalog snapshot ({theirs}) than this server's \
+         ({ours}): another server writes to this prefix, or this data directory started \
+         while the store was unreachable; the store's catalog is left as it is"
+    )]
+    NewerCatalog {
+        /// This server's snapshot.
+        ours: String,
+        /// The store's newest.
+        theirs: String,
+    },
 }
 
 /// A small multi-threaded runtime that runs store requests for callers on
@@ -140,6 +157,7 @@ pub struct MetricStore {
     store: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
     url: String,
+    endpoint: Option<String>,
     io: IoRuntime,
 }
 
@@ -220,6 +238,7 @@ impl MetricStore {
             store,
             prefix,
             url: url.to_string(),
+            endpoint: endpoint.map(str::to_string),
             io: IoRuntime::start()?,
         })
     }
@@ -230,6 +249,7 @@ impl MetricStore {
             store,
             prefix: ObjectPath::from(prefix),
             url: url.to_string(),
+            endpoint: None,
             io: IoRuntime::start()?,
         })
     }
@@ -237,6 +257,17 @@ impl MetricStore {
     /// The URL it was opened with.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The endpoint it was opened with (`--store-endpoint`).
+    pub fn endpoint(&self) -> Option<&str> {
+        self.endpoint.as_deref()
+    }
+
+    /// The object store client itself (tests).
+    #[cfg(test)]
+    pub(crate) fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
     }
 
     /// The runtime its requests run on.
@@ -260,6 +291,54 @@ impl MetricStore {
         path
     }
 
+    /// The object holding the catalog snapshot file `name`.
+    pub fn catalog_path(&self, name: &str) -> ObjectPath {
+        self.prefix.clone().join(CATALOG_PREFIX).join(name)
+    }
+
+    /// The catalog snapshot files in the store, as `(name, size)`.
+    /// Blocking.
+    pub fn list_catalog(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let root = self.prefix.clone().join(CATALOG_PREFIX);
+        Ok(self
+            .list_under(root)?
+            .into_iter()
+            .filter_map(|(mut parts, size)| {
+                let name = parts.pop()?;
+                parts.is_empty().then_some((name, size))
+            })
+            .collect())
+    }
+
+    /// Downloads the catalog snapshot file `name` to `local` (written to a
+    /// temporary file, synced, then renamed). Blocking.
+    pub fn download_catalog(&self, name: &str, local: &Path) -> Result<u64, StoreError> {
+        let location = self.catalog_path(name);
+        let store = Arc::clone(&self.store);
+        let fetched = location.clone();
+        let bytes = self
+            .io
+            .block_on(async move { store.get(&fetched).await?.bytes().await })?
+            .map_err(|source| StoreError::Request {
+                operation: "downloading",
+                path: location.to_string(),
+                source,
+            })?;
+        let local_error = |source| StoreError::Local {
+            path: local.to_path_buf(),
+            source,
+        };
+        let temp = local.with_extension("download.tmp");
+        {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&temp).map_err(local_error)?;
+            file.write_all(&bytes).map_err(local_error)?;
+            file.sync_all().map_err(local_error)?;
+        }
+        std::fs::rename(&temp, local).map_err(local_error)?;
+        Ok(bytes.len() as u64)
+    }
+
     /// Uploads the local file `local` as `relative`, in parts when it is
     /// large; returns its size. Blocking.
     pub fn upload(&self, local: &Path, relative: &Path) -> Result<u64, StoreError> {
@@ -277,6 +356,17 @@ impl MetricStore {
         relative: std::path::PathBuf,
     ) -> Result<u64, StoreError> {
         let location = self.object_path(&relative);
+        self.put_object(local, location).await
+    }
+
+    /// Uploads the local file `local` as the object `location`: in one
+    /// request when it is small, else in parts read from the file one at a
+    /// time.
+    pub(crate) async fn put_object(
+        self,
+        local: std::path::PathBuf,
+        location: ObjectPath,
+    ) -> Result<u64, StoreError> {
         let request = |source| StoreError::Request {
             operation: "uploading",
             path: location.to_string(),
@@ -327,6 +417,11 @@ impl MetricStore {
     /// Deletes the object of `relative`; one that is not there is fine.
     pub(crate) async fn delete_file(self, relative: std::path::PathBuf) -> Result<(), StoreError> {
         let location = self.object_path(&relative);
+        self.delete_object(location).await
+    }
+
+    /// Deletes the object `location`; one that is not there is fine.
+    pub(crate) async fn delete_object(self, location: ObjectPath) -> Result<(), StoreError> {
         match self.store.delete(&location).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(source) => Err(StoreError::Request {
@@ -341,6 +436,16 @@ impl MetricStore {
     /// to the tree, size)`. Blocking.
     pub fn list_metric_files(&self) -> Result<Vec<(std::path::PathBuf, u64)>, StoreError> {
         let root = self.prefix.clone().join("metrics");
+        Ok(self
+            .list_under(root)?
+            .into_iter()
+            .map(|(parts, size)| (parts.into_iter().collect(), size))
+            .collect())
+    }
+
+    /// Every object under `root`, as `(path parts below it, size)`.
+    /// Blocking.
+    fn list_under(&self, root: ObjectPath) -> Result<Vec<(Vec<String>, u64)>, StoreError> {
         let store = Arc::clone(&self.store);
         let listing_root = root.clone();
         let objects = self
@@ -359,12 +464,12 @@ impl MetricStore {
         Ok(objects
             .into_iter()
             .filter_map(|object| {
-                let relative: std::path::PathBuf = object
+                let parts: Vec<String> = object
                     .location
                     .prefix_match(&root)?
                     .map(|part| part.as_ref().to_string())
                     .collect();
-                Some((relative, object.size))
+                Some((parts, object.size))
             })
             .collect())
     }

@@ -50,6 +50,12 @@ enum Job {
         order: u64,
         relative: PathBuf,
     },
+    /// A catalog snapshot file, `name` in the store's `catalog` folder;
+    /// older snapshots there are deleted once it is up.
+    Catalog {
+        local: PathBuf,
+        name: String,
+    },
 }
 
 /// What the uploader has done, for `/metrics` and `/health`.
@@ -59,11 +65,17 @@ struct UploadStats {
     uploaded_bytes: AtomicU64,
     failed_attempts: AtomicU64,
     deleted_files: AtomicU64,
+    catalog_uploads: AtomicU64,
     /// Uploads queued or running: when each was queued and its bytes.
     pending: Mutex<BTreeMap<u64, (Instant, u64)>>,
     /// Deletes queued or running.
     pending_deletes: AtomicU64,
+    /// Catalog snapshot uploads queued or running.
+    pending_catalogs: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// Set while the store holds a newer catalog snapshot than this
+    /// server's (cleared when a snapshot goes up).
+    catalog_conflict: Mutex<Option<String>>,
 }
 
 /// The uploader's figures at one moment.
@@ -77,6 +89,8 @@ pub struct UploadSnapshot {
     pub failed_attempts: u64,
     /// Replaced files deleted from the store since start.
     pub deleted_files: u64,
+    /// Catalog snapshots uploaded since start.
+    pub catalog_uploads: u64,
     /// Files waiting to be uploaded.
     pub pending_files: u64,
     /// Their bytes.
@@ -150,6 +164,41 @@ impl Uploader {
         }
     }
 
+    /// Queues the upload of the catalog snapshot file `local`; once it is
+    /// in the store, older snapshots there are deleted. A snapshot replaced
+    /// locally before its upload started is skipped (the newer one is
+    /// queued too).
+    pub fn upload_catalog(&self, local: &Path) {
+        let Some(name) = local.file_name().and_then(|name| name.to_str()) else {
+            return;
+        };
+        let job = Job::Catalog {
+            local: local.to_path_buf(),
+            name: name.to_string(),
+        };
+        self.stats.pending_catalogs.fetch_add(1, Ordering::Relaxed);
+        if self.jobs.send(job).is_err() {
+            tracing::error!("the upload loop stopped; a catalog snapshot stays local");
+        }
+    }
+
+    /// Waits until nothing is queued or running, at most `timeout`;
+    /// whether it got there.
+    pub fn wait_until_idle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let snapshot = self.snapshot();
+            let catalogs = self.stats.pending_catalogs.load(Ordering::Relaxed);
+            if snapshot.pending_files == 0 && snapshot.pending_deletes == 0 && catalogs == 0 {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The uploader's figures now.
     pub fn snapshot(&self) -> UploadSnapshot {
         let stats = &self.stats;
@@ -162,6 +211,7 @@ impl Uploader {
             uploaded_bytes: stats.uploaded_bytes.load(Ordering::Relaxed),
             failed_attempts: stats.failed_attempts.load(Ordering::Relaxed),
             deleted_files: stats.deleted_files.load(Ordering::Relaxed),
+            catalog_uploads: stats.catalog_uploads.load(Ordering::Relaxed),
             pending_files: pending.len() as u64,
             pending_bytes: pending.values().map(|(_, bytes)| bytes).sum(),
             pending_deletes: stats.pending_deletes.load(Ordering::Relaxed),
@@ -176,18 +226,27 @@ impl Uploader {
     /// The newest failure, while the last attempt of an upload or delete
     /// failed.
     pub fn last_error(&self) -> Option<String> {
-        self.stats
-            .last_error
+        let conflict = self
+            .stats
+            .catalog_conflict
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+            .clone();
+        conflict.or_else(|| {
+            self.stats
+                .last_error
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone()
+        })
     }
 }
 
 /// What a finished task did.
 enum Done {
     Uploaded(u64),
-    Deleted,
+    /// A delete or a catalog upload.
+    Other,
 }
 
 /// The upload loop: runs until every [`Uploader`] handle is gone and the
@@ -213,7 +272,7 @@ async fn run(store: MetricStore, mut queue: UnboundedReceiver<Job>, stats: Arc<U
                 let work = delete_until_done(store.clone(), relative, Arc::clone(&stats));
                 running.spawn(async move {
                     work.await;
-                    Done::Deleted
+                    Done::Other
                 });
             }
         }
@@ -233,11 +292,18 @@ async fn run(store: MetricStore, mut queue: UnboundedReceiver<Job>, stats: Arc<U
                     task_orders.insert(task.id(), order);
                 }
                 Some(Job::Delete { order, relative }) => deletes.push_back((order, relative)),
+                Some(Job::Catalog { local, name }) => {
+                    let work = catalog_until_done(store.clone(), local, name, Arc::clone(&stats));
+                    running.spawn(async move {
+                        work.await;
+                        Done::Other
+                    });
+                }
             },
             Some(finished) = running.join_next_with_id(), if !running.is_empty() => {
                 let (id, order) = match finished {
                     Ok((id, Done::Uploaded(order))) => (id, Some(order)),
-                    Ok((id, Done::Deleted)) => (id, None),
+                    Ok((id, Done::Other)) => (id, None),
                     Err(error) => {
                         tracing::error!(%error, "an upload task failed");
                         (error.id(), None)
@@ -294,6 +360,103 @@ async fn upload_until_done(
     }
 }
 
+/// Uploads the catalog snapshot `local` as `name`, then deletes the older
+/// snapshots in the store, retrying until done; skipped when the local
+/// file is gone (a newer snapshot replaced it, and is queued).
+async fn catalog_until_done(
+    store: MetricStore,
+    local: PathBuf,
+    name: String,
+    stats: Arc<UploadStats>,
+) {
+    let mut attempt = 0u32;
+    let done = || stats.pending_catalogs.fetch_sub(1, Ordering::Relaxed);
+    loop {
+        if !local.exists() {
+            tracing::debug!(name, "a replaced catalog snapshot is not uploaded");
+            done();
+            return;
+        }
+        let outcome = match list_catalog(&store).await {
+            Ok(listing) => match listing.iter().max().filter(|theirs| **theirs > name) {
+                Some(theirs) => {
+                    let error = StoreError::NewerCatalog {
+                        ours: name.clone(),
+                        theirs: theirs.clone(),
+                    };
+                    stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                    *stats
+                        .catalog_conflict
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(error.to_string());
+                    tracing::error!(%error, "a catalog snapshot was not uploaded");
+                    done();
+                    return;
+                }
+                None => {
+                    let uploaded = store
+                        .clone()
+                        .put_object(local.clone(), store.catalog_path(&name))
+                        .await;
+                    match uploaded {
+                        Ok(_) => prune_catalog(&store, &name, &listing).await,
+                        Err(error) => Err(error),
+                    }
+                }
+            },
+            Err(error) => Err(error),
+        };
+        match outcome {
+            Ok(()) => {
+                stats.catalog_uploads.fetch_add(1, Ordering::Relaxed);
+                *stats
+                    .catalog_conflict
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+                tracing::debug!(name, "uploaded a catalog snapshot");
+                done();
+                return;
+            }
+            Err(error) => {
+                attempt = attempt.saturating_add(1);
+                failed(&stats, &error, attempt, "uploading a catalog snapshot");
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+        }
+    }
+}
+
+/// The names of the catalog snapshots in the store.
+async fn list_catalog(store: &MetricStore) -> Result<Vec<String>, StoreError> {
+    let store = store.clone();
+    let listing = tokio::task::spawn_blocking(move || store.list_catalog())
+        .await
+        .map_err(|error| StoreError::Runtime(std::io::Error::other(error)))??;
+    Ok(listing
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|name| name.starts_with("snapshot-"))
+        .collect())
+}
+
+/// Deletes the catalog snapshots of `listing` older than `newest` (their
+/// names sort by LSN).
+async fn prune_catalog(
+    store: &MetricStore,
+    newest: &str,
+    listing: &[String],
+) -> Result<(), StoreError> {
+    for name in listing {
+        if name.as_str() < newest {
+            store
+                .clone()
+                .delete_object(store.catalog_path(name))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
 /// Deletes the stored `relative`, retrying until the store answers.
 async fn delete_until_done(store: MetricStore, relative: PathBuf, stats: Arc<UploadStats>) {
     let mut attempt = 0u32;
@@ -328,6 +491,7 @@ fn failed(stats: &UploadStats, error: &StoreError, attempt: u32, what: &'static 
 mod tests {
     use super::*;
     use crate::storage::written_file;
+    use object_store::ObjectStoreExt;
     use object_store::memory::InMemory;
 
     /// Waits until nothing is waiting or running.
@@ -442,5 +606,63 @@ mod tests {
         assert_eq!(snapshot.uploaded_files, 1);
         assert_eq!(uploader.last_error(), None);
         assert!(store_dir.join("metrics/run_id=r/00000001.parquet").exists());
+    }
+
+    #[test]
+    fn catalog_snapshots_replace_older_ones_and_never_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetricStore::over(Arc::new(InMemory::new()), "team", "memory://").unwrap();
+        let uploader = Uploader::start(store.clone(), dir.path().join("metrics"));
+        let snapshot = |lsn: u64| {
+            let path = dir.path().join(format!("snapshot-{lsn:020}.bin"));
+            std::fs::write(&path, format!("catalog at {lsn}")).unwrap();
+            path
+        };
+        let names = || {
+            let mut names: Vec<String> = store
+                .list_catalog()
+                .unwrap()
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect();
+            names.sort();
+            names
+        };
+        for lsn in [5, 7] {
+            uploader.upload_catalog(&snapshot(lsn));
+            assert!(uploader.wait_until_idle(Duration::from_secs(30)));
+        }
+        assert_eq!(names(), vec![format!("snapshot-{:020}.bin", 7)]);
+        assert_eq!(uploader.snapshot().catalog_uploads, 2);
+        // A snapshot replaced locally before its turn is skipped.
+        let gone = snapshot(8);
+        std::fs::remove_file(&gone).unwrap();
+        uploader.upload_catalog(&gone);
+        assert!(uploader.wait_until_idle(Duration::from_secs(30)));
+        assert_eq!(names(), vec![format!("snapshot-{:020}.bin", 7)]);
+        // Another writer's newer snapshot is left alone, and the conflict
+        // shows until a snapshot goes up again.
+        let theirs = format!("snapshot-{:020}.bin", 100);
+        store
+            .io()
+            .block_on({
+                let store = store.clone();
+                let location = store.catalog_path(&theirs);
+                async move { store.object_store().put(&location, "theirs".into()).await }
+            })
+            .unwrap()
+            .unwrap();
+        uploader.upload_catalog(&snapshot(9));
+        assert!(uploader.wait_until_idle(Duration::from_secs(30)));
+        assert_eq!(
+            names(),
+            vec![format!("snapshot-{:020}.bin", 7), theirs.clone()]
+        );
+        let error = uploader.last_error().unwrap();
+        assert!(error.contains("newer catalog snapshot"), "{error}");
+        uploader.upload_catalog(&snapshot(101));
+        assert!(uploader.wait_until_idle(Duration::from_secs(30)));
+        assert_eq!(names(), vec![format!("snapshot-{:020}.bin", 101)]);
+        assert_eq!(uploader.last_error(), None);
     }
 }

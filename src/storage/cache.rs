@@ -1,0 +1,959 @@
+//! The local cache of a data directory whose metric files live in an
+//! object store (`--store`, sized by `--cache-mb`, under `--cache-dir`).
+//!
+//! With a store, the store holds every metric file and local disk holds a
+//! bounded working set:
+//! - files written here and already uploaded stay local while they are
+//!   recently read ("local copies");
+//! - byte ranges read from the store are kept in 1 MiB chunks
+//!   (`<cache-dir>/ranges/<file>.<chunk>`).
+//!
+//! Both count against one budget; the least recently used entry goes first.
+//! Evicting a local copy first saves the file's footer and page index
+//! (`<cache-dir>/footers/<file>`), then deletes the copy: from then on the
+//! file is read from the store through the chunks. Footer copies are not
+//! evicted (they are about 1% of a file): a restart finds every file it
+//! moved to the store without asking the store, and opens them without
+//! fetching a footer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use bytes::{Bytes, BytesMut};
+
+use super::StorageError;
+use super::persisted::PersistedFile;
+use super::source::ByteSource;
+use super::store::{MetricStore, ObjectFile};
+
+/// The cache's budget when `--cache-mb` is not given, in MiB.
+pub const DEFAULT_CACHE_MB: u64 = 1024;
+
+/// Size of one cached range of a stored file (the last one of a file is
+/// shorter).
+pub(crate) const CHUNK_BYTES: u64 = 1 << 20;
+
+const FOOTERS_DIR: &str = "footers";
+const RANGES_DIR: &str = "ranges";
+/// Starts a footer copy: magic, file length, offset of the copied tail.
+const FOOTER_MAGIC: &[u8; 8] = b"SSFOOT01";
+const FOOTER_HEADER_BYTES: u64 = 24;
+
+/// One entry of the cache's budget.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Entry {
+    /// Chunk `.1` of the stored file `.0` (relative to the metrics tree).
+    Chunk(PathBuf, u64),
+    /// The local copy of an uploaded file (relative to the metrics tree).
+    Local(PathBuf),
+}
+
+/// An entry's size, last use, and for a local copy the file it belongs
+/// to.
+#[derive(Debug)]
+struct Slot {
+    bytes: u64,
+    used: u64,
+    file: Option<Weak<PersistedFile>>,
+}
+
+/// Entries by last use.
+#[derive(Debug, Default)]
+struct Index {
+    entries: HashMap<Entry, Slot>,
+    by_use: BTreeMap<u64, Entry>,
+    bytes: u64,
+    tick: u64,
+}
+
+impl Index {
+    /// Marks `entry` as just used; false when it is not cached.
+    fn touch(&mut self, entry: &Entry) -> bool {
+        let Some(slot) = self.entries.get_mut(entry) else {
+            return false;
+        };
+        self.by_use.remove(&slot.used);
+        self.tick += 1;
+        slot.used = self.tick;
+        self.by_use.insert(self.tick, entry.clone());
+        true
+    }
+
+    /// Adds `entry` (or marks it used when it is there).
+    fn insert(&mut self, entry: Entry, bytes: u64, file: Option<Weak<PersistedFile>>) {
+        if self.touch(&entry) {
+            return;
+        }
+        self.tick += 1;
+        self.by_use.insert(self.tick, entry.clone());
+        self.entries.insert(
+            entry,
+            Slot {
+                bytes,
+                used: self.tick,
+                file,
+            },
+        );
+        self.bytes += bytes;
+    }
+
+    fn remove(&mut self, entry: &Entry) -> Option<Slot> {
+        let slot = self.entries.remove(entry)?;
+        self.by_use.remove(&slot.used);
+        self.bytes -= slot.bytes;
+        Some(slot)
+    }
+
+    /// Takes the least recently used entries out until the rest fit in
+    /// `budget`.
+    fn over(&mut self, budget: u64) -> Vec<(Entry, Slot)> {
+        let mut victims = Vec::new();
+        while self.bytes > budget {
+            let Some((_, entry)) = self.by_use.pop_first() else {
+                break;
+            };
+            if let Some(slot) = self.entries.remove(&entry) {
+                self.bytes -= slot.bytes;
+                victims.push((entry, slot));
+            }
+        }
+        victims
+    }
+}
+
+/// What the cache has done since start, for `/metrics`.
+#[derive(Debug, Default)]
+struct CacheStats {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    fetched_bytes: AtomicU64,
+    evicted_chunks: AtomicU64,
+    evicted_local_files: AtomicU64,
+}
+
+/// The cache's figures at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheSnapshot {
+    /// Bytes of local copies and chunks held.
+    pub bytes: u64,
+    /// The budget.
+    pub budget: u64,
+    /// Chunks read from the cache.
+    pub hits: u64,
+    /// Chunks fetched from the store.
+    pub misses: u64,
+    /// Bytes fetched from the store for reads.
+    pub fetched_bytes: u64,
+    /// Chunks evicted.
+    pub evicted_chunks: u64,
+    /// Local copies of uploaded files evicted (those files are read from
+    /// the store since).
+    pub evicted_local_files: u64,
+}
+
+/// The cache of one data directory.
+#[derive(Debug)]
+pub struct ReadCache {
+    store: MetricStore,
+    dir: PathBuf,
+    /// The local metrics tree: files are named by their path under it.
+    metrics_root: PathBuf,
+    budget: AtomicU64,
+    index: Mutex<Index>,
+    stats: CacheStats,
+    /// The cache itself, for the stored files it hands out.
+    me: Weak<ReadCache>,
+}
+
+impl ReadCache {
+    /// The cache in `dir` for files of the local tree `metrics_root` stored
+    /// in `store`, holding at most `budget` bytes of local copies and
+    /// chunks. Chunks left by an earlier run are kept (oldest first out).
+    pub fn open(
+        store: MetricStore,
+        dir: PathBuf,
+        metrics_root: PathBuf,
+        budget: u64,
+    ) -> Result<Arc<ReadCache>, StorageError> {
+        for sub in [FOOTERS_DIR, RANGES_DIR] {
+            let path = dir.join(sub);
+            fs::create_dir_all(&path)
+                .map_err(|source| StorageError::io("create", &path, source))?;
+        }
+        let cache = Arc::new_cyclic(|me| ReadCache {
+            store,
+            dir,
+            metrics_root,
+            budget: AtomicU64::new(budget),
+            index: Mutex::default(),
+            stats: CacheStats::default(),
+            me: me.clone(),
+        });
+        let ranges = cache.dir.join(RANGES_DIR);
+        let mut chunks = Vec::new();
+        for path in files_under(&ranges)? {
+            if path.extension().is_some_and(|extension| extension == "tmp") {
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            let Some((relative, chunk)) = chunk_of(&ranges, &path) else {
+                continue;
+            };
+            let metadata =
+                fs::metadata(&path).map_err(|source| StorageError::io("stat", &path, source))?;
+            let used = metadata.modified().ok();
+            chunks.push((used, relative, chunk, metadata.len()));
+        }
+        chunks.sort_by_key(|(used, ..)| *used);
+        {
+            let mut index = cache.lock();
+            for (_, relative, chunk, bytes) in chunks {
+                index.insert(Entry::Chunk(relative, chunk), bytes, None);
+            }
+        }
+        cache.evict();
+        Ok(cache)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Changes the budget (tests size it by the files they write).
+    #[cfg(test)]
+    fn set_budget(&self, budget: u64) {
+        self.budget.store(budget, Ordering::Relaxed);
+        self.evict();
+    }
+
+    /// The store the files are in.
+    pub fn store(&self) -> &MetricStore {
+        &self.store
+    }
+
+    /// The path of `local` under the metrics tree.
+    pub(crate) fn relative(&self, local: &Path) -> Option<PathBuf> {
+        local
+            .strip_prefix(&self.metrics_root)
+            .ok()
+            .map(Path::to_path_buf)
+    }
+
+    /// The files whose local copies were evicted (their footer copies), as
+    /// `(path relative to the metrics tree, file length)`.
+    pub fn moved_files(&self) -> Result<Vec<(PathBuf, u64)>, StorageError> {
+        let footers = self.dir.join(FOOTERS_DIR);
+        let mut moved = Vec::new();
+        for path in files_under(&footers)? {
+            if path.extension().is_some_and(|extension| extension == "tmp") {
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            let Ok(relative) = path.strip_prefix(&footers) else {
+                continue;
+            };
+            match read_footer_header(&path) {
+                Ok((length, _)) => moved.push((relative.to_path_buf(), length)),
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "ignoring a damaged footer copy; the store's listing names the file");
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Counts the local copy of `file`, just uploaded, against the budget
+    /// (evicting what no longer fits).
+    pub(crate) fn adopt_local(&self, file: &Arc<PersistedFile>) {
+        let Some(relative) = self.relative(file.path()) else {
+            return;
+        };
+        self.lock().insert(
+            Entry::Local(relative),
+            file.bytes(),
+            Some(Arc::downgrade(file)),
+        );
+        self.evict();
+    }
+
+    /// Moves every uploaded file with a local copy to the store for
+    /// reading (benchmarks; an operator's way to free the disk now).
+    pub fn evict_local_copies(&self) {
+        let mut index = self.lock();
+        let locals: Vec<Entry> = index
+            .entries
+            .keys()
+            .filter(|entry| matches!(entry, Entry::Local(_)))
+            .cloned()
+            .collect();
+        let victims: Vec<(Entry, Slot)> = locals
+            .into_iter()
+            .filter_map(|entry| Some((entry.clone(), index.remove(&entry)?)))
+            .collect();
+        drop(index);
+        self.evict_entries(victims);
+    }
+
+    /// Drops every cached range (benchmarks: a cold cache).
+    pub fn clear_ranges(&self) {
+        let mut index = self.lock();
+        let chunks: Vec<Entry> = index
+            .entries
+            .keys()
+            .filter(|entry| matches!(entry, Entry::Chunk(..)))
+            .cloned()
+            .collect();
+        let victims: Vec<(Entry, Slot)> = chunks
+            .into_iter()
+            .filter_map(|entry| Some((entry.clone(), index.remove(&entry)?)))
+            .collect();
+        drop(index);
+        self.evict_entries(victims);
+    }
+
+    /// Stops counting the local copy of `local` (deleted: the file is read
+    /// from the store).
+    pub(crate) fn release_local(&self, local: &Path) {
+        if let Some(relative) = self.relative(local) {
+            self.lock().remove(&Entry::Local(relative));
+        }
+    }
+
+    /// Marks the local copy of `local` as just read.
+    pub(crate) fn touch_local(&self, local: &Path) {
+        if let Some(relative) = self.relative(local) {
+            self.lock().touch(&Entry::Local(relative));
+        }
+    }
+
+    /// Forgets everything cached of the file `local` (deleted for good).
+    pub(crate) fn forget(&self, local: &Path, length: u64) {
+        let Some(relative) = self.relative(local) else {
+            return;
+        };
+        let chunks = length.div_ceil(CHUNK_BYTES);
+        {
+            let mut index = self.lock();
+            index.remove(&Entry::Local(relative.clone()));
+            for chunk in 0..chunks {
+                index.remove(&Entry::Chunk(relative.clone(), chunk));
+            }
+        }
+        for chunk in 0..chunks {
+            let _ = fs::remove_file(self.chunk_path(&relative, chunk));
+        }
+        let _ = fs::remove_file(self.footer_path(&relative));
+    }
+
+    /// Evicts the least recently used entries until the rest fit.
+    fn evict(&self) {
+        let victims = self.lock().over(self.budget.load(Ordering::Relaxed));
+        self.evict_entries(victims);
+    }
+
+    /// Removes entries already taken out of the index: deletes chunks,
+    /// moves local copies' files to the store.
+    fn evict_entries(&self, victims: Vec<(Entry, Slot)>) {
+        for (entry, slot) in victims {
+            match entry {
+                Entry::Chunk(relative, chunk) => {
+                    let _ = fs::remove_file(self.chunk_path(&relative, chunk));
+                    self.stats.evicted_chunks.fetch_add(1, Ordering::Relaxed);
+                }
+                Entry::Local(relative) => {
+                    let Some(file) = slot.file.and_then(|file| file.upgrade()) else {
+                        continue;
+                    };
+                    if file.is_obsolete() {
+                        continue;
+                    }
+                    match file.move_to_store(self) {
+                        Ok(()) => {
+                            self.stats
+                                .evicted_local_files
+                                .fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(path = %relative.display(), "evicted the local copy of a stored metric file");
+                        }
+                        Err(error) => {
+                            tracing::warn!(path = %relative.display(), %error, "could not evict the local copy of a stored metric file; it stays");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn chunk_path(&self, relative: &Path, chunk: u64) -> PathBuf {
+        let mut name = relative.as_os_str().to_os_string();
+        name.push(format!(".{chunk:06}"));
+        self.dir.join(RANGES_DIR).join(name)
+    }
+
+    fn footer_path(&self, relative: &Path) -> PathBuf {
+        self.dir.join(FOOTERS_DIR).join(relative)
+    }
+
+    /// Saves the tail of the file `local` (`length` bytes), from `start`
+    /// (where its page index begins) to its end, read from `source`, so the
+    /// file's footer can be read without the store. Durable when it
+    /// returns.
+    pub(crate) fn keep_footer(
+        &self,
+        local: &Path,
+        length: u64,
+        start: u64,
+        source: &dyn ByteSource,
+    ) -> Result<(), StorageError> {
+        let Some(relative) = self.relative(local) else {
+            return Ok(());
+        };
+        let path = self.footer_path(&relative);
+        let tail = source
+            .read_range(start..length)
+            .map_err(|source| StorageError::io("read the footer of", local, source))?;
+        let temp = path.with_extension("tmp");
+        let write = || -> io::Result<()> {
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            let mut file = File::create(&temp)?;
+            file.write_all(FOOTER_MAGIC)?;
+            file.write_all(&length.to_le_bytes())?;
+            file.write_all(&start.to_le_bytes())?;
+            file.write_all(&tail)?;
+            file.sync_all()?;
+            fs::rename(&temp, &path)?;
+            if let Some(parent) = path.parent() {
+                File::open(parent)?.sync_all()?;
+            }
+            Ok(())
+        };
+        write().map_err(|source| StorageError::io("write a footer copy", &path, source))
+    }
+
+    /// The stored file `local`, `length` bytes long, read through the
+    /// cache.
+    pub(crate) fn stored_file(&self, local: &Path, length: u64) -> Option<StoredFile> {
+        let cache = self.me.upgrade()?;
+        let relative = self.relative(local).unwrap_or_else(|| local.to_path_buf());
+        let footer_path = self.footer_path(&relative);
+        let footer_start = read_footer_header(&footer_path)
+            .ok()
+            .filter(|(stored_length, _)| *stored_length == length)
+            .map(|(_, start)| start);
+        Some(StoredFile {
+            object: self.store.open_file(&relative),
+            cache,
+            relative,
+            length,
+            footer_path,
+            footer_start,
+        })
+    }
+
+    /// The cache's figures now.
+    pub fn snapshot(&self) -> CacheSnapshot {
+        let bytes = self.lock().bytes;
+        let stats = &self.stats;
+        CacheSnapshot {
+            bytes,
+            budget: self.budget.load(Ordering::Relaxed),
+            hits: stats.hits.load(Ordering::Relaxed),
+            misses: stats.misses.load(Ordering::Relaxed),
+            fetched_bytes: stats.fetched_bytes.load(Ordering::Relaxed),
+            evicted_chunks: stats.evicted_chunks.load(Ordering::Relaxed),
+            evicted_local_files: stats.evicted_local_files.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Chunk `chunk` of `relative` from the cache, when it is there whole
+    /// (`expected` bytes).
+    fn cached_chunk(&self, relative: &Path, chunk: u64, expected: u64) -> Option<Bytes> {
+        let entry = Entry::Chunk(relative.to_path_buf(), chunk);
+        if !self.lock().touch(&entry) {
+            return None;
+        }
+        let path = self.chunk_path(relative, chunk);
+        match fs::read(&path) {
+            Ok(bytes) if bytes.len() as u64 == expected => Some(Bytes::from(bytes)),
+            _ => {
+                // Evicted meanwhile, or cut short by a crash: fetch again.
+                self.lock().remove(&entry);
+                None
+            }
+        }
+    }
+
+    /// Keeps a chunk just fetched.
+    fn keep_chunk(&self, relative: &Path, chunk: u64, bytes: &Bytes) {
+        let path = self.chunk_path(relative, chunk);
+        static WRITES: AtomicU64 = AtomicU64::new(0);
+        let temp = path.with_extension(format!(
+            "{}.{}.tmp",
+            std::process::id(),
+            WRITES.fetch_add(1, Ordering::Relaxed)
+        ));
+        let written = path
+            .parent()
+            .map_or(Ok(()), fs::create_dir_all)
+            .and_then(|()| fs::write(&temp, bytes))
+            .and_then(|()| fs::rename(&temp, &path));
+        match written {
+            Ok(()) => {
+                self.lock().insert(
+                    Entry::Chunk(relative.to_path_buf(), chunk),
+                    bytes.len() as u64,
+                    None,
+                );
+                self.evict();
+            }
+            Err(error) => {
+                let _ = fs::remove_file(&temp);
+                tracing::warn!(path = %path.display(), %error, "could not cache a range of a stored metric file");
+            }
+        }
+    }
+}
+
+/// A stored metric file read through the cache: its footer and page index
+/// from the footer copy when there is one, everything else in cached
+/// chunks, fetched from the store (several at once) when missing.
+#[derive(Debug)]
+pub(crate) struct StoredFile {
+    object: ObjectFile,
+    cache: Arc<ReadCache>,
+    relative: PathBuf,
+    length: u64,
+    footer_path: PathBuf,
+    /// Where the footer copy begins in the file, when there is one.
+    footer_start: Option<u64>,
+}
+
+impl StoredFile {
+    /// Whether the cache holds a copy of the file's footer.
+    pub(crate) fn has_footer_copy(&self) -> bool {
+        self.footer_start.is_some()
+    }
+
+    /// Bytes `range` of the chunks `chunks` (by index).
+    fn slice_chunks(range: &Range<u64>, chunks: &HashMap<u64, Bytes>) -> io::Result<Bytes> {
+        let first = range.start / CHUNK_BYTES;
+        let last = (range.end - 1) / CHUNK_BYTES;
+        let piece = |chunk: u64| -> io::Result<Bytes> {
+            let bytes = chunks
+                .get(&chunk)
+                .ok_or_else(|| io::Error::other("a chunk was not fetched"))?;
+            let base = chunk * CHUNK_BYTES;
+            let from = range.start.max(base) - base;
+            let to = range.end.min(base + bytes.len() as u64) - base;
+            if to < from || to as usize > bytes.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "a chunk is shorter than the file",
+                ));
+            }
+            Ok(bytes.slice(from as usize..to as usize))
+        };
+        if first == last {
+            return piece(first);
+        }
+        let mut joined = BytesMut::with_capacity((range.end - range.start) as usize);
+        for chunk in first..=last {
+            joined.extend_from_slice(&piece(chunk)?);
+        }
+        Ok(joined.freeze())
+    }
+
+    /// Bytes `range` (within the footer copy) from the footer copy.
+    fn read_footer_copy(&self, range: &Range<u64>, start: u64) -> io::Result<Bytes> {
+        let file = File::open(&self.footer_path)?;
+        let mut buffer = vec![0u8; (range.end - range.start) as usize];
+        file.read_exact_at(&mut buffer, FOOTER_HEADER_BYTES + range.start - start)?;
+        Ok(Bytes::from(buffer))
+    }
+
+    /// The chunks covering `ranges`: from the cache, the rest fetched
+    /// together and kept.
+    fn chunks_for(&self, ranges: &[Range<u64>]) -> io::Result<HashMap<u64, Bytes>> {
+        let mut wanted: Vec<u64> = ranges
+            .iter()
+            .filter(|range| range.end > range.start)
+            .flat_map(|range| range.start / CHUNK_BYTES..=(range.end - 1) / CHUNK_BYTES)
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut chunks = HashMap::with_capacity(wanted.len());
+        let mut missing = Vec::new();
+        for chunk in wanted {
+            let span = self.chunk_span(chunk);
+            match self
+                .cache
+                .cached_chunk(&self.relative, chunk, span.end - span.start)
+            {
+                Some(bytes) => {
+                    self.cache.stats.hits.fetch_add(1, Ordering::Relaxed);
+                    chunks.insert(chunk, bytes);
+                }
+                None => missing.push((chunk, span)),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(chunks);
+        }
+        let spans: Vec<Range<u64>> = missing.iter().map(|(_, span)| span.clone()).collect();
+        let fetched = self.object.read_ranges(&spans)?;
+        let stats = &self.cache.stats;
+        stats
+            .misses
+            .fetch_add(missing.len() as u64, Ordering::Relaxed);
+        for ((chunk, _), bytes) in missing.into_iter().zip(fetched) {
+            stats
+                .fetched_bytes
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            self.cache.keep_chunk(&self.relative, chunk, &bytes);
+            chunks.insert(chunk, bytes);
+        }
+        Ok(chunks)
+    }
+
+    /// The bytes chunk `chunk` covers.
+    fn chunk_span(&self, chunk: u64) -> Range<u64> {
+        let start = chunk * CHUNK_BYTES;
+        start..(start + CHUNK_BYTES).min(self.length)
+    }
+}
+
+impl ByteSource for StoredFile {
+    fn read_range(&self, range: Range<u64>) -> io::Result<Bytes> {
+        let mut pieces = self.read_ranges(std::slice::from_ref(&range))?;
+        pieces
+            .pop()
+            .ok_or_else(|| io::Error::other("a read returned nothing"))
+    }
+
+    fn read_ranges(&self, ranges: &[Range<u64>]) -> io::Result<Vec<Bytes>> {
+        if let Some(range) = ranges.iter().find(|range| range.end > self.length) {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{} is {} bytes long; {}..{} was asked for",
+                    self.relative.display(),
+                    self.length,
+                    range.start,
+                    range.end
+                ),
+            ));
+        }
+        let footer_start = self.footer_start.unwrap_or(self.length);
+        let before_footer: Vec<Range<u64>> = ranges
+            .iter()
+            .map(|range| range.start..range.end.min(footer_start))
+            .collect();
+        let chunks = self.chunks_for(&before_footer)?;
+        ranges
+            .iter()
+            .zip(&before_footer)
+            .map(|(range, head)| {
+                let head = (head.end > head.start)
+                    .then(|| StoredFile::slice_chunks(head, &chunks))
+                    .transpose()?;
+                let tail_range = range.start.max(footer_start)..range.end;
+                let tail = (tail_range.end > tail_range.start)
+                    .then(|| self.read_footer_copy(&tail_range, footer_start))
+                    .transpose()?;
+                Ok(match (head, tail) {
+                    (Some(head), Some(tail)) => {
+                        let mut joined = BytesMut::with_capacity(head.len() + tail.len());
+                        joined.extend_from_slice(&head);
+                        joined.extend_from_slice(&tail);
+                        joined.freeze()
+                    }
+                    (Some(only), None) | (None, Some(only)) => only,
+                    (None, None) => Bytes::new(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// A footer copy's file length and the offset its copied tail starts at.
+fn read_footer_header(path: &Path) -> io::Result<(u64, u64)> {
+    let file = File::open(path)?;
+    let mut header = [0u8; FOOTER_HEADER_BYTES as usize];
+    file.read_exact_at(&mut header, 0)?;
+    let invalid = |reason: &str| io::Error::new(io::ErrorKind::InvalidData, reason.to_string());
+    if &header[..8] != FOOTER_MAGIC {
+        return Err(invalid("not a footer copy"));
+    }
+    let number = |at: usize| {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&header[at..at + 8]);
+        u64::from_le_bytes(bytes)
+    };
+    let (length, start) = (number(8), number(16));
+    let size = file.metadata()?.len();
+    if start > length || size != FOOTER_HEADER_BYTES + (length - start) {
+        return Err(invalid("the copy is cut short"));
+    }
+    Ok((length, start))
+}
+
+/// The stored file and chunk index a chunk path under `ranges` names.
+fn chunk_of(ranges: &Path, path: &Path) -> Option<(PathBuf, u64)> {
+    let relative = path.strip_prefix(ranges).ok()?;
+    let name = relative.file_name()?.to_str()?;
+    let (file, chunk) = name.rsplit_once('.')?;
+    let chunk = chunk.parse().ok()?;
+    Some((relative.with_file_name(file), chunk))
+}
+
+/// Every file under `dir`, at any depth.
+fn files_under(dir: &Path) -> Result<Vec<PathBuf>, StorageError> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        let entries = match fs::read_dir(&next) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(StorageError::io("list", &next, source)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|source| StorageError::io("list", &next, source))?;
+            let kind = entry
+                .file_type()
+                .map_err(|source| StorageError::io("stat", &entry.path(), source))?;
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else {
+                found.push(entry.path());
+            }
+        }
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::MetricSeries;
+    use crate::storage::{SharedByFiles, Uploader, written_file};
+    use object_store::memory::InMemory;
+    use std::time::Duration;
+
+    /// A data directory's metrics tree, an in-memory store and a cache of
+    /// `budget` bytes over it, its files uploaded by an uploader.
+    struct Setup {
+        dir: tempfile::TempDir,
+        root: PathBuf,
+        store: MetricStore,
+        shared: Arc<SharedByFiles>,
+        cache: Arc<ReadCache>,
+    }
+
+    fn setup(budget: u64) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("metrics");
+        let store = MetricStore::over(Arc::new(InMemory::new()), "team", "memory://").unwrap();
+        let cache = ReadCache::open(
+            store.clone(),
+            dir.path().join("cache"),
+            root.clone(),
+            budget,
+        )
+        .unwrap();
+        let shared = Arc::new(SharedByFiles::new(1 << 20));
+        shared.set_cache(Arc::clone(&cache));
+        shared.set_uploader(Uploader::start(store.clone(), root.clone()));
+        Setup {
+            dir,
+            root,
+            store,
+            shared,
+            cache,
+        }
+    }
+
+    /// Writes a file of `points` steps of key `k` as file `seq` of run `r`
+    /// and opens it in `setup`'s tree.
+    fn write(setup: &Setup, seq: u64, points: i64) -> Arc<PersistedFile> {
+        let path = setup
+            .root
+            .join(format!("experiment_id=0/run_id=r/{seq:08}.parquet"));
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let rows: Vec<(&str, i64, i64, f64)> = (0..points)
+            .map(|step| ("k", step, step * 10, (step as f64).sin()))
+            .collect();
+        written_file(&path, &rows);
+        let (file, _) = PersistedFile::open_shared(seq, &path, Arc::clone(&setup.shared)).unwrap();
+        Arc::new(file)
+    }
+
+    /// Uploads `file` and waits until the uploader is done with it (its
+    /// copy adopted by the cache, and whatever that evicted, evicted).
+    fn upload(setup: &Setup, file: &Arc<PersistedFile>) {
+        let uploads = setup.shared.uploads().unwrap();
+        uploads.upload(file);
+        assert!(
+            uploads.wait_until_idle(Duration::from_secs(30)),
+            "the upload did not finish"
+        );
+        assert!(file.is_uploaded());
+    }
+
+    fn read(file: &PersistedFile) -> MetricSeries {
+        let mut series = MetricSeries::default();
+        file.read_key("k", &mut series).unwrap();
+        series
+    }
+
+    #[test]
+    fn an_evicted_local_copy_is_read_from_the_store_through_cached_chunks() {
+        let setup = setup(64 << 20);
+        let first = write(&setup, 1, 300_000);
+        let expected = read(&first);
+        assert_eq!(expected.steps.len(), 300_000);
+        assert!(first.bytes() > 2 << 20, "a file of several chunks");
+        // Room for one file: the second upload evicts the first's copy.
+        setup.cache.set_budget(first.bytes() * 3 / 2);
+        upload(&setup, &first);
+        assert!(!first.is_stored_only(), "it fits: the copy stays");
+        let second = write(&setup, 2, 300_000);
+        upload(&setup, &second);
+        assert!(first.is_stored_only(), "the older copy was evicted");
+        assert!(!first.path().exists());
+        assert!(second.path().exists());
+        assert_eq!(
+            setup.cache.moved_files().unwrap(),
+            vec![(
+                PathBuf::from("experiment_id=0/run_id=r/00000001.parquet"),
+                first.bytes()
+            )]
+        );
+        // The footer is still cached in memory; drop it so it comes from
+        // the footer copy, not the store.
+        setup.shared.footers().remove(first.path());
+        let before = setup.cache.snapshot();
+        first.footer().unwrap();
+        assert_eq!(
+            setup.cache.snapshot(),
+            before,
+            "the footer came from its copy"
+        );
+        assert_eq!(read(&first), expected);
+        let cold = setup.cache.snapshot();
+        let chunks = first.bytes().div_ceil(CHUNK_BYTES);
+        assert_eq!(cold.misses - before.misses, chunks, "{cold:?}");
+        assert_eq!(cold.fetched_bytes - before.fetched_bytes, first.bytes());
+        // Read again: from the cached chunks, nothing fetched.
+        assert_eq!(read(&first), expected);
+        let warm = setup.cache.snapshot();
+        assert_eq!(warm.misses, cold.misses);
+        assert_eq!(warm.fetched_bytes, cold.fetched_bytes);
+        assert!(warm.hits > cold.hits);
+        assert!(warm.bytes <= warm.budget, "{warm:?}");
+    }
+
+    #[test]
+    fn a_file_known_only_from_the_store_opens_with_a_footer_fetched_once() {
+        let setup = setup(64 << 20);
+        let file = write(&setup, 1, 50_000);
+        let expected = read(&file);
+        upload(&setup, &file);
+        let (path, bytes) = (file.path().to_path_buf(), file.bytes());
+        // A new disk: no local copy, no footer copy.
+        drop(file);
+        fs::remove_file(&path).unwrap();
+        let (opened, metadata) =
+            PersistedFile::open_stored(1, &path, bytes, Arc::clone(&setup.shared)).unwrap();
+        assert_eq!(metadata.keys.len(), 1);
+        assert!(opened.is_stored_only() && opened.is_uploaded());
+        assert_eq!(read(&opened), expected);
+        // Its footer was kept: a second open needs nothing from the store.
+        let fetched = setup.cache.snapshot().fetched_bytes;
+        assert_eq!(setup.cache.moved_files().unwrap().len(), 1);
+        let shared = Arc::new(SharedByFiles::new(1 << 20));
+        let cache = ReadCache::open(
+            setup.store.clone(),
+            setup.dir.path().join("cache"),
+            setup.root.clone(),
+            64 << 20,
+        )
+        .unwrap();
+        shared.set_cache(Arc::clone(&cache));
+        let (again, _) = PersistedFile::open_stored(1, &path, bytes, shared).unwrap();
+        assert_eq!(read(&again), expected);
+        assert_eq!(cache.snapshot().fetched_bytes, 0, "chunks kept on disk");
+        assert!(cache.snapshot().hits > 0);
+        assert_eq!(setup.cache.snapshot().fetched_bytes, fetched);
+    }
+
+    #[test]
+    fn a_reopened_cache_keeps_its_chunks_within_a_smaller_budget() {
+        let setup = setup(64 << 20);
+        let file = write(&setup, 1, 300_000);
+        upload(&setup, &file);
+        file.move_to_store(&setup.cache).unwrap();
+        read(&file);
+        let held = setup.cache.snapshot().bytes;
+        assert!(held > 2 << 20, "{held}");
+        let smaller = ReadCache::open(
+            setup.store.clone(),
+            setup.dir.path().join("cache"),
+            setup.root.clone(),
+            1 << 20,
+        )
+        .unwrap();
+        let snapshot = smaller.snapshot();
+        assert!(
+            snapshot.bytes <= 1 << 20 && snapshot.bytes > 0,
+            "{snapshot:?}"
+        );
+        assert!(snapshot.evicted_chunks >= 2);
+        let on_disk: u64 = files_under(&setup.dir.path().join("cache").join(RANGES_DIR))
+            .unwrap()
+            .iter()
+            .map(|path| fs::metadata(path).unwrap().len())
+            .sum();
+        assert_eq!(on_disk, snapshot.bytes);
+    }
+
+    #[test]
+    fn a_deleted_file_leaves_nothing_in_the_cache() {
+        let setup = setup(64 << 20);
+        let file = write(&setup, 1, 100_000);
+        upload(&setup, &file);
+        file.move_to_store(&setup.cache).unwrap();
+        read(&file);
+        assert!(setup.cache.snapshot().bytes > 0);
+        file.mark_obsolete();
+        drop(file);
+        assert_eq!(setup.cache.snapshot().bytes, 0);
+        assert!(setup.cache.moved_files().unwrap().is_empty());
+        assert!(
+            files_under(&setup.dir.path().join("cache").join(RANGES_DIR))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn reads_past_the_end_of_a_stored_file_are_refused() {
+        let setup = setup(64 << 20);
+        let file = write(&setup, 1, 1_000);
+        upload(&setup, &file);
+        let stored = setup.cache.stored_file(file.path(), file.bytes()).unwrap();
+        let error = stored.read_range(0..file.bytes() + 1).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+        let all = stored.read_range(0..file.bytes()).unwrap();
+        assert_eq!(all, Bytes::from(fs::read(file.path()).unwrap()));
+    }
+}
