@@ -252,47 +252,61 @@ fn main() -> anyhow::Result<()> {
         cache.clear_ranges();
         files.footers().clear();
     };
-    let fetched = || cache.snapshot().fetched_bytes;
+    let fetched = || {
+        let snapshot = cache.snapshot();
+        (snapshot.fetched_bytes, snapshot.fetches)
+    };
+    // Per cold read: KiB fetched and fetches.
+    let per_read = |before: (u64, u64), after: (u64, u64)| {
+        let reads = repeat as u64 + 1;
+        ((after.0 - before.0) / reads, (after.1 - before.1) / reads)
+    };
 
     let mut rows = Vec::new();
     let local_read = time(repeat, || {}, || read(&local, long));
     let warm_read = time(repeat, || {}, || read(&stored, long_stored));
     let before = fetched();
     let cold_read = time(repeat, cold, || read(&stored, long_stored));
-    let cold_read_bytes = (fetched() - before) / (repeat as u64 + 1);
     rows.push((
         "downsampled_10m",
         local_read,
         warm_read,
         cold_read,
-        cold_read_bytes,
+        per_read(before, fetched()),
     ));
     let local_sql_time = time(repeat, || {}, || sql(&local_sql));
     let warm_sql = time(repeat, || {}, || sql(&stored_sql));
     let before = fetched();
     let cold_sql = time(repeat, cold, || sql(&stored_sql));
-    let cold_sql_bytes = (fetched() - before) / (repeat as u64 + 1);
     rows.push((
         "per_run_aggregate",
         local_sql_time,
         warm_sql,
         cold_sql,
-        cold_sql_bytes,
+        per_read(before, fetched()),
     ));
 
     println!(
-        "{:<20} {:>12} {:>12} {:>12} {:>10} {:>10} {:>16}",
-        "query", "local ms", "warm ms", "cold ms", "warm/local", "cold/local", "cold fetch KiB"
+        "{:<20} {:>10} {:>10} {:>10} {:>10} {:>10} {:>14} {:>12}",
+        "query",
+        "local ms",
+        "warm ms",
+        "cold ms",
+        "warm/local",
+        "cold/local",
+        "cold KiB/read",
+        "fetches/read"
     );
-    for (name, local, warm, cold, bytes) in rows {
+    for (name, local, warm, cold, (bytes, fetches)) in rows {
         println!(
-            "{name:<20} {:>12.2} {:>12.2} {:>12.2} {:>10.2} {:>10.2} {:>16.0}",
+            "{name:<20} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>14.0} {:>12}",
             local.0,
             warm.0,
             cold.0,
             warm.0 / local.0,
             cold.0 / local.0,
-            bytes as f64 / 1024.0
+            bytes as f64 / 1024.0,
+            fetches
         );
     }
     drop(local_sql);

@@ -67,7 +67,12 @@ impl Collector for SnapshotCollector {
         let uploads = &snapshot.uploads;
         let cache = &snapshot.cache;
         let replica = &snapshot.replica;
-        let counters: [(&str, &str, u64); 28] = [
+        let counters: [(&str, &str, u64); 29] = [
+            (
+                "store_fetches",
+                "Fetches from the object store for reads (each gets the missing 1 MiB ranges of one read, concurrently)",
+                cache.fetches,
+            ),
             (
                 "replica_refreshes",
                 "Read replica refreshes from the object store that succeeded since start",

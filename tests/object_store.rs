@@ -563,3 +563,33 @@ fn a_read_replica_serves_what_the_writer_stores_and_refuses_writes() {
     replica.stop();
     writer.stop();
 }
+
+#[test]
+fn the_mlflow_client_tests_pass_with_the_files_read_from_the_store() {
+    let test = "the_mlflow_client_tests_pass_with_the_files_read_from_the_store";
+    let Some(python) = common::python_or_skip(test) else {
+        return;
+    };
+    let Some(moto) = Moto::start(&python, test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // No room for local copies: once uploaded, every file is read from
+    // the store.
+    let mut server = serve_with(dir.path(), &moto.endpoint, &["--cache-mb", "0"]);
+    let run = common::run_pytest(
+        &python,
+        "tests/python/test_mlflow_client.py",
+        &[("MLFLOW_TRACKING_URI", &server.base_url)],
+        Duration::from_secs(20 * 60),
+    );
+    let evicted = server.metric("stepstore_store_evicted_local_files_total");
+    let fetched = server.metric("stepstore_store_fetched_bytes_total");
+    common::assert_pytest_passed(
+        &run,
+        "the MLflow client tests over the store",
+        &common::tail(&server.stop(), 200),
+    );
+    assert!(evicted >= 1.0, "no file was read from the store");
+    assert!(fetched > 0.0, "nothing was fetched from the store");
+}

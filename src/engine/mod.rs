@@ -23,6 +23,7 @@ mod operations;
 mod recovery;
 pub mod replica;
 pub mod retention;
+mod store_start;
 pub mod wal_record;
 
 pub use lineage::ArtifactFilter;
@@ -334,7 +335,7 @@ impl Engine {
     pub fn open(mut config: EngineConfig) -> Result<Arc<Engine>, EngineError> {
         let started = Instant::now();
         let lock = recovery::lock_data_dir(&config.data_dir)?;
-        config.store = recovery::resolve_store(&config.data_dir, config.store.take())?;
+        config.store = store_start::resolve_store(&config.data_dir, config.store.take())?;
         if config.replica.is_some() {
             if config.store.is_none() {
                 return Err(EngineError::InvalidRequest(
@@ -375,22 +376,22 @@ impl Engine {
             }
         }
         let catalog_dir = data_dir.join(recovery::CATALOG_DIR);
-        recovery::fetch_catalog(&layout, &data_dir, is_replica)?;
+        store_start::fetch_catalog(&layout, &data_dir, is_replica)?;
         let loaded_catalog = recovery::load_catalog(
             &data_dir,
             &data_dir.join(recovery::QUARANTINE_DIR),
             &artifact_root,
         )?;
         let catalog_state = loaded_catalog.state;
-        let listing = recovery::list_store(&layout);
-        let stored = recovery::stored_files(&layout, listing.as_ref(), is_replica)?;
+        let listing = store_start::list_store(&layout);
+        let stored = store_start::stored_files(&layout, listing.as_ref(), is_replica)?;
         let files = recovery::load_metric_files(
             &layout,
             &data_dir.join(recovery::QUARANTINE_DIR),
             catalog_state.continuity(),
             &stored,
         )?;
-        recovery::reconcile_store(&layout, &files, listing.as_ref());
+        store_start::reconcile_store(&layout, &files, listing.as_ref());
         let receipts = Arc::new(IngestReceipts::new(loaded_catalog.receipts, now_millis()));
         let quarantined_files = files.quarantined + loaded_catalog.quarantined;
         let snapshot_lsn = catalog_state.applied_lsn;

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{RecvTimeoutError, Sender, bounded};
 
 use super::recovery::{self, CATALOG_DIR};
+use super::store_start;
 use super::{Engine, EngineError};
 use crate::catalog::continuity::ContinuityState;
 use crate::catalog::snapshot;
@@ -235,7 +236,8 @@ impl Engine {
         let store = cache.store().clone();
         let catalog_dir = self.config.data_dir.join(CATALOG_DIR);
         let current = self.catalog.read().applied_lsn;
-        let catalog_updated = match recovery::fetch_newer_catalog(&store, &catalog_dir, current)? {
+        let catalog_updated = match store_start::fetch_newer_catalog(&store, &catalog_dir, current)?
+        {
             Some(lsn) => {
                 let loaded = snapshot::load_latest(&catalog_dir)?.ok_or_else(|| {
                     EngineError::InvalidRequest(format!(

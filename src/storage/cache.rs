@@ -9,6 +9,8 @@
 //!   (`<cache-dir>/ranges/<file>.<chunk>`).
 //!
 //! Both count against one budget; the least recently used entry goes first.
+//! Files moved to the store are read through it as
+//! [`super::stored_file::StoredFile`]s.
 //! Evicting a local copy first saves the file's footer and page index
 //! (`<cache-dir>/footers/<file>`), then deletes the copy: from then on the
 //! file is read from the store through the chunks. Footer copies are not
@@ -19,18 +21,18 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::StorageError;
 use super::persisted::PersistedFile;
 use super::source::ByteSource;
-use super::store::{MetricStore, ObjectFile};
+use super::store::MetricStore;
+use super::stored_file::StoredFile;
 
 /// The cache's budget when `--cache-mb` is not given, in MiB.
 pub const DEFAULT_CACHE_MB: u64 = 1024;
@@ -43,7 +45,7 @@ const FOOTERS_DIR: &str = "footers";
 const RANGES_DIR: &str = "ranges";
 /// Starts a footer copy: magic, file length, offset of the copied tail.
 const FOOTER_MAGIC: &[u8; 8] = b"SSFOOT01";
-const FOOTER_HEADER_BYTES: u64 = 24;
+pub(super) const FOOTER_HEADER_BYTES: u64 = 24;
 
 /// One entry of the cache's budget.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -132,6 +134,7 @@ impl Index {
 struct CacheStats {
     hits: AtomicU64,
     misses: AtomicU64,
+    fetches: AtomicU64,
     fetched_bytes: AtomicU64,
     evicted_chunks: AtomicU64,
     evicted_local_files: AtomicU64,
@@ -148,6 +151,9 @@ pub struct CacheSnapshot {
     pub hits: u64,
     /// Chunks fetched from the store.
     pub misses: u64,
+    /// Fetches from the store for reads (each gets the missing chunks of
+    /// one read, concurrently).
+    pub fetches: u64,
     /// Bytes fetched from the store for reads.
     pub fetched_bytes: u64,
     /// Chunks evicted.
@@ -450,14 +456,14 @@ impl ReadCache {
             .ok()
             .filter(|(stored_length, _)| *stored_length == length)
             .map(|(_, start)| start);
-        Some(StoredFile {
-            object: self.store.open_file(&relative),
+        Some(StoredFile::new(
+            self.store.open_file(&relative),
             cache,
             relative,
             length,
             footer_path,
             footer_start,
-        })
+        ))
     }
 
     /// The cache's figures now.
@@ -469,22 +475,42 @@ impl ReadCache {
             budget: self.budget.load(Ordering::Relaxed),
             hits: stats.hits.load(Ordering::Relaxed),
             misses: stats.misses.load(Ordering::Relaxed),
+            fetches: stats.fetches.load(Ordering::Relaxed),
             fetched_bytes: stats.fetched_bytes.load(Ordering::Relaxed),
             evicted_chunks: stats.evicted_chunks.load(Ordering::Relaxed),
             evicted_local_files: stats.evicted_local_files.load(Ordering::Relaxed),
         }
     }
 
-    /// Chunk `chunk` of `relative` from the cache, when it is there whole
-    /// (`expected` bytes).
-    fn cached_chunk(&self, relative: &Path, chunk: u64, expected: u64) -> Option<Bytes> {
+    /// Counts a chunk read from the cache.
+    pub(super) fn count_hit(&self) {
+        self.stats.hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a fetch from the store of `chunks` chunks, `bytes` in all.
+    pub(super) fn count_fetch(&self, chunks: u64, bytes: u64) {
+        self.stats.fetches.fetch_add(1, Ordering::Relaxed);
+        self.stats.misses.fetch_add(chunks, Ordering::Relaxed);
+        self.stats.fetched_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Whether chunk `chunk` of `relative` is cached (marked as used).
+    pub(super) fn has_chunk(&self, relative: &Path, chunk: u64) -> bool {
+        self.lock()
+            .touch(&Entry::Chunk(relative.to_path_buf(), chunk))
+    }
+
+    /// Chunk `chunk` of `relative` in the cache, opened for reading, when
+    /// it is there whole (`expected` bytes).
+    pub(super) fn cached_chunk(&self, relative: &Path, chunk: u64, expected: u64) -> Option<File> {
         let entry = Entry::Chunk(relative.to_path_buf(), chunk);
         if !self.lock().touch(&entry) {
             return None;
         }
         let path = self.chunk_path(relative, chunk);
-        match fs::read(&path) {
-            Ok(bytes) if bytes.len() as u64 == expected => Some(Bytes::from(bytes)),
+        let opened = File::open(&path).and_then(|file| Ok((file.metadata()?.len(), file)));
+        match opened {
+            Ok((length, file)) if length == expected => Some(file),
             _ => {
                 // Evicted meanwhile, or cut short by a crash: fetch again.
                 self.lock().remove(&entry);
@@ -494,7 +520,7 @@ impl ReadCache {
     }
 
     /// Keeps a chunk just fetched.
-    fn keep_chunk(&self, relative: &Path, chunk: u64, bytes: &Bytes) {
+    pub(super) fn keep_chunk(&self, relative: &Path, chunk: u64, bytes: &Bytes) {
         let path = self.chunk_path(relative, chunk);
         static WRITES: AtomicU64 = AtomicU64::new(0);
         let temp = path.with_extension(format!(
@@ -521,167 +547,6 @@ impl ReadCache {
                 tracing::warn!(path = %path.display(), %error, "could not cache a range of a stored metric file");
             }
         }
-    }
-}
-
-/// A stored metric file read through the cache: its footer and page index
-/// from the footer copy when there is one, everything else in cached
-/// chunks, fetched from the store (several at once) when missing.
-#[derive(Debug)]
-pub(crate) struct StoredFile {
-    object: ObjectFile,
-    cache: Arc<ReadCache>,
-    relative: PathBuf,
-    length: u64,
-    footer_path: PathBuf,
-    /// Where the footer copy begins in the file, when there is one.
-    footer_start: Option<u64>,
-}
-
-impl StoredFile {
-    /// Whether the cache holds a copy of the file's footer.
-    pub(crate) fn has_footer_copy(&self) -> bool {
-        self.footer_start.is_some()
-    }
-
-    /// Bytes `range` of the chunks `chunks` (by index).
-    fn slice_chunks(range: &Range<u64>, chunks: &HashMap<u64, Bytes>) -> io::Result<Bytes> {
-        let first = range.start / CHUNK_BYTES;
-        let last = (range.end - 1) / CHUNK_BYTES;
-        let piece = |chunk: u64| -> io::Result<Bytes> {
-            let bytes = chunks
-                .get(&chunk)
-                .ok_or_else(|| io::Error::other("a chunk was not fetched"))?;
-            let base = chunk * CHUNK_BYTES;
-            let from = range.start.max(base) - base;
-            let to = range.end.min(base + bytes.len() as u64) - base;
-            if to < from || to as usize > bytes.len() {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "a chunk is shorter than the file",
-                ));
-            }
-            Ok(bytes.slice(from as usize..to as usize))
-        };
-        if first == last {
-            return piece(first);
-        }
-        let mut joined = BytesMut::with_capacity((range.end - range.start) as usize);
-        for chunk in first..=last {
-            joined.extend_from_slice(&piece(chunk)?);
-        }
-        Ok(joined.freeze())
-    }
-
-    /// Bytes `range` (within the footer copy) from the footer copy.
-    fn read_footer_copy(&self, range: &Range<u64>, start: u64) -> io::Result<Bytes> {
-        let file = File::open(&self.footer_path)?;
-        let mut buffer = vec![0u8; (range.end - range.start) as usize];
-        file.read_exact_at(&mut buffer, FOOTER_HEADER_BYTES + range.start - start)?;
-        Ok(Bytes::from(buffer))
-    }
-
-    /// The chunks covering `ranges`: from the cache, the rest fetched
-    /// together and kept.
-    fn chunks_for(&self, ranges: &[Range<u64>]) -> io::Result<HashMap<u64, Bytes>> {
-        let mut wanted: Vec<u64> = ranges
-            .iter()
-            .filter(|range| range.end > range.start)
-            .flat_map(|range| range.start / CHUNK_BYTES..=(range.end - 1) / CHUNK_BYTES)
-            .collect();
-        wanted.sort_unstable();
-        wanted.dedup();
-        let mut chunks = HashMap::with_capacity(wanted.len());
-        let mut missing = Vec::new();
-        for chunk in wanted {
-            let span = self.chunk_span(chunk);
-            match self
-                .cache
-                .cached_chunk(&self.relative, chunk, span.end - span.start)
-            {
-                Some(bytes) => {
-                    self.cache.stats.hits.fetch_add(1, Ordering::Relaxed);
-                    chunks.insert(chunk, bytes);
-                }
-                None => missing.push((chunk, span)),
-            }
-        }
-        if missing.is_empty() {
-            return Ok(chunks);
-        }
-        let spans: Vec<Range<u64>> = missing.iter().map(|(_, span)| span.clone()).collect();
-        let fetched = self.object.read_ranges(&spans)?;
-        let stats = &self.cache.stats;
-        stats
-            .misses
-            .fetch_add(missing.len() as u64, Ordering::Relaxed);
-        for ((chunk, _), bytes) in missing.into_iter().zip(fetched) {
-            stats
-                .fetched_bytes
-                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            self.cache.keep_chunk(&self.relative, chunk, &bytes);
-            chunks.insert(chunk, bytes);
-        }
-        Ok(chunks)
-    }
-
-    /// The bytes chunk `chunk` covers.
-    fn chunk_span(&self, chunk: u64) -> Range<u64> {
-        let start = chunk * CHUNK_BYTES;
-        start..(start + CHUNK_BYTES).min(self.length)
-    }
-}
-
-impl ByteSource for StoredFile {
-    fn read_range(&self, range: Range<u64>) -> io::Result<Bytes> {
-        let mut pieces = self.read_ranges(std::slice::from_ref(&range))?;
-        pieces
-            .pop()
-            .ok_or_else(|| io::Error::other("a read returned nothing"))
-    }
-
-    fn read_ranges(&self, ranges: &[Range<u64>]) -> io::Result<Vec<Bytes>> {
-        if let Some(range) = ranges.iter().find(|range| range.end > self.length) {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "{} is {} bytes long; {}..{} was asked for",
-                    self.relative.display(),
-                    self.length,
-                    range.start,
-                    range.end
-                ),
-            ));
-        }
-        let footer_start = self.footer_start.unwrap_or(self.length);
-        let before_footer: Vec<Range<u64>> = ranges
-            .iter()
-            .map(|range| range.start..range.end.min(footer_start))
-            .collect();
-        let chunks = self.chunks_for(&before_footer)?;
-        ranges
-            .iter()
-            .zip(&before_footer)
-            .map(|(range, head)| {
-                let head = (head.end > head.start)
-                    .then(|| StoredFile::slice_chunks(head, &chunks))
-                    .transpose()?;
-                let tail_range = range.start.max(footer_start)..range.end;
-                let tail = (tail_range.end > tail_range.start)
-                    .then(|| self.read_footer_copy(&tail_range, footer_start))
-                    .transpose()?;
-                Ok(match (head, tail) {
-                    (Some(head), Some(tail)) => {
-                        let mut joined = BytesMut::with_capacity(head.len() + tail.len());
-                        joined.extend_from_slice(&head);
-                        joined.extend_from_slice(&tail);
-                        joined.freeze()
-                    }
-                    (Some(only), None) | (None, Some(only)) => only,
-                    (None, None) => Bytes::new(),
-                })
-            })
-            .collect()
     }
 }
 
@@ -942,6 +807,38 @@ mod tests {
             files_under(&setup.dir.path().join("cache").join(RANGES_DIR))
                 .unwrap()
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_prefetch_fetches_the_missing_chunks_in_one_request() {
+        let setup = setup(64 << 20);
+        let file = write(&setup, 1, 300_000);
+        upload(&setup, &file);
+        let stored = setup.cache.stored_file(file.path(), file.bytes()).unwrap();
+        let local = Bytes::from(fs::read(file.path()).unwrap());
+        // A range in the first chunk, then ranges across the rest.
+        stored.read_range(10..20).unwrap();
+        let ranges = [
+            100..200,
+            CHUNK_BYTES + 5..CHUNK_BYTES + 9,
+            2 * CHUNK_BYTES..2 * CHUNK_BYTES + 1,
+        ];
+        stored.prefetch(&ranges).unwrap();
+        let after = setup.cache.snapshot();
+        assert_eq!(
+            after.fetches, 2,
+            "one fetch for the first read, one for the rest"
+        );
+        assert_eq!(after.misses, 3);
+        for range in ranges {
+            let bytes = stored.read_range(range.clone()).unwrap();
+            assert_eq!(bytes, local.slice(range.start as usize..range.end as usize));
+        }
+        assert_eq!(
+            setup.cache.snapshot().fetches,
+            2,
+            "the reads found the chunks cached"
         );
     }
 

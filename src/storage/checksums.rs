@@ -273,6 +273,16 @@ impl DataFile {
         Ok(bytes.slice(from..from + length))
     }
 
+    /// Gets `ranges` ready for the reads that follow (see
+    /// [`ByteSource::prefetch`]): the source fetches what it lacks, widened
+    /// to the checked blocks the reads will ask for.
+    pub fn prefetch(&self, ranges: &[Range<u64>]) -> Result<(), ParquetError> {
+        let widened = coalesce(ranges.iter().map(|range| self.widened(range)).collect());
+        self.source
+            .prefetch(&widened)
+            .map_err(|error| self.read_error(error))
+    }
+
     /// Reads each of `ranges` (in any order, possibly overlapping), checked
     /// like [`DataFile::read_at`], in as few reads of the source as the
     /// ranges allow: ranges whose checked blocks touch are read as one,

@@ -19,7 +19,10 @@ use super::checksums::DataFile;
 use super::pages::{ColumnRows, PageRowReader};
 use super::persisted::PersistedFile;
 use super::reader::{BATCH_ROWS, RowRequest, SelectedRows, select_rows};
-use super::row_plan::{FooterTrust, KeyRows, STEP_LEAF, StepBounds, TIMESTAMP_LEAF, VALUE_LEAF};
+use super::row_plan::{
+    FooterTrust, KeyRows, RowGroupSelection, STEP_LEAF, StepBounds, TIMESTAMP_LEAF, VALUE_LEAF,
+    page_spans,
+};
 use crate::model::MetricSeries;
 
 impl PersistedFile {
@@ -104,6 +107,20 @@ impl NumericRows {
         let path = file.path().to_path_buf();
         let (footer, data) = file.open_data()?;
         if let Some(pages) = PageRowReader::open(data.clone(), Arc::clone(footer.metadata())) {
+            if file.is_stored_only() {
+                // The page reader reads one page at a time: a file in the
+                // object store fetches every page it will need first, in
+                // one round of requests, so its reads find them cached.
+                let plan = RowGroupSelection::of(footer.metadata(), &ranges);
+                let mut spans = Vec::new();
+                for (&group, rows) in plan.row_groups.iter().zip(&plan.rows_in_group) {
+                    for leaf in [STEP_LEAF, TIMESTAMP_LEAF, VALUE_LEAF] {
+                        spans.extend(page_spans(footer.metadata(), group, leaf, rows));
+                    }
+                }
+                data.prefetch(&spans)
+                    .map_err(|source| StorageError::parquet(&path, source))?;
+            }
             return Ok(NumericRows {
                 reader: NumericReader::Pages(Box::new(pages)),
                 path,

@@ -17,6 +17,7 @@ pub(crate) mod row_plan;
 pub mod schema;
 pub mod source;
 pub mod store;
+pub(crate) mod stored_file;
 pub mod upload;
 pub mod writer;
 

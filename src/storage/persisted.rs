@@ -12,12 +12,13 @@ use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 
 use super::StorageError;
 use super::aggregates::FileAggregates;
-use super::cache::{ReadCache, StoredFile};
+use super::cache::ReadCache;
 use super::checksums::{DataFile, FileChecksums};
 use super::file_meta::FileMetadata;
 use super::footer_cache::{FileFooter, FooterCache};
 use super::reader;
 use super::source::{ByteSource, LocalFile};
+use super::stored_file::StoredFile;
 use super::upload::Uploader;
 use crate::wal::Lsn;
 

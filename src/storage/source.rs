@@ -29,6 +29,13 @@ pub trait ByteSource: Debug + Send + Sync {
             .map(|range| self.read_range(range.clone()))
             .collect()
     }
+
+    /// Gets `ranges` ready for the reads that follow, one range at a time
+    /// (a remote source fetches what it has not cached, in one round of
+    /// requests); nothing for a local file.
+    fn prefetch(&self, _ranges: &[Range<u64>]) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// `ranges` sorted and merged where they overlap or touch; empty ranges
