@@ -71,6 +71,14 @@ impl Moto {
     }
 }
 
+/// The test Python and moto's server started with it; `None` (after
+/// saying why `test` is skipped) without them.
+fn python_and_moto(test: &str) -> Option<(std::path::PathBuf, Moto)> {
+    let python = common::python_or_skip(test)?;
+    let moto = Moto::start(&python, test)?;
+    Some((python, moto))
+}
+
 impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -227,10 +235,7 @@ fn finish(server: &TestServer, run: &str) {
 #[test]
 fn metric_files_reach_the_store_and_pyarrow_reads_them_there() {
     let test = "metric_files_reach_the_store_and_pyarrow_reads_them_there";
-    let Some(python) = common::python_or_skip(test) else {
-        return;
-    };
-    let Some(moto) = Moto::start(&python, test) else {
+    let Some((python, moto)) = python_and_moto(test) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -358,10 +363,7 @@ fn a_store_that_is_down_delays_nothing_and_catches_up_after_a_restart() {
 #[test]
 fn a_sigkill_after_the_uploads_neither_loses_nor_duplicates_points() {
     let test = "a_sigkill_after_the_uploads_neither_loses_nor_duplicates_points";
-    let Some(python) = common::python_or_skip(test) else {
-        return;
-    };
-    let Some(moto) = Moto::start(&python, test) else {
+    let Some((python, moto)) = python_and_moto(test) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -391,10 +393,7 @@ fn a_sigkill_after_the_uploads_neither_loses_nor_duplicates_points() {
 fn with_no_room_in_the_cache_reads_come_from_the_store_and_a_new_disk_finds_everything() {
     let test =
         "with_no_room_in_the_cache_reads_come_from_the_store_and_a_new_disk_finds_everything";
-    let Some(python) = common::python_or_skip(test) else {
-        return;
-    };
-    let Some(moto) = Moto::start(&python, test) else {
+    let Some((_python, moto)) = python_and_moto(test) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -482,10 +481,7 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 #[test]
 fn a_read_replica_serves_what_the_writer_stores_and_refuses_writes() {
     let test = "a_read_replica_serves_what_the_writer_stores_and_refuses_writes";
-    let Some(python) = common::python_or_skip(test) else {
-        return;
-    };
-    let Some(moto) = Moto::start(&python, test) else {
+    let Some((python, moto)) = python_and_moto(test) else {
         return;
     };
     let writer_dir = tempfile::tempdir().unwrap();
@@ -567,10 +563,7 @@ fn a_read_replica_serves_what_the_writer_stores_and_refuses_writes() {
 #[test]
 fn the_mlflow_client_tests_pass_with_the_files_read_from_the_store() {
     let test = "the_mlflow_client_tests_pass_with_the_files_read_from_the_store";
-    let Some(python) = common::python_or_skip(test) else {
-        return;
-    };
-    let Some(moto) = Moto::start(&python, test) else {
+    let Some((python, moto)) = python_and_moto(test) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

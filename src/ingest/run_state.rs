@@ -51,6 +51,19 @@ enum SinceRewind {
 }
 
 impl RunState {
+    /// The state of a run as start-up (or a replica's refresh) found it
+    /// on disk.
+    pub(crate) fn loaded(run: super::LoadedRun) -> RunState {
+        RunState::new(
+            run.experiment_id,
+            run.files,
+            run.summaries,
+            run.rewinds,
+            run.since_rewind,
+            run.fork_points,
+        )
+    }
+
     /// A run with the given persisted files (in sequence order) and the
     /// summaries read from their footers: of every file, and of the files
     /// after the run's newest rewind (`rewinds`).

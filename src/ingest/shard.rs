@@ -156,19 +156,7 @@ impl Shard {
     ) -> Self {
         let runs = loaded
             .into_iter()
-            .map(|run| {
-                (
-                    run.run_id,
-                    RunState::new(
-                        run.experiment_id,
-                        run.files,
-                        run.summaries,
-                        run.rewinds,
-                        run.since_rewind,
-                        run.fork_points,
-                    ),
-                )
-            })
+            .map(|run| (run.run_id, RunState::loaded(run)))
             .collect();
         Shard {
             index,
@@ -332,17 +320,7 @@ impl Shard {
             DataMessage::Purge { run_id } => self.purge(run_id),
             DataMessage::ReplaceRun(run) => {
                 let run = *run;
-                self.runs.insert(
-                    run.run_id,
-                    RunState::new(
-                        run.experiment_id,
-                        run.files,
-                        run.summaries,
-                        run.rewinds,
-                        run.since_rewind,
-                        run.fork_points,
-                    ),
-                );
+                self.runs.insert(run.run_id, RunState::loaded(run));
             }
             DataMessage::DropRun { run_id } => {
                 self.runs.remove(&run_id);

@@ -294,31 +294,24 @@ impl ReadCache {
     /// Moves every uploaded file with a local copy to the store for
     /// reading (benchmarks; an operator's way to free the disk now).
     pub fn evict_local_copies(&self) {
-        let mut index = self.lock();
-        let locals: Vec<Entry> = index
-            .entries
-            .keys()
-            .filter(|entry| matches!(entry, Entry::Local(_)))
-            .cloned()
-            .collect();
-        let victims: Vec<(Entry, Slot)> = locals
-            .into_iter()
-            .filter_map(|entry| Some((entry.clone(), index.remove(&entry)?)))
-            .collect();
-        drop(index);
-        self.evict_entries(victims);
+        self.evict_where(|entry| matches!(entry, Entry::Local(_)));
     }
 
     /// Drops every cached range (benchmarks: a cold cache).
     pub fn clear_ranges(&self) {
+        self.evict_where(|entry| matches!(entry, Entry::Chunk(..)));
+    }
+
+    /// Evicts every entry `chosen` picks.
+    fn evict_where(&self, chosen: impl Fn(&Entry) -> bool) {
         let mut index = self.lock();
-        let chunks: Vec<Entry> = index
+        let picked: Vec<Entry> = index
             .entries
             .keys()
-            .filter(|entry| matches!(entry, Entry::Chunk(..)))
+            .filter(|entry| chosen(entry))
             .cloned()
             .collect();
-        let victims: Vec<(Entry, Slot)> = chunks
+        let victims: Vec<(Entry, Slot)> = picked
             .into_iter()
             .filter_map(|entry| Some((entry.clone(), index.remove(&entry)?)))
             .collect();
