@@ -34,14 +34,14 @@ impl Purge {
 
 impl CatalogState {
     /// The deleted runs and experiments a gc with cutoff `cutoff` (ms since
-    /// the epoch: deleted before it) removes. A run deleted before deletion
+    /// the epoch: deleted at or before it) removes. A run deleted before deletion
     /// times were kept counts as deleted long ago.
     pub fn purgeable(&self, cutoff: i64) -> Purge {
         let mut runs: HashSet<RunId> = self
             .runs()
             .filter(|run| {
                 run.lifecycle_stage == LifecycleStage::Deleted
-                    && run.deleted_time.is_none_or(|deleted| deleted < cutoff)
+                    && run.deleted_time.is_none_or(|deleted| deleted <= cutoff)
             })
             .map(|run| run.run_id)
             .collect();
@@ -65,7 +65,7 @@ impl CatalogState {
             .filter(|experiment| {
                 experiment.experiment_id != ExperimentId::DEFAULT
                     && experiment.lifecycle_stage == LifecycleStage::Deleted
-                    && experiment.last_update_time < cutoff
+                    && experiment.last_update_time <= cutoff
                     && self
                         .runs()
                         .filter(|run| run.experiment_id == experiment.experiment_id)
@@ -176,5 +176,9 @@ mod tests {
         drop(state);
         let (again, ticket) = catalog.purge(&log, 100).unwrap();
         assert!(again.is_empty() && ticket.is_none(), "nothing left to do");
+        // A run deleted at the cutoff itself goes (a gc with no minimum
+        // age, in the millisecond of the delete).
+        assert!(catalog.read().purgeable(499).runs.is_empty());
+        assert_eq!(catalog.read().purgeable(500).runs, vec![deleted_late]);
     }
 }
