@@ -305,7 +305,7 @@ pub struct Engine {
     maintenance: Mutex<Option<maintenance::MaintenanceHandle>>,
     /// A read replica's state; `None` for a writer.
     replica: Option<replica::Replica>,
-    replica_thread: Mutex<Option<replica::ReplicaHandle>>,
+    replica_thread: Mutex<Option<maintenance::MaintenanceHandle>>,
     tokens: TokenStore,
     /// Damaged metric files moved to quarantine at start.
     quarantined_files: u64,

@@ -11,11 +11,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{RecvTimeoutError, Sender, bounded};
-
+use super::maintenance::MaintenanceHandle;
 use super::recovery::{self, CATALOG_DIR};
 use super::store_start;
 use super::{Engine, EngineError};
@@ -156,40 +154,14 @@ impl ReplicaFiles {
     }
 }
 
-/// Stops the refresh thread when asked.
-pub(crate) struct ReplicaHandle {
-    stop: Sender<()>,
-    thread: JoinHandle<()>,
-}
-
-impl ReplicaHandle {
-    /// Stops the thread and waits for it.
-    pub(crate) fn stop(self) {
-        let _ = self.stop.send(());
-        if self.thread.thread().id() == std::thread::current().id() {
-            return;
-        }
-        if self.thread.join().is_err() {
-            tracing::error!("the replica refresh thread panicked");
-        }
-    }
-}
-
-/// Starts the refresh thread; it holds the engine weakly.
-pub(crate) fn start(engine: Weak<Engine>, every: Duration) -> Result<ReplicaHandle, EngineError> {
-    let (stop, stopped) = bounded::<()>(1);
-    let thread = std::thread::Builder::new()
-        .name("stepstore-replica".to_string())
-        .spawn(move || {
-            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-                let Some(engine) = engine.upgrade() else {
-                    break;
-                };
-                engine.refresh_replica();
-            }
-        })
-        .map_err(|error| EngineError::Task(error.to_string()))?;
-    Ok(ReplicaHandle { stop, thread })
+/// Starts the refresh thread: a refresh every `every`.
+pub(crate) fn start(
+    engine: Weak<Engine>,
+    every: Duration,
+) -> Result<MaintenanceHandle, EngineError> {
+    super::maintenance::start_periodic("stepstore-replica", engine, every, |engine| {
+        engine.refresh_replica()
+    })
 }
 
 impl Engine {
