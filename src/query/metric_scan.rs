@@ -13,6 +13,10 @@
 //! blocks only partly inside the step range, and adds the constant
 //! `experiment_id` and `run_id` columns.
 //!
+//! Files read from the object store are opened ahead of the scan, on a
+//! few threads per partition, so their fetches overlap each other and the
+//! decoding; local files are opened in turn.
+//!
 //! Files without block aggregates (written before they existed) are read
 //! whole and filtered row by row. `EXPLAIN` shows the files and the
 //! filter; `EXPLAIN ANALYZE` counts the rows pruned and read.
@@ -182,22 +186,25 @@ impl ExecutionPlan for MetricFileScanExec {
         let schema = Arc::new(self.table_schema.project(&self.projection)?);
         let counter =
             |name: &'static str| MetricBuilder::new(&self.metrics).counter(name, partition);
+        let opener = FileOpener {
+            table_schema: Arc::clone(&self.table_schema),
+            projection: self.projection.clone(),
+            filter: Arc::clone(&self.filter),
+            batch_size: self.batch_size,
+            files_opened: counter("files_opened"),
+            rows_pruned: counter("rows_pruned"),
+            bytes_scanned: counter("bytes_scanned"),
+        };
         let scan = PartitionScan {
-            files: files.into_iter(),
+            files: PendingFiles::new(files, opener),
             current: None,
             table_schema: Arc::clone(&self.table_schema),
             projection: self.projection.clone(),
             schema: Arc::clone(&schema),
             filter: Arc::clone(&self.filter),
             remaining: self.limit,
-            batch_size: self.batch_size,
-            counters: Counters {
-                files_opened: counter("files_opened"),
-                rows_pruned: counter("rows_pruned"),
-                rows_read: counter("rows_read"),
-                output_rows: MetricBuilder::new(&self.metrics).output_rows(partition),
-                bytes_scanned: counter("bytes_scanned"),
-            },
+            rows_read: counter("rows_read"),
+            output_rows: MetricBuilder::new(&self.metrics).output_rows(partition),
         };
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             schema,
@@ -214,17 +221,15 @@ impl ExecutionPlan for MetricFileScanExec {
     }
 }
 
-struct Counters {
-    files_opened: Count,
-    rows_pruned: Count,
-    rows_read: Count,
-    output_rows: Count,
-    bytes_scanned: Count,
-}
+/// Threads opening the files of a partition that reads from the object
+/// store, each one file at a time and at most one file ahead of the scan
+/// (an opened file holds the bytes of its selected pages): fetches overlap
+/// each other and the decoding.
+const READ_AHEAD_THREADS: usize = 3;
 
 /// The batches of one partition, file after file.
 struct PartitionScan {
-    files: std::vec::IntoIter<ScanFile>,
+    files: PendingFiles,
     current: Option<OpenFile>,
     table_schema: SchemaRef,
     projection: Vec<usize>,
@@ -232,8 +237,80 @@ struct PartitionScan {
     filter: Arc<ScanFilter>,
     /// Rows still wanted under a `LIMIT`.
     remaining: Option<usize>,
-    batch_size: usize,
-    counters: Counters,
+    rows_read: Count,
+    output_rows: Count,
+}
+
+/// The files of a partition still to scan, opened as the scan reaches
+/// them, or ahead of it by a thread when some are read from the object
+/// store (fetching the next files then overlaps decoding this one).
+enum PendingFiles {
+    InTurn {
+        files: std::vec::IntoIter<ScanFile>,
+        opener: FileOpener,
+    },
+    /// Thread `i` opens files `i`, `i + n`, `i + 2n`, … of `n`; `turn`
+    /// is the thread whose file comes next.
+    ReadAhead {
+        readers: Vec<std::sync::mpsc::Receiver<DfResult<Option<OpenFile>>>>,
+        turn: usize,
+    },
+}
+
+impl PendingFiles {
+    fn new(files: Vec<ScanFile>, opener: FileOpener) -> PendingFiles {
+        if !files.iter().any(|file| file.file.is_stored_only()) {
+            return PendingFiles::InTurn {
+                files: files.into_iter(),
+                opener,
+            };
+        }
+        let threads = READ_AHEAD_THREADS.min(files.len());
+        let mut readers = Vec::with_capacity(threads);
+        for first in 0..threads {
+            let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+            let ahead = opener.clone();
+            let queue: Vec<ScanFile> = files.iter().skip(first).step_by(threads).cloned().collect();
+            let spawned = std::thread::Builder::new()
+                .name("stepstore-scan-read-ahead".into())
+                .spawn(move || {
+                    for file in &queue {
+                        let opened = ahead.open(file);
+                        let failed = opened.is_err();
+                        // The scan stopped (a limit, an error, a cancelled
+                        // query): nothing more to open.
+                        if sender.send(opened).is_err() || failed {
+                            return;
+                        }
+                    }
+                });
+            if let Err(error) = spawned {
+                // The threads started stop at their first send.
+                tracing::warn!(%error, "could not start a scan's read-ahead thread; files are opened in turn");
+                return PendingFiles::InTurn {
+                    files: files.into_iter(),
+                    opener,
+                };
+            }
+            readers.push(receiver);
+        }
+        PendingFiles::ReadAhead { readers, turn: 0 }
+    }
+
+    /// The next file opened (`None` inside when no row of it can pass);
+    /// `None` when every file is done.
+    fn next(&mut self) -> Option<DfResult<Option<OpenFile>>> {
+        match self {
+            PendingFiles::InTurn { files, opener } => Some(opener.open(&files.next()?)),
+            PendingFiles::ReadAhead { readers, turn } => {
+                // A thread done means every file is: the next one would
+                // have been its.
+                let opened = readers.get(*turn)?.recv().ok()?;
+                *turn = (*turn + 1) % readers.len();
+                Some(opened)
+            }
+        }
+    }
 }
 
 /// The reader of the file being scanned.
@@ -256,8 +333,7 @@ impl Iterator for PartitionScan {
                 return None;
             }
             let Some(current) = &mut self.current else {
-                let file = self.files.next()?;
-                match self.open(&file) {
+                match self.files.next()? {
                     Ok(opened) => self.current = opened,
                     Err(error) => return Some(Err(error)),
                 }
@@ -280,10 +356,23 @@ impl Iterator for PartitionScan {
     }
 }
 
-impl PartitionScan {
+/// What opening a file needs: the scan's columns and filter, and the
+/// counters it adds to.
+#[derive(Clone)]
+struct FileOpener {
+    table_schema: SchemaRef,
+    projection: Vec<usize>,
+    filter: Arc<ScanFilter>,
+    batch_size: usize,
+    files_opened: Count,
+    rows_pruned: Count,
+    bytes_scanned: Count,
+}
+
+impl FileOpener {
     /// Opens `file` for reading the rows that may pass; `None` when none
     /// can.
-    fn open(&mut self, file: &ScanFile) -> DfResult<Option<OpenFile>> {
+    fn open(&self, file: &ScanFile) -> DfResult<Option<OpenFile>> {
         let filter = if file.steps == (i64::MIN, i64::MAX) {
             Arc::clone(&self.filter)
         } else {
@@ -332,13 +421,12 @@ impl PartitionScan {
             },
         };
         let selected: u64 = ranges.iter().map(|range| range.end - range.start).sum();
-        self.counters
-            .rows_pruned
+        self.rows_pruned
             .add(usize::try_from(total_rows.saturating_sub(selected)).unwrap_or(usize::MAX));
         if selected == 0 {
             return Ok(None);
         }
-        self.counters.files_opened.add(1);
+        self.files_opened.add(1);
 
         // File columns to decode: the projected ones and those to check.
         let file_columns = self.table_schema.fields().len() - 2;
@@ -366,7 +454,7 @@ impl PartitionScan {
         let Some(reader) = file.file.read_rows(request).map_err(external)? else {
             return Ok(None);
         };
-        self.counters.bytes_scanned.add(reader.prefetched_bytes);
+        self.bytes_scanned.add(reader.prefetched_bytes);
         Ok(Some(OpenFile {
             reader,
             experiment_id: constant_id(&file.experiment_id, self.batch_size)?,
@@ -374,14 +462,16 @@ impl PartitionScan {
             check_keys,
         }))
     }
+}
 
+impl PartitionScan {
     /// Filters a decoded batch, puts its columns in the table's types and
     /// order and adds the run's ids; `None` when no row is left.
     fn finish_batch(&mut self, batch: RecordBatch) -> DfResult<Option<RecordBatch>> {
         let Some(current) = &self.current else {
             return Ok(None);
         };
-        self.counters.rows_read.add(batch.num_rows());
+        self.rows_read.add(batch.num_rows());
         let mut batch = self.filter.filter_batch(batch, current.check_keys, false)?;
         if let Some(remaining) = self.remaining {
             if batch.num_rows() > remaining {
@@ -420,7 +510,7 @@ impl PartitionScan {
         }
         let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(rows));
         let batch = RecordBatch::try_new_with_options(Arc::clone(&self.schema), columns, &options)?;
-        self.counters.output_rows.add(rows);
+        self.output_rows.add(rows);
         Ok(Some(batch))
     }
 }
@@ -715,6 +805,48 @@ mod tests {
                 "round {round}: filters {filters:?}, projection {projection:?}"
             );
         }
+    }
+
+    #[test]
+    fn files_read_from_the_object_store_are_opened_ahead_and_in_order() {
+        let store = crate::storage::cache::testing::setup(256 << 20);
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = SmallRng::seed_from_u64(5);
+        let (mut local, mut stored) = (Vec::new(), Vec::new());
+        for seq in 1..=7u64 {
+            let points = random_points(&mut rng, 5_000);
+            let rows: Vec<(&str, i64, i64, f64)> = points
+                .iter()
+                .map(|p| (p.0.as_str(), p.1, p.2, p.3))
+                .collect();
+            let scan_file = |file| ScanFile {
+                file,
+                experiment_id: "0".to_string(),
+                run_id: format!("r{seq}"),
+                steps: (i64::MIN, i64::MAX),
+            };
+            local.push(scan_file(write(
+                &dir.path().join(format!("{seq}.parquet")),
+                &points,
+            )));
+            let run = format!("r{seq}");
+            stored.push(scan_file(crate::storage::cache::testing::stored_file(
+                &store, &run, seq, &rows,
+            )));
+        }
+        let everything: Vec<usize> = (0..metrics_schema().fields().len()).collect();
+        let filters = [col("step").between(lit(100), lit(4_000))];
+        let (expected, _) = scan(vec![local], &everything, &filters, None, 1_000);
+        let (read, exec) = scan(vec![stored.clone()], &everything, &filters, None, 1_000);
+        assert!(!expected.is_empty());
+        assert_eq!(lines(&read), lines(&expected), "same rows, same order");
+        let metrics = exec.metrics().unwrap();
+        assert_eq!(metrics.sum_by_name("files_opened").unwrap().as_usize(), 7);
+        assert!(store.cache.snapshot().fetches >= 7);
+        // A limit stops the scan after the first file; the threads opening
+        // files ahead stop with it.
+        let (limited, _) = scan(vec![stored], &[1, 3], &[], Some(10), 4);
+        assert_eq!(limited.iter().map(RecordBatch::num_rows).sum::<usize>(), 10);
     }
 
     #[test]

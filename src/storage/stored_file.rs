@@ -13,11 +13,12 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::cache::{CHUNK_BYTES, FOOTER_HEADER_BYTES, ReadCache};
+use super::cache::{CHUNK_BYTES, CachedChunk, FOOTER_HEADER_BYTES, ReadCache};
 use super::source::ByteSource;
 use super::store::ObjectFile;
 
-/// One chunk a read needs: just fetched, or in the cache.
+/// One chunk a read needs: in memory (just fetched, or not yet written to
+/// the cache), or in the cache's file.
 enum Chunk {
     Fetched(Bytes),
     Cached(File),
@@ -140,14 +141,13 @@ impl StoredFile {
             missing.len() as u64,
             fetched.iter().map(|bytes| bytes.len() as u64).sum(),
         );
-        Ok(missing
+        let chunks: Vec<(u64, Bytes)> = missing
             .into_iter()
+            .map(|(chunk, _)| chunk)
             .zip(fetched)
-            .map(|((chunk, _), bytes)| {
-                self.cache.keep_chunk(&self.relative, chunk, &bytes);
-                (chunk, bytes)
-            })
-            .collect())
+            .collect();
+        self.cache.keep_chunks(&self.relative, &chunks);
+        Ok(chunks)
     }
 
     /// The chunks covering `ranges`: from the cache, the rest fetched
@@ -162,9 +162,13 @@ impl StoredFile {
                 .cache
                 .cached_chunk(&self.relative, chunk, span.end - span.start)
             {
-                Some(file) => {
+                Some(CachedChunk::File(file)) => {
                     self.cache.count_hit();
                     chunks.insert(chunk, Chunk::Cached(file));
+                }
+                Some(CachedChunk::Unwritten(bytes)) => {
+                    self.cache.count_hit();
+                    chunks.insert(chunk, Chunk::Fetched(bytes));
                 }
                 None => missing.push((chunk, span)),
             }

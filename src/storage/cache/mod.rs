@@ -18,13 +18,18 @@
 //! moved to the store without asking the store, and opens them without
 //! fetching a footer.
 
-use std::collections::{BTreeMap, HashMap};
+mod chunk_writer;
+mod index;
+#[cfg(test)]
+pub(crate) mod testing;
+
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -33,6 +38,8 @@ use super::persisted::PersistedFile;
 use super::source::ByteSource;
 use super::store::MetricStore;
 use super::stored_file::StoredFile;
+use chunk_writer::ChunkWriter;
+use index::{Entry, Index, Slot};
 
 /// The cache's budget when `--cache-mb` is not given, in MiB.
 pub const DEFAULT_CACHE_MB: u64 = 1024;
@@ -41,93 +48,15 @@ pub const DEFAULT_CACHE_MB: u64 = 1024;
 /// shorter).
 pub(crate) const CHUNK_BYTES: u64 = 1 << 20;
 
+/// Fetched chunks held in memory for the writer thread, at most; past it,
+/// reads write the chunks they fetch themselves.
+const MAX_UNWRITTEN_BYTES: u64 = 256 << 20;
+
 const FOOTERS_DIR: &str = "footers";
 const RANGES_DIR: &str = "ranges";
 /// Starts a footer copy: magic, file length, offset of the copied tail.
 const FOOTER_MAGIC: &[u8; 8] = b"SSFOOT01";
 pub(super) const FOOTER_HEADER_BYTES: u64 = 24;
-
-/// One entry of the cache's budget.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum Entry {
-    /// Chunk `.1` of the stored file `.0` (relative to the metrics tree).
-    Chunk(PathBuf, u64),
-    /// The local copy of an uploaded file (relative to the metrics tree).
-    Local(PathBuf),
-}
-
-/// An entry's size, last use, and for a local copy the file it belongs
-/// to.
-#[derive(Debug)]
-struct Slot {
-    bytes: u64,
-    used: u64,
-    file: Option<Weak<PersistedFile>>,
-}
-
-/// Entries by last use.
-#[derive(Debug, Default)]
-struct Index {
-    entries: HashMap<Entry, Slot>,
-    by_use: BTreeMap<u64, Entry>,
-    bytes: u64,
-    tick: u64,
-}
-
-impl Index {
-    /// Marks `entry` as just used; false when it is not cached.
-    fn touch(&mut self, entry: &Entry) -> bool {
-        let Some(slot) = self.entries.get_mut(entry) else {
-            return false;
-        };
-        self.by_use.remove(&slot.used);
-        self.tick += 1;
-        slot.used = self.tick;
-        self.by_use.insert(self.tick, entry.clone());
-        true
-    }
-
-    /// Adds `entry` (or marks it used when it is there).
-    fn insert(&mut self, entry: Entry, bytes: u64, file: Option<Weak<PersistedFile>>) {
-        if self.touch(&entry) {
-            return;
-        }
-        self.tick += 1;
-        self.by_use.insert(self.tick, entry.clone());
-        self.entries.insert(
-            entry,
-            Slot {
-                bytes,
-                used: self.tick,
-                file,
-            },
-        );
-        self.bytes += bytes;
-    }
-
-    fn remove(&mut self, entry: &Entry) -> Option<Slot> {
-        let slot = self.entries.remove(entry)?;
-        self.by_use.remove(&slot.used);
-        self.bytes -= slot.bytes;
-        Some(slot)
-    }
-
-    /// Takes the least recently used entries out until the rest fit in
-    /// `budget`.
-    fn over(&mut self, budget: u64) -> Vec<(Entry, Slot)> {
-        let mut victims = Vec::new();
-        while self.bytes > budget {
-            let Some((_, entry)) = self.by_use.pop_first() else {
-                break;
-            };
-            if let Some(slot) = self.entries.remove(&entry) {
-                self.bytes -= slot.bytes;
-                victims.push((entry, slot));
-            }
-        }
-        victims
-    }
-}
 
 /// What the cache has done since start, for `/metrics`.
 #[derive(Debug, Default)]
@@ -172,9 +101,18 @@ pub struct ReadCache {
     metrics_root: PathBuf,
     budget: AtomicU64,
     index: Mutex<Index>,
+    /// Signalled when a held chunk is written or dropped.
+    written: Condvar,
+    writer: ChunkWriter,
     stats: CacheStats,
     /// The cache itself, for the stored files it hands out.
     me: Weak<ReadCache>,
+}
+
+/// A chunk the cache has: written to its file, or still in memory.
+pub(super) enum CachedChunk {
+    File(File),
+    Unwritten(Bytes),
 }
 
 impl ReadCache {
@@ -198,6 +136,8 @@ impl ReadCache {
             metrics_root,
             budget: AtomicU64::new(budget),
             index: Mutex::default(),
+            written: Condvar::new(),
+            writer: ChunkWriter::start(me.clone()),
             stats: CacheStats::default(),
             me: me.clone(),
         });
@@ -315,7 +255,17 @@ impl ReadCache {
             .into_iter()
             .filter_map(|entry| Some((entry.clone(), index.remove(&entry)?)))
             .collect();
+        let unwritten: Vec<(PathBuf, u64)> = index
+            .unwritten
+            .keys()
+            .filter(|(relative, chunk)| chosen(&Entry::Chunk(relative.clone(), *chunk)))
+            .cloned()
+            .collect();
+        for (relative, chunk) in unwritten {
+            index.drop_unwritten(&relative, chunk);
+        }
         drop(index);
+        self.written.notify_all();
         self.evict_entries(victims);
     }
 
@@ -345,8 +295,17 @@ impl ReadCache {
             index.remove(&Entry::Local(relative.clone()));
             for chunk in 0..chunks {
                 index.remove(&Entry::Chunk(relative.clone(), chunk));
+                index.drop_unwritten(&relative, chunk);
+            }
+            // A chunk being written is deleted by its writer: wait for it.
+            while index.writing.iter().any(|(file, _)| *file == relative) {
+                index = match self.written.wait(index) {
+                    Ok(index) => index,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
             }
         }
+        self.written.notify_all();
         for chunk in 0..chunks {
             let _ = fs::remove_file(self.chunk_path(&relative, chunk));
         }
@@ -489,21 +448,37 @@ impl ReadCache {
 
     /// Whether chunk `chunk` of `relative` is cached (marked as used).
     pub(super) fn has_chunk(&self, relative: &Path, chunk: u64) -> bool {
-        self.lock()
-            .touch(&Entry::Chunk(relative.to_path_buf(), chunk))
+        let mut index = self.lock();
+        index.touch(&Entry::Chunk(relative.to_path_buf(), chunk))
+            || index
+                .unwritten
+                .contains_key(&(relative.to_path_buf(), chunk))
     }
 
-    /// Chunk `chunk` of `relative` in the cache, opened for reading, when
-    /// it is there whole (`expected` bytes).
-    pub(super) fn cached_chunk(&self, relative: &Path, chunk: u64, expected: u64) -> Option<File> {
+    /// Chunk `chunk` of `relative` in the cache, when it is there whole
+    /// (`expected` bytes): opened for reading, or in memory while it waits
+    /// to be written.
+    pub(super) fn cached_chunk(
+        &self,
+        relative: &Path,
+        chunk: u64,
+        expected: u64,
+    ) -> Option<CachedChunk> {
         let entry = Entry::Chunk(relative.to_path_buf(), chunk);
-        if !self.lock().touch(&entry) {
-            return None;
+        {
+            let mut index = self.lock();
+            if !index.touch(&entry) {
+                return index
+                    .unwritten
+                    .get(&(relative.to_path_buf(), chunk))
+                    .filter(|bytes| bytes.len() as u64 == expected)
+                    .map(|bytes| CachedChunk::Unwritten(bytes.clone()));
+            }
         }
         let path = self.chunk_path(relative, chunk);
         let opened = File::open(&path).and_then(|file| Ok((file.metadata()?.len(), file)));
         match opened {
-            Ok((length, file)) if length == expected => Some(file),
+            Ok((length, file)) if length == expected => Some(CachedChunk::File(file)),
             _ => {
                 // Evicted meanwhile, or cut short by a crash: fetch again.
                 self.lock().remove(&entry);
@@ -512,8 +487,39 @@ impl ReadCache {
         }
     }
 
-    /// Keeps a chunk just fetched.
-    pub(super) fn keep_chunk(&self, relative: &Path, chunk: u64, bytes: &Bytes) {
+    /// Keeps `chunks` of `relative`, just fetched: held in memory and
+    /// written by the writer thread (by this thread when there is none or
+    /// too much is waiting).
+    pub(super) fn keep_chunks(&self, relative: &Path, chunks: &[(u64, Bytes)]) {
+        let total: u64 = chunks.iter().map(|(_, bytes)| bytes.len() as u64).sum();
+        let behind = {
+            let mut index = self.lock();
+            let behind = index.unwritten_bytes + total <= MAX_UNWRITTEN_BYTES;
+            for (chunk, bytes) in chunks {
+                index.hold_unwritten(relative, *chunk, bytes.clone());
+            }
+            behind
+        };
+        for (chunk, _) in chunks {
+            if !(behind && self.writer.queue(relative, *chunk)) {
+                self.write_chunk(relative, *chunk);
+            }
+        }
+    }
+
+    /// Writes chunk `chunk` of `relative` from memory to its file and
+    /// counts it; nothing when it is no longer held (written already, or
+    /// its file deleted or the ranges cleared meanwhile).
+    fn write_chunk(&self, relative: &Path, chunk: u64) {
+        let key = (relative.to_path_buf(), chunk);
+        let bytes = {
+            let mut index = self.lock();
+            let Some(bytes) = index.unwritten.get(&key).cloned() else {
+                return;
+            };
+            index.writing.push(key.clone());
+            bytes
+        };
         let path = self.chunk_path(relative, chunk);
         static WRITES: AtomicU64 = AtomicU64::new(0);
         let temp = path.with_extension(format!(
@@ -524,22 +530,52 @@ impl ReadCache {
         let written = path
             .parent()
             .map_or(Ok(()), fs::create_dir_all)
-            .and_then(|()| fs::write(&temp, bytes))
+            .and_then(|()| fs::write(&temp, &bytes))
             .and_then(|()| fs::rename(&temp, &path));
-        match written {
-            Ok(()) => {
-                self.lock().insert(
-                    Entry::Chunk(relative.to_path_buf(), chunk),
-                    bytes.len() as u64,
-                    None,
-                );
-                self.evict();
+        {
+            let mut index = self.lock();
+            if let Some(at) = index.writing.iter().position(|writing| *writing == key) {
+                index.writing.swap_remove(at);
             }
-            Err(error) => {
-                let _ = fs::remove_file(&temp);
-                tracing::warn!(path = %path.display(), %error, "could not cache a range of a stored metric file");
+            let held = index.drop_unwritten(relative, chunk);
+            match written {
+                Ok(()) if held => {
+                    index.insert(
+                        Entry::Chunk(relative.to_path_buf(), chunk),
+                        bytes.len() as u64,
+                        None,
+                    );
+                }
+                Ok(()) => {
+                    // Dropped while it was written: the file goes too.
+                    let _ = fs::remove_file(&path);
+                }
+                Err(error) => {
+                    let _ = fs::remove_file(&temp);
+                    tracing::warn!(path = %path.display(), %error, "could not cache a range of a stored metric file");
+                }
             }
         }
+        self.written.notify_all();
+        self.evict();
+    }
+
+    /// Waits until every chunk fetched so far is written (or dropped), at
+    /// most `timeout`; whether they all were.
+    pub fn wait_for_writes(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut index = self.lock();
+        while !index.unwritten.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            index = match self.written.wait_timeout(index, left) {
+                Ok((index, _)) => index,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        true
     }
 }
 
@@ -601,70 +637,27 @@ fn files_under(dir: &Path) -> Result<Vec<PathBuf>, StorageError> {
 
 #[cfg(test)]
 mod tests {
+    use super::testing::{Setup, setup, upload, write};
     use super::*;
     use crate::model::MetricSeries;
-    use crate::storage::{SharedByFiles, Uploader, written_file};
-    use object_store::memory::InMemory;
-    use std::time::Duration;
+    use crate::storage::SharedByFiles;
 
-    /// A data directory's metrics tree, an in-memory store and a cache of
-    /// `budget` bytes over it, its files uploaded by an uploader.
-    struct Setup {
-        dir: tempfile::TempDir,
-        root: PathBuf,
-        store: MetricStore,
-        shared: Arc<SharedByFiles>,
-        cache: Arc<ReadCache>,
-    }
-
-    fn setup(budget: u64) -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("metrics");
-        let store = MetricStore::over(Arc::new(InMemory::new()), "team", "memory://").unwrap();
-        let cache = ReadCache::open(
-            store.clone(),
-            dir.path().join("cache"),
-            root.clone(),
-            budget,
-        )
-        .unwrap();
-        let shared = Arc::new(SharedByFiles::new(1 << 20));
-        shared.set_cache(Arc::clone(&cache));
-        shared.set_uploader(Uploader::start(store.clone(), root.clone()));
-        Setup {
-            dir,
-            root,
-            store,
-            shared,
-            cache,
-        }
-    }
-
-    /// Writes a file of `points` steps of key `k` as file `seq` of run `r`
-    /// and opens it in `setup`'s tree.
-    fn write(setup: &Setup, seq: u64, points: i64) -> Arc<PersistedFile> {
-        let path = setup
-            .root
-            .join(format!("experiment_id=0/run_id=r/{seq:08}.parquet"));
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        let rows: Vec<(&str, i64, i64, f64)> = (0..points)
-            .map(|step| ("k", step, step * 10, (step as f64).sin()))
-            .collect();
-        written_file(&path, &rows);
-        let (file, _) = PersistedFile::open_shared(seq, &path, Arc::clone(&setup.shared)).unwrap();
-        Arc::new(file)
-    }
-
-    /// Uploads `file` and waits until the uploader is done with it (its
-    /// copy adopted by the cache, and whatever that evicted, evicted).
-    fn upload(setup: &Setup, file: &Arc<PersistedFile>) {
-        let uploads = setup.shared.uploads().unwrap();
-        uploads.upload(file);
+    /// Waits until the chunks fetched so far are written to the cache.
+    fn settle(setup: &Setup) {
         assert!(
-            uploads.wait_until_idle(Duration::from_secs(30)),
-            "the upload did not finish"
+            setup.cache.wait_for_writes(Duration::from_secs(30)),
+            "the chunks were not written"
         );
-        assert!(file.is_uploaded());
+    }
+
+    /// The chunk files in `setup`'s cache and their bytes.
+    fn chunk_files(setup: &Setup) -> (usize, u64) {
+        let files = files_under(&setup.dir.path().join("cache").join(RANGES_DIR)).unwrap();
+        let bytes = files
+            .iter()
+            .map(|path| fs::metadata(path).unwrap().len())
+            .sum();
+        (files.len(), bytes)
     }
 
     fn read(file: &PersistedFile) -> MetricSeries {
@@ -736,6 +729,7 @@ mod tests {
         assert!(opened.is_stored_only() && opened.is_uploaded());
         assert_eq!(read(&opened), expected);
         // Its footer was kept: a second open needs nothing from the store.
+        settle(&setup);
         let fetched = setup.cache.snapshot().fetched_bytes;
         assert_eq!(setup.cache.moved_files().unwrap().len(), 1);
         let shared = Arc::new(SharedByFiles::new(1 << 20));
@@ -761,6 +755,7 @@ mod tests {
         upload(&setup, &file);
         file.move_to_store(&setup.cache).unwrap();
         read(&file);
+        settle(&setup);
         let held = setup.cache.snapshot().bytes;
         assert!(held > 2 << 20, "{held}");
         let smaller = ReadCache::open(
@@ -791,6 +786,7 @@ mod tests {
         upload(&setup, &file);
         file.move_to_store(&setup.cache).unwrap();
         read(&file);
+        settle(&setup);
         assert!(setup.cache.snapshot().bytes > 0);
         file.mark_obsolete();
         drop(file);
@@ -801,6 +797,46 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn fetched_chunks_are_read_from_memory_until_written_behind_the_read() {
+        let setup = setup(64 << 20);
+        let file = write(&setup, 1, 300_000);
+        let expected = read(&file);
+        upload(&setup, &file);
+        file.move_to_store(&setup.cache).unwrap();
+        assert_eq!(read(&file), expected);
+        let chunks = file.bytes().div_ceil(CHUNK_BYTES);
+        let fetched = setup.cache.snapshot();
+        assert_eq!(fetched.misses, chunks);
+        // Read again before or while they are written: nothing fetched.
+        assert_eq!(read(&file), expected);
+        assert_eq!(setup.cache.snapshot().fetched_bytes, fetched.fetched_bytes);
+        settle(&setup);
+        let written = setup.cache.snapshot();
+        assert_eq!(chunk_files(&setup), (chunks as usize, file.bytes()));
+        assert_eq!(written.bytes, file.bytes());
+        assert_eq!(read(&file), expected);
+        assert_eq!(setup.cache.snapshot().fetched_bytes, fetched.fetched_bytes);
+    }
+
+    #[test]
+    fn a_file_deleted_while_its_chunks_are_written_leaves_nothing() {
+        for _ in 0..5 {
+            let setup = setup(64 << 20);
+            let file = write(&setup, 1, 300_000);
+            upload(&setup, &file);
+            file.move_to_store(&setup.cache).unwrap();
+            read(&file);
+            // Deleted at once: before, while or after its chunks are
+            // written, whichever the writer thread has reached.
+            file.mark_obsolete();
+            drop(file);
+            settle(&setup);
+            assert_eq!(chunk_files(&setup), (0, 0));
+            assert_eq!(setup.cache.snapshot().bytes, 0);
+        }
     }
 
     #[test]
