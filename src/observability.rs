@@ -67,7 +67,7 @@ impl Collector for SnapshotCollector {
         let uploads = &snapshot.uploads;
         let cache = &snapshot.cache;
         let replica = &snapshot.replica;
-        let counters: [(&str, &str, u64); 29] = [
+        let counters: [(&str, &str, u64); 30] = [
             (
                 "store_fetches",
                 "Fetches from the object store for reads (each gets the missing 1 MiB ranges of one read, concurrently)",
@@ -82,6 +82,11 @@ impl Collector for SnapshotCollector {
                 "replica_failed_refreshes",
                 "Read replica refreshes that failed (the store did not answer; retried at the next)",
                 replica.failed_refreshes,
+            ),
+            (
+                "replica_catalog_updates",
+                "Newer catalog snapshots (runs, params, tags) taken from the object store by a read replica since start",
+                replica.catalog_updates,
             ),
             (
                 "replica_run_updates",

@@ -556,6 +556,10 @@ fn a_read_replica_serves_what_the_writer_stores_and_refuses_writes() {
     assert!((sum - loss_sum).abs() < 1e-9, "{sum} != {loss_sum}");
     assert!(replica.metric("stepstore_replica_refreshes_total") >= 1.0);
     assert!(replica.metric("stepstore_replica_run_updates_total") >= 1.0);
+    assert!(
+        replica.metric("stepstore_replica_catalog_updates_total") >= 1.0,
+        "the run's end came in a newer catalog snapshot"
+    );
     replica.stop();
     writer.stop();
 }
