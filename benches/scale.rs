@@ -17,9 +17,17 @@
 //! - SQL over `latest_metrics` joined with `params` for one experiment;
 //! - a 1,000-point scalar read of one run.
 //!
+//! Last, it stops and starts the server once more: the second start shows
+//! the steady state (a data directory from an older version gets its run
+//! manifests written after its first start).
+//!
 //! Each query runs once untimed, then `STEPSTORE_BENCH_REPEAT` (default 5)
 //! times; the median is shown. `STEPSTORE_SCALE_DIR` keeps the data
 //! directories there (default: a temporary directory, removed after).
+//! With `STEPSTORE_SCALE_REUSE=1`, a data directory already there is
+//! measured as it is, not built again, and `STEPSTORE_SCALE_BINARY` names
+//! the binary to run (default: this build's): together they compare two
+//! versions on the same history.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -46,7 +54,9 @@ struct Server {
 impl Server {
     fn start(data_dir: &Path) -> anyhow::Result<Server> {
         let started = Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_stepstore"))
+        let binary = std::env::var_os("STEPSTORE_SCALE_BINARY")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_stepstore").into());
+        let mut child = Command::new(binary)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("RUST_LOG", "warn")
@@ -274,6 +284,7 @@ struct Figures {
     build_seconds: f64,
     bytes: u64,
     start_seconds: f64,
+    start_again_seconds: f64,
     rss: u64,
     rss_empty: u64,
     search_one_ms: f64,
@@ -282,17 +293,22 @@ struct Figures {
     scalar_ms: f64,
 }
 
-fn measure(root: &Path, runs: usize, repeat: usize) -> anyhow::Result<Figures> {
-    let data_dir = root.join(format!("runs-{runs}"));
-    let _ = std::fs::remove_dir_all(&data_dir);
-    let server = Server::start(&data_dir)?;
+/// Builds a history of `runs` runs in `data_dir` (emptied first) on a
+/// server it starts and stops. Returns the build time, seconds, and the
+/// resident memory of the server while still empty.
+fn build_history(
+    client: &reqwest::blocking::Client,
+    data_dir: &Path,
+    runs: usize,
+) -> anyhow::Result<(f64, u64)> {
+    let _ = std::fs::remove_dir_all(data_dir);
+    let server = Server::start(data_dir)?;
     std::thread::sleep(Duration::from_secs(1));
     let rss_empty = server.rss()?;
-    let client = client()?;
     let mut experiments = Vec::with_capacity(EXPERIMENTS);
     for experiment in 0..EXPERIMENTS {
         let created = post(
-            &client,
+            client,
             &format!("{}/api/2.0/mlflow/experiments/create", server.url),
             &json!({ "name": format!("sweep-{experiment}") }),
         )?;
@@ -304,15 +320,64 @@ fn measure(root: &Path, runs: usize, repeat: usize) -> anyhow::Result<Figures> {
         );
     }
     let started = Instant::now();
-    let ids = build(&server.url, &experiments, runs)?;
+    build(&server.url, &experiments, runs)?;
     let build_seconds = started.elapsed().as_secs_f64();
     server.stop()?;
+    Ok((build_seconds, rss_empty))
+}
+
+/// The ids of the benchmark's experiments (`sweep-0` ...), in order.
+fn experiments_of(client: &reqwest::blocking::Client, url: &str) -> anyhow::Result<Vec<String>> {
+    let found = post(
+        client,
+        &format!("{url}/api/2.0/mlflow/experiments/search"),
+        &json!({ "max_results": 1000 }),
+    )?;
+    let mut sweeps: Vec<(usize, String)> = found["experiments"]
+        .as_array()
+        .context("experiments")?
+        .iter()
+        .filter_map(|experiment| {
+            let number = experiment["name"]
+                .as_str()?
+                .strip_prefix("sweep-")?
+                .parse()
+                .ok()?;
+            Some((number, experiment["experiment_id"].as_str()?.to_string()))
+        })
+        .collect();
+    sweeps.sort();
+    Ok(sweeps.into_iter().map(|(_, id)| id).collect())
+}
+
+fn measure(root: &Path, runs: usize, repeat: usize) -> anyhow::Result<Figures> {
+    let data_dir = root.join(format!("runs-{runs}"));
+    let client = client()?;
+    let reuse = std::env::var_os("STEPSTORE_SCALE_REUSE").is_some() && data_dir.exists();
+    let (build_seconds, rss_empty) = if reuse {
+        let empty = tempfile::tempdir()?;
+        let server = Server::start(empty.path())?;
+        std::thread::sleep(Duration::from_secs(1));
+        let rss_empty = server.rss()?;
+        server.stop()?;
+        (f64::NAN, rss_empty)
+    } else {
+        build_history(&client, &data_dir, runs)?
+    };
     let bytes = size_of(&data_dir);
 
     let server = Server::start(&data_dir)?;
     let start_seconds = server.started_in.as_secs_f64();
     std::thread::sleep(Duration::from_secs(3));
     let rss = server.rss()?;
+    let experiments = experiments_of(&client, &server.url)?;
+    if experiments.len() != EXPERIMENTS {
+        bail!(
+            "{} experiments found in {}",
+            experiments.len(),
+            data_dir.display()
+        );
+    }
     let search = |experiment_ids: &[String]| -> anyhow::Result<()> {
         let found = post(
             &client,
@@ -347,7 +412,15 @@ fn measure(root: &Path, runs: usize, repeat: usize) -> anyhow::Result<Figures> {
         )
         .map(|_| ())
     })?;
-    let run = ids.get(ids.len() / 2).context("no run")?;
+    let found = post(
+        &client,
+        &format!("{}/api/2.0/mlflow/runs/search", server.url),
+        &json!({ "experiment_ids": [experiments[EXPERIMENTS / 2]], "max_results": 1 }),
+    )?;
+    let run = found["runs"][0]["info"]["run_id"]
+        .as_str()
+        .context("no run")?
+        .to_string();
     let scalar_ms = time(repeat, || {
         let response = client
             .get(format!("{}/api/v1/runs/{run}/metrics/loss", server.url))
@@ -359,11 +432,15 @@ fn measure(root: &Path, runs: usize, repeat: usize) -> anyhow::Result<Figures> {
         Ok(())
     })?;
     server.stop()?;
+    let again = Server::start(&data_dir)?;
+    let start_again_seconds = again.started_in.as_secs_f64();
+    again.stop()?;
     Ok(Figures {
         runs,
         build_seconds,
         bytes,
         start_seconds,
+        start_again_seconds,
         rss,
         rss_empty,
         search_one_ms,
@@ -408,10 +485,11 @@ fn main() -> anyhow::Result<()> {
         all.push(figures);
     }
     println!(
-        "{:>9} {:>10} {:>9} {:>9} {:>12} {:>13} {:>13} {:>9} {:>10}",
+        "{:>9} {:>10} {:>9} {:>9} {:>9} {:>12} {:>13} {:>13} {:>9} {:>10}",
         "runs",
         "data MiB",
         "start s",
+        "again s",
         "RSS MiB",
         "bytes/run",
         "search 1 ms",
@@ -421,10 +499,11 @@ fn main() -> anyhow::Result<()> {
     );
     for figures in all {
         println!(
-            "{:>9} {:>10.0} {:>9.2} {:>9.0} {:>12.0} {:>13.1} {:>13.1} {:>9.1} {:>10.2}",
+            "{:>9} {:>10.0} {:>9.2} {:>9.2} {:>9.0} {:>12.0} {:>13.1} {:>13.1} {:>9.1} {:>10.2}",
             figures.runs,
             figures.bytes as f64 / (1 << 20) as f64,
             figures.start_seconds,
+            figures.start_again_seconds,
             figures.rss as f64 / (1 << 20) as f64,
             figures.rss.saturating_sub(figures.rss_empty) as f64 / figures.runs as f64,
             figures.search_one_ms,

@@ -6,13 +6,18 @@
 # being written during the next), then 10,000 runs
 # at once while sampling the server's peak memory. Prints one report per
 # configuration. Usage: scripts/bench-ingest.sh [seconds per configuration]
+# STEPSTORE_BIN names a binary to measure instead of building one (two
+# versions back to back).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/stepstore-target}"
 seconds="${1:-20}"
 
-cargo build --release --bin stepstore
-bin="$CARGO_TARGET_DIR/release/stepstore"
+bin="${STEPSTORE_BIN:-}"
+if [ -z "$bin" ]; then
+  cargo build --release --bin stepstore
+  bin="$CARGO_TARGET_DIR/release/stepstore"
+fi
 data="$(mktemp -d)"
 port=5077
 target="http://127.0.0.1:$port"

@@ -67,7 +67,7 @@ impl Collector for SnapshotCollector {
         let uploads = &snapshot.uploads;
         let cache = &snapshot.cache;
         let replica = &snapshot.replica;
-        let counters: [(&str, &str, u64); 30] = [
+        let counters: [(&str, &str, u64); 31] = [
             (
                 "store_fetches",
                 "Fetches from the object store for reads (each gets the missing 1 MiB ranges of one read, concurrently)",
@@ -199,6 +199,11 @@ impl Collector for SnapshotCollector {
                 snapshot.compactions,
             ),
             (
+                "run_manifests_written",
+                "Run manifests written since start (what the next start reads instead of the run's footers)",
+                snapshot.run_manifests_written,
+            ),
+            (
                 "persist_failures",
                 "Failed metric file writes since start (retried)",
                 snapshot.persist_failures,
@@ -225,7 +230,12 @@ impl Collector for SnapshotCollector {
                 encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric_encoder)?;
         }
-        let gauges: [(&str, &str, u64); 18] = [
+        let gauges: [(&str, &str, u64); 19] = [
+            (
+                "runs_from_manifests",
+                "Runs whose files the start took from their manifests, no footer read",
+                snapshot.runs_from_manifests,
+            ),
             (
                 "replica_staleness_seconds",
                 "Seconds since a read replica's last successful refresh (0 for a writer)",

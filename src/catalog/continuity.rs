@@ -256,14 +256,18 @@ impl Catalog {
                     parent_run.experiment_id, run.experiment_id
                 )));
             }
-            let mut params: BTreeMap<String, String> = parent_run.params.clone();
+            let mut params: BTreeMap<String, String> = parent_run
+                .params
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect();
             params.extend(run.params.drain(..));
             run.params = params.into_iter().collect();
             let mut tags: BTreeMap<String, String> = parent_run
                 .tags
                 .iter()
-                .filter(|(key, _)| !NOT_INHERITED_TAGS.contains(&key.as_str()))
-                .map(|(key, value)| (key.clone(), value.clone()))
+                .filter(|(key, _)| !NOT_INHERITED_TAGS.contains(key))
+                .map(|(key, value)| (key.to_string(), value.to_string()))
                 .collect();
             tags.extend(run.tags.drain(..));
             run.tags = tags.into_iter().collect();
@@ -383,10 +387,10 @@ mod tests {
         let (child, _) = catalog
             .fork_run(&log, fork(7, vec![("lr".into(), "0.01".into())]))
             .unwrap();
-        assert_eq!(child.params["lr"], "0.01", "the fork's own params win");
-        assert_eq!(child.params["depth"], "4");
-        assert_eq!(child.tags["team"], "a");
-        assert_eq!(child.tags["note"], "x");
+        assert_eq!(&child.params["lr"], "0.01", "the fork's own params win");
+        assert_eq!(&child.params["depth"], "4");
+        assert_eq!(&child.tags["team"], "a");
+        assert_eq!(&child.tags["note"], "x");
         assert!(!child.tags.contains_key(REWIND_TAG));
         assert_eq!(child.tags[RUN_NAME_TAG], child.run_name);
         let (second, _) = catalog.fork_run(&log, fork(7, Vec::new())).unwrap();

@@ -516,8 +516,8 @@ mod tests {
                 lifecycle_stage: crate::model::LifecycleStage::Active,
                 deleted_time: None,
                 artifact_uri: String::new(),
-                params: BTreeMap::new(),
-                tags: BTreeMap::new(),
+                params: Default::default(),
+                tags: Default::default(),
                 inputs: Vec::new(),
             };
             CatalogMutation::CreateRun(Box::new(run)).apply(&mut state);

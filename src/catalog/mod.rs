@@ -270,8 +270,8 @@ impl PreparedRun {
             lifecycle_stage: LifecycleStage::Active,
             deleted_time: None,
             artifact_uri: format!("{}/{run_id}/artifacts", experiment.artifact_location),
-            params: self.params.clone(),
-            tags: self.tags.clone(),
+            params: self.params.iter().collect(),
+            tags: self.tags.iter().collect(),
             inputs: Vec::new(),
         })
     }
@@ -595,7 +595,6 @@ impl Catalog {
                 let existing = run
                     .params
                     .get(key)
-                    .map(String::as_str)
                     .or_else(|| fresh.get(key.as_str()).copied());
                 match existing {
                     Some(old) if old != value => {
@@ -649,7 +648,7 @@ impl Catalog {
             let new_keys: std::collections::HashSet<&str> = tags
                 .iter()
                 .map(|(key, _)| key.as_str())
-                .filter(|key| !run.tags.contains_key(*key))
+                .filter(|key| !run.tags.contains_key(key))
                 .collect();
             room_for("tags", new_keys.len(), run.tags.len(), MAX_TAGS_PER_RUN)?;
             Ok(((), Some(CatalogMutation::SetRunTags { run_id, tags })))
@@ -937,7 +936,7 @@ mod tests {
             .create_run(&log, new_run(ExperimentId::DEFAULT))
             .unwrap();
         assert!(!run.run_name.is_empty());
-        assert_eq!(run.tags.get(RUN_NAME_TAG), Some(&run.run_name));
+        assert_eq!(run.tags.get(RUN_NAME_TAG), Some(run.run_name.as_str()));
         let same = catalog
             .log_params(&log, run.run_id, vec![("lr".into(), "0.1".into())])
             .unwrap();
@@ -952,7 +951,7 @@ mod tests {
         assert_eq!(conflict.kind(), ErrorKind::ParamConflict);
         let stored = catalog.run(run.run_id).unwrap();
         assert_eq!(stored.params.len(), 1, "the batch was refused whole");
-        assert_eq!(stored.params["lr"], "0.1");
+        assert_eq!(&stored.params["lr"], "0.1");
     }
 
     #[test]
@@ -976,7 +975,7 @@ mod tests {
         catalog
             .set_run_tags(&log, run.run_id, vec![("team".into(), "b".into())])
             .unwrap();
-        assert_eq!(catalog.run(run.run_id).unwrap().tags["team"], "b");
+        assert_eq!(&catalog.run(run.run_id).unwrap().tags["team"], "b");
         catalog
             .delete_run_tag(&log, run.run_id, "team".into())
             .unwrap();
@@ -999,7 +998,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(updated.status, RunStatus::Finished);
-        assert_eq!(updated.tags[RUN_NAME_TAG], "final");
+        assert_eq!(&updated.tags[RUN_NAME_TAG], "final");
         assert_eq!(catalog.run(run.run_id).unwrap(), updated);
     }
 

@@ -241,11 +241,16 @@ impl CatalogMutation {
             }
             CatalogMutation::LogParams { run_id, params } => {
                 if let Some(run) = run_mut(state, *run_id) {
+                    // A logged param keeps its first value.
+                    let mut fresh: Vec<(&str, &str)> = Vec::new();
                     for (key, value) in params {
-                        run.params
-                            .entry(key.clone())
-                            .or_insert_with(|| value.clone());
+                        if !run.params.contains_key(key)
+                            && !fresh.iter().any(|(known, _)| known == key)
+                        {
+                            fresh.push((key, value));
+                        }
                     }
+                    run.params.extend(fresh);
                 }
             }
             CatalogMutation::SetRunTags { run_id, tags } => {
@@ -254,8 +259,9 @@ impl CatalogMutation {
                         if key == RUN_NAME_TAG {
                             run.run_name = value.clone();
                         }
-                        run.tags.insert(key.clone(), value.clone());
                     }
+                    run.tags
+                        .extend(tags.iter().map(|(key, value)| (key, value)));
                 }
             }
             CatalogMutation::LogInputs { run_id, inputs } => {
@@ -353,7 +359,7 @@ pub(crate) fn apply_run_update(
     }
     if let Some(name) = run_name {
         run.run_name = name.to_string();
-        run.tags.insert(RUN_NAME_TAG.to_string(), name.to_string());
+        run.tags.insert(RUN_NAME_TAG, name);
     }
 }
 

@@ -440,8 +440,8 @@ mod tests {
             lifecycle_stage: LifecycleStage::Active,
             deleted_time: None,
             artifact_uri: String::new(),
-            params: std::collections::BTreeMap::new(),
-            tags: std::collections::BTreeMap::new(),
+            params: Default::default(),
+            tags: Default::default(),
             inputs: Vec::new(),
         }
     }

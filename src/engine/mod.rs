@@ -309,6 +309,8 @@ pub struct Engine {
     tokens: TokenStore,
     /// Damaged metric files moved to quarantine at start.
     quarantined_files: u64,
+    /// Runs whose files the start took from their manifests.
+    runs_from_manifests: u64,
     /// The metric files' footer cache and damaged-read count (the
     /// layout's).
     files_shared: Arc<SharedByFiles>,
@@ -383,17 +385,22 @@ impl Engine {
             &artifact_root,
         )?;
         let catalog_state = loaded_catalog.state;
+        let catalog_loaded = started.elapsed();
         let listing = store_start::list_store(&layout);
         let stored = store_start::stored_files(&layout, listing.as_ref(), is_replica)?;
+        let wal_dir = data_dir.join(recovery::WAL_DIR);
         let files = recovery::load_metric_files(
             &layout,
             &data_dir.join(recovery::QUARANTINE_DIR),
             catalog_state.continuity(),
             &stored,
+            recovery::wal_floor(&wal_dir)?,
         )?;
         store_start::reconcile_store(&layout, &files, listing.as_ref());
+        let files_loaded = started.elapsed();
         let receipts = Arc::new(IngestReceipts::new(loaded_catalog.receipts, now_millis()));
         let quarantined_files = files.quarantined + loaded_catalog.quarantined;
+        let runs_from_manifests = files.from_manifests;
         let snapshot_lsn = catalog_state.applied_lsn;
         if snapshot_lsn == 0 {
             // A new data directory: fix the Default experiment's creation time.
@@ -420,9 +427,9 @@ impl Engine {
             layout,
             files.runs,
         )?);
-        let wal_dir = data_dir.join(recovery::WAL_DIR);
         let replayed =
             recovery::replay_wal(&wal_dir, &catalog, &receipts, &ingester, &files.covered)?;
+        let wal_replayed = started.elapsed();
         // Files of a run the catalog does not know (a gc's record is behind
         // the snapshot, and the server stopped before the files went; or a
         // catalog that lost runs) are kept, never served: `stepstore gc`
@@ -477,7 +484,11 @@ impl Engine {
             wal_records_already_persisted = replayed.skipped_metric_records,
             wal_torn_bytes = replayed.truncated_bytes,
             quarantined_files,
+            runs_from_manifests,
             last_lsn,
+            catalog_ms = catalog_loaded.as_millis() as u64,
+            metric_files_ms = (files_loaded - catalog_loaded).as_millis() as u64,
+            wal_replay_ms = (wal_replayed - files_loaded).as_millis() as u64,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "recovered"
         );
@@ -499,6 +510,7 @@ impl Engine {
             replica_thread: Mutex::new(None),
             tokens,
             quarantined_files,
+            runs_from_manifests,
             files_shared,
             catalog_in_doubt: Arc::default(),
             checkpoint_lock: Mutex::new(()),
@@ -769,12 +781,24 @@ impl Engine {
     /// Runs in the given experiments (all experiments when empty) in the
     /// view, in no particular order.
     pub fn runs_in(&self, experiment_ids: &[ExperimentId], view: ViewType) -> Vec<Run> {
+        self.runs_in_matching(experiment_ids, view, |_| true)
+    }
+
+    /// The runs of [`Engine::runs_in`] that `keep` accepts (tested before
+    /// a run is copied).
+    pub fn runs_in_matching(
+        &self,
+        experiment_ids: &[ExperimentId],
+        view: ViewType,
+        keep: impl Fn(&Run) -> bool,
+    ) -> Vec<Run> {
         self.catalog
             .read()
             .runs()
             .filter(|run| {
                 (experiment_ids.is_empty() || experiment_ids.contains(&run.experiment_id))
                     && view.includes(run.lifecycle_stage)
+                    && keep(run)
             })
             .cloned()
             .collect()

@@ -32,6 +32,11 @@ pub struct TelemetrySnapshot {
     pub files_persisted: u64,
     /// Compactions since start.
     pub compactions: u64,
+    /// Run manifests written since start.
+    pub run_manifests_written: u64,
+    /// Runs whose files the start took from their manifests (no footer
+    /// read).
+    pub runs_from_manifests: u64,
     /// Failed file writes since start.
     pub persist_failures: u64,
     /// Bytes of WAL segments still needed or not yet removed.
@@ -134,6 +139,8 @@ impl Engine {
             bytes_persisted: ingest.bytes_persisted(),
             files_persisted: ingest.files_persisted(),
             compactions: ingest.compactions(),
+            run_manifests_written: ingest.manifests_written(),
+            runs_from_manifests: self.runs_from_manifests,
             persist_failures: ingest.persist_failures(),
             wal_unpersisted_bytes: wal.live_bytes,
             wal_segments: wal.segments as u64,

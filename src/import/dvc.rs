@@ -356,7 +356,7 @@ pub async fn import_lock(
     let imported: std::collections::HashSet<String> = engine
         .runs_of_experiment(experiment_id, ViewType::All)
         .into_iter()
-        .filter_map(|run| run.tags.get(STAGE_DIGEST_TAG).cloned())
+        .filter_map(|run| run.tags.get(STAGE_DIGEST_TAG).map(str::to_string))
         .collect();
     let principal = Principal::unrestricted();
     let mut summary = DvcImportSummary::default();

@@ -249,10 +249,9 @@ fn collect_rows(
 /// The buffer new points of a run go to: sealed segments and an unsealed
 /// tail of builders.
 pub struct ActiveBuffer {
-    key_ids: UInt32Builder,
-    steps: Int64Builder,
-    timestamps: Int64Builder,
-    values: Float64Builder,
+    /// The unsealed tail's columns; `None` while the buffer is empty, so
+    /// that an idle run keeps a pointer instead of four column builders.
+    tail: Option<Box<Tail>>,
     sealed: Vec<Arc<Segment>>,
     sealed_rows: usize,
     sealed_bytes: u64,
@@ -261,16 +260,41 @@ pub struct ActiveBuffer {
     opened_at: Option<Instant>,
 }
 
+/// The columns of an active buffer's unsealed tail.
+struct Tail {
+    key_ids: UInt32Builder,
+    steps: Int64Builder,
+    timestamps: Int64Builder,
+    values: Float64Builder,
+}
+
+impl Tail {
+    fn with_capacity(capacity: usize) -> Box<Tail> {
+        Box::new(Tail {
+            key_ids: UInt32Builder::with_capacity(capacity),
+            steps: Int64Builder::with_capacity(capacity),
+            timestamps: Int64Builder::with_capacity(capacity),
+            values: Float64Builder::with_capacity(capacity),
+        })
+    }
+
+    /// Bytes the columns hold allocated.
+    fn bytes(&self) -> u64 {
+        (self.key_ids.capacity() * 4
+            + self.steps.capacity() * 8
+            + self.timestamps.capacity() * 8
+            + self.values.capacity() * 8) as u64
+    }
+}
+
 impl Default for ActiveBuffer {
     /// An empty buffer that allocates nothing until its first point (a
     /// builder's default capacity, 1,024 rows per column, would cost 28 KiB
-    /// for each of thousands of idle runs).
+    /// for each of thousands of idle runs, and the four empty builders
+    /// themselves about 500 bytes).
     fn default() -> Self {
         ActiveBuffer {
-            key_ids: UInt32Builder::with_capacity(0),
-            steps: Int64Builder::with_capacity(0),
-            timestamps: Int64Builder::with_capacity(0),
-            values: Float64Builder::with_capacity(0),
+            tail: None,
             sealed: Vec::new(),
             sealed_rows: 0,
             sealed_bytes: 0,
@@ -296,31 +320,35 @@ impl ActiveBuffer {
             self.opened_at = Some(Instant::now());
         }
         self.last_lsn = lsn;
-        self.key_ids.append_slice(key_ids);
-        self.steps.append_slice(steps);
-        self.timestamps.append_slice(timestamps);
-        self.values.append_slice(values);
-        if self.steps.len() >= SEGMENT_ROWS {
+        let tail = self.tail.get_or_insert_with(|| Tail::with_capacity(0));
+        tail.key_ids.append_slice(key_ids);
+        tail.steps.append_slice(steps);
+        tail.timestamps.append_slice(timestamps);
+        tail.values.append_slice(values);
+        if tail.steps.len() >= SEGMENT_ROWS {
             self.seal(SEGMENT_ROWS);
         }
     }
 
     /// Moves the tail into a sealed segment; `capacity` is what the next
-    /// tail reserves.
+    /// tail reserves (none at 0: the tail goes).
     fn seal(&mut self, capacity: usize) {
-        if self.steps.is_empty() {
+        let Some(mut tail) = self.tail.take() else {
+            return;
+        };
+        if tail.steps.is_empty() {
+            self.tail = (capacity > 0).then_some(tail);
             return;
         }
-        let rows = self.steps.len();
-        let bytes = self.tail_bytes();
-        let key_ids =
-            std::mem::replace(&mut self.key_ids, UInt32Builder::with_capacity(capacity)).finish();
-        let steps =
-            std::mem::replace(&mut self.steps, Int64Builder::with_capacity(capacity)).finish();
-        let timestamps =
-            std::mem::replace(&mut self.timestamps, Int64Builder::with_capacity(capacity)).finish();
-        let values =
-            std::mem::replace(&mut self.values, Float64Builder::with_capacity(capacity)).finish();
+        let rows = tail.steps.len();
+        let bytes = tail.bytes();
+        let key_ids = tail.key_ids.finish();
+        let steps = tail.steps.finish();
+        let timestamps = tail.timestamps.finish();
+        let values = tail.values.finish();
+        if capacity > 0 {
+            self.tail = Some(Tail::with_capacity(capacity));
+        }
         self.sealed.push(Arc::new(Segment::new(
             key_ids.values().clone(),
             steps.values().clone(),
@@ -333,15 +361,12 @@ impl ActiveBuffer {
 
     /// Bytes the unsealed tail's columns hold allocated.
     fn tail_bytes(&self) -> u64 {
-        (self.key_ids.capacity() * 4
-            + self.steps.capacity() * 8
-            + self.timestamps.capacity() * 8
-            + self.values.capacity() * 8) as u64
+        self.tail.as_ref().map_or(0, |tail| tail.bytes())
     }
 
     /// Buffered points.
     pub fn rows(&self) -> usize {
-        self.sealed_rows + self.steps.len()
+        self.sealed_rows + self.tail.as_ref().map_or(0, |tail| tail.steps.len())
     }
 
     /// The sealed segments, oldest first.
@@ -368,14 +393,16 @@ impl ActiveBuffer {
     /// Copies the points of run key `key_id` in the unsealed tail into
     /// `out` (the sealed segments are shared, see [`Self::sealed`]).
     pub fn collect_tail_key(&self, key_id: u32, out: &mut MetricSeries) {
-        collect_rows(
-            self.key_ids.values_slice(),
-            self.steps.values_slice(),
-            self.timestamps.values_slice(),
-            self.values.values_slice(),
-            key_id,
-            out,
-        );
+        if let Some(tail) = &self.tail {
+            collect_rows(
+                tail.key_ids.values_slice(),
+                tail.steps.values_slice(),
+                tail.timestamps.values_slice(),
+                tail.values.values_slice(),
+                key_id,
+                out,
+            );
+        }
     }
 
     /// A copy of every buffered point, for a read that must see them all.
@@ -399,12 +426,14 @@ impl ActiveBuffer {
                     &segment.values[..],
                 )
             })
-            .chain(std::iter::once((
-                self.key_ids.values_slice(),
-                self.steps.values_slice(),
-                self.timestamps.values_slice(),
-                self.values.values_slice(),
-            )));
+            .chain(self.tail.iter().map(|tail| {
+                (
+                    tail.key_ids.values_slice(),
+                    tail.steps.values_slice(),
+                    tail.timestamps.values_slice(),
+                    tail.values.values_slice(),
+                )
+            }));
         for (key_ids, steps, timestamps, values) in parts {
             copy.key_ids.extend_from_slice(key_ids);
             copy.steps.extend_from_slice(steps);
@@ -420,16 +449,14 @@ impl ActiveBuffer {
     pub fn freeze(&mut self, chunk_id: u64, key_names: Arc<Vec<String>>) -> Option<FrozenChunk> {
         let first_lsn = self.first_lsn.take()?;
         self.opened_at = None;
+        // The chunk carries the memory count of everything the buffer held,
+        // including room an empty tail had reserved, which goes now (an
+        // idle run would otherwise keep it, counted, for good).
+        let bytes = self.bytes();
         self.seal(0);
         let rows = std::mem::take(&mut self.sealed_rows);
-        // The chunk carries the memory count of everything the buffer held,
-        // including room the empty tail had reserved, which goes now (an
-        // idle run would otherwise keep it, counted, for good).
-        let bytes = std::mem::take(&mut self.sealed_bytes) + self.tail_bytes();
-        self.key_ids = UInt32Builder::with_capacity(0);
-        self.steps = Int64Builder::with_capacity(0);
-        self.timestamps = Int64Builder::with_capacity(0);
-        self.values = Float64Builder::with_capacity(0);
+        self.sealed_bytes = 0;
+        self.tail = None;
         Some(FrozenChunk {
             id: chunk_id,
             bytes,

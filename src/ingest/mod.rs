@@ -115,6 +115,7 @@ pub struct IngestStats {
     bytes_persisted: AtomicU64,
     files_persisted: AtomicU64,
     compactions: AtomicU64,
+    manifests_written: AtomicU64,
     persist_failures: AtomicU64,
     /// The error of the last file write, while none has succeeded since.
     persist_failing: Mutex<Option<String>>,
@@ -152,6 +153,13 @@ impl IngestStats {
     /// Compactions completed since start.
     pub fn compactions(&self) -> u64 {
         self.compactions.load(Ordering::Relaxed)
+    }
+    /// Run manifests written since start.
+    pub fn manifests_written(&self) -> u64 {
+        self.manifests_written.load(Ordering::Relaxed)
+    }
+    fn count_manifest(&self) {
+        self.manifests_written.fetch_add(1, Ordering::Relaxed);
     }
     /// Failed file writes since start (each is retried).
     pub fn persist_failures(&self) -> u64 {
@@ -217,6 +225,9 @@ pub struct LoadedRun {
     pub since_rewind: Vec<(String, KeySummary)>,
     /// The LSNs of the forks made from the run.
     pub fork_points: Vec<Lsn>,
+    /// Whether the run's manifest describes exactly these files (it was
+    /// loaded from it), so none need be written.
+    pub manifest_current: bool,
 }
 
 /// Which runs a snapshot covers: every run, or only these.

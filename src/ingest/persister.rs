@@ -1,6 +1,7 @@
 //! Persister threads: write frozen chunks to Parquet files and compact runs,
-//! then report back to the owning shard.
+//! then report back to the owning shard; write settled runs' manifests.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -9,6 +10,7 @@ use super::buffer::FrozenChunk;
 use super::{ControlMessage, IngestStats};
 use crate::model::{ExperimentId, RunId};
 use crate::storage::compaction::{compact_files, remove_output};
+use crate::storage::run_manifest::{self, ManifestFile};
 use crate::storage::{MetricFileWriter, MetricsLayout, PersistedFile, StorageError};
 
 /// Work for a persister thread.
@@ -28,6 +30,13 @@ pub(crate) enum PersistJob {
         seq: u64,
         inputs: Vec<Arc<PersistedFile>>,
         reply: Sender<ControlMessage>,
+    },
+    /// Write the manifest of a settled run's files (see
+    /// [`crate::storage::run_manifest`]).
+    Manifest {
+        run_id: RunId,
+        run_dir: PathBuf,
+        files: Vec<Arc<PersistedFile>>,
     },
 }
 
@@ -130,8 +139,52 @@ pub(crate) fn run(jobs: Receiver<PersistJob>, layout: MetricsLayout, stats: Arc<
                     outcome,
                 });
             }
+            PersistJob::Manifest {
+                run_id,
+                run_dir,
+                files,
+            } => {
+                let outcome = contained("writing a run manifest", &stats, || {
+                    write_manifest(&run_dir, run_id, &files)
+                });
+                match outcome {
+                    Ok(true) => stats.count_manifest(),
+                    // A file was replaced meanwhile: a later manifest
+                    // names the new ones.
+                    Ok(false) => {}
+                    Err(error) => {
+                        tracing::warn!(%run_id, %error, "could not write a run manifest; the next start reads the run's footers")
+                    }
+                }
+            }
         }
     }
+}
+
+/// Writes the manifest of `files` into `run_dir`, their metadata taken
+/// from their footers (cached, as they were opened lately). `false` when
+/// one of them was replaced meanwhile: nothing is written.
+fn write_manifest(
+    run_dir: &Path,
+    run_id: RunId,
+    files: &[Arc<PersistedFile>],
+) -> Result<bool, StorageError> {
+    if files.iter().any(|file| file.is_obsolete()) {
+        return Ok(false);
+    }
+    let entries = files
+        .iter()
+        .map(|file| {
+            Ok(ManifestFile {
+                seq: file.seq(),
+                bytes: file.bytes(),
+                rows: file.rows(),
+                metadata: file.metadata()?,
+            })
+        })
+        .collect::<Result<Vec<_>, StorageError>>()?;
+    run_manifest::write(run_dir, run_id, &entries)?;
+    Ok(true)
 }
 
 fn write_chunk(

@@ -13,12 +13,23 @@ use crate::model::{ExperimentId, KeySummary, MetricBatch, MetricSeries, RunId};
 use crate::storage::PersistedFile;
 use crate::wal::Lsn;
 
+/// Up to this many keys a run finds a key's id by scanning its names,
+/// which is as fast as hashing for so few and keeps no second copy of them.
+const SCANNED_KEYS: usize = 16;
+
+/// Run key ids by name (boxed in [`RunState`], which most runs keep
+/// without one).
+struct KeyLookup(HashMap<String, u32>);
+
 /// A run as its shard sees it.
 pub(crate) struct RunState {
     pub(crate) experiment_id: ExperimentId,
-    key_names: Vec<String>,
-    key_lookup: HashMap<String, u32>,
-    key_names_shared: Option<Arc<Vec<String>>>,
+    /// Key names by run key id, shared with frozen chunks (copied on
+    /// write when a key is added while a chunk holds them).
+    key_names: Arc<Vec<String>>,
+    /// Run key ids by name, once the run has more keys than a scan of
+    /// `key_names` finds quickly (most runs never need it).
+    key_lookup: Option<Box<KeyLookup>>,
     summaries: Vec<Option<KeySummary>>,
     pub(crate) active: ActiveBuffer,
     pub(crate) frozen: Vec<Arc<FrozenChunk>>,
@@ -27,6 +38,9 @@ pub(crate) struct RunState {
     pub(crate) compacting: bool,
     pub(crate) compaction_retry_at: Option<std::time::Instant>,
     pub(crate) ended: bool,
+    /// Whether the run's manifest names exactly its files (written since
+    /// they last changed, or the start read them from it).
+    pub(crate) manifest_current: bool,
     /// The last WAL record applied to the run by this process.
     applied_lsn: Lsn,
     /// The run's rewinds, as far as this shard has applied them.
@@ -54,14 +68,16 @@ impl RunState {
     /// The state of a run as start-up (or a replica's refresh) found it
     /// on disk.
     pub(crate) fn loaded(run: super::LoadedRun) -> RunState {
-        RunState::new(
+        let mut state = RunState::new(
             run.experiment_id,
             run.files,
             run.summaries,
             run.rewinds,
             run.since_rewind,
             run.fork_points,
-        )
+        );
+        state.manifest_current = run.manifest_current;
+        state
     }
 
     /// A run with the given persisted files (in sequence order) and the
@@ -80,9 +96,8 @@ impl RunState {
         let next_seq = files.iter().map(|file| file.seq() + 1).max().unwrap_or(1);
         let mut run = RunState {
             experiment_id,
-            key_names: Vec::new(),
-            key_lookup: HashMap::new(),
-            key_names_shared: None,
+            key_names: Arc::default(),
+            key_lookup: None,
             summaries: Vec::new(),
             active: ActiveBuffer::default(),
             frozen: Vec::new(),
@@ -91,6 +106,7 @@ impl RunState {
             compacting: false,
             compaction_retry_at: None,
             ended: false,
+            manifest_current: false,
             applied_lsn: 0,
             since_rewind: None,
             rewinds,
@@ -186,31 +202,44 @@ impl RunState {
 
     /// The run key id of `key`, adding it when new.
     pub(crate) fn intern(&mut self, key: &str) -> u32 {
-        if let Some(&id) = self.key_lookup.get(key) {
+        if let Some(id) = self.key_id(key) {
             return id;
         }
         let id = self.key_names.len() as u32;
-        self.key_names.push(key.to_string());
-        self.key_lookup.insert(key.to_string(), id);
+        Arc::make_mut(&mut self.key_names).push(key.to_string());
+        if let Some(lookup) = &mut self.key_lookup {
+            lookup.0.insert(key.to_string(), id);
+        } else if self.key_names.len() > SCANNED_KEYS {
+            self.key_lookup = Some(Box::new(KeyLookup(
+                self.key_names
+                    .iter()
+                    .enumerate()
+                    .map(|(id, name)| (name.clone(), id as u32))
+                    .collect(),
+            )));
+        }
         self.summaries.push(None);
         if let Some(SinceRewind::Known(known)) = &mut self.since_rewind {
             known.push(None);
         }
-        self.key_names_shared = None;
         id
     }
 
     /// The run key id of `key`, if the run has it.
     pub(crate) fn key_id(&self, key: &str) -> Option<u32> {
-        self.key_lookup.get(key).copied()
+        match &self.key_lookup {
+            Some(lookup) => lookup.0.get(key).copied(),
+            None => self
+                .key_names
+                .iter()
+                .position(|name| name == key)
+                .map(|id| id as u32),
+        }
     }
 
     /// The key dictionary, shared with frozen chunks.
-    pub(crate) fn key_names(&mut self) -> Arc<Vec<String>> {
-        Arc::clone(
-            self.key_names_shared
-                .get_or_insert_with(|| Arc::new(self.key_names.clone())),
-        )
+    pub(crate) fn key_names(&self) -> Arc<Vec<String>> {
+        Arc::clone(&self.key_names)
     }
 
     /// Buffers the points of WAL record `lsn` and updates the summaries.
@@ -425,8 +454,15 @@ impl RunState {
         }
     }
 
+    /// Whether the run's files are settled: it ended, and nothing of it is
+    /// buffered, being written or being compacted.
+    pub(crate) fn is_settled(&self) -> bool {
+        self.ended && self.active.rows() == 0 && self.frozen.is_empty() && !self.compacting
+    }
+
     /// Adds a persisted file, keeping sequence order.
     pub(crate) fn add_file(&mut self, file: Arc<PersistedFile>) {
+        self.manifest_current = false;
         let position = self
             .files
             .partition_point(|existing| existing.seq() < file.seq());
@@ -447,5 +483,72 @@ fn summarise(summaries: &mut [Option<KeySummary>], key_ids: &[u32], batch: &Metr
             Some(summary) => summary.add_point(step, timestamp, value),
             slot @ None => *slot = Some(KeySummary::of_point(step, timestamp, value)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(keys: &[&str], step: i64) -> MetricBatch {
+        MetricBatch {
+            keys: keys.iter().map(|key| key.to_string()).collect(),
+            key_indices: (0..keys.len() as u32).collect(),
+            steps: vec![step; keys.len()],
+            timestamps: vec![step * 10; keys.len()],
+            values: (0..keys.len()).map(|index| index as f64).collect(),
+        }
+    }
+
+    fn empty_run() -> RunState {
+        RunState::new(
+            ExperimentId::new(1),
+            Vec::new(),
+            Vec::new(),
+            RewindMarks::default(),
+            Vec::new(),
+            Vec::new(),
+        )
+    }
+
+    #[test]
+    fn key_ids_are_found_by_scan_then_by_lookup_past_the_scanned_count() {
+        let mut run = empty_run();
+        let names: Vec<String> = (0..40).map(|index| format!("key/{index}")).collect();
+        for (id, name) in names.iter().enumerate() {
+            assert_eq!(run.intern(name), id as u32);
+            assert_eq!(run.key_lookup.is_some(), id + 1 > SCANNED_KEYS);
+            // Every key so far, old and new, keeps its id.
+            for (known, known_name) in names[..=id].iter().enumerate() {
+                assert_eq!(run.key_id(known_name), Some(known as u32));
+            }
+            assert_eq!(run.key_id("missing"), None);
+        }
+        assert_eq!(run.intern("key/3"), 3, "a known key is not added again");
+        assert_eq!(run.key_count(), 40);
+        assert_eq!(*run.key_names(), names);
+    }
+
+    #[test]
+    fn a_shared_key_dictionary_is_copied_when_a_key_is_added() {
+        let mut run = empty_run();
+        run.apply(1, &batch(&["loss", "acc"], 0));
+        let frozen_with = run.key_names();
+        run.apply(2, &batch(&["loss", "lr"], 1));
+        assert_eq!(*frozen_with, ["loss", "acc"], "a frozen chunk's names stay");
+        assert_eq!(*run.key_names(), ["loss", "acc", "lr"]);
+        let summaries = run.summaries();
+        assert_eq!(summaries.len(), 3);
+        assert_eq!(summaries[1].0, "loss");
+        assert_eq!(summaries[1].1.count, 2);
+    }
+
+    #[test]
+    fn an_idle_run_is_small() {
+        // What every finished run keeps in its shard's map: the buffer's
+        // columns are not among it until the run logs again.
+        let size = std::mem::size_of::<RunState>();
+        assert!(size <= 320, "RunState is {size} bytes");
+        assert!(std::mem::size_of::<ActiveBuffer>() <= 96);
     }
 }

@@ -424,6 +424,7 @@ impl Shard {
                     run.ended = true;
                     self.freeze(run_id);
                     self.maybe_compact(run_id);
+                    self.write_manifest_if_settled(run_id);
                 }
             }
             ControlMessage::Persisted {
@@ -571,6 +572,7 @@ impl Shard {
                     file.mark_obsolete();
                 }
                 self.maybe_compact(run_id);
+                self.write_manifest_if_settled(run_id);
                 self.answer_flush_waiters(None);
                 self.shed_if_over_budget();
             }
@@ -620,6 +622,7 @@ impl Shard {
         // Empty once no reader holds a file (else the next start removes
         // what is left).
         if let Some(directory) = directory {
+            crate::storage::run_manifest::remove(&directory);
             let _ = std::fs::remove_dir(&directory);
         }
         self.answer_flush_waiters(None);
@@ -658,6 +661,34 @@ impl Shard {
             Err(_) => {
                 run.compaction_retry_at = Some(Instant::now() + RETRY_AFTER);
             }
+        }
+        self.write_manifest_if_settled(run_id);
+    }
+
+    /// Has the persisters write the manifest of a run whose files have
+    /// settled (see [`RunState::is_settled`]) and changed since the last
+    /// one, so that the next start reads it instead of their footers.
+    fn write_manifest_if_settled(&mut self, run_id: RunId) {
+        let Some(run) = self.runs.get_mut(&run_id) else {
+            return;
+        };
+        if self.recovering || run.manifest_current || !run.is_settled() {
+            return;
+        }
+        let Some(run_dir) = run
+            .files
+            .first()
+            .and_then(|file| file.path().parent().map(std::path::Path::to_path_buf))
+        else {
+            return;
+        };
+        let job = PersistJob::Manifest {
+            run_id,
+            run_dir,
+            files: run.files.clone(),
+        };
+        if self.jobs.send(job).is_ok() {
+            run.manifest_current = true;
         }
     }
 

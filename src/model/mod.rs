@@ -7,6 +7,7 @@ pub mod key_summary;
 pub mod lineage;
 pub mod metric_batch;
 pub mod series;
+pub mod string_map;
 pub mod validation;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ pub use ids::{ExperimentId, RunId};
 pub use key_summary::KeySummary;
 pub use metric_batch::{MetricBatch, MetricBatchBuilder};
 pub use series::MetricSeries;
+pub use string_map::StringMap;
 pub use validation::{KeyKind, ValidationError};
 
 /// The tag MLflow uses to hold a run's name.
@@ -163,9 +165,9 @@ pub struct Run {
     /// Where its artifacts would live.
     pub artifact_uri: String,
     /// Params: immutable once logged.
-    pub params: BTreeMap<String, String>,
+    pub params: StringMap,
     /// Tags: mutable and deletable.
-    pub tags: BTreeMap<String, String>,
+    pub tags: StringMap,
     /// Datasets the run used (MLflow's `log_inputs`), in logging order.
     pub inputs: Vec<DatasetInput>,
 }

@@ -270,7 +270,7 @@ fn run_key_values_batch<'a, I>(
     entries: impl Fn(&'a Run) -> I,
 ) -> DfResult<RecordBatch>
 where
-    I: Iterator<Item = (&'a String, &'a String)>,
+    I: Iterator<Item = (&'a str, &'a str)>,
 {
     let mut experiment_ids = StringBuilder::new();
     let mut run_ids = StringBuilder::new();

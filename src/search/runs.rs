@@ -227,22 +227,52 @@ fn time_attribute(run: &Run, attribute: TimeAttribute) -> Option<i64> {
 
 /// Whether a run satisfies one comparison.
 pub fn matches(candidate: &SearchableRun, comparison: &RunComparison) -> bool {
-    let run = &candidate.run;
-    let comparator = comparison.comparator;
-    let number = match comparison.value {
-        Literal::Number(number) => number,
+    match &comparison.field {
+        RunField::Metric(key) => candidate.latest_metrics.get(key).is_some_and(|&value| {
+            compare_number(value, comparison.comparator, number_of(&comparison.value))
+        }),
+        _ => matches_run(&candidate.run, comparison).unwrap_or(false),
+    }
+}
+
+/// The number a comparison compares with (NaN for a string).
+fn number_of(value: &Literal) -> f64 {
+    match value {
+        Literal::Number(number) => *number,
         _ => f64::NAN,
-    };
-    let optional_text = |value: Option<&String>| match comparator {
+    }
+}
+
+/// The metric keys a search needs the latest values of: those its filter
+/// and its ordering name.
+pub fn metric_keys<'a>(
+    filter: &'a [RunComparison],
+    order: &'a [RunOrder],
+) -> std::collections::BTreeSet<&'a str> {
+    filter
+        .iter()
+        .map(|comparison| &comparison.field)
+        .chain(order.iter().map(|clause| &clause.field))
+        .filter_map(|field| match field {
+            RunField::Metric(key) => Some(key.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether a run satisfies a comparison that needs nothing but the run
+/// (params, tags, attributes, datasets); `None` for a comparison on a
+/// metric. A search applies these before it gathers any metric.
+pub fn matches_run(run: &Run, comparison: &RunComparison) -> Option<bool> {
+    let comparator = comparison.comparator;
+    let number = number_of(&comparison.value);
+    let optional_text = |value: Option<&str>| match comparator {
         Comparator::IsNull => value.is_none(),
         Comparator::IsNotNull => value.is_some(),
         _ => value.is_some_and(|value| compare_text(value, comparator, &comparison.value)),
     };
-    match &comparison.field {
-        RunField::Metric(key) => candidate
-            .latest_metrics
-            .get(key)
-            .is_some_and(|&value| compare_number(value, comparator, number)),
+    Some(match &comparison.field {
+        RunField::Metric(_) => return None,
         RunField::Param(key) => optional_text(run.params.get(key)),
         RunField::Tag(key) => optional_text(run.tags.get(key)),
         RunField::Text(attribute) => {
@@ -263,7 +293,7 @@ pub fn matches(candidate: &SearchableRun, comparison: &RunComparison) -> bool {
             };
             value.is_some_and(|value| compare_text(value, comparator, &comparison.value))
         }),
-    }
+    })
 }
 
 /// One checked ordering.
@@ -316,8 +346,10 @@ impl SortValue {
 
 fn sort_value(candidate: &SearchableRun, field: &RunField) -> SortValue {
     let run = &candidate.run;
-    let text = |value: Option<&String>| {
-        value.map_or(SortValue::Missing, |value| SortValue::Text(value.clone()))
+    let text = |value: Option<&str>| {
+        value.map_or(SortValue::Missing, |value| {
+            SortValue::Text(value.to_string())
+        })
     };
     match field {
         RunField::Metric(key) => match candidate.latest_metrics.get(key) {
@@ -418,7 +450,7 @@ mod tests {
                     .iter()
                     .map(|(key, value)| (key.to_string(), value.to_string()))
                     .collect(),
-                tags: BTreeMap::from([("mlflow.runName".to_string(), name.to_string())]),
+                tags: crate::model::StringMap::from([("mlflow.runName", name)]),
                 inputs: vec![DatasetInput {
                     dataset: Dataset {
                         name: format!("{name}-data"),
@@ -477,6 +509,45 @@ mod tests {
         assert_eq!(search(&runs, "tags.`mlflow.runName` ILIKE 'B'", &[]), ["b"]);
         assert_eq!(search(&runs, "datasets.name = 'c-data'", &[]), ["c"]);
         assert_eq!(search(&runs, "datasets.context = 'training'", &[]).len(), 4);
+    }
+
+    #[test]
+    fn comparisons_without_metrics_decide_on_the_run_alone() {
+        let runs = [
+            run("a", 1, &[("acc", 0.95)], &[("lr", "0.01")]),
+            run("b", 2, &[("acc", 0.5)], &[("lr", "0.1")]),
+        ];
+        let filter = parse_run_filter(
+            "params.lr = '0.01' and metrics.acc > 0.9 and attributes.start_time >= 1",
+        )
+        .unwrap();
+        let on_run: Vec<Vec<Option<bool>>> = runs
+            .iter()
+            .map(|candidate| {
+                filter
+                    .iter()
+                    .map(|comparison| matches_run(&candidate.run, comparison))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            on_run,
+            [
+                [Some(true), None, Some(true)],
+                [Some(false), None, Some(true)]
+            ]
+        );
+        // The full match agrees wherever the run alone decides.
+        for (candidate, decided) in runs.iter().zip(&on_run) {
+            for (comparison, decided) in filter.iter().zip(decided) {
+                if let Some(decided) = decided {
+                    assert_eq!(matches(candidate, comparison), *decided);
+                }
+            }
+        }
+        let order = parse_run_order(&["metrics.loss DESC".into(), "params.lr".into()]).unwrap();
+        let keys: Vec<&str> = metric_keys(&filter, &order).into_iter().collect();
+        assert_eq!(keys, ["acc", "loss"]);
     }
 
     #[test]

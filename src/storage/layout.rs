@@ -113,6 +113,25 @@ impl MetricsLayout {
         PersistedFile::open_shared(seq, path, Arc::clone(&self.shared))
     }
 
+    /// File `seq` of the tree at `path` as its run's manifest describes it
+    /// ([`PersistedFile::described`]): no footer is read.
+    pub(crate) fn described_file(
+        &self,
+        path: &Path,
+        file: &super::run_manifest::ManifestFile,
+        stored_only: bool,
+    ) -> Result<PersistedFile, StorageError> {
+        PersistedFile::described(
+            file.seq,
+            path,
+            file.bytes,
+            file.rows,
+            file.metadata.lsn_ranges.clone(),
+            stored_only,
+            Arc::clone(&self.shared),
+        )
+    }
+
     /// What the tree's files share: their footer cache and the count of
     /// reads that found damage.
     pub fn shared(&self) -> Arc<SharedByFiles> {
@@ -227,36 +246,41 @@ impl MetricsLayout {
                 else {
                     continue;
                 };
-                let mut files = Vec::new();
-                for file in read_dir_paths(&run_dir)? {
-                    let Some(name) = file.file_name().and_then(|name| name.to_str()) else {
-                        continue;
-                    };
-                    if name.ends_with(TEMP_SUFFIX) {
-                        tracing::info!(path = %file.display(), "removing unfinished metric file");
-                        fs::remove_file(&file)
-                            .map_err(|source| StorageError::io("remove", &file, source))?;
-                        continue;
-                    }
-                    let seq = name
-                        .strip_suffix(FILE_SUFFIX)
-                        .filter(|stem| stem.bytes().all(|b| b.is_ascii_digit()))
-                        .and_then(|stem| stem.parse::<u64>().ok());
-                    if let Some(seq) = seq {
-                        files.push((seq, file));
-                    }
-                }
-                files.sort();
                 found.push(RunDirectory {
                     experiment_id,
                     run_id,
-                    files,
+                    files: metric_files_in(&run_dir)?,
                     stored_only: HashMap::new(),
                 });
             }
         }
         Ok(found)
     }
+}
+
+/// The metric files of one run's directory as `(sequence number, path)`,
+/// in sequence order. Unfinished files (a write cut short) are removed.
+fn metric_files_in(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
+    let mut files = Vec::new();
+    for file in read_dir_paths(run_dir)? {
+        let Some(name) = file.file_name().and_then(|name| name.to_str()) else {
+            continue;
+        };
+        if name.ends_with(TEMP_SUFFIX) {
+            tracing::info!(path = %file.display(), "removing unfinished metric file");
+            fs::remove_file(&file).map_err(|source| StorageError::io("remove", &file, source))?;
+            continue;
+        }
+        let seq = name
+            .strip_suffix(FILE_SUFFIX)
+            .filter(|stem| stem.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|stem| stem.parse::<u64>().ok());
+        if let Some(seq) = seq {
+            files.push((seq, file));
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 impl MetricsLayout {

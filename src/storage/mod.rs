@@ -14,6 +14,7 @@ pub(crate) mod pages;
 pub mod persisted;
 pub mod reader;
 pub(crate) mod row_plan;
+pub(crate) mod run_manifest;
 pub mod schema;
 pub mod source;
 pub mod store;

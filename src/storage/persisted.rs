@@ -174,6 +174,49 @@ impl PersistedFile {
         Ok(opened)
     }
 
+    /// File `seq` at `path` as its run's manifest describes it (see
+    /// [`super::run_manifest`]): nothing is read, its footer is loaded on
+    /// first use. `stored_only`: its only copy is in the object store.
+    pub(crate) fn described(
+        seq: u64,
+        path: &Path,
+        bytes: u64,
+        rows: u64,
+        lsn_ranges: Vec<(Lsn, Lsn)>,
+        stored_only: bool,
+        shared: Arc<SharedByFiles>,
+    ) -> Result<PersistedFile, StorageError> {
+        let stored = if stored_only {
+            let stored = shared
+                .cache()
+                .and_then(|cache| cache.stored_file(path, bytes))
+                .ok_or_else(|| StorageError::Metadata {
+                    path: path.to_path_buf(),
+                    reason: "the file is only in the object store, and no store is open".into(),
+                })?;
+            Some(Arc::new(stored))
+        } else {
+            None
+        };
+        let file = PersistedFile {
+            seq,
+            path: path.to_path_buf(),
+            rows,
+            bytes,
+            lsn_ranges,
+            obsolete: AtomicBool::new(false),
+            // As when the file is opened: a local copy counts as uploaded
+            // once the start has checked the store's listing.
+            uploaded: AtomicBool::new(stored_only || shared.uploads().is_none()),
+            stored: OnceLock::new(),
+            shared,
+        };
+        if let Some(stored) = stored {
+            let _ = file.stored.set(stored);
+        }
+        Ok(file)
+    }
+
     /// The file `seq` at `path`, its footer just loaded.
     fn opened(
         seq: u64,

@@ -30,7 +30,10 @@ use crate::model::{
     ExperimentId, KeySummary, LifecycleStage, MetricBatchBuilder, Run, RunStatus, USER_TAG,
     now_millis,
 };
-use crate::search::runs::{SearchableRun, parse_run_filter, parse_run_order, select_runs};
+use crate::search::runs::{
+    RunComparison, RunField, SearchableRun, matches_run, metric_keys, parse_run_filter,
+    parse_run_order, select_runs,
+};
 use crate::search::{page_size, paginate};
 use crate::server::auth::Access;
 
@@ -532,14 +535,29 @@ pub(super) async fn search_runs(
         principal.check_experiment(id)?;
     }
     // Listing, filtering, sorting and rendering are linear in the
-    // experiments' runs (or n log n): they run off the async threads.
+    // experiments' runs (or n log n): they run off the async threads. The
+    // comparisons that need no metric go first, before a run is copied or
+    // its metrics gathered.
     let runs = {
         let engine = Arc::clone(engine);
-        off_async(move || Ok(engine.runs_in(&experiment_ids, view))).await?
+        let on_runs: Vec<RunComparison> = filter
+            .iter()
+            .filter(|comparison| !matches!(comparison.field, RunField::Metric(_)))
+            .cloned()
+            .collect();
+        off_async(move || {
+            Ok(engine.runs_in_matching(&experiment_ids, view, |run| {
+                on_runs
+                    .iter()
+                    .all(|comparison| matches_run(run, comparison) == Some(true))
+            }))
+        })
+        .await?
     };
     let run_ids: Vec<_> = runs.iter().map(|run| run.run_id).collect();
     let summaries = engine.runs_metric_summaries(&run_ids).await?;
     off_async(move || {
+        let needed = metric_keys(&filter, &order);
         let candidates: Vec<SearchableRun> = runs
             .into_iter()
             .zip(summaries.iter())
@@ -547,6 +565,7 @@ pub(super) async fn search_runs(
                 run,
                 latest_metrics: summaries
                     .iter()
+                    .filter(|(key, _)| needed.contains(key.as_str()))
                     .map(|(key, summary)| (key.clone(), summary.latest_value))
                     .collect(),
             })

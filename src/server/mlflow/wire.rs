@@ -3,8 +3,6 @@
 //! empty repeated fields left out. Requests accept int64 fields as numbers
 //! or strings, as protobuf's JSON parser does.
 
-use std::collections::BTreeMap;
-
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
@@ -22,11 +20,12 @@ pub struct KeyValue {
     pub value: String,
 }
 
-fn pairs(map: &BTreeMap<String, String>) -> Vec<KeyValue> {
-    map.iter()
+fn pairs<K: AsRef<str>, V: AsRef<str>>(entries: impl IntoIterator<Item = (K, V)>) -> Vec<KeyValue> {
+    entries
+        .into_iter()
         .map(|(key, value)| KeyValue {
-            key: key.clone(),
-            value: value.clone(),
+            key: key.as_ref().to_string(),
+            value: value.as_ref().to_string(),
         })
         .collect()
 }
