@@ -35,7 +35,7 @@ fn manifest_of(data_dir: &Path, run_id: &str) -> Option<PathBuf> {
     parquet_files(data_dir)
         .into_iter()
         .find(|path| path.to_string_lossy().contains(&format!("run_id={run_id}")))
-        .and_then(|file| file.parent().map(|dir| dir.join("files.manifest")))
+        .and_then(|file| file.parent().map(|dir| dir.join("_files.manifest")))
 }
 
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {

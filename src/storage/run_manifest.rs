@@ -20,10 +20,12 @@ use super::StorageError;
 use super::file_meta::FileMetadata;
 use crate::model::RunId;
 
-/// The manifest's name in a run's directory.
-pub(crate) const MANIFEST_FILE: &str = "files.manifest";
+/// The manifest's name in a run's directory. The leading `_` keeps readers
+/// of the tree in place (pyarrow datasets, Spark, Hive) from taking it for
+/// a data file, as they skip `_SUCCESS`.
+pub(crate) const MANIFEST_FILE: &str = "_files.manifest";
 /// The manifest being written, renamed into place when complete.
-const MANIFEST_TEMP_FILE: &str = "files.manifest.tmp";
+const MANIFEST_TEMP_FILE: &str = "_files.manifest.tmp";
 /// The first word of a manifest.
 const MAGIC: &str = "stepstore-run-manifest";
 /// The version of the layout below.
