@@ -187,6 +187,13 @@ struct ServeArgs {
     /// (an ended run's files are always merged into one).
     #[arg(long, env = "STEPSTORE_COMPACT_AFTER_FILES", default_value_t = 16)]
     compact_after_files: usize,
+    /// Seconds a finished run stays loaded after its last write or
+    /// point-by-point read. Then only its key summaries stay in memory
+    /// (about 80 bytes per key); its files are loaded again from its
+    /// manifest when next read. Not with --store, where runs stay loaded.
+    /// 0 keeps every run loaded.
+    #[arg(long, env = "STEPSTORE_IDLE_RUN_SECS", default_value_t = 60)]
+    idle_run_secs: u64,
     /// Memory for buffers in MiB. From three quarters of it the largest
     /// buffers are persisted; when it is full, metric writes wait for room.
     #[arg(long, env = "STEPSTORE_BUFFER_BUDGET_MB", default_value_t = 512)]
@@ -401,6 +408,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         flush_age: Duration::from_secs(args.flush_age_secs.max(1)),
         buffer_budget_bytes: budget,
         compact_after_files: args.compact_after_files.max(2),
+        idle_run_after: (args.idle_run_secs > 0).then(|| Duration::from_secs(args.idle_run_secs)),
         ..IngestConfig::default()
     };
     let mut config = EngineConfig::new(&args.data_dir);

@@ -67,7 +67,7 @@ impl Collector for SnapshotCollector {
         let uploads = &snapshot.uploads;
         let cache = &snapshot.cache;
         let replica = &snapshot.replica;
-        let counters: [(&str, &str, u64); 31] = [
+        let counters: [(&str, &str, u64); 33] = [
             (
                 "store_fetches",
                 "Fetches from the object store for reads (each gets the missing 1 MiB ranges of one read, concurrently)",
@@ -204,6 +204,16 @@ impl Collector for SnapshotCollector {
                 snapshot.run_manifests_written,
             ),
             (
+                "run_wakes",
+                "Dormant runs whose files were loaded again for a read or a write, since start",
+                snapshot.run_wakes,
+            ),
+            (
+                "run_wake_failures",
+                "Dormant runs whose files could not be loaded again, since start (logged)",
+                snapshot.run_wake_failures,
+            ),
+            (
                 "persist_failures",
                 "Failed metric file writes since start (retried)",
                 snapshot.persist_failures,
@@ -230,7 +240,12 @@ impl Collector for SnapshotCollector {
                 encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric_encoder)?;
         }
-        let gauges: [(&str, &str, u64); 19] = [
+        let gauges: [(&str, &str, u64); 20] = [
+            (
+                "runs_dormant",
+                "Finished runs held only by their key summaries (files loaded again when read)",
+                snapshot.runs_dormant,
+            ),
             (
                 "runs_from_manifests",
                 "Runs whose files the start took from their manifests, no footer read",

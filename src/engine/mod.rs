@@ -23,6 +23,7 @@ mod operations;
 mod recovery;
 pub mod replica;
 pub mod retention;
+mod run_files;
 mod store_start;
 pub mod wal_record;
 
@@ -43,7 +44,10 @@ use crate::catalog::receipts::IngestReceipts;
 use crate::catalog::{Catalog, CatalogError, NewExperiment, NewRun, RunUpdate, snapshot};
 use crate::durable_fs::FileIo;
 use crate::error_kind::{Classify, ErrorKind};
-use crate::ingest::{IngestConfig, IngestError, Ingester, RunPoints, RunSelection, RunSummaries};
+use crate::ingest::{
+    IngestConfig, IngestError, Ingester, RunLoader, RunPoints, RunSelection, RunSummaries,
+    StartingRuns,
+};
 use crate::model::{
     DatasetInput, Experiment, ExperimentId, KeySummary, LifecycleStage, Run, RunId,
     ValidationError, now_millis,
@@ -389,12 +393,26 @@ impl Engine {
         let listing = store_start::list_store(&layout);
         let stored = store_start::stored_files(&layout, listing.as_ref(), is_replica)?;
         let wal_dir = data_dir.join(recovery::WAL_DIR);
+        // Settled runs go dormant (held by their summaries, their files
+        // loaded again when needed) on a writer that keeps its files on
+        // the local disk only: a replica refreshes its runs' files from
+        // the store, and a writer with a store tracks uploads and local
+        // copies per loaded file.
+        let dormancy =
+            !config.read_only && config.store.is_none() && config.ingest.idle_run_after.is_some();
+        let ended = |run_id: RunId| {
+            dormancy
+                && catalog_state
+                    .run(run_id)
+                    .is_some_and(|run| run.status.is_terminal())
+        };
         let files = recovery::load_metric_files(
             &layout,
             &data_dir.join(recovery::QUARANTINE_DIR),
             catalog_state.continuity(),
             &stored,
             recovery::wal_floor(&wal_dir)?,
+            &ended,
         )?;
         store_start::reconcile_store(&layout, &files, listing.as_ref());
         let files_loaded = started.elapsed();
@@ -422,10 +440,18 @@ impl Engine {
         if let Some(replica) = &replica_state {
             replica.stats.started();
         }
-        let ingester = Arc::new(Ingester::start_recovering(
+        let dormant_runs = files.dormant.len();
+        let starting = StartingRuns {
+            loaded: files.runs,
+            dormant: files.dormant,
+            loader: dormancy.then(|| {
+                Arc::new(run_files::DiskRunLoader::new(layout.clone())) as Arc<dyn RunLoader>
+            }),
+        };
+        let ingester = Arc::new(Ingester::start_recovering_with(
             config.ingest.clone(),
             layout,
-            files.runs,
+            starting,
         )?);
         let replayed =
             recovery::replay_wal(&wal_dir, &catalog, &receipts, &ingester, &files.covered)?;
@@ -485,6 +511,7 @@ impl Engine {
             wal_torn_bytes = replayed.truncated_bytes,
             quarantined_files,
             runs_from_manifests,
+            dormant_runs,
             last_lsn,
             catalog_ms = catalog_loaded.as_millis() as u64,
             metric_files_ms = (files_loaded - catalog_loaded).as_millis() as u64,

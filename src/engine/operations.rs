@@ -34,6 +34,12 @@ pub struct TelemetrySnapshot {
     pub compactions: u64,
     /// Run manifests written since start.
     pub run_manifests_written: u64,
+    /// Runs held only by their key summaries now (dormant).
+    pub runs_dormant: u64,
+    /// Dormant runs loaded again since start.
+    pub run_wakes: u64,
+    /// Dormant runs whose files could not be loaded again since start.
+    pub run_wake_failures: u64,
     /// Runs whose files the start took from their manifests (no footer
     /// read).
     pub runs_from_manifests: u64,
@@ -140,6 +146,9 @@ impl Engine {
             files_persisted: ingest.files_persisted(),
             compactions: ingest.compactions(),
             run_manifests_written: ingest.manifests_written(),
+            runs_dormant: ingest.runs_dormant(),
+            run_wakes: ingest.run_wakes(),
+            run_wake_failures: ingest.run_wake_failures(),
             runs_from_manifests: self.runs_from_manifests,
             persist_failures: ingest.persist_failures(),
             wal_unpersisted_bytes: wal.live_bytes,

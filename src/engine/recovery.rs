@@ -8,17 +8,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::EngineError;
+use super::run_files;
 use super::wal_record::WalRecord;
 use crate::catalog::continuity::ContinuityState;
 use crate::catalog::receipts::{IngestReceipts, ReceiptsSnapshot};
 use crate::catalog::{Catalog, CatalogMutation, CatalogState, snapshot};
 use crate::ingest::rewinds::RewindMarks;
-use crate::ingest::{Ingester, LoadedRun};
+use crate::ingest::{DormantRun, Ingester, KeyNames, LoadedRun};
 use crate::model::MetricBatch;
 use crate::model::{KeySummary, RunId, now_millis};
 use crate::storage::file_meta::{FileMetadata, normalise_ranges, ranges_contain};
 use crate::storage::layout::RunDirectory;
-use crate::storage::run_manifest::{self, ManifestError};
+use crate::storage::run_manifest;
 use crate::storage::{MetricsLayout, PersistedFile, StorageError};
 use crate::wal::{self, Lsn};
 
@@ -74,11 +75,15 @@ pub(crate) struct LoadedFiles {
     pub(crate) quarantined: u64,
     /// Runs whose files were taken from their manifest, no footer read.
     pub(crate) from_manifests: u64,
+    /// Settled runs held by their summaries only (from their manifests).
+    pub(crate) dormant: Vec<(RunId, DormantRun)>,
+    /// The key names of `dormant`, each kept once.
+    pub(crate) dormant_names: KeyNames,
 }
 
 /// Whether an error opening a metric file means the file is damaged (as
 /// opposed to the file system failing, which stops the start).
-fn is_damage(error: &StorageError) -> bool {
+pub(super) fn is_damage(error: &StorageError) -> bool {
     match error {
         StorageError::Parquet { .. } | StorageError::Metadata { .. } | StorageError::Arrow(_) => {
             true
@@ -131,6 +136,7 @@ pub(crate) fn load_metric_files(
     continuity: &ContinuityState,
     stored: &[(PathBuf, u64)],
     wal_floor: Lsn,
+    may_go_dormant: &dyn Fn(RunId) -> bool,
 ) -> Result<LoadedFiles, EngineError> {
     let mut fork_points: HashMap<RunId, Vec<Lsn>> = HashMap::new();
     for (_, fork) in continuity.all_forks() {
@@ -147,6 +153,7 @@ pub(crate) fn load_metric_files(
         &fork_points,
         &directories,
         wal_floor,
+        may_go_dormant,
     )
 }
 
@@ -158,6 +165,7 @@ fn load_directories(
     fork_points: &HashMap<RunId, Vec<Lsn>>,
     directories: &[RunDirectory],
     wal_floor: Lsn,
+    may_go_dormant: &dyn Fn(RunId) -> bool,
 ) -> Result<LoadedFiles, EngineError> {
     let mut loaded = LoadedFiles::default();
     for directory in directories {
@@ -169,7 +177,21 @@ fn load_directories(
             let _ = std::fs::remove_dir(&run_dir);
             continue;
         }
-        let described = described_by_manifest(layout, &run_dir, directory, wal_floor);
+        let manifest = run_files::current_manifest(&run_dir, directory, wal_floor);
+        if let Some(manifest) = &manifest
+            && may_go_dormant(directory.run_id)
+            && continuity.rewinds(directory.run_id).is_empty()
+            && !fork_points.contains_key(&directory.run_id)
+            && let Some(dormant) =
+                run_files::dormant_run(directory.experiment_id, manifest, &mut loaded.dormant_names)
+        {
+            loaded.from_manifests += 1;
+            loaded.max_lsn = loaded.max_lsn.max(run_files::max_lsn(manifest));
+            loaded.dormant.push((directory.run_id, dormant));
+            continue;
+        }
+        let described =
+            manifest.and_then(|manifest| run_files::described_files(layout, directory, manifest));
         let manifest_current = described.is_some();
         let opened = match described {
             Some(opened) => {
@@ -202,67 +224,6 @@ fn load_directories(
         loaded.runs.push(assembled.run);
     }
     Ok(loaded)
-}
-
-/// The run's files as its manifest describes them, when it has one that
-/// names exactly the files found, with their lengths, and none of them holds a record the
-/// WAL still has (at or past `wal_floor`); `None` sends the start to the
-/// footers.
-fn described_by_manifest(
-    layout: &MetricsLayout,
-    run_dir: &Path,
-    directory: &RunDirectory,
-    wal_floor: Lsn,
-) -> Option<Vec<(Arc<PersistedFile>, FileMetadata)>> {
-    let manifest = match run_manifest::read(run_dir, directory.run_id) {
-        Ok(manifest) => manifest,
-        Err(ManifestError::Missing) => return None,
-        Err(error) => {
-            tracing::warn!(%error, "reading the run's file footers instead of its manifest");
-            return None;
-        }
-    };
-    // Each file with the length the manifest gives: a file cut short
-    // (the usual damage) is then opened, and found damaged, as before.
-    let same_files = manifest.len() == directory.files.len()
-        && manifest
-            .iter()
-            .zip(&directory.files)
-            .all(|(entry, (seq, path))| {
-                let bytes = match directory.stored_only.get(seq) {
-                    Some(&bytes) => Some(bytes),
-                    None => fs::metadata(path).ok().map(|metadata| metadata.len()),
-                };
-                entry.seq == *seq && bytes == Some(entry.bytes)
-            });
-    if !same_files {
-        tracing::debug!(run_dir = %run_dir.display(), "the run's manifest names other files; reading their footers");
-        return None;
-    }
-    let in_wal = manifest.iter().any(|entry| {
-        entry
-            .metadata
-            .lsn_ranges
-            .iter()
-            .any(|&(_, end)| end >= wal_floor)
-    });
-    if in_wal {
-        // A damaged file is then found now, and rebuilt from the WAL.
-        tracing::debug!(run_dir = %run_dir.display(), "the WAL still holds records of the run's files; reading their footers");
-        return None;
-    }
-    let mut opened = Vec::with_capacity(manifest.len());
-    for (entry, (seq, path)) in manifest.into_iter().zip(&directory.files) {
-        let stored_only = directory.stored_only.contains_key(seq);
-        match layout.described_file(path, &entry, stored_only) {
-            Ok(file) => opened.push((Arc::new(file), entry.metadata)),
-            Err(error) => {
-                tracing::warn!(%error, "reading the run's file footers instead of its manifest");
-                return None;
-            }
-        }
-    }
-    Some(opened)
 }
 
 /// Opens every file of a run, reading its footer. Damaged files are moved
@@ -569,6 +530,7 @@ fn replay_metrics(
 mod tests {
     use super::*;
     use crate::durable_fs::FileIo;
+    use crate::ingest::RunLoader;
     use crate::model::ExperimentId;
     use crate::storage::compaction::compact_files;
     use crate::storage::compaction::test_files::write_file;
@@ -611,6 +573,7 @@ mod tests {
                     &ContinuityState::default(),
                     &[],
                     Lsn::MAX,
+                    &|_| false,
                 )
                 .unwrap();
                 let files = &loaded.runs[0].files;
@@ -643,7 +606,19 @@ mod tests {
     type LoadedShape = (Vec<(u64, u64, u64, Vec<(Lsn, Lsn)>)>, String, String);
 
     fn loaded_run(loaded: &LoadedFiles) -> LoadedShape {
-        let run = &loaded.runs[0];
+        let (files, summaries) = run_shape(&loaded.runs[0]);
+        (
+            files,
+            summaries,
+            serde_json::to_string(&loaded.covered).unwrap(),
+        )
+    }
+
+    /// A loaded run's files (sequence number, rows, length, WAL ranges)
+    /// and summaries as JSON.
+    type RunShape = (Vec<(u64, u64, u64, Vec<(Lsn, Lsn)>)>, String);
+
+    fn run_shape(run: &LoadedRun) -> RunShape {
         (
             run.files
                 .iter()
@@ -657,7 +632,6 @@ mod tests {
                 })
                 .collect(),
             serde_json::to_string(&(&run.summaries, &run.since_rewind)).unwrap(),
-            serde_json::to_string(&loaded.covered).unwrap(),
         )
     }
 
@@ -677,6 +651,7 @@ mod tests {
                 &ContinuityState::default(),
                 &[],
                 floor,
+                &|_| false,
             )
             .unwrap();
             (loaded, layout)
@@ -721,6 +696,62 @@ mod tests {
         // The files read as before once opened.
         let footer = from_manifest.runs[0].files[1].metadata().unwrap();
         assert_eq!(footer, entries[1].metadata);
+        // A settled run may be held dormant instead: by its summaries
+        // only. Loaded again, it has the same files, from the manifest.
+        let dormant_layout = MetricsLayout::new(root.clone());
+        let dormant = load_metric_files(
+            &dormant_layout,
+            &quarantine,
+            &ContinuityState::default(),
+            &[],
+            Lsn::MAX,
+            &|_| true,
+        )
+        .unwrap();
+        assert!(dormant.runs.is_empty());
+        assert_eq!(dormant.from_manifests, 1);
+        assert_eq!(dormant.max_lsn, from_footers.max_lsn);
+        let (dormant_id, held) = &dormant.dormant[0];
+        assert_eq!((*dormant_id, held.next_seq()), (run, 4));
+        assert_eq!(
+            serde_json::to_string(&held.summaries()).unwrap(),
+            serde_json::to_string(&from_footers.runs[0].summaries).unwrap()
+        );
+        let loader = run_files::DiskRunLoader::new(dormant_layout.clone());
+        let woken = loader.load(experiment, run).unwrap();
+        assert!(woken.manifest_current);
+        assert_eq!(run_shape(&woken), run_shape(&from_footers.runs[0]));
+        assert_eq!(dormant_layout.shared().footers().bytes(), 0);
+        // Without its manifest, the loader reads the footers.
+        let manifest_path = run_manifest::path_in(&run_dir);
+        fs::rename(&manifest_path, dir.path().join("kept")).unwrap();
+        let woken = loader.load(experiment, run).unwrap();
+        assert!(!woken.manifest_current);
+        assert_eq!(run_shape(&woken), run_shape(&from_footers.runs[0]));
+        fs::rename(dir.path().join("kept"), &manifest_path).unwrap();
+        // A rewound run stays loaded (what it keeps apart is not in the
+        // manifest).
+        let mut rewound = ContinuityState::default();
+        rewound.push_rewind(
+            run,
+            crate::catalog::continuity::Rewind {
+                lsn: 2,
+                step: 5,
+                time: 0,
+            },
+        );
+        let kept = load_metric_files(
+            &dormant_layout,
+            &quarantine,
+            &rewound,
+            &[],
+            Lsn::MAX,
+            &|_| true,
+        )
+        .unwrap();
+        assert!(kept.dormant.is_empty());
+        assert_eq!(kept.runs.len(), 1);
+
         // While the WAL still holds a record of a file (file 3 holds
         // record 3), the footers are read: damage is found while the WAL
         // can make up for it.

@@ -9,6 +9,7 @@
 //! control channel so they never wait behind a full data channel.
 
 pub(crate) mod buffer;
+pub mod dormant;
 pub mod forks;
 pub mod live;
 mod persister;
@@ -18,7 +19,7 @@ mod shard;
 mod views;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -33,6 +34,7 @@ use crate::storage::{MetricsLayout, PersistedFile, StorageError};
 use crate::wal::{Lsn, WalError};
 
 pub use buffer::{BYTES_PER_POINT, BufferedPoints, FrozenChunk, Segment, SegmentBlock};
+pub use dormant::{DormantRun, KeyNames, RunLoader, StartingRuns, WakeError};
 pub use live::{LiveEvent, LiveHub, LiveSubscription};
 pub use views::{BufferedKey, RunPoints, RunSummaries, RunSummaryView, SeriesSources, SummaryView};
 
@@ -89,6 +91,10 @@ pub struct IngestConfig {
     pub channel_capacity: usize,
     /// How often shards check buffer ages and retry failed writes.
     pub tick: Duration,
+    /// A settled run neither read point by point nor written for this
+    /// long goes dormant: only its key summaries stay in memory, its files
+    /// are loaded again when needed. `None`: runs stay loaded.
+    pub idle_run_after: Option<Duration>,
 }
 
 impl Default for IngestConfig {
@@ -102,6 +108,7 @@ impl Default for IngestConfig {
             compact_after_files: 16,
             channel_capacity: 256,
             tick: Duration::from_millis(200),
+            idle_run_after: None,
         }
     }
 }
@@ -116,6 +123,9 @@ pub struct IngestStats {
     files_persisted: AtomicU64,
     compactions: AtomicU64,
     manifests_written: AtomicU64,
+    runs_dormant: AtomicI64,
+    run_wakes: AtomicU64,
+    run_wake_failures: AtomicU64,
     persist_failures: AtomicU64,
     /// The error of the last file write, while none has succeeded since.
     persist_failing: Mutex<Option<String>>,
@@ -160,6 +170,29 @@ impl IngestStats {
     }
     fn count_manifest(&self) {
         self.manifests_written.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Runs held only by their summaries now.
+    pub fn runs_dormant(&self) -> u64 {
+        self.runs_dormant.load(Ordering::Relaxed).max(0) as u64
+    }
+    fn add_dormant(&self, runs: i64) {
+        self.runs_dormant.fetch_add(runs, Ordering::Relaxed);
+    }
+    /// Dormant runs loaded again since start.
+    pub fn run_wakes(&self) -> u64 {
+        self.run_wakes.load(Ordering::Relaxed)
+    }
+    /// Dormant runs whose files could not be loaded again, since start.
+    pub fn run_wake_failures(&self) -> u64 {
+        self.run_wake_failures.load(Ordering::Relaxed)
+    }
+    fn count_wake(&self, loaded: bool) {
+        let counter = if loaded {
+            &self.run_wakes
+        } else {
+            &self.run_wake_failures
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
     /// Failed file writes since start (each is retried).
     pub fn persist_failures(&self) -> u64 {
@@ -350,7 +383,11 @@ impl Ingester {
         layout: MetricsLayout,
         loaded: Vec<LoadedRun>,
     ) -> Result<Ingester, IngestError> {
-        Ingester::start_with(config, layout, loaded, false)
+        let runs = StartingRuns {
+            loaded,
+            ..StartingRuns::default()
+        };
+        Ingester::start_with(config, layout, runs, false)
     }
 
     /// Starts the ingester for a replay of the WAL: no file is compacted
@@ -361,7 +398,22 @@ impl Ingester {
         layout: MetricsLayout,
         loaded: Vec<LoadedRun>,
     ) -> Result<Ingester, IngestError> {
-        Ingester::start_with(config, layout, loaded, true)
+        let runs = StartingRuns {
+            loaded,
+            ..StartingRuns::default()
+        };
+        Ingester::start_with(config, layout, runs, true)
+    }
+
+    /// Starts the ingester for a replay of the WAL like
+    /// [`Self::start_recovering`], with dormant runs among `runs` and the
+    /// loader that brings them back.
+    pub fn start_recovering_with(
+        config: IngestConfig,
+        layout: MetricsLayout,
+        runs: StartingRuns,
+    ) -> Result<Ingester, IngestError> {
+        Ingester::start_with(config, layout, runs, true)
     }
 
     /// Ends the replay begun with [`Self::start_recovering`]: compaction
@@ -375,7 +427,7 @@ impl Ingester {
     fn start_with(
         config: IngestConfig,
         layout: MetricsLayout,
-        loaded: Vec<LoadedRun>,
+        runs: StartingRuns,
         recovering: bool,
     ) -> Result<Ingester, IngestError> {
         let shard_count = config.shards.max(1);
@@ -391,12 +443,21 @@ impl Ingester {
                 persister::run(jobs, layout, persister_stats)
             })?);
         }
+        let StartingRuns {
+            loaded,
+            dormant,
+            loader,
+        } = runs;
         let mut per_shard: Vec<Vec<LoadedRun>> = (0..shard_count).map(|_| Vec::new()).collect();
         for run in loaded {
             per_shard[run.run_id.shard(shard_count)].push(run);
         }
+        let mut dormant_per_shard: Vec<Vec<_>> = (0..shard_count).map(|_| Vec::new()).collect();
+        for (run_id, run) in dormant {
+            dormant_per_shard[run_id.shard(shard_count)].push((run_id, run));
+        }
         let mut shards = Vec::with_capacity(shard_count);
-        for (index, runs) in per_shard.into_iter().enumerate() {
+        for (index, (runs, dormant)) in per_shard.into_iter().zip(dormant_per_shard).enumerate() {
             let (data_sender, data_receiver) = bounded(config.channel_capacity.max(1));
             let (control_sender, control_receiver) = unbounded();
             let shard = shard::Shard::new(
@@ -409,6 +470,7 @@ impl Ingester {
                 runs,
             )
             .with_live(Arc::clone(&live))
+            .with_dormant(dormant, loader.clone())
             .recovering(recovering);
             threads.push(spawn(format!("stepstore-shard-{index}"), move || {
                 shard.run(data_receiver, control_receiver)

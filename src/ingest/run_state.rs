@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::buffer::{ActiveBuffer, FrozenChunk};
+use super::dormant::{DormantRun, KeyNames};
 use super::rewinds::{RewindMarks, SourceCap, min_cap};
 use super::views::FrozenSource;
 use super::{RunPoints, SeriesSources, SummaryView};
@@ -43,6 +44,9 @@ pub(crate) struct RunState {
     pub(crate) manifest_current: bool,
     /// The last WAL record applied to the run by this process.
     applied_lsn: Lsn,
+    /// When the run was last written or read point by point: an idle
+    /// settled run goes dormant ([`RunState::can_go_dormant`]).
+    pub(crate) last_used: std::time::Instant,
     /// The run's rewinds, as far as this shard has applied them.
     pub(crate) rewinds: RewindMarks,
     /// Summaries of the points logged since the newest rewind (`None`
@@ -108,6 +112,7 @@ impl RunState {
             ended: false,
             manifest_current: false,
             applied_lsn: 0,
+            last_used: std::time::Instant::now(),
             since_rewind: None,
             rewinds,
             fork_points,
@@ -458,6 +463,30 @@ impl RunState {
     /// buffered, being written or being compacted.
     pub(crate) fn is_settled(&self) -> bool {
         self.ended && self.active.rows() == 0 && self.frozen.is_empty() && !self.compacting
+    }
+
+    /// Whether the run can be let go of and loaded again from its
+    /// manifest: settled, its manifest current, every file uploaded (the
+    /// WAL keeps nothing for it) and held by no reader (a file replaced
+    /// later is deleted only once its holders let go, which a file loaded
+    /// again would not know), never rewound or forked from (what those
+    /// keep is not in the manifest).
+    pub(crate) fn can_go_dormant(&self) -> bool {
+        self.is_settled()
+            && self.manifest_current
+            && !self.files.is_empty()
+            && self.rewinds.is_empty()
+            && self.since_rewind.is_none()
+            && self.fork_points.is_empty()
+            && self
+                .files
+                .iter()
+                .all(|file| Arc::strong_count(file) == 1 && file.is_uploaded())
+    }
+
+    /// The run as a dormant one: its summaries only.
+    pub(crate) fn into_dormant(self, names: &mut KeyNames) -> DormantRun {
+        DormantRun::new(self.experiment_id, self.next_seq, self.summaries(), names)
     }
 
     /// Adds a persisted file, keeping sequence order.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::dormant::{DormantRun, KeyNames, RunLoader};
 use super::live::LiveHub;
 use super::persister::PersistJob;
 use super::rewinds::RewindMarks;
@@ -125,6 +126,15 @@ fn selected_runs(runs: &RunSelection) -> impl Fn(&RunId) -> bool + '_ {
     move |run_id| runs.as_ref().is_none_or(|runs| runs.contains(run_id))
 }
 
+/// Why a dormant run is loaded again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// To read its points: on failure it stays dormant.
+    ForRead,
+    /// To write to it: on failure it goes on without its files.
+    ForWrite,
+}
+
 /// State owned by one shard thread.
 pub(crate) struct Shard {
     index: usize,
@@ -133,6 +143,13 @@ pub(crate) struct Shard {
     jobs: Sender<PersistJob>,
     replies: Sender<ControlMessage>,
     runs: HashMap<RunId, RunState>,
+    /// Settled runs let go of, held by their summaries (never also in
+    /// `runs`).
+    dormant: HashMap<RunId, DormantRun>,
+    /// Key names of dormant runs, each kept once.
+    dormant_names: KeyNames,
+    /// Loads dormant runs again; without one no run goes dormant.
+    loader: Option<Arc<dyn RunLoader>>,
     pending: HashMap<u64, PendingChunk>,
     /// Bytes of this shard's frozen chunks not yet written.
     frozen_bytes: u64,
@@ -165,6 +182,9 @@ impl Shard {
             jobs,
             replies,
             runs,
+            dormant: HashMap::new(),
+            dormant_names: KeyNames::default(),
+            loader: None,
             pending: HashMap::new(),
             frozen_bytes: 0,
             next_chunk_id: 1,
@@ -181,6 +201,20 @@ impl Shard {
         self
     }
 
+    /// Starts with `dormant` runs, and lets idle settled runs go dormant
+    /// (after `IngestConfig::idle_run_after`), loading them again with
+    /// `loader`.
+    pub(crate) fn with_dormant(
+        mut self,
+        dormant: Vec<(RunId, DormantRun)>,
+        loader: Option<Arc<dyn RunLoader>>,
+    ) -> Self {
+        self.stats.add_dormant(dormant.len() as i64);
+        self.dormant.extend(dormant);
+        self.loader = loader;
+        self
+    }
+
     /// Holds compaction until [`DataMessage::Recovered`] when `recovering`.
     pub(crate) fn recovering(mut self, recovering: bool) -> Self {
         self.recovering = recovering;
@@ -189,7 +223,12 @@ impl Shard {
 
     /// The shard loop; returns on `Shutdown`.
     pub(crate) fn run(mut self, data: Receiver<DataMessage>, control: Receiver<ControlMessage>) {
-        tracing::debug!(shard = self.index, runs = self.runs.len(), "shard started");
+        tracing::debug!(
+            shard = self.index,
+            runs = self.runs.len(),
+            dormant = self.dormant.len(),
+            "shard started"
+        );
         loop {
             crossbeam_channel::select! {
                 recv(control) -> message => {
@@ -253,10 +292,12 @@ impl Shard {
                 applied,
             } => {
                 let points = batch.len();
+                self.wake(run_id, Wake::ForWrite);
                 let run = self
                     .runs
                     .entry(run_id)
                     .or_insert_with(|| new_run(experiment_id));
+                run.last_used = Instant::now();
                 let held_before = run.active.bytes();
                 run.apply(lsn, &batch);
                 let grown = run.active.bytes().saturating_sub(held_before);
@@ -283,6 +324,7 @@ impl Shard {
                 lsn,
                 step,
             } => {
+                self.wake(run_id, Wake::ForWrite);
                 let run = self
                     .runs
                     .entry(run_id)
@@ -303,6 +345,7 @@ impl Shard {
                 }
             }
             DataMessage::Fork { run_id, lsn } => {
+                self.wake(run_id, Wake::ForWrite);
                 // A run without points or files has nothing to hand down.
                 if !self.runs.contains_key(&run_id) {
                     return;
@@ -320,9 +363,11 @@ impl Shard {
             DataMessage::Purge { run_id } => self.purge(run_id),
             DataMessage::ReplaceRun(run) => {
                 let run = *run;
+                self.forget_dormant(run.run_id);
                 self.runs.insert(run.run_id, RunState::loaded(run));
             }
             DataMessage::DropRun { run_id } => {
+                self.forget_dormant(run_id);
                 self.runs.remove(&run_id);
             }
             DataMessage::Recovered => self.recovering = false,
@@ -348,7 +393,7 @@ impl Shard {
     fn on_control(&mut self, message: ControlMessage) {
         match message {
             ControlMessage::ReadSeries { run_id, key, reply } => {
-                let sources = match self.runs.get(&run_id) {
+                let sources = match self.awake(run_id) {
                     Some(run) => run.sources_for(&key),
                     None => SeriesSources::empty(),
                 };
@@ -361,7 +406,7 @@ impl Shard {
                 bound,
                 reply,
             } => {
-                let sources = match self.runs.get(&run_id) {
+                let sources = match self.awake(run_id) {
                     Some(run) => run.inherited_sources_for(&key, before, bound),
                     None => SeriesSources::empty(),
                 };
@@ -375,28 +420,37 @@ impl Shard {
                 reply,
             } => {
                 let points = self
-                    .runs
-                    .get(&parent)
+                    .awake(parent)
                     .map(|run| run.inherited_points(child, before, bound));
                 let _ = reply.send(points);
             }
             ControlMessage::RunSummaries { run_id, reply } => {
-                let summaries = self
-                    .runs
-                    .get(&run_id)
-                    .map(RunState::summaries)
-                    .unwrap_or_default();
+                let summaries = match (self.runs.get(&run_id), self.dormant.get(&run_id)) {
+                    (Some(run), _) => run.summaries(),
+                    (None, Some(dormant)) => dormant.summaries(),
+                    (None, None) => Vec::new(),
+                };
                 let _ = reply.send(summaries);
             }
             ControlMessage::ShownSummaries { run_id, reply } => {
-                let view = match self.runs.get(&run_id) {
-                    Some(run) => run.summary_view(),
-                    None => super::SummaryView::Complete(Vec::new()),
+                let view = match (self.runs.get(&run_id), self.dormant.get(&run_id)) {
+                    (Some(run), _) => run.summary_view(),
+                    (None, Some(dormant)) => dormant.summary_view(),
+                    (None, None) => super::SummaryView::Complete(Vec::new()),
                 };
                 let _ = reply.send(view);
             }
             ControlMessage::SnapshotPoints { runs, reply } => {
                 let selected = selected_runs(&runs);
+                let sleeping: Vec<RunId> = self
+                    .dormant
+                    .keys()
+                    .filter(|run_id| selected(run_id))
+                    .copied()
+                    .collect();
+                for run_id in sleeping {
+                    self.awake(run_id);
+                }
                 let snapshot = self
                     .runs
                     .iter_mut()
@@ -416,6 +470,16 @@ impl Shard {
                         experiment_id: run.experiment_id,
                         view: run.summary_view(),
                     })
+                    .chain(
+                        self.dormant
+                            .iter()
+                            .filter(|(run_id, _)| selected(run_id))
+                            .map(|(run_id, dormant)| RunSummaryView {
+                                run_id: *run_id,
+                                experiment_id: dormant.experiment_id(),
+                                view: dormant.summary_view(),
+                            }),
+                    )
                     .collect();
                 let _ = reply.send(snapshot);
             }
@@ -483,6 +547,100 @@ impl Shard {
             self.maybe_compact(run_id);
         }
         self.shed_if_over_budget();
+        self.let_idle_runs_go_dormant();
+    }
+
+    /// Lets go of the settled runs idle for `IngestConfig::idle_run_after`
+    /// (see [`RunState::can_go_dormant`]).
+    fn let_idle_runs_go_dormant(&mut self) {
+        let Some(idle_after) = self.config.idle_run_after else {
+            return;
+        };
+        if self.loader.is_none() || self.recovering {
+            return;
+        }
+        let now = Instant::now();
+        let idle: Vec<RunId> = self
+            .runs
+            .iter()
+            .filter(|(_, run)| {
+                now.saturating_duration_since(run.last_used) >= idle_after && run.can_go_dormant()
+            })
+            .map(|(run_id, _)| *run_id)
+            .collect();
+        if idle.is_empty() {
+            return;
+        }
+        for run_id in &idle {
+            if let Some(run) = self.runs.remove(run_id) {
+                let dormant = run.into_dormant(&mut self.dormant_names);
+                self.dormant.insert(*run_id, dormant);
+            }
+        }
+        self.stats.add_dormant(idle.len() as i64);
+        tracing::debug!(
+            shard = self.index,
+            runs = idle.len(),
+            "idle settled runs went dormant"
+        );
+    }
+
+    /// The loaded state of a run, loading it again if it was dormant (a
+    /// run that cannot be loaded stays dormant: `None`).
+    fn awake(&mut self, run_id: RunId) -> Option<&mut RunState> {
+        self.wake(run_id, Wake::ForRead);
+        let run = self.runs.get_mut(&run_id)?;
+        run.last_used = Instant::now();
+        Some(run)
+    }
+
+    /// Loads a dormant run again (nothing when it is not dormant). When
+    /// its files cannot be loaded (the error is logged and counted), a
+    /// read leaves it dormant, and a write has it go on without them: its
+    /// new files take later sequence numbers, so none is written over,
+    /// and the next start finds them all.
+    fn wake(&mut self, run_id: RunId, purpose: Wake) {
+        let Some(dormant) = self.dormant.remove(&run_id) else {
+            return;
+        };
+        let loaded = match &self.loader {
+            Some(loader) => loader.load(dormant.experiment_id(), run_id),
+            None => Err("no loader for dormant runs".into()),
+        };
+        let mut run = match loaded {
+            Ok(loaded) => {
+                self.stats.count_wake(true);
+                tracing::debug!(%run_id, files = loaded.files.len(), "a dormant run was loaded again");
+                RunState::loaded(loaded)
+            }
+            Err(error) => {
+                self.stats.count_wake(false);
+                tracing::error!(%run_id, %error, "a dormant run's files could not be loaded again; reads of its points find none until they can be");
+                if purpose == Wake::ForRead {
+                    self.dormant.insert(run_id, dormant);
+                    return;
+                }
+                RunState::new(
+                    dormant.experiment_id(),
+                    Vec::new(),
+                    dormant.summaries(),
+                    RewindMarks::default(),
+                    Vec::new(),
+                    Vec::new(),
+                )
+            }
+        };
+        self.stats.add_dormant(-1);
+        run.ended = true;
+        run.next_seq = run.next_seq.max(dormant.next_seq());
+        self.runs.insert(run_id, run);
+    }
+
+    /// Forgets a dormant run (its files stay).
+    fn forget_dormant(&mut self, run_id: RunId) {
+        if self.dormant.remove(&run_id).is_some() {
+            self.stats.add_dormant(-1);
+        }
     }
 
     /// Freezes the run's active buffer (if it holds points) and hands it to
@@ -590,6 +748,14 @@ impl Shard {
     /// Forgets a run removed for good: its buffers are released and its
     /// files deleted once no reader holds them.
     fn purge(&mut self, run_id: RunId) {
+        self.wake(run_id, Wake::ForRead);
+        if self.dormant.contains_key(&run_id) {
+            // Its files could not be listed: they stay, unknown to the
+            // catalog, until `stepstore gc` removes them.
+            self.forget_dormant(run_id);
+            tracing::warn!(%run_id, "a purged run's files could not be listed; stepstore gc removes them");
+            return;
+        }
         let Some(run) = self.runs.remove(&run_id) else {
             return;
         };

@@ -284,6 +284,29 @@ fn metric_files_in(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> 
 }
 
 impl MetricsLayout {
+    /// One run's directory and local files, like an entry of
+    /// [`MetricsLayout::scan`] (no directory: no files).
+    pub(crate) fn scan_run(
+        &self,
+        experiment_id: ExperimentId,
+        run_id: RunId,
+    ) -> Result<RunDirectory, StorageError> {
+        let run_dir = self.run_dir(experiment_id, run_id);
+        let files = if run_dir.exists() {
+            metric_files_in(&run_dir)?
+        } else {
+            Vec::new()
+        };
+        Ok(RunDirectory {
+            experiment_id,
+            run_id,
+            files,
+            stored_only: HashMap::new(),
+        })
+    }
+}
+
+impl MetricsLayout {
     /// The experiment, run and sequence number a path under the tree names
     /// (`experiment_id=<e>/run_id=<r>/<seq>.parquet`).
     pub fn parse_relative(relative: &Path) -> Option<(ExperimentId, RunId, u64)> {
