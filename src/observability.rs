@@ -240,11 +240,16 @@ impl Collector for SnapshotCollector {
                 encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric_encoder)?;
         }
-        let gauges: [(&str, &str, u64); 20] = [
+        let gauges: [(&str, &str, u64); 21] = [
             (
                 "runs_dormant",
                 "Finished runs held only by their key summaries (files loaded again when read)",
                 snapshot.runs_dormant,
+            ),
+            (
+                "runs_from_dormant_log",
+                "Finished runs the start held dormant as the dormant-run log recorded them, their directories not opened",
+                snapshot.runs_from_dormant_log,
             ),
             (
                 "runs_from_manifests",

@@ -168,6 +168,13 @@ fn idle_finished_runs_go_dormant_and_answer_as_before() {
     });
     server.restart();
     assert_eq!(server.metric("stepstore_runs_dormant"), 3.0);
+    // From the dormant-run log (the runs that went dormant) or their
+    // manifests (the resumed one, if it did not go dormant again).
+    assert_eq!(
+        server.metric("stepstore_runs_from_dormant_log")
+            + server.metric("stepstore_runs_from_manifests"),
+        3.0
+    );
     assert_eq!(
         summary_answers(&server, &experiment_id, &runs),
         summaries_resumed
@@ -176,6 +183,32 @@ fn idle_finished_runs_go_dormant_and_answer_as_before() {
     assert_eq!(
         server.series(&running, "loss").0,
         (0..120).collect::<Vec<_>>()
+    );
+    // The next start takes every finished run from the log.
+    server.restart();
+    assert_eq!(server.metric("stepstore_runs_from_dormant_log"), 3.0);
+    assert_eq!(server.metric("stepstore_runs_from_manifests"), 0.0);
+    assert_eq!(
+        summary_answers(&server, &experiment_id, &runs),
+        summaries_resumed
+    );
+    assert_eq!(points(&server, &runs), resumed);
+
+    // Written to while dormant and stopped at once: the log records it
+    // awake, so the next start does not take it for dormant as it was.
+    wait_for("the runs to go dormant before the write", || {
+        server.metric("stepstore_runs_dormant") == 3.0
+    });
+    log_points(&server, &runs[2], "accuracy", 40..45);
+    server.restart();
+    let written = points(&server, &runs);
+    assert_eq!(written[2][1]["steps"].as_array().unwrap().len(), 45);
+    let summaries_written = summary_answers(&server, &experiment_id, &runs);
+    assert_ne!(summaries_written, summaries_resumed);
+    server.restart();
+    assert_eq!(
+        summary_answers(&server, &experiment_id, &runs),
+        summaries_written
     );
 
     // A dormant run deleted and collected: its files go.

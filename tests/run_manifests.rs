@@ -75,8 +75,10 @@ fn all_answers(server: &TestServer, finished: &[String], running: &str) -> Vec<V
 #[test]
 fn finished_runs_start_from_their_manifests_and_answer_as_before() {
     let dir = tempfile::tempdir().unwrap();
-    // Small buffers, so a run has several files until it ends.
-    let args = ["--flush-rows", "100"];
+    // Small buffers, so a run has several files until it ends; runs stay
+    // loaded (`dormant_runs.rs` tests runs held by their summaries, which
+    // a start takes from the dormant-run log before their manifests).
+    let args = ["--flush-rows", "100", "--idle-run-secs", "0"];
     let mut server = TestServer::start(dir.path(), &args);
     let finished: Vec<String> = (0..3)
         .map(|index| {

@@ -23,7 +23,7 @@ mod operations;
 mod recovery;
 pub mod replica;
 pub mod retention;
-mod run_files;
+pub(crate) mod run_files;
 mod store_start;
 pub mod wal_record;
 
@@ -45,13 +45,14 @@ use crate::catalog::{Catalog, CatalogError, NewExperiment, NewRun, RunUpdate, sn
 use crate::durable_fs::FileIo;
 use crate::error_kind::{Classify, ErrorKind};
 use crate::ingest::{
-    IngestConfig, IngestError, Ingester, RunLoader, RunPoints, RunSelection, RunSummaries,
-    StartingRuns,
+    DormantRun, IngestConfig, IngestError, Ingester, KeyNames, RunLoader, RunPoints, RunSelection,
+    RunSummaries, StartingRuns,
 };
 use crate::model::{
     DatasetInput, Experiment, ExperimentId, KeySummary, LifecycleStage, Run, RunId,
     ValidationError, now_millis,
 };
+use crate::storage::dormant_log::{self, DormantLog, DormantRecord};
 use crate::storage::{MetricsLayout, ReadCache, SharedByFiles, StorageError, Uploader};
 use crate::wal::{SyncPolicy, Wal, WalConfig, WalError};
 use catalog_log::WalMutationLog;
@@ -315,6 +316,8 @@ pub struct Engine {
     quarantined_files: u64,
     /// Runs whose files the start took from their manifests.
     runs_from_manifests: u64,
+    /// Runs the start held dormant from the dormant-run log.
+    runs_from_dormant_log: u64,
     /// The metric files' footer cache and damaged-read count (the
     /// layout's).
     files_shared: Arc<SharedByFiles>,
@@ -333,6 +336,68 @@ pub struct Engine {
     /// Runs removed for good by gc since start (for `/metrics`).
     runs_purged: AtomicU64,
     _lock: File,
+}
+
+/// The dormant-run log opened at start, and what the start holds dormant
+/// from it.
+struct DormantLogStart<'a> {
+    start: recovery::DormantStart<'a>,
+    /// Records the log held.
+    records: u64,
+}
+
+/// Opens the dormant-run log of the metrics tree `metrics_dir`, keeping
+/// the runs whose last record is `Dormant`.
+fn open_dormant_log<'a>(
+    metrics_dir: &std::path::Path,
+    ended: &'a dyn Fn(RunId) -> bool,
+) -> Result<(DormantLog, DormantLogStart<'a>), EngineError> {
+    let mut names = KeyNames::default();
+    let mut logged: std::collections::HashMap<RunId, DormantRun> = std::collections::HashMap::new();
+    let (log, contents) = DormantLog::open(metrics_dir, |record| match record {
+        DormantRecord::Dormant(entry) => {
+            let run_id = entry.run_id;
+            logged.insert(run_id, DormantRun::from_entry(entry, &mut names));
+        }
+        DormantRecord::Awake(run_id) => {
+            logged.remove(&run_id);
+        }
+    })?;
+    if contents.discarded {
+        logged.clear();
+    }
+    let start = recovery::DormantStart {
+        ended,
+        logged,
+        names,
+    };
+    Ok((
+        log,
+        DormantLogStart {
+            start,
+            records: contents.records,
+        },
+    ))
+}
+
+/// Brings the dormant-run log up to date with the runs a start holds
+/// dormant: appends the runs taken from their manifests, or, once the log
+/// holds far more records than dormant runs (runs woken, purged, or gone
+/// dormant many times), writes it anew with just those. A failure is
+/// logged: the log is only a cache.
+fn record_dormant_at_start(log: &DormantLog, files: &recovery::LoadedFiles, records: u64) {
+    let dormant = files.dormant.len() + files.dormant_logged.len();
+    let outcome = if records > 2 * dormant as u64 + 1024 {
+        let all = files.dormant.iter().chain(&files.dormant_logged);
+        log.rewrite(all.map(|(run_id, run)| run.entry(*run_id)))
+    } else if !files.dormant.is_empty() {
+        log.record_dormant(files.dormant.iter().map(|(run_id, run)| run.entry(*run_id)))
+    } else {
+        Ok(())
+    };
+    if let Err(error) = outcome {
+        tracing::warn!(%error, "cannot bring the dormant-run log up to date; the next start opens more run directories");
+    }
 }
 
 impl Engine {
@@ -401,19 +466,41 @@ impl Engine {
         let dormancy =
             !config.read_only && config.store.is_none() && config.ingest.idle_run_after.is_some();
         let ended = |run_id: RunId| {
-            dormancy
-                && catalog_state
-                    .run(run_id)
-                    .is_some_and(|run| run.status.is_terminal())
+            catalog_state
+                .run(run_id)
+                .is_some_and(|run| run.status.is_terminal())
         };
-        let files = recovery::load_metric_files(
+        let (dormant_log, dormant_start) = if dormancy {
+            match open_dormant_log(layout.root(), &ended) {
+                Ok((log, start)) => (Some(Arc::new(log)), Some(start)),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the dormant-run log; it is removed and finished runs are loaded from their directories");
+                    dormant_log::remove(layout.root())?;
+                    (None, None)
+                }
+            }
+        } else {
+            // A writer that does not keep the log up to date (an offline
+            // tool, runs kept loaded) must not leave it to a later start.
+            if !config.read_only {
+                dormant_log::remove(layout.root())?;
+            }
+            (None, None)
+        };
+        let dormant_log_records = dormant_start.as_ref().map_or(0, |start| start.records);
+        let mut files = recovery::load_metric_files(
             &layout,
             &data_dir.join(recovery::QUARANTINE_DIR),
             catalog_state.continuity(),
             &stored,
             recovery::wal_floor(&wal_dir)?,
-            &ended,
+            dormant_start.map(|start| start.start),
         )?;
+        let runs_from_dormant_log = files.dormant_logged.len();
+        if let Some(log) = &dormant_log {
+            record_dormant_at_start(log, &files, dormant_log_records);
+        }
+        files.dormant_names = KeyNames::default();
         store_start::reconcile_store(&layout, &files, listing.as_ref());
         let files_loaded = started.elapsed();
         let receipts = Arc::new(IngestReceipts::new(loaded_catalog.receipts, now_millis()));
@@ -440,13 +527,16 @@ impl Engine {
         if let Some(replica) = &replica_state {
             replica.stats.started();
         }
-        let dormant_runs = files.dormant.len();
+        let dormant_runs = files.dormant.len() + runs_from_dormant_log;
+        let mut dormant = files.dormant;
+        dormant.append(&mut files.dormant_logged);
         let starting = StartingRuns {
             loaded: files.runs,
-            dormant: files.dormant,
+            dormant,
             loader: dormancy.then(|| {
                 Arc::new(run_files::DiskRunLoader::new(layout.clone())) as Arc<dyn RunLoader>
             }),
+            log: dormant_log,
         };
         let ingester = Arc::new(Ingester::start_recovering_with(
             config.ingest.clone(),
@@ -511,6 +601,7 @@ impl Engine {
             wal_torn_bytes = replayed.truncated_bytes,
             quarantined_files,
             runs_from_manifests,
+            runs_from_dormant_log,
             dormant_runs,
             last_lsn,
             catalog_ms = catalog_loaded.as_millis() as u64,
@@ -538,6 +629,7 @@ impl Engine {
             tokens,
             quarantined_files,
             runs_from_manifests,
+            runs_from_dormant_log: runs_from_dormant_log as u64,
             files_shared,
             catalog_in_doubt: Arc::default(),
             checkpoint_lock: Mutex::new(()),

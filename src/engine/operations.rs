@@ -43,6 +43,9 @@ pub struct TelemetrySnapshot {
     /// Runs whose files the start took from their manifests (no footer
     /// read).
     pub runs_from_manifests: u64,
+    /// Runs the start held dormant as the dormant-run log recorded them
+    /// (their directories not opened).
+    pub runs_from_dormant_log: u64,
     /// Failed file writes since start.
     pub persist_failures: u64,
     /// Bytes of WAL segments still needed or not yet removed.
@@ -150,6 +153,7 @@ impl Engine {
             run_wakes: ingest.run_wakes(),
             run_wake_failures: ingest.run_wake_failures(),
             runs_from_manifests: self.runs_from_manifests,
+            runs_from_dormant_log: self.runs_from_dormant_log,
             persist_failures: ingest.persist_failures(),
             wal_unpersisted_bytes: wal.live_bytes,
             wal_segments: wal.segments as u64,

@@ -75,10 +75,24 @@ pub(crate) struct LoadedFiles {
     pub(crate) quarantined: u64,
     /// Runs whose files were taken from their manifest, no footer read.
     pub(crate) from_manifests: u64,
-    /// Settled runs held by their summaries only (from their manifests).
+    /// Settled runs held by their summaries only, from their manifests
+    /// (not yet in the dormant-run log).
     pub(crate) dormant: Vec<(RunId, DormantRun)>,
-    /// The key names of `dormant`, each kept once.
+    /// Settled runs held by their summaries only, as the dormant-run log
+    /// recorded them (their directories were not opened).
+    pub(crate) dormant_logged: Vec<(RunId, DormantRun)>,
+    /// The key names of dormant runs, each kept once.
     pub(crate) dormant_names: KeyNames,
+}
+
+/// What a start needs to hold finished runs dormant.
+pub(crate) struct DormantStart<'a> {
+    /// Whether the catalog has the run ended: only ended runs go dormant.
+    pub(crate) ended: &'a dyn Fn(RunId) -> bool,
+    /// The runs the dormant-run log holds dormant.
+    pub(crate) logged: HashMap<RunId, DormantRun>,
+    /// Their key names.
+    pub(crate) names: KeyNames,
 }
 
 /// Whether an error opening a metric file means the file is damaged (as
@@ -123,7 +137,9 @@ fn quarantine(root: &Path, quarantine: &Path, path: &Path) -> Result<PathBuf, En
 
 /// Opens every metric file, removing those a compaction already replaced:
 /// a run whose manifest names exactly its files is taken from it, the
-/// others' footers are read. A damaged file (its footer or stepstore's
+/// others' footers are read. With `dormant`, a finished run is held
+/// dormant: as the dormant-run log has it (its directory not opened), else
+/// from its manifest. A damaged file (its footer or stepstore's
 /// metadata cannot be read) does not stop the start: it is moved to
 /// `quarantine_dir`, and the run's points still in the WAL come back
 /// through replay, since no file covers them any more. So that such damage
@@ -136,38 +152,86 @@ pub(crate) fn load_metric_files(
     continuity: &ContinuityState,
     stored: &[(PathBuf, u64)],
     wal_floor: Lsn,
-    may_go_dormant: &dyn Fn(RunId) -> bool,
+    dormant: Option<DormantStart<'_>>,
 ) -> Result<LoadedFiles, EngineError> {
     let mut fork_points: HashMap<RunId, Vec<Lsn>> = HashMap::new();
     for (_, fork) in continuity.all_forks() {
         fork_points.entry(fork.parent).or_default().push(fork.lsn);
     }
-    let directories = layout.scan_with_stored(stored)?;
+    let may_stay_dormant =
+        |run_id: RunId| continuity.rewinds(run_id).is_empty() && !fork_points.contains_key(&run_id);
+    let mut loaded = LoadedFiles::default();
+    let mut ended: &dyn Fn(RunId) -> bool = &|_| false;
+    let directories = match dormant {
+        Some(DormantStart {
+            ended: is_ended,
+            mut logged,
+            names,
+        }) if stored.is_empty() => {
+            ended = is_ended;
+            loaded.dormant_names = names;
+            let mut directories = Vec::new();
+            for (experiment_id, run_id) in layout.list_runs()? {
+                if let Some(run) = logged.remove(&run_id)
+                    && run.experiment_id() == experiment_id
+                    && run.max_lsn() < wal_floor
+                    && ended(run_id)
+                    && may_stay_dormant(run_id)
+                {
+                    loaded.max_lsn = loaded.max_lsn.max(run.max_lsn());
+                    loaded.dormant_logged.push((run_id, run));
+                    continue;
+                }
+                directories.push(layout.scan_run(experiment_id, run_id)?);
+            }
+            directories
+        }
+        _ => layout.scan_with_stored(stored)?,
+    };
     // One thread: the runs' state outlives the start, and jemalloc does not
     // purge the arenas of threads that have ended (loading on two threads
     // made the same 100,000 runs take 100 MiB more resident memory).
-    load_directories(
+    let loading = Loading {
         layout,
         quarantine_dir,
         continuity,
-        &fork_points,
-        &directories,
+        fork_points: &fork_points,
         wal_floor,
-        may_go_dormant,
-    )
+    };
+    load_directories(
+        &loading,
+        &directories,
+        &|run_id| ended(run_id) && may_stay_dormant(run_id),
+        &mut loaded,
+    )?;
+    Ok(loaded)
+}
+
+/// What loading run directories at start goes by.
+struct Loading<'a> {
+    layout: &'a MetricsLayout,
+    quarantine_dir: &'a Path,
+    continuity: &'a ContinuityState,
+    /// The LSNs of the forks made from each run that has some.
+    fork_points: &'a HashMap<RunId, Vec<Lsn>>,
+    /// The oldest LSN the WAL still has.
+    wal_floor: Lsn,
 }
 
 /// Loads the runs of `directories` (see [`load_metric_files`]).
 fn load_directories(
-    layout: &MetricsLayout,
-    quarantine_dir: &Path,
-    continuity: &ContinuityState,
-    fork_points: &HashMap<RunId, Vec<Lsn>>,
+    loading: &Loading<'_>,
     directories: &[RunDirectory],
-    wal_floor: Lsn,
     may_go_dormant: &dyn Fn(RunId) -> bool,
-) -> Result<LoadedFiles, EngineError> {
-    let mut loaded = LoadedFiles::default();
+    loaded: &mut LoadedFiles,
+) -> Result<(), EngineError> {
+    let Loading {
+        layout,
+        quarantine_dir,
+        continuity,
+        fork_points,
+        wal_floor,
+    } = *loading;
     for directory in directories {
         let run_dir = layout.run_dir(directory.experiment_id, directory.run_id);
         if directory.files.is_empty() {
@@ -180,8 +244,6 @@ fn load_directories(
         let manifest = run_files::current_manifest(&run_dir, directory, wal_floor);
         if let Some(manifest) = &manifest
             && may_go_dormant(directory.run_id)
-            && continuity.rewinds(directory.run_id).is_empty()
-            && !fork_points.contains_key(&directory.run_id)
             && let Some(dormant) =
                 run_files::dormant_run(directory.experiment_id, manifest, &mut loaded.dormant_names)
         {
@@ -198,7 +260,7 @@ fn load_directories(
                 loaded.from_manifests += 1;
                 opened
             }
-            None => open_run_files(layout, quarantine_dir, &run_dir, directory, &mut loaded)?,
+            None => open_run_files(layout, quarantine_dir, &run_dir, directory, loaded)?,
         };
         let replaced = replaced_files(&opened);
         let mut assembled = assemble_run(
@@ -223,7 +285,7 @@ fn load_directories(
         loaded.covered.insert(directory.run_id, assembled.ranges);
         loaded.runs.push(assembled.run);
     }
-    Ok(loaded)
+    Ok(())
 }
 
 /// Opens every file of a run, reading its footer. Damaged files are moved
@@ -573,7 +635,7 @@ mod tests {
                     &ContinuityState::default(),
                     &[],
                     Lsn::MAX,
-                    &|_| false,
+                    None,
                 )
                 .unwrap();
                 let files = &loaded.runs[0].files;
@@ -651,7 +713,7 @@ mod tests {
                 &ContinuityState::default(),
                 &[],
                 floor,
-                &|_| false,
+                None,
             )
             .unwrap();
             (loaded, layout)
@@ -705,7 +767,11 @@ mod tests {
             &ContinuityState::default(),
             &[],
             Lsn::MAX,
-            &|_| true,
+            Some(DormantStart {
+                ended: &|_| true,
+                logged: HashMap::new(),
+                names: KeyNames::default(),
+            }),
         )
         .unwrap();
         assert!(dormant.runs.is_empty());
@@ -746,7 +812,11 @@ mod tests {
             &rewound,
             &[],
             Lsn::MAX,
-            &|_| true,
+            Some(DormantStart {
+                ended: &|_| true,
+                logged: HashMap::new(),
+                names: KeyNames::default(),
+            }),
         )
         .unwrap();
         assert!(kept.dormant.is_empty());

@@ -121,6 +121,7 @@ pub(crate) fn dormant_run(
     Some(DormantRun::new(
         experiment_id,
         next_seq,
+        max_lsn(manifest),
         summaries
             .into_iter()
             .map(|(key, summary)| (key.to_string(), summary)),

@@ -8,13 +8,15 @@ use std::sync::Arc;
 
 use super::{LoadedRun, SummaryView};
 use crate::model::{ExperimentId, KeySummary, RunId};
+use crate::storage::dormant_log::{DormantEntry, DormantLog};
+use crate::wal::Lsn;
 
 /// Why a dormant run could not be loaded again.
-pub type WakeError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type WakeError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Loads the files and summaries of a settled run again from disk (the
 /// engine's start-up code, for one run).
-pub trait RunLoader: Send + Sync {
+pub(crate) trait RunLoader: Send + Sync {
     /// The run as its directory describes it now.
     fn load(&self, experiment_id: ExperimentId, run_id: RunId) -> Result<LoadedRun, WakeError>;
 }
@@ -22,11 +24,11 @@ pub trait RunLoader: Send + Sync {
 /// Key names shared by the dormant runs of one owner (a shard, or the
 /// start that hands runs to shards): each distinct name is kept once.
 #[derive(Default)]
-pub struct KeyNames(HashSet<Arc<str>>);
+pub(crate) struct KeyNames(HashSet<Arc<str>>);
 
 impl KeyNames {
     /// The shared copy of `name`.
-    pub fn get(&mut self, name: &str) -> Arc<str> {
+    pub(crate) fn get(&mut self, name: &str) -> Arc<str> {
         if let Some(shared) = self.0.get(name) {
             return Arc::clone(shared);
         }
@@ -38,13 +40,15 @@ impl KeyNames {
 
 /// A settled run (ended, every point in files, no rewind or fork) held
 /// only by what searches and summaries need: about 80 bytes per key plus
-/// a fixed 32, where a loaded run holds its files, key dictionary and
+/// a fixed 40, where a loaded run holds its files, key dictionary and
 /// buffers too.
-pub struct DormantRun {
+pub(crate) struct DormantRun {
     experiment_id: ExperimentId,
     /// The sequence number the run's next file takes, so that a run whose
     /// files could not be loaded again never writes over one.
     next_seq: u64,
+    /// The newest WAL record its files hold.
+    max_lsn: Lsn,
     /// Every key's summary, in key order.
     summaries: Box<[(Arc<str>, KeySummary)]>,
 }
@@ -52,9 +56,10 @@ pub struct DormantRun {
 impl DormantRun {
     /// A dormant run with these summaries (in any order), its key names
     /// shared through `names`.
-    pub fn new(
+    pub(crate) fn new(
         experiment_id: ExperimentId,
         next_seq: u64,
+        max_lsn: Lsn,
         summaries: impl IntoIterator<Item = (String, KeySummary)>,
         names: &mut KeyNames,
     ) -> DormantRun {
@@ -66,18 +71,46 @@ impl DormantRun {
         DormantRun {
             experiment_id,
             next_seq,
+            max_lsn,
             summaries: summaries.into_boxed_slice(),
         }
     }
 
     /// The run's experiment.
-    pub fn experiment_id(&self) -> ExperimentId {
+    pub(crate) fn experiment_id(&self) -> ExperimentId {
         self.experiment_id
     }
 
     /// The sequence number the run's next file takes.
-    pub fn next_seq(&self) -> u64 {
+    pub(crate) fn next_seq(&self) -> u64 {
         self.next_seq
+    }
+
+    /// The newest WAL record its files hold.
+    pub(crate) fn max_lsn(&self) -> Lsn {
+        self.max_lsn
+    }
+
+    /// The run as the dormant-run log records it.
+    pub(crate) fn entry(&self, run_id: RunId) -> DormantEntry {
+        DormantEntry {
+            run_id,
+            experiment_id: self.experiment_id,
+            next_seq: self.next_seq,
+            max_lsn: self.max_lsn,
+            summaries: self.summaries(),
+        }
+    }
+
+    /// The run a record of the dormant-run log describes.
+    pub(crate) fn from_entry(entry: DormantEntry, names: &mut KeyNames) -> DormantRun {
+        DormantRun::new(
+            entry.experiment_id,
+            entry.next_seq,
+            entry.max_lsn,
+            entry.summaries,
+            names,
+        )
     }
 
     /// Every key's summary, in key order.
@@ -104,15 +137,18 @@ impl DormantRun {
 /// The runs a shard starts with: loaded ones, and dormant ones with the
 /// loader that brings them back.
 #[derive(Default)]
-pub struct StartingRuns {
+pub(crate) struct StartingRuns {
     /// Runs with their files (not settled, rewound, forked, or without a
     /// manifest to load them from again).
-    pub loaded: Vec<LoadedRun>,
+    pub(crate) loaded: Vec<LoadedRun>,
     /// Settled runs held by their summaries.
-    pub dormant: Vec<(RunId, DormantRun)>,
+    pub(crate) dormant: Vec<(RunId, DormantRun)>,
     /// Loads dormant runs again; `None` keeps every run loaded (nothing
     /// goes dormant).
-    pub loader: Option<Arc<dyn RunLoader>>,
+    pub(crate) loader: Option<Arc<dyn RunLoader>>,
+    /// Where runs going dormant, and dormant runs written to again, are
+    /// recorded for the next start.
+    pub(crate) log: Option<Arc<DormantLog>>,
 }
 
 #[cfg(test)]
@@ -130,6 +166,7 @@ mod tests {
         let first = DormantRun::new(
             experiment,
             4,
+            9,
             [
                 ("loss".to_string(), summary(0.5)),
                 ("acc".to_string(), summary(0.9)),
@@ -139,6 +176,7 @@ mod tests {
         let second = DormantRun::new(
             experiment,
             2,
+            9,
             [("loss".to_string(), summary(0.7))],
             &mut names,
         );
@@ -155,9 +193,14 @@ mod tests {
         let ten = DormantRun::new(
             experiment,
             2,
+            9,
             (0..10).map(|key| (format!("key{key}"), summary(1.0))),
             &mut names,
         );
-        assert!(ten.held_bytes() <= 32 + 10 * 80, "{}", ten.held_bytes());
+        assert!(ten.held_bytes() <= 40 + 10 * 80, "{}", ten.held_bytes());
+        // As the dormant-run log records it, and back.
+        let back = DormantRun::from_entry(first.entry(RunId::new_random()), &mut names);
+        assert_eq!(back.summaries(), first.summaries());
+        assert_eq!((back.next_seq(), back.max_lsn()), (4, 9));
     }
 }

@@ -9,7 +9,7 @@
 //! control channel so they never wait behind a full data channel.
 
 pub(crate) mod buffer;
-pub mod dormant;
+pub(crate) mod dormant;
 pub mod forks;
 pub mod live;
 mod persister;
@@ -34,7 +34,7 @@ use crate::storage::{MetricsLayout, PersistedFile, StorageError};
 use crate::wal::{Lsn, WalError};
 
 pub use buffer::{BYTES_PER_POINT, BufferedPoints, FrozenChunk, Segment, SegmentBlock};
-pub use dormant::{DormantRun, KeyNames, RunLoader, StartingRuns, WakeError};
+pub(crate) use dormant::{DormantRun, KeyNames, RunLoader, StartingRuns, WakeError};
 pub use live::{LiveEvent, LiveHub, LiveSubscription};
 pub use views::{BufferedKey, RunPoints, RunSummaries, RunSummaryView, SeriesSources, SummaryView};
 
@@ -408,7 +408,7 @@ impl Ingester {
     /// Starts the ingester for a replay of the WAL like
     /// [`Self::start_recovering`], with dormant runs among `runs` and the
     /// loader that brings them back.
-    pub fn start_recovering_with(
+    pub(crate) fn start_recovering_with(
         config: IngestConfig,
         layout: MetricsLayout,
         runs: StartingRuns,
@@ -447,6 +447,7 @@ impl Ingester {
             loaded,
             dormant,
             loader,
+            log,
         } = runs;
         let mut per_shard: Vec<Vec<LoadedRun>> = (0..shard_count).map(|_| Vec::new()).collect();
         for run in loaded {
@@ -470,7 +471,7 @@ impl Ingester {
                 runs,
             )
             .with_live(Arc::clone(&live))
-            .with_dormant(dormant, loader.clone())
+            .with_dormant(dormant, loader.clone(), log.clone())
             .recovering(recovering);
             threads.push(spawn(format!("stepstore-shard-{index}"), move || {
                 shard.run(data_receiver, control_receiver)
@@ -858,6 +859,65 @@ mod tests {
         let summaries = ingester.run_summaries(run_id).await.unwrap();
         assert_eq!(summaries[0].1.count, 80);
         assert_eq!(summaries[0].1.latest_step, 79);
+        ingester.shutdown();
+    }
+
+    #[tokio::test]
+    async fn an_idle_finished_run_goes_dormant_and_is_recorded_awake_before_a_write() {
+        use crate::storage::dormant_log::{DormantLog, dormant_runs_in};
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = dir.path().join("metrics");
+        std::fs::create_dir_all(&metrics).unwrap();
+        let layout = MetricsLayout::new(metrics.clone());
+        let (log, _) = DormantLog::open(&metrics, |_| {}).unwrap();
+        let config = IngestConfig {
+            shards: 1,
+            tick: Duration::from_millis(10),
+            idle_run_after: Some(Duration::from_millis(50)),
+            ..IngestConfig::default()
+        };
+        let loader = crate::engine::run_files::DiskRunLoader::new(layout.clone());
+        let runs = StartingRuns {
+            loader: Some(Arc::new(loader)),
+            log: Some(Arc::new(log)),
+            ..StartingRuns::default()
+        };
+        let ingester = Ingester::start_with(config, layout, runs, false).unwrap();
+        let run_id = RunId::new_random();
+        let experiment = ExperimentId::DEFAULT;
+        ingester.apply(run_id, experiment, 1, batch("loss", 0..50), None);
+        ingester.run_ended(run_id);
+        wait_until("the run to go dormant", || {
+            ingester.stats().runs_dormant() == 1
+        });
+        let (dormant, records) = dormant_runs_in(&metrics);
+        assert_eq!((dormant, records), (vec![run_id], 1));
+        let summaries = ingester.run_summaries(run_id).await.unwrap();
+        assert_eq!(summaries[0].1.count, 50);
+        assert_eq!(ingester.stats().run_wakes(), 0, "summaries need no loading");
+
+        // Read point by point: loaded again; idle, dormant again, and its
+        // record in the log still stands.
+        assert_eq!(
+            read(&ingester, run_id, "loss").await.steps,
+            (0..50).collect::<Vec<_>>()
+        );
+        assert_eq!(ingester.stats().run_wakes(), 1);
+        wait_until("the run to go dormant again", || {
+            ingester.stats().runs_dormant() == 1
+        });
+        assert_eq!(dormant_runs_in(&metrics), (vec![run_id], 1));
+
+        // Written to: recorded awake (synced) before the points apply.
+        let (applied, outcome) = oneshot::channel();
+        ingester.apply(run_id, experiment, 2, batch("loss", 50..60), Some(applied));
+        outcome.await.unwrap().unwrap();
+        assert_eq!(dormant_runs_in(&metrics), (Vec::new(), 2));
+        let series = read(&ingester, run_id, "loss").await;
+        assert_eq!(series.steps, (0..60).collect::<Vec<_>>());
+        let summaries = ingester.run_summaries(run_id).await.unwrap();
+        assert_eq!((summaries[0].1.count, summaries[0].1.latest_step), (60, 59));
+        assert_eq!(ingester.stats().run_wake_failures(), 0);
         ingester.shutdown();
     }
 

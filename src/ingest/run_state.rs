@@ -47,6 +47,11 @@ pub(crate) struct RunState {
     /// When the run was last written or read point by point: an idle
     /// settled run goes dormant ([`RunState::can_go_dormant`]).
     pub(crate) last_used: std::time::Instant,
+    /// Whether the dormant-run log's last record of the run is a
+    /// `Dormant` one that describes it (it was loaded again only to be
+    /// read): a write must record it awake first, and going dormant again
+    /// needs no new record.
+    pub(crate) logged_dormant: bool,
     /// The run's rewinds, as far as this shard has applied them.
     pub(crate) rewinds: RewindMarks,
     /// Summaries of the points logged since the newest rewind (`None`
@@ -113,6 +118,7 @@ impl RunState {
             manifest_current: false,
             applied_lsn: 0,
             last_used: std::time::Instant::now(),
+            logged_dormant: false,
             since_rewind: None,
             rewinds,
             fork_points,
@@ -486,7 +492,19 @@ impl RunState {
 
     /// The run as a dormant one: its summaries only.
     pub(crate) fn into_dormant(self, names: &mut KeyNames) -> DormantRun {
-        DormantRun::new(self.experiment_id, self.next_seq, self.summaries(), names)
+        let max_lsn = self
+            .files
+            .iter()
+            .map(|file| file.newest_lsn())
+            .max()
+            .unwrap_or(0);
+        DormantRun::new(
+            self.experiment_id,
+            self.next_seq,
+            max_lsn,
+            self.summaries(),
+            names,
+        )
     }
 
     /// Adds a persisted file, keeping sequence order.

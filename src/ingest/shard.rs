@@ -20,6 +20,7 @@ use super::{
     RunSummaryView, SeriesSources,
 };
 use crate::model::RunId;
+use crate::storage::dormant_log::DormantLog;
 use crate::storage::{PersistedFile, StorageError};
 
 /// How long a failed file write or compaction waits before it is retried.
@@ -150,6 +151,8 @@ pub(crate) struct Shard {
     dormant_names: KeyNames,
     /// Loads dormant runs again; without one no run goes dormant.
     loader: Option<Arc<dyn RunLoader>>,
+    /// Records runs going dormant and dormant runs written to again.
+    dormant_log: Option<Arc<DormantLog>>,
     pending: HashMap<u64, PendingChunk>,
     /// Bytes of this shard's frozen chunks not yet written.
     frozen_bytes: u64,
@@ -185,6 +188,7 @@ impl Shard {
             dormant: HashMap::new(),
             dormant_names: KeyNames::default(),
             loader: None,
+            dormant_log: None,
             pending: HashMap::new(),
             frozen_bytes: 0,
             next_chunk_id: 1,
@@ -201,17 +205,19 @@ impl Shard {
         self
     }
 
-    /// Starts with `dormant` runs, and lets idle settled runs go dormant
-    /// (after `IngestConfig::idle_run_after`), loading them again with
-    /// `loader`.
+    /// Starts with `dormant` runs (each recorded in `log`), and lets idle
+    /// settled runs go dormant (after `IngestConfig::idle_run_after`),
+    /// loading them again with `loader`.
     pub(crate) fn with_dormant(
         mut self,
         dormant: Vec<(RunId, DormantRun)>,
         loader: Option<Arc<dyn RunLoader>>,
+        log: Option<Arc<DormantLog>>,
     ) -> Self {
         self.stats.add_dormant(dormant.len() as i64);
         self.dormant.extend(dormant);
         self.loader = loader;
+        self.dormant_log = log;
         self
     }
 
@@ -292,7 +298,7 @@ impl Shard {
                 applied,
             } => {
                 let points = batch.len();
-                self.wake(run_id, Wake::ForWrite);
+                self.before_write(run_id);
                 let run = self
                     .runs
                     .entry(run_id)
@@ -324,7 +330,7 @@ impl Shard {
                 lsn,
                 step,
             } => {
-                self.wake(run_id, Wake::ForWrite);
+                self.before_write(run_id);
                 let run = self
                     .runs
                     .entry(run_id)
@@ -345,7 +351,7 @@ impl Shard {
                 }
             }
             DataMessage::Fork { run_id, lsn } => {
-                self.wake(run_id, Wake::ForWrite);
+                self.before_write(run_id);
                 // A run without points or files has nothing to hand down.
                 if !self.runs.contains_key(&run_id) {
                     return;
@@ -571,11 +577,22 @@ impl Shard {
         if idle.is_empty() {
             return;
         }
+        let mut unlogged = Vec::new();
         for run_id in &idle {
             if let Some(run) = self.runs.remove(run_id) {
+                let logged = run.logged_dormant;
                 let dormant = run.into_dormant(&mut self.dormant_names);
+                if !logged {
+                    unlogged.push(dormant.entry(*run_id));
+                }
                 self.dormant.insert(*run_id, dormant);
             }
+        }
+        if let Some(log) = &self.dormant_log
+            && !unlogged.is_empty()
+        {
+            // A failure is logged, and the log no longer used.
+            let _ = log.record_dormant(unlogged);
         }
         self.stats.add_dormant(idle.len() as i64);
         tracing::debug!(
@@ -607,6 +624,8 @@ impl Shard {
             Some(loader) => loader.load(dormant.experiment_id(), run_id),
             None => Err("no loader for dormant runs".into()),
         };
+        // The log's record of it stands while it is only read.
+        let logged = self.dormant_log.is_some();
         let mut run = match loaded {
             Ok(loaded) => {
                 self.stats.count_wake(true);
@@ -631,9 +650,30 @@ impl Shard {
             }
         };
         self.stats.add_dormant(-1);
+        run.logged_dormant = logged;
         run.ended = true;
         run.next_seq = run.next_seq.max(dormant.next_seq());
         self.runs.insert(run_id, run);
+    }
+
+    /// Loads the run again if it was dormant, and records in the
+    /// dormant-run log, synced, that it is written to (before the write is
+    /// applied): the next start must not take the run for dormant as it
+    /// was.
+    fn before_write(&mut self, run_id: RunId) {
+        self.wake(run_id, Wake::ForWrite);
+        let Some(run) = self.runs.get_mut(&run_id) else {
+            return;
+        };
+        if !run.logged_dormant {
+            return;
+        }
+        run.logged_dormant = false;
+        if let Some(log) = &self.dormant_log {
+            // A failure removes the log (and is logged): no stale record
+            // of the run is left either way.
+            let _ = log.wake(run_id);
+        }
     }
 
     /// Forgets a dormant run (its files stay).

@@ -231,6 +231,22 @@ impl MetricsLayout {
 
     /// The run directories and files on the local disk.
     fn scan_local(&self) -> Result<Vec<RunDirectory>, StorageError> {
+        self.list_runs()?
+            .into_iter()
+            .map(|(experiment_id, run_id)| {
+                Ok(RunDirectory {
+                    experiment_id,
+                    run_id,
+                    files: metric_files_in(&self.run_dir(experiment_id, run_id))?,
+                    stored_only: HashMap::new(),
+                })
+            })
+            .collect()
+    }
+
+    /// The runs with a directory on the local disk, without listing their
+    /// files: one directory read per experiment.
+    pub(crate) fn list_runs(&self) -> Result<Vec<(ExperimentId, RunId)>, StorageError> {
         create_dir_synced(&self.root)
             .map_err(|source| StorageError::io("create", &self.root, source))?;
         let mut found = Vec::new();
@@ -241,17 +257,11 @@ impl MetricsLayout {
                 continue;
             };
             for run_dir in read_dir_paths(&experiment_dir)? {
-                let Some(run_id) =
+                if let Some(run_id) =
                     parse_component(&run_dir, RUN_PREFIX).and_then(|text| RunId::parse(&text).ok())
-                else {
-                    continue;
-                };
-                found.push(RunDirectory {
-                    experiment_id,
-                    run_id,
-                    files: metric_files_in(&run_dir)?,
-                    stored_only: HashMap::new(),
-                });
+                {
+                    found.push((experiment_id, run_id));
+                }
             }
         }
         Ok(found)

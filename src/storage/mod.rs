@@ -6,6 +6,7 @@ pub mod cache;
 pub mod checksums;
 pub mod columns;
 pub mod compaction;
+pub(crate) mod dormant_log;
 pub mod file_meta;
 pub mod footer_cache;
 pub(crate) mod key_reader;
