@@ -303,7 +303,9 @@ impl Shard {
                     .runs
                     .entry(run_id)
                     .or_insert_with(|| new_run(experiment_id));
-                run.last_used = Instant::now();
+                // The tick's time: idleness is counted in ticks, and a
+                // clock read per batch is not needed for it.
+                run.last_used = self.last_tick;
                 let held_before = run.active.bytes();
                 run.apply(lsn, &batch);
                 let grown = run.active.bytes().saturating_sub(held_before);

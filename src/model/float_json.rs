@@ -48,24 +48,16 @@ pub fn parse_float_text(text: &str) -> Option<f64> {
     }
 }
 
-/// `#[serde(serialize_with)]` helper. Binary formats (bincode) take the
-/// float as it is.
+/// `#[serde(serialize_with)]` helper.
 pub fn serialize<S: Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {
-    if !serializer.is_human_readable() {
-        return serializer.serialize_f64(*value);
-    }
     match non_finite_name(*value) {
         Some(name) => serializer.serialize_str(name),
         None => serializer.serialize_f64(*value),
     }
 }
 
-/// `#[serde(deserialize_with)]` helper (binary formats: the float as it
-/// is).
+/// `#[serde(deserialize_with)]` helper.
 pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
-    if !deserializer.is_human_readable() {
-        return deserializer.deserialize_f64(FloatVisitor);
-    }
     deserializer.deserialize_any(FloatVisitor)
 }
 

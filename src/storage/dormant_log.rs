@@ -52,7 +52,67 @@ pub(crate) struct DormantEntry {
     /// The newest WAL record its files hold.
     pub(crate) max_lsn: Lsn,
     /// Every key's summary.
+    #[serde(with = "stored_summaries")]
     pub(crate) summaries: Vec<(String, KeySummary)>,
+}
+
+/// Key summaries in the log: their fields as plain numbers (the JSON
+/// mapping of `KeySummary` writes non-finite floats as strings, which a
+/// binary format cannot read back).
+mod stored_summaries {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::model::KeySummary;
+
+    /// `count, min_step, max_step, min_value, max_value, latest_step,
+    /// latest_timestamp, latest_value`.
+    type Stored = (u64, i64, i64, f64, f64, i64, i64, f64);
+
+    fn stored(summary: &KeySummary) -> Stored {
+        (
+            summary.count,
+            summary.min_step,
+            summary.max_step,
+            summary.min_value,
+            summary.max_value,
+            summary.latest_step,
+            summary.latest_timestamp,
+            summary.latest_value,
+        )
+    }
+
+    pub(super) fn serialize<S: Serializer>(
+        summaries: &[(String, KeySummary)],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let stored: Vec<(&str, Stored)> = summaries
+            .iter()
+            .map(|(key, summary)| (key.as_str(), stored(summary)))
+            .collect();
+        stored.serialize(serializer)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<(String, KeySummary)>, D::Error> {
+        let stored: Vec<(String, Stored)> = Vec::deserialize(deserializer)?;
+        Ok(stored
+            .into_iter()
+            .map(|(key, fields)| {
+                let summary = KeySummary {
+                    count: fields.0,
+                    min_step: fields.1,
+                    max_step: fields.2,
+                    min_value: fields.3,
+                    max_value: fields.4,
+                    latest_step: fields.5,
+                    latest_timestamp: fields.6,
+                    latest_value: fields.7,
+                };
+                (key, summary)
+            })
+            .collect())
+    }
 }
 
 /// One record of the log.
