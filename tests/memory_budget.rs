@@ -28,36 +28,40 @@ fn ten_thousand_runs_log_at_once_within_the_buffer_budget() {
     );
     let idle_rss = server.peak_rss_bytes();
     let runs = RUNS.to_string();
-    let report = run_bench(&[
-        "--target",
-        &server.base_url,
-        "--protocol",
-        "columnar",
-        "--runs",
-        &runs,
-        "--runs-per-request",
-        "50",
-        "--keys",
-        "20",
-        "--steps-per-request",
-        "10",
-        "--concurrency",
-        "4",
-        "--duration",
-        "8s",
-    ]);
-    let points = report["points"].as_f64().unwrap();
-    assert_eq!(report["errors"], 0, "no write refused: {report}");
+    // Enough load to pass the budget: 28 bytes a point at the least, more
+    // than the budget could hold. A slow or busy machine gets there in more
+    // rounds (each a new set of 10,000 runs), not in a failure.
+    let enough_points = 1.5 * (BUDGET_MIB * MIB) as f64 / 28.0;
+    let (mut points, mut rounds) = (0.0, 0u64);
+    let mut report = serde_json::Value::Null;
+    while points <= enough_points {
+        assert!(rounds < 8, "too little load to test the budget: {report}");
+        report = run_bench(&[
+            "--target",
+            &server.base_url,
+            "--protocol",
+            "columnar",
+            "--runs",
+            &runs,
+            "--runs-per-request",
+            "50",
+            "--keys",
+            "20",
+            "--steps-per-request",
+            "10",
+            "--concurrency",
+            "4",
+            "--duration",
+            "8s",
+        ]);
+        assert_eq!(report["errors"], 0, "no write refused: {report}");
+        points += report["points"].as_f64().unwrap();
+        rounds += 1;
+    }
     assert_eq!(
         server.metric("stepstore_points_ingested_total"),
         points,
         "{report}"
-    );
-    // Enough load to pass the budget: 28 bytes a point at the least, more
-    // than the budget could hold.
-    assert!(
-        points * 28.0 > 1.5 * (BUDGET_MIB * MIB) as f64,
-        "too little load to test the budget: {report}"
     );
     assert!(server.metric("stepstore_files_persisted_total") > 0.0);
 
@@ -73,7 +77,8 @@ fn ten_thousand_runs_log_at_once_within_the_buffer_budget() {
     // budget, the footer cache, each run's catalog entry and key summaries
     // (about 7 KiB a run with 20 keys) and the working space of file writes
     // and requests in flight; not by what was ingested.
-    let allowed = BUDGET_MIB * MIB + FOOTER_CACHE_MIB * MIB * 5 / 4 + RUNS * 8 * 1024 + 48 * MIB;
+    let allowed =
+        BUDGET_MIB * MIB + FOOTER_CACHE_MIB * MIB * 5 / 4 + rounds * RUNS * 8 * 1024 + 48 * MIB;
     let grown = server.peak_rss_bytes().saturating_sub(idle_rss);
     println!(
         "peak RSS grew by {} MiB of {} MiB allowed; buffers peaked at {:.0} MiB",

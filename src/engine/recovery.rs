@@ -761,19 +761,23 @@ mod tests {
         // A settled run may be held dormant instead: by its summaries
         // only. Loaded again, it has the same files, from the manifest.
         let dormant_layout = MetricsLayout::new(root.clone());
-        let dormant = load_metric_files(
-            &dormant_layout,
-            &quarantine,
-            &ContinuityState::default(),
-            &[],
-            Lsn::MAX,
-            Some(DormantStart {
+        let start_dormant = |continuity: &ContinuityState| {
+            let start = DormantStart {
                 ended: &|_| true,
                 logged: HashMap::new(),
                 names: KeyNames::default(),
-            }),
-        )
-        .unwrap();
+            };
+            load_metric_files(
+                &dormant_layout,
+                &quarantine,
+                continuity,
+                &[],
+                Lsn::MAX,
+                Some(start),
+            )
+            .unwrap()
+        };
+        let dormant = start_dormant(&ContinuityState::default());
         assert!(dormant.runs.is_empty());
         assert_eq!(dormant.from_manifests, 1);
         assert_eq!(dormant.max_lsn, from_footers.max_lsn);
@@ -806,19 +810,7 @@ mod tests {
                 time: 0,
             },
         );
-        let kept = load_metric_files(
-            &dormant_layout,
-            &quarantine,
-            &rewound,
-            &[],
-            Lsn::MAX,
-            Some(DormantStart {
-                ended: &|_| true,
-                logged: HashMap::new(),
-                names: KeyNames::default(),
-            }),
-        )
-        .unwrap();
+        let kept = start_dormant(&rewound);
         assert!(kept.dormant.is_empty());
         assert_eq!(kept.runs.len(), 1);
 
