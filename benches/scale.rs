@@ -278,6 +278,24 @@ fn time(repeat: usize, mut work: impl FnMut() -> anyhow::Result<()>) -> anyhow::
     Ok(times[times.len() / 2])
 }
 
+/// [`time`], with a failure reported on stderr and shown as NaN ("failed"
+/// in the table), so that one failing query does not hide the others.
+fn time_or_failed(what: &str, repeat: usize, work: impl FnMut() -> anyhow::Result<()>) -> f64 {
+    time(repeat, work).unwrap_or_else(|error| {
+        eprintln!("{what} failed: {error:#}");
+        f64::NAN
+    })
+}
+
+/// A figure for the table: `failed` for NaN.
+fn shown(value: f64, decimals: usize) -> String {
+    if value.is_nan() {
+        "failed".to_string()
+    } else {
+        format!("{value:.decimals$}")
+    }
+}
+
 /// One N's figures.
 struct Figures {
     runs: usize,
@@ -395,8 +413,11 @@ fn measure(root: &Path, runs: usize, repeat: usize) -> anyhow::Result<Figures> {
         }
         Ok(())
     };
-    let search_one_ms = time(repeat, || search(&experiments[..1]))?;
-    let search_all_ms = time(repeat, || search(&experiments))?;
+    let search_one_ms = time_or_failed("search of one experiment", repeat, || {
+        search(&experiments[..1])
+    });
+    let search_all_ms =
+        time_or_failed("search of all experiments", repeat, || search(&experiments));
     let sql = format!(
         "SELECT m.run_id, m.value FROM latest_metrics m \
          JOIN params p ON p.run_id = m.run_id AND p.key = 'lr' \
@@ -404,14 +425,14 @@ fn measure(root: &Path, runs: usize, repeat: usize) -> anyhow::Result<Figures> {
          ORDER BY m.value LIMIT 100",
         experiments[0]
     );
-    let sql_ms = time(repeat, || {
+    let sql_ms = time_or_failed("SQL", repeat, || {
         post(
             &client,
             &format!("{}/api/v1/sql", server.url),
             &json!({ "query": sql }),
         )
         .map(|_| ())
-    })?;
+    });
     let found = post(
         &client,
         &format!("{}/api/2.0/mlflow/runs/search", server.url),
@@ -421,7 +442,7 @@ fn measure(root: &Path, runs: usize, repeat: usize) -> anyhow::Result<Figures> {
         .as_str()
         .context("no run")?
         .to_string();
-    let scalar_ms = time(repeat, || {
+    let scalar_ms = time_or_failed("scalar read", repeat, || {
         let response = client
             .get(format!("{}/api/v1/runs/{run}/metrics/loss", server.url))
             .send()?;
@@ -430,7 +451,7 @@ fn measure(root: &Path, runs: usize, repeat: usize) -> anyhow::Result<Figures> {
         }
         response.bytes()?;
         Ok(())
-    })?;
+    });
     server.stop()?;
     let again = Server::start(&data_dir)?;
     let start_again_seconds = again.started_in.as_secs_f64();
@@ -499,17 +520,17 @@ fn main() -> anyhow::Result<()> {
     );
     for figures in all {
         println!(
-            "{:>9} {:>10.0} {:>9.2} {:>9.2} {:>9.0} {:>12.0} {:>13.1} {:>13.1} {:>9.1} {:>10.2}",
+            "{:>9} {:>10.0} {:>9.2} {:>9.2} {:>9.0} {:>12.0} {:>13} {:>13} {:>9} {:>10}",
             figures.runs,
             figures.bytes as f64 / (1 << 20) as f64,
             figures.start_seconds,
             figures.start_again_seconds,
             figures.rss as f64 / (1 << 20) as f64,
             figures.rss.saturating_sub(figures.rss_empty) as f64 / figures.runs as f64,
-            figures.search_one_ms,
-            figures.search_all_ms,
-            figures.sql_ms,
-            figures.scalar_ms
+            shown(figures.search_one_ms, 1),
+            shown(figures.search_all_ms, 1),
+            shown(figures.sql_ms, 1),
+            shown(figures.scalar_ms, 2)
         );
     }
     Ok(())

@@ -6,9 +6,11 @@
 mod common;
 mod sql_support;
 
+use std::collections::BTreeMap;
+
 use common::TestServer;
 use serde_json::{Value, json};
-use sql_support::{check_answers, i, log_sweep, rows, s, sql, sql_failure};
+use sql_support::{assert_close, check_answers, f, i, log_sweep, rows, s, sql, sql_failure};
 
 #[test]
 fn answers_match_the_logged_history_across_files_and_buffers() {
@@ -40,6 +42,160 @@ fn answers_match_the_logged_history_across_files_and_buffers() {
     assert_eq!(statuses.len(), 1);
     assert_eq!(s(&statuses[0], "status"), "RUNNING");
     assert_eq!(i(&statuses[0], "n"), 6);
+}
+
+/// The run tables and `latest_metrics` are built for the runs that run
+/// filters choose and drop rows that other filters reject as they are
+/// built: every such query answers as the history says.
+#[test]
+fn filtered_catalog_and_latest_tables_answer_as_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &["--flush-rows", "500"]);
+    let history = log_sweep(&server, |run| 20 + run as i64);
+    let experiment_ids: BTreeMap<String, String> =
+        rows(&server, "SELECT name, experiment_id FROM experiments")
+            .iter()
+            .map(|row| (s(row, "name"), s(row, "experiment_id")))
+            .collect();
+    let runs_of = |name: &str| -> Vec<String> {
+        history
+            .runs
+            .iter()
+            .filter(|(_, (experiment, _))| experiment == name)
+            .map(|(run_id, _)| run_id.clone())
+            .collect()
+    };
+    let params_of = |runs: &[String], key: Option<&str>| -> Vec<(String, String, String)> {
+        let mut expected: Vec<(String, String, String)> = runs
+            .iter()
+            .flat_map(|run_id| {
+                history.params[run_id]
+                    .iter()
+                    .filter(|(name, _)| key.is_none_or(|key| key == name.as_str()))
+                    .map(move |(name, value)| (run_id.clone(), name.clone(), value.clone()))
+            })
+            .collect();
+        expected.sort();
+        expected
+    };
+    let found_params = |query: &str| -> Vec<(String, String, String)> {
+        rows(&server, query)
+            .iter()
+            .map(|row| (s(row, "run_id"), s(row, "key"), s(row, "value")))
+            .collect()
+    };
+    let all_runs: Vec<String> = history.runs.keys().cloned().collect();
+
+    for name in ["sweep-a", "sweep-b"] {
+        let id = &experiment_ids[name];
+        assert_eq!(
+            found_params(&format!(
+                "SELECT run_id, key, value FROM params WHERE experiment_id = '{id}' \
+                 ORDER BY run_id, key"
+            )),
+            params_of(&runs_of(name), None),
+            "params of {name}"
+        );
+    }
+    assert_eq!(
+        found_params(
+            "SELECT run_id, key, value FROM params WHERE key = 'batch_size' ORDER BY run_id"
+        ),
+        params_of(&all_runs, Some("batch_size"))
+    );
+    // A filter on a run column and a row column together (not a run
+    // filter): applied row by row.
+    let a = &experiment_ids["sweep-a"];
+    let either = rows(
+        &server,
+        &format!("SELECT count(*) AS n FROM params WHERE key = 'lr' OR experiment_id = '{a}'"),
+    );
+    let expected = params_of(&all_runs, Some("lr")).len()
+        + params_of(&runs_of("sweep-a"), Some("batch_size")).len();
+    assert_eq!(i(&either[0], "n"), expected as i64);
+
+    // Named runs, in and out of the experiment filter.
+    let (first, second) = (&all_runs[0], &all_runs[1]);
+    let named = rows(
+        &server,
+        &format!(
+            "SELECT run_id, run_name FROM runs WHERE run_id IN ('{first}', '{second}', 'nope') \
+             ORDER BY run_id"
+        ),
+    );
+    let names: Vec<(String, String)> = named
+        .iter()
+        .map(|row| (s(row, "run_id"), s(row, "run_name")))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            (first.clone(), history.runs[first].1.clone()),
+            (second.clone(), history.runs[second].1.clone())
+        ]
+    );
+    let other = if history.runs[first].0 == "sweep-a" {
+        "sweep-b"
+    } else {
+        "sweep-a"
+    };
+    let crossed = rows(
+        &server,
+        &format!(
+            "SELECT run_id FROM runs WHERE run_id = '{first}' AND experiment_id = '{}'",
+            experiment_ids[other]
+        ),
+    );
+    assert!(crossed.is_empty(), "{crossed:?}");
+
+    // A join that filters each side on its own columns.
+    let b = &experiment_ids["sweep-b"];
+    let joined = rows(
+        &server,
+        &format!(
+            "SELECT p.run_id, p.value FROM params p JOIN runs r ON r.run_id = p.run_id \
+             WHERE p.key = 'lr' AND r.experiment_id = '{b}' AND r.run_name LIKE '%run1'"
+        ),
+    );
+    let target = runs_of("sweep-b")
+        .into_iter()
+        .find(|run_id| history.runs[run_id].1 == "sweep-b-run1")
+        .unwrap();
+    assert_eq!(joined.len(), 1);
+    assert_eq!(s(&joined[0], "run_id"), target);
+    assert_eq!(s(&joined[0], "value"), history.params[&target]["lr"]);
+
+    // Tags, and latest values with a key and value filter.
+    let names = rows(
+        &server,
+        &format!("SELECT value FROM tags WHERE key = 'mlflow.runName' AND run_id = '{first}'"),
+    );
+    assert_eq!(names.len(), 1);
+    assert_eq!(s(&names[0], "value"), history.runs[first].1);
+    let latest = rows(
+        &server,
+        &format!(
+            "SELECT run_id, value FROM latest_metrics WHERE key = 'loss' \
+             AND experiment_id = '{a}' AND value < 10 ORDER BY run_id"
+        ),
+    );
+    let mut expected: Vec<(String, f64)> = runs_of("sweep-a")
+        .into_iter()
+        .map(|run_id| {
+            let value = history.latest(&run_id, "loss").value;
+            (run_id, value)
+        })
+        .collect();
+    expected.sort_by(|x, y| x.0.cmp(&y.0));
+    let found: Vec<(String, f64)> = latest
+        .iter()
+        .map(|row| (s(row, "run_id"), f(row, "value")))
+        .collect();
+    assert_eq!(found.len(), expected.len());
+    for ((run, value), (expected_run, expected_value)) in found.iter().zip(&expected) {
+        assert_eq!(run, expected_run);
+        assert_close(*value, *expected_value, "latest loss");
+    }
 }
 
 #[test]

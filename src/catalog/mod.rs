@@ -11,6 +11,7 @@ mod mutation;
 pub mod receipts;
 pub mod retention;
 mod run_names;
+mod run_table;
 pub mod snapshot;
 mod state;
 

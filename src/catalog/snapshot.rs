@@ -188,7 +188,7 @@ fn read_snapshot(path: &Path, lsn: Lsn) -> Result<(CatalogState, ReceiptsSnapsho
         used += length;
         lineage
     } else {
-        LineageState::from_dataset_inputs(state.runs())
+        LineageState::from_dataset_inputs(state.runs().map(std::sync::Arc::as_ref))
     };
     if sections >= 3 {
         let (continuity, length): (ContinuityState, usize) =

@@ -45,8 +45,8 @@ use crate::catalog::{Catalog, CatalogError, NewExperiment, NewRun, RunUpdate, sn
 use crate::durable_fs::FileIo;
 use crate::error_kind::{Classify, ErrorKind};
 use crate::ingest::{
-    DormantRun, IngestConfig, IngestError, Ingester, KeyNames, RunLoader, RunPoints, RunSelection,
-    RunSummaries, StartingRuns,
+    DormantRun, IngestConfig, IngestError, Ingester, KeyNames, KeySet, RunLoader, RunPoints,
+    RunSelection, RunSummaries, StartingRuns,
 };
 use crate::model::{
     DatasetInput, Experiment, ExperimentId, KeySummary, LifecycleStage, Run, RunId,
@@ -857,12 +857,12 @@ impl Engine {
     }
 
     /// Runs of an experiment in the view, newest first.
-    pub fn runs_of_experiment(&self, experiment_id: ExperimentId, view: ViewType) -> Vec<Run> {
-        let mut runs: Vec<Run> = self
+    pub fn runs_of_experiment(&self, experiment_id: ExperimentId, view: ViewType) -> Vec<Arc<Run>> {
+        let mut runs: Vec<Arc<Run>> = self
             .catalog
             .read()
-            .runs()
-            .filter(|run| run.experiment_id == experiment_id && view.includes(run.lifecycle_stage))
+            .runs_of(experiment_id)
+            .filter(|run| view.includes(run.lifecycle_stage))
             .cloned()
             .collect();
         runs.sort_by(|a, b| {
@@ -897,29 +897,64 @@ impl Engine {
         self.shown_summaries(run_ids, views).await
     }
 
+    /// [`Engine::runs_metric_summaries`] limited to `keys`: what a search
+    /// that filters or orders on those metrics needs of every candidate.
+    pub async fn runs_metric_summaries_of(
+        &self,
+        run_ids: &[RunId],
+        keys: KeySet,
+    ) -> Result<Vec<Vec<(String, KeySummary)>>, EngineError> {
+        let views = self
+            .ingester
+            .shown_summaries_of(run_ids, Some(Arc::clone(&keys)))
+            .await?;
+        let mut shown = self.shown_summaries(run_ids, views).await?;
+        for summaries in &mut shown {
+            summaries.retain(|(key, _)| keys.contains(key));
+        }
+        Ok(shown)
+    }
+
     /// Runs in the given experiments (all experiments when empty) in the
     /// view, in no particular order.
-    pub fn runs_in(&self, experiment_ids: &[ExperimentId], view: ViewType) -> Vec<Run> {
+    pub fn runs_in(&self, experiment_ids: &[ExperimentId], view: ViewType) -> Vec<Arc<Run>> {
         self.runs_in_matching(experiment_ids, view, |_| true)
     }
 
-    /// The runs of [`Engine::runs_in`] that `keep` accepts (tested before
-    /// a run is copied).
+    /// The runs of [`Engine::runs_in`] that `keep` accepts. Only the named
+    /// experiments' runs are looked at, and runs are shared, not copied.
     pub fn runs_in_matching(
         &self,
         experiment_ids: &[ExperimentId],
         view: ViewType,
         keep: impl Fn(&Run) -> bool,
-    ) -> Vec<Run> {
-        self.catalog
-            .read()
-            .runs()
-            .filter(|run| {
-                (experiment_ids.is_empty() || experiment_ids.contains(&run.experiment_id))
-                    && view.includes(run.lifecycle_stage)
-                    && keep(run)
-            })
-            .cloned()
+    ) -> Vec<Arc<Run>> {
+        let catalog = self.catalog.read();
+        let wanted = |run: &&Arc<Run>| view.includes(run.lifecycle_stage) && keep(run);
+        if experiment_ids.is_empty() {
+            return catalog.runs().filter(wanted).cloned().collect();
+        }
+        let mut distinct = experiment_ids.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        // Over most of the history, one pass over every run touches memory
+        // in order; the per-experiment index would jump about.
+        let named: usize = distinct
+            .iter()
+            .map(|experiment_id| catalog.run_count_of(*experiment_id))
+            .sum();
+        if named > catalog.run_count() / 2 {
+            let distinct: std::collections::HashSet<ExperimentId> = distinct.into_iter().collect();
+            return catalog
+                .runs()
+                .filter(|run| distinct.contains(&run.experiment_id))
+                .filter(wanted)
+                .cloned()
+                .collect();
+        }
+        distinct
+            .into_iter()
+            .flat_map(|experiment_id| catalog.runs_of(experiment_id).filter(wanted).cloned())
             .collect()
     }
 

@@ -3,7 +3,7 @@
 //! from disk (the run's manifest, else its footers) by a [`RunLoader`] when
 //! the run is read point by point or written again.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use super::{LoadedRun, SummaryView};
@@ -125,6 +125,20 @@ impl DormantRun {
     /// rewound).
     pub(crate) fn summary_view(&self) -> SummaryView {
         SummaryView::Complete(self.summaries())
+    }
+
+    /// [`DormantRun::summary_view`] limited to `keys` (all when `None`).
+    pub(crate) fn summary_view_of(&self, keys: Option<&BTreeSet<String>>) -> SummaryView {
+        let Some(keys) = keys else {
+            return self.summary_view();
+        };
+        SummaryView::Complete(
+            self.summaries
+                .iter()
+                .filter(|(key, _)| keys.contains(key.as_ref()))
+                .map(|(key, summary)| (key.to_string(), *summary))
+                .collect(),
+        )
     }
 
     /// Heap and inline bytes the run holds (its key names are shared).

@@ -38,6 +38,12 @@ pub(crate) use dormant::{DormantRun, KeyNames, RunLoader, StartingRuns, WakeErro
 pub use live::{LiveEvent, LiveHub, LiveSubscription};
 pub use views::{BufferedKey, RunPoints, RunSummaries, RunSummaryView, SeriesSources, SummaryView};
 
+/// A set of metric keys that summaries are limited to.
+pub type KeySet = Arc<std::collections::BTreeSet<String>>;
+
+/// Runs per summary request to one shard (see [`Ingester::shown_summaries`]).
+const SUMMARY_CHUNK_RUNS: usize = 4096;
+
 /// Errors of the ingester.
 #[derive(Debug, Error)]
 pub enum IngestError {
@@ -336,9 +342,11 @@ pub(crate) enum ControlMessage {
         bound: i64,
         reply: oneshot::Sender<Option<RunPoints>>,
     },
+    /// The views of many runs of one shard, in the order asked.
     ShownSummaries {
-        run_id: RunId,
-        reply: oneshot::Sender<SummaryView>,
+        run_ids: Vec<RunId>,
+        keys: Option<KeySet>,
+        reply: oneshot::Sender<Vec<SummaryView>>,
     },
     SnapshotPoints {
         runs: RunSelection,
@@ -595,19 +603,50 @@ impl Ingester {
         &self,
         run_ids: &[RunId],
     ) -> Result<Vec<SummaryView>, IngestError> {
-        let mut responses = Vec::with_capacity(run_ids.len());
-        for &run_id in run_ids {
-            let (reply, response) = oneshot::channel();
-            self.shard_of(run_id)
-                .control
-                .send(ControlMessage::ShownSummaries { run_id, reply })
-                .map_err(|_| IngestError::ShutDown)?;
-            responses.push(response);
+        self.shown_summaries_of(run_ids, None).await
+    }
+
+    /// [`Ingester::shown_summaries`] limited to `keys` (every key when
+    /// `None`): a search that filters on one metric of a million runs
+    /// copies one summary per run, not all of them.
+    pub async fn shown_summaries_of(
+        &self,
+        run_ids: &[RunId],
+        keys: Option<KeySet>,
+    ) -> Result<Vec<SummaryView>, IngestError> {
+        // One request per shard and chunk of runs, not per run: a search
+        // over a million runs sends a few hundred messages. Chunks keep a
+        // shard's turn short, so writes between them are not held up.
+        let mut per_shard: Vec<Vec<usize>> = vec![Vec::new(); self.shards.len()];
+        for (index, run_id) in run_ids.iter().enumerate() {
+            per_shard[run_id.shard(self.shards.len())].push(index);
         }
-        let mut views = Vec::with_capacity(responses.len());
-        for response in responses {
-            views.push(response.await.map_err(|_| IngestError::ShutDown)?);
+        let mut responses = Vec::new();
+        for (shard, indexes) in self.shards.iter().zip(&per_shard) {
+            for chunk in indexes.chunks(SUMMARY_CHUNK_RUNS) {
+                let (reply, response) = oneshot::channel();
+                shard
+                    .control
+                    .send(ControlMessage::ShownSummaries {
+                        run_ids: chunk.iter().map(|&index| run_ids[index]).collect(),
+                        keys: keys.clone(),
+                        reply,
+                    })
+                    .map_err(|_| IngestError::ShutDown)?;
+                responses.push((chunk, response));
+            }
         }
+        let mut views: Vec<Option<SummaryView>> = (0..run_ids.len()).map(|_| None).collect();
+        for (chunk, response) in responses {
+            let answered = response.await.map_err(|_| IngestError::ShutDown)?;
+            for (&index, view) in chunk.iter().zip(answered) {
+                views[index] = Some(view);
+            }
+        }
+        let views = views
+            .into_iter()
+            .map(|view| view.unwrap_or(SummaryView::Complete(Vec::new())))
+            .collect();
         Ok(views)
     }
 

@@ -2,7 +2,7 @@
 //! summaries, the active buffer, frozen chunks waiting to be persisted, and
 //! its persisted files.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::buffer::{ActiveBuffer, FrozenChunk};
@@ -196,13 +196,32 @@ impl RunState {
     /// rewound, else those since the newest rewind (the engine adds the
     /// shown points before it).
     pub(crate) fn summary_view(&self) -> SummaryView {
+        self.summary_view_of(None)
+    }
+
+    /// [`RunState::summary_view`] limited to `keys` (all when `None`); a
+    /// rewound run's view needs the engine, which limits it after.
+    pub(crate) fn summary_view_of(&self, keys: Option<&BTreeSet<String>>) -> SummaryView {
         match (&self.since_rewind, self.rewinds.last_lsn()) {
             (Some(SinceRewind::Known(known)), Some(last_rewind)) => SummaryView::SinceRewind {
                 last_rewind,
                 keys: self.named_summaries(known),
             },
             (Some(SinceRewind::Unknown), Some(last_rewind)) => SummaryView::Unknown { last_rewind },
-            _ => SummaryView::Complete(self.summaries()),
+            _ => match keys {
+                None => SummaryView::Complete(self.summaries()),
+                Some(keys) => {
+                    let mut chosen: Vec<(String, KeySummary)> = self
+                        .key_names
+                        .iter()
+                        .zip(self.summaries.iter())
+                        .filter(|(key, _)| keys.contains(key.as_str()))
+                        .filter_map(|(key, summary)| summary.map(|summary| (key.clone(), summary)))
+                        .collect();
+                    chosen.sort_by(|a, b| a.0.cmp(&b.0));
+                    SummaryView::Complete(chosen)
+                }
+            },
         }
     }
 

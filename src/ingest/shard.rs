@@ -440,13 +440,23 @@ impl Shard {
                 };
                 let _ = reply.send(summaries);
             }
-            ControlMessage::ShownSummaries { run_id, reply } => {
-                let view = match (self.runs.get(&run_id), self.dormant.get(&run_id)) {
-                    (Some(run), _) => run.summary_view(),
-                    (None, Some(dormant)) => dormant.summary_view(),
-                    (None, None) => super::SummaryView::Complete(Vec::new()),
-                };
-                let _ = reply.send(view);
+            ControlMessage::ShownSummaries {
+                run_ids,
+                keys,
+                reply,
+            } => {
+                let keys = keys.as_deref();
+                let views = run_ids
+                    .iter()
+                    .map(
+                        |run_id| match (self.runs.get(run_id), self.dormant.get(run_id)) {
+                            (Some(run), _) => run.summary_view_of(keys),
+                            (None, Some(dormant)) => dormant.summary_view_of(keys),
+                            (None, None) => super::SummaryView::Complete(Vec::new()),
+                        },
+                    )
+                    .collect();
+                let _ = reply.send(views);
             }
             ControlMessage::SnapshotPoints { runs, reply } => {
                 let selected = selected_runs(&runs);

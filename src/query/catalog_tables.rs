@@ -1,8 +1,10 @@
-//! The catalog as tables: `experiments`, `experiment_tags`, `runs`,
-//! `params`, `tags`, and the lineage tables `artifacts`,
-//! `artifact_properties` and `events`, built from a copy of the catalog
-//! taken when the query starts. Ids are strings, times are Arrow timestamps in ms (UTC),
-//! status and lifecycle stage are strings.
+//! The catalog as tables: `experiments`, `experiment_tags`, the lineage
+//! tables `artifacts`, `artifact_properties` and `events`, and `rewinds`
+//! and `forks`, built from a copy of the catalog taken when the query
+//! starts; and the rows of `runs`, `params` and `tags`, which
+//! [`super::run_tables`] builds for the runs a scan selects. Ids are
+//! strings, times are Arrow timestamps in ms (UTC), status and lifecycle
+//! stage are strings.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
@@ -137,22 +139,13 @@ pub fn events_schema() -> SchemaRef {
     })
 }
 
-/// Registers the catalog tables in `context`.
+/// Registers the catalog tables other than `runs`, `params` and `tags` in
+/// `context`; returns the bytes they hold.
 pub fn register(context: &SessionContext, catalog: &CatalogState) -> DfResult<usize> {
     let experiments: Vec<&Experiment> = catalog.experiments().collect();
-    let mut runs: Vec<&Run> = catalog.runs().collect();
-    runs.sort_by(|a, b| {
-        (a.experiment_id, a.start_time, a.run_id).cmp(&(b.experiment_id, b.start_time, b.run_id))
-    });
     let tables = [
         ("experiments", experiments_batch(&experiments)?),
         ("experiment_tags", experiment_tags_batch(&experiments)?),
-        ("runs", runs_batch(&runs)?),
-        (
-            "params",
-            run_key_values_batch(&runs, |run| run.params.iter())?,
-        ),
-        ("tags", run_key_values_batch(&runs, |run| run.tags.iter())?),
         ("artifacts", artifacts_batch(catalog)?),
         ("artifact_properties", artifact_properties_batch(catalog)?),
         ("events", events_batch(catalog)?),
@@ -227,7 +220,8 @@ fn owner_key_values_batch<'a>(
     Ok(RecordBatch::try_new(schema, columns)?)
 }
 
-fn runs_batch(runs: &[&Run]) -> DfResult<RecordBatch> {
+/// The `runs` rows of `runs`, in the order given.
+pub(crate) fn runs_batch(runs: &[&Run]) -> DfResult<RecordBatch> {
     let mut run_ids = StringBuilder::new();
     let mut experiment_ids = StringBuilder::new();
     let mut names = StringBuilder::new();
@@ -265,7 +259,8 @@ fn runs_batch(runs: &[&Run]) -> DfResult<RecordBatch> {
     Ok(RecordBatch::try_new(runs_schema(), columns)?)
 }
 
-fn run_key_values_batch<'a, I>(
+/// The `params` or `tags` rows (`entries`) of `runs`, in the order given.
+pub(crate) fn run_key_values_batch<'a, I>(
     runs: &[&'a Run],
     entries: impl Fn(&'a Run) -> I,
 ) -> DfResult<RecordBatch>

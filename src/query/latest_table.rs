@@ -6,9 +6,12 @@
 //! It is answered from the per-key summaries the engine keeps for every
 //! run (merged from file footers and updated as points arrive), so it never
 //! reads a metric file and always counts every acknowledged point.
-//! `experiment_id` / `run_id` filters choose the runs first.
+//! `experiment_id` / `run_id` filters choose the runs first; rows are built
+//! in batches, other filters on its columns (`key = 'loss'`) drop rows as
+//! they are built, and the rows kept count against the query's memory
+//! limit.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arrow::array::{
     ArrayRef, Float64Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMillisecondBuilder,
@@ -19,10 +22,12 @@ use datafusion::catalog::Session;
 use datafusion::common::{DataFusionError, Result as DfResult};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::{TableProvider, TableType};
+use datafusion::execution::memory_pool::MemoryReservation;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::run_filter::{self, EXPERIMENT_ID, RUN_ID, RunList};
+use super::run_tables::{RowFilter, filtered_batches, hold_memory, row_filter_pushdown};
 use crate::engine::Engine;
 use crate::ingest::RunSummaries;
 use crate::storage::schema::TIMEZONE;
@@ -53,13 +58,19 @@ pub fn latest_metrics_schema() -> SchemaRef {
 pub struct LatestMetricsTable {
     engine: Arc<Engine>,
     runs: RunList,
+    /// Memory of the rows built, counted until the query ends.
+    held_memory: Mutex<Vec<MemoryReservation>>,
 }
 
 impl LatestMetricsTable {
     /// The table over `engine`'s summaries; `runs` are the runs the query
     /// may choose from.
     pub(crate) fn new(engine: Arc<Engine>, runs: RunList) -> Self {
-        LatestMetricsTable { engine, runs }
+        LatestMetricsTable {
+            engine,
+            runs,
+            held_memory: Mutex::new(Vec::new()),
+        }
     }
 }
 
@@ -87,13 +98,7 @@ impl TableProvider for LatestMetricsTable {
     ) -> DfResult<Vec<TableProviderFilterPushDown>> {
         Ok(filters
             .iter()
-            .map(|filter| {
-                if run_filter::is_run_filter(filter) {
-                    TableProviderFilterPushDown::Exact
-                } else {
-                    TableProviderFilterPushDown::Unsupported
-                }
-            })
+            .map(|filter| row_filter_pushdown(filter))
             .collect())
     }
 
@@ -119,13 +124,18 @@ impl TableProvider for LatestMetricsTable {
                 .map_err(|error| DataFusionError::External(Box::new(error)))?,
         };
         summaries.sort_by_key(|run| (run.experiment_id, run.run_id));
-        let batch = summaries_batch(&summaries)?;
-        let memory = MemorySourceConfig::try_new(
-            &[vec![batch]],
-            latest_metrics_schema(),
-            projection.cloned(),
-        )?
-        .with_limit(limit);
+        let row_filter = RowFilter::new(state, &latest_metrics_schema(), filters)?;
+        let batches = filtered_batches(
+            state,
+            &summaries,
+            |run| run.keys.len(),
+            summaries_batch,
+            &row_filter,
+        )?;
+        hold_memory(&self.held_memory, state, "latest_metrics", &batches)?;
+        let memory =
+            MemorySourceConfig::try_new(&[batches], latest_metrics_schema(), projection.cloned())?
+                .with_limit(limit);
         Ok(datafusion::datasource::source::DataSourceExec::from_data_source(memory))
     }
 }

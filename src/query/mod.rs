@@ -4,8 +4,11 @@
 //! read-only tables:
 //!
 //! - `experiments`, `experiment_tags`, `runs`, `params`, `tags`, and the
-//!   lineage tables `artifacts`, `artifact_properties`, `events`: a copy of
-//!   the catalog taken when the query starts ([`catalog_tables`]);
+//!   lineage tables `artifacts`, `artifact_properties`, `events`: from a
+//!   copy of the catalog taken when the query starts ([`catalog_tables`]);
+//!   the rows of `runs`, `params` and `tags` are built only for the runs
+//!   the query's `experiment_id` / `run_id` filters choose
+//!   ([`run_tables`]);
 //! - `metrics`: every point, read from the persisted Parquet files plus a
 //!   snapshot of the in-memory buffers, pruned by `experiment_id`,
 //!   `run_id`, `key` and `step` filters ([`metrics_table`]);
@@ -29,6 +32,7 @@ mod metric_scan;
 pub mod metrics_table;
 pub mod output;
 mod run_filter;
+mod run_tables;
 pub mod safety;
 mod scan_filter;
 
@@ -425,9 +429,21 @@ impl QueryService {
         catalog_memory
             .try_grow(catalog_bytes)
             .map_err(|error| QueryError::from_datafusion(error, &self.config))?;
-        let mut runs = run_filter::RunList::from_catalog(&catalog);
+        let mut runs = run_filter::RunList::from_catalog(Arc::clone(&catalog));
         if allowed.is_some() {
             runs = runs.closed();
+        }
+        for kind in [
+            run_tables::RunTableKind::Runs,
+            run_tables::RunTableKind::Params,
+            run_tables::RunTableKind::Tags,
+        ] {
+            context
+                .register_table(
+                    kind.name(),
+                    Arc::new(run_tables::RunCatalogTable::new(kind, runs.clone())),
+                )
+                .map_err(internal)?;
         }
         context
             .register_table(

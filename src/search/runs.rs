@@ -18,7 +18,7 @@ pub const DATASET_CONTEXT_TAG: &str = "mlflow.data.context";
 #[derive(Clone, Debug)]
 pub struct SearchableRun {
     /// The run.
-    pub run: Run,
+    pub run: std::sync::Arc<Run>,
     /// Latest value of each metric key.
     pub latest_metrics: BTreeMap<String, f64>,
 }
@@ -435,7 +435,7 @@ mod tests {
         params: &[(&str, &str)],
     ) -> SearchableRun {
         SearchableRun {
-            run: Run {
+            run: std::sync::Arc::new(Run {
                 run_id: RunId::new_random(),
                 experiment_id: ExperimentId::DEFAULT,
                 run_name: name.to_string(),
@@ -465,7 +465,7 @@ mod tests {
                         "training".to_string(),
                     )]),
                 }],
-            },
+            }),
             latest_metrics: metrics
                 .iter()
                 .map(|(key, value)| (key.to_string(), *value))

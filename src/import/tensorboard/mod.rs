@@ -234,7 +234,7 @@ pub async fn import_logdir(
     let existing: HashSet<String> = engine
         .runs_of_experiment(experiment_id, ViewType::All)
         .into_iter()
-        .map(|run| run.run_name)
+        .map(|run| run.run_name.clone())
         .collect();
     let mut summary = ImportSummary::default();
     let mut seen_tags = HashSet::new();

@@ -3,7 +3,7 @@
 //! `log-inputs`).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use axum::Json;
@@ -27,7 +27,7 @@ use crate::engine::{Engine, ViewType};
 use crate::model::float_json::JsonF64;
 use crate::model::validation::{KeyKind, MAX_PARAM_VALUE_LENGTH, MAX_TAG_VALUE_LENGTH};
 use crate::model::{
-    ExperimentId, KeySummary, LifecycleStage, MetricBatchBuilder, Run, RunStatus, USER_TAG,
+    ExperimentId, KeySummary, LifecycleStage, MetricBatchBuilder, Run, RunId, RunStatus, USER_TAG,
     now_millis,
 };
 use crate::search::runs::{
@@ -554,26 +554,56 @@ pub(super) async fn search_runs(
         })
         .await?
     };
-    let run_ids: Vec<_> = runs.iter().map(|run| run.run_id).collect();
-    let summaries = engine.runs_metric_summaries(&run_ids).await?;
-    off_async(move || {
-        let needed = metric_keys(&filter, &order);
-        let candidates: Vec<SearchableRun> = runs
-            .into_iter()
-            .zip(summaries.iter())
-            .map(|(run, summaries)| SearchableRun {
-                run,
-                latest_metrics: summaries
-                    .iter()
-                    .filter(|(key, _)| needed.contains(key.as_str()))
-                    .map(|(key, summary)| (key.clone(), summary.latest_value))
-                    .collect(),
-            })
-            .collect();
-        let summary_of: HashMap<_, &Vec<(String, KeySummary)>> =
-            run_ids.iter().copied().zip(summaries.iter()).collect();
+    // Every candidate's summaries of the metrics a filter or the order
+    // names (none when they name none); the page's runs get all of theirs
+    // after.
+    let needed: BTreeSet<String> = metric_keys(&filter, &order)
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    let candidate_summaries = if needed.is_empty() {
+        None
+    } else {
+        let run_ids: Vec<_> = runs.iter().map(|run| run.run_id).collect();
+        let keys = Arc::new(needed);
+        Some(engine.runs_metric_summaries_of(&run_ids, keys).await?)
+    };
+    let page = off_async(move || {
+        let candidates: Vec<SearchableRun> = match candidate_summaries {
+            None => runs
+                .into_iter()
+                .map(|run| SearchableRun {
+                    run,
+                    latest_metrics: BTreeMap::new(),
+                })
+                .collect(),
+            Some(summaries) => runs
+                .into_iter()
+                .zip(summaries)
+                .map(|(run, summaries)| SearchableRun {
+                    run,
+                    latest_metrics: summaries
+                        .into_iter()
+                        .map(|(key, summary)| (key, summary.latest_value))
+                        .collect(),
+                })
+                .collect(),
+        };
         let selected = select_runs(candidates, &filter, &order);
-        let page = paginate(selected, request.page_token.as_deref(), size)?;
+        Ok(paginate(selected, request.page_token.as_deref(), size)?)
+    })
+    .await?;
+    let page_ids: Vec<RunId> = page
+        .items
+        .iter()
+        .map(|candidate| candidate.run.run_id)
+        .collect();
+    let summary_of: HashMap<RunId, Vec<(String, KeySummary)>> = page_ids
+        .iter()
+        .copied()
+        .zip(engine.runs_metric_summaries(&page_ids).await?)
+        .collect();
+    off_async(move || {
         let runs: Vec<RunJson> = page
             .items
             .iter()
