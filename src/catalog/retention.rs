@@ -67,8 +67,7 @@ impl CatalogState {
                     && experiment.lifecycle_stage == LifecycleStage::Deleted
                     && experiment.last_update_time <= cutoff
                     && self
-                        .runs()
-                        .filter(|run| run.experiment_id == experiment.experiment_id)
+                        .runs_of(experiment.experiment_id)
                         .all(|run| runs.contains(&run.run_id))
             })
             .map(|experiment| experiment.experiment_id)

@@ -215,7 +215,11 @@ impl<'de> Deserialize<'de> for RunTable {
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut entries: A) -> Result<RunTable, A::Error> {
-                let mut table = RunTable::default();
+                // Built in bulk: each experiment's ids are gathered, then
+                // made into its index at once (sorted, not inserted one by
+                // one).
+                let mut shards: Vec<Shard> = (0..SHARDS).map(|_| Shard::new()).collect();
+                let mut ids: BTreeMap<ExperimentId, Vec<RunId>> = BTreeMap::new();
                 while let Some((run_id, run)) = entries.next_entry::<RunId, Run>()? {
                     if run_id != run.run_id {
                         return Err(serde::de::Error::custom(format!(
@@ -223,9 +227,26 @@ impl<'de> Deserialize<'de> for RunTable {
                             run.run_id
                         )));
                     }
-                    table.insert(run);
+                    // A run stored twice keeps its last copy, as a map would.
+                    let experiment_id = run.experiment_id;
+                    let replaced = shards[RunTable::shard_of(run_id)].insert(run_id, Arc::new(run));
+                    if let Some(listed) = replaced.and_then(|old| ids.get_mut(&old.experiment_id)) {
+                        listed.retain(|listed| *listed != run_id);
+                    }
+                    ids.entry(experiment_id).or_default().push(run_id);
                 }
-                Ok(table)
+                let len = shards.iter().map(HashMap::len).sum();
+                Ok(RunTable {
+                    shards: shards.into_iter().map(Arc::new).collect(),
+                    by_experiment: ids
+                        .into_iter()
+                        .filter(|(_, ids)| !ids.is_empty())
+                        .map(|(experiment_id, ids)| {
+                            (experiment_id, Arc::new(ids.into_iter().collect()))
+                        })
+                        .collect(),
+                    len,
+                })
             }
         }
 
@@ -346,5 +367,28 @@ mod tests {
         for run in plain.values() {
             assert_eq!(decoded.get(run.run_id).unwrap().as_ref(), run);
         }
+
+        // A run stored twice keeps its last copy (bincode writes a map as
+        // its length and its pairs, as it writes a list of pairs).
+        let first = run(1, "first");
+        let mut again = first.clone();
+        again.experiment_id = ExperimentId::new(2);
+        let twice = vec![(first.run_id, first.clone()), (first.run_id, again.clone())];
+        let encoded = bincode::serde::encode_to_vec(&twice, config).unwrap();
+        let (decoded, _): (RunTable, usize) =
+            bincode::serde::decode_from_slice(&encoded, config).unwrap();
+        assert_eq!(decoded.len(), 1);
+        assert_eq!(decoded.get(first.run_id).unwrap().as_ref(), &again);
+        assert_eq!(
+            decoded.experiments().collect::<Vec<_>>(),
+            vec![ExperimentId::new(2)]
+        );
+        assert_eq!(decoded.ids_of_experiment(ExperimentId::new(2)).count(), 1);
+
+        // A run under another run's id is refused.
+        let other = run(1, "other");
+        let misfiled = vec![(first.run_id, other)];
+        let encoded = bincode::serde::encode_to_vec(&misfiled, config).unwrap();
+        assert!(bincode::serde::decode_from_slice::<RunTable, _>(&encoded, config).is_err());
     }
 }

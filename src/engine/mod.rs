@@ -338,20 +338,22 @@ pub struct Engine {
     _lock: File,
 }
 
-/// The dormant-run log opened at start, and what the start holds dormant
-/// from it.
-struct DormantLogStart<'a> {
-    start: recovery::DormantStart<'a>,
+/// What the dormant-run log held at start: the runs whose last record is
+/// `Dormant`.
+struct LoggedDormant {
+    logged: std::collections::HashMap<RunId, DormantRun>,
+    /// Their key names.
+    names: KeyNames,
     /// Records the log held.
     records: u64,
 }
 
 /// Opens the dormant-run log of the metrics tree `metrics_dir`, keeping
-/// the runs whose last record is `Dormant`.
-fn open_dormant_log<'a>(
+/// the runs whose last record is `Dormant`. Needs nothing of the catalog,
+/// so a start reads it while the catalog loads.
+fn open_dormant_log(
     metrics_dir: &std::path::Path,
-    ended: &'a dyn Fn(RunId) -> bool,
-) -> Result<(DormantLog, DormantLogStart<'a>), EngineError> {
+) -> Result<(DormantLog, LoggedDormant), EngineError> {
     let mut names = KeyNames::default();
     let mut logged: std::collections::HashMap<RunId, DormantRun> = std::collections::HashMap::new();
     let (log, contents) = DormantLog::open(metrics_dir, |record| match record {
@@ -366,15 +368,11 @@ fn open_dormant_log<'a>(
     if contents.discarded {
         logged.clear();
     }
-    let start = recovery::DormantStart {
-        ended,
-        logged,
-        names,
-    };
     Ok((
         log,
-        DormantLogStart {
-            start,
+        LoggedDormant {
+            logged,
+            names,
             records: contents.records,
         },
     ))
@@ -448,6 +446,21 @@ impl Engine {
         }
         let catalog_dir = data_dir.join(recovery::CATALOG_DIR);
         store_start::fetch_catalog(&layout, &data_dir, is_replica)?;
+        // Settled runs go dormant (held by their summaries, their files
+        // loaded again when needed) on a writer that keeps its files on
+        // the local disk only: a replica refreshes its runs' files from
+        // the store, and a writer with a store tracks uploads and local
+        // copies per loaded file.
+        let dormancy =
+            !config.read_only && config.store.is_none() && config.ingest.idle_run_after.is_some();
+        // The log is read on a thread of its own while the catalog loads
+        // (at a million runs, each takes seconds).
+        let log_reader = dormancy.then(|| {
+            let metrics_dir = layout.root().to_path_buf();
+            std::thread::Builder::new()
+                .name("dormant-log".to_string())
+                .spawn(move || open_dormant_log(&metrics_dir))
+        });
         let loaded_catalog = recovery::load_catalog(
             &data_dir,
             &data_dir.join(recovery::QUARANTINE_DIR),
@@ -458,21 +471,23 @@ impl Engine {
         let listing = store_start::list_store(&layout);
         let stored = store_start::stored_files(&layout, listing.as_ref(), is_replica)?;
         let wal_dir = data_dir.join(recovery::WAL_DIR);
-        // Settled runs go dormant (held by their summaries, their files
-        // loaded again when needed) on a writer that keeps its files on
-        // the local disk only: a replica refreshes its runs' files from
-        // the store, and a writer with a store tracks uploads and local
-        // copies per loaded file.
-        let dormancy =
-            !config.read_only && config.store.is_none() && config.ingest.idle_run_after.is_some();
         let ended = |run_id: RunId| {
             catalog_state
                 .run(run_id)
                 .is_some_and(|run| run.status.is_terminal())
         };
-        let (dormant_log, dormant_start) = if dormancy {
-            match open_dormant_log(layout.root(), &ended) {
-                Ok((log, start)) => (Some(Arc::new(log)), Some(start)),
+        let (dormant_log, dormant_start) = if let Some(reader) = log_reader {
+            let opened = match reader {
+                Ok(thread) => thread.join().unwrap_or_else(|_| {
+                    Err(EngineError::Task(
+                        "the thread reading the dormant-run log panicked".to_string(),
+                    ))
+                }),
+                // No thread to be had: read it here.
+                Err(_) => open_dormant_log(layout.root()),
+            };
+            match opened {
+                Ok((log, logged)) => (Some(Arc::new(log)), Some(logged)),
                 Err(error) => {
                     tracing::warn!(%error, "cannot read the dormant-run log; it is removed and finished runs are loaded from their directories");
                     dormant_log::remove(layout.root())?;
@@ -488,13 +503,18 @@ impl Engine {
             (None, None)
         };
         let dormant_log_records = dormant_start.as_ref().map_or(0, |start| start.records);
+        let dormant_start = dormant_start.map(|logged| recovery::DormantStart {
+            ended: &ended,
+            logged: logged.logged,
+            names: logged.names,
+        });
         let mut files = recovery::load_metric_files(
             &layout,
             &data_dir.join(recovery::QUARANTINE_DIR),
             catalog_state.continuity(),
             &stored,
             recovery::wal_floor(&wal_dir)?,
-            dormant_start.map(|start| start.start),
+            dormant_start,
         )?;
         let runs_from_dormant_log = files.dormant_logged.len();
         if let Some(log) = &dormant_log {

@@ -451,6 +451,11 @@ impl Ingester {
                 persister::run(jobs, layout, persister_stats)
             })?);
         }
+        // The remover ends once every shard (each holding a sender) has.
+        let (removal_sender, removal_receiver) = unbounded();
+        threads.push(spawn("stepstore-remove".to_string(), move || {
+            persister::remove_runs(removal_receiver)
+        })?);
         let StartingRuns {
             loaded,
             dormant,
@@ -479,6 +484,7 @@ impl Ingester {
                 runs,
             )
             .with_live(Arc::clone(&live))
+            .with_removals(removal_sender.clone())
             .with_dormant(dormant, loader.clone(), log.clone())
             .recovering(recovering);
             threads.push(spawn(format!("stepstore-shard-{index}"), move || {

@@ -40,6 +40,40 @@ pub(crate) enum PersistJob {
     },
 }
 
+/// A purged run whose files (marked obsolete: each goes once no reader
+/// holds it), manifest and directory are to be removed.
+pub(crate) struct RunRemoval {
+    pub(crate) run_id: RunId,
+    /// Its directory, when it had files.
+    pub(crate) run_dir: Option<PathBuf>,
+    pub(crate) files: Vec<Arc<PersistedFile>>,
+}
+
+impl RunRemoval {
+    /// Removes what is left of the run.
+    pub(crate) fn remove(self) {
+        let count = self.files.len();
+        drop(self.files);
+        // Empty once no reader holds a file (else the next start removes
+        // what is left).
+        if let Some(run_dir) = &self.run_dir {
+            crate::storage::run_manifest::remove(run_dir);
+            let _ = std::fs::remove_dir(run_dir);
+        }
+        tracing::debug!(run_id = %self.run_id, files = count, "purged run's files removed");
+    }
+}
+
+/// The remover loop: purged runs' files go here, off the shards' and the
+/// persisters' threads (a gc of a hundred thousand runs is tens of seconds
+/// of file-system work, which must hold up neither writes nor flushes).
+/// Returns when every sender is gone.
+pub(crate) fn remove_runs(removals: Receiver<RunRemoval>) {
+    for removal in removals {
+        removal.remove();
+    }
+}
+
 /// Runs `work`, turning a panic into an error (counted in `stats`), so that
 /// one bad job cannot take the thread, and every job after it, down: the
 /// shard retries a failed job as it retries any failed write.

@@ -12,7 +12,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::dormant::{DormantRun, KeyNames, RunLoader};
 use super::live::LiveHub;
-use super::persister::PersistJob;
+use super::persister::{PersistJob, RunRemoval};
 use super::rewinds::RewindMarks;
 use super::run_state::RunState;
 use super::{
@@ -142,6 +142,9 @@ pub(crate) struct Shard {
     config: IngestConfig,
     stats: Arc<IngestStats>,
     jobs: Sender<PersistJob>,
+    /// Where purged runs' files go to be removed (`None`: removed on this
+    /// thread).
+    removals: Option<Sender<RunRemoval>>,
     replies: Sender<ControlMessage>,
     runs: HashMap<RunId, RunState>,
     /// Settled runs let go of, held by their summaries (never also in
@@ -183,6 +186,7 @@ impl Shard {
             config,
             stats,
             jobs,
+            removals: None,
             replies,
             runs,
             dormant: HashMap::new(),
@@ -202,6 +206,12 @@ impl Shard {
     /// Publishes applied batches to `live`'s followers.
     pub(crate) fn with_live(mut self, live: Arc<LiveHub>) -> Self {
         self.live = live;
+        self
+    }
+
+    /// Hands purged runs' files to `removals` to be removed.
+    pub(crate) fn with_removals(mut self, removals: Sender<RunRemoval>) -> Self {
+        self.removals = Some(removals);
         self
     }
 
@@ -835,13 +845,21 @@ impl Shard {
             .files
             .first()
             .and_then(|file| file.path().parent().map(std::path::Path::to_path_buf));
-        tracing::info!(%run_id, files = run.files.len(), "run purged");
+        tracing::debug!(%run_id, files = run.files.len(), "run purged");
+        let removal = RunRemoval {
+            run_id,
+            run_dir: directory,
+            files: run.files.clone(),
+        };
         drop(run);
-        // Empty once no reader holds a file (else the next start removes
-        // what is left).
-        if let Some(directory) = directory {
-            crate::storage::run_manifest::remove(&directory);
-            let _ = std::fs::remove_dir(&directory);
+        match &self.removals {
+            Some(removals) => {
+                if let Err(unsent) = removals.send(removal) {
+                    // No remover (shutting down): removed here.
+                    unsent.into_inner().remove();
+                }
+            }
+            None => removal.remove(),
         }
         self.answer_flush_waiters(None);
     }
