@@ -42,6 +42,16 @@ mod token_cli;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's settings, read when it starts: a background thread gives
+/// freed pages back to the kernel once unused for its decay time (10 s)
+/// even while the server is idle. Without it, pages are given back only
+/// during later allocations, so the memory a gc or a finished query freed
+/// stayed resident on an idle server (measured: 183 MiB after a gc of
+/// 100,000 runs, 55 MiB with it).
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static malloc_conf: &[u8; 23] = b"background_thread:true\0";
+
 /// stepstore: an experiment-tracking metrics engine.
 #[derive(Parser)]
 #[command(version, about)]

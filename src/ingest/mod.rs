@@ -451,11 +451,17 @@ impl Ingester {
                 persister::run(jobs, layout, persister_stats)
             })?);
         }
-        // The remover ends once every shard (each holding a sender) has.
+        // The removers end once every shard (each holding a sender) has.
+        // One per shard: removals run as parallel as they did on the
+        // shards' threads.
         let (removal_sender, removal_receiver) = unbounded();
-        threads.push(spawn("stepstore-remove".to_string(), move || {
-            persister::remove_runs(removal_receiver)
-        })?);
+        for index in 0..shard_count {
+            let removals = removal_receiver.clone();
+            threads.push(spawn(format!("stepstore-remove-{index}"), move || {
+                persister::remove_runs(removals)
+            })?);
+        }
+        drop(removal_receiver);
         let StartingRuns {
             loaded,
             dormant,

@@ -702,6 +702,21 @@ impl Shard {
     fn forget_dormant(&mut self, run_id: RunId) {
         if self.dormant.remove(&run_id).is_some() {
             self.stats.add_dormant(-1);
+            self.shrink_maps();
+        }
+    }
+
+    /// Gives back the memory of the run maps once most of their slots are
+    /// empty (a gc of most runs): a map keeps its capacity otherwise.
+    fn shrink_maps(&mut self) {
+        const MIN_CAPACITY: usize = 1024;
+        if self.runs.capacity() > MIN_CAPACITY && self.runs.len() < self.runs.capacity() / 4 {
+            self.runs.shrink_to_fit();
+        }
+        if self.dormant.capacity() > MIN_CAPACITY
+            && self.dormant.len() < self.dormant.capacity() / 4
+        {
+            self.dormant.shrink_to_fit();
         }
     }
 
@@ -821,6 +836,7 @@ impl Shard {
         let Some(run) = self.runs.remove(&run_id) else {
             return;
         };
+        self.shrink_maps();
         let chunks: Vec<u64> = self
             .pending
             .iter()
