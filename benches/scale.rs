@@ -10,7 +10,7 @@
 //! - the build rate (runs and points per second) and the data directory's
 //!   size;
 //! - the start time (from spawn to "listening") and the resident memory
-//!   once idle, in all and per run;
+//!   once idle (15 s after the start), in all and per run;
 //! - MLflow `runs/search` with a param filter, a metric filter and
 //!   `order_by` a metric, first page of 100: over one experiment, and over
 //!   all 100;
@@ -386,7 +386,9 @@ fn measure(root: &Path, runs: usize, repeat: usize) -> anyhow::Result<Figures> {
 
     let server = Server::start(&data_dir)?;
     let start_seconds = server.started_in.as_secs_f64();
-    std::thread::sleep(Duration::from_secs(3));
+    // Idle long enough for the allocator to give back what the start
+    // freed (jemalloc's decay time is 10 s).
+    std::thread::sleep(Duration::from_secs(15));
     let rss = server.rss()?;
     let experiments = experiments_of(&client, &server.url)?;
     if experiments.len() != EXPERIMENTS {

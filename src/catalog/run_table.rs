@@ -257,24 +257,9 @@ impl<'de> Deserialize<'de> for RunTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{LifecycleStage, RunStatus, StringMap};
 
     fn run(experiment: u64, name: &str) -> Run {
-        Run {
-            run_id: RunId::new_random(),
-            experiment_id: ExperimentId::new(experiment),
-            run_name: name.to_string(),
-            user_id: "u".to_string(),
-            status: RunStatus::Running,
-            start_time: 1,
-            end_time: None,
-            lifecycle_stage: LifecycleStage::Active,
-            deleted_time: None,
-            artifact_uri: String::new(),
-            params: StringMap::default(),
-            tags: StringMap::default(),
-            inputs: Vec::new(),
-        }
+        Run::for_test(RunId::new_random(), ExperimentId::new(experiment), name, 1)
     }
 
     #[test]

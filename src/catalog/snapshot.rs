@@ -428,22 +428,7 @@ mod tests {
 
     /// A running run of the Default experiment started at `start_time`.
     fn test_run(run_id: crate::model::RunId, start_time: i64) -> crate::model::Run {
-        use crate::model::{ExperimentId, LifecycleStage, Run};
-        Run {
-            run_id,
-            experiment_id: ExperimentId::DEFAULT,
-            run_name: "r".into(),
-            user_id: String::new(),
-            status: crate::model::RunStatus::Running,
-            start_time,
-            end_time: None,
-            lifecycle_stage: LifecycleStage::Active,
-            deleted_time: None,
-            artifact_uri: String::new(),
-            params: Default::default(),
-            tags: Default::default(),
-            inputs: Vec::new(),
-        }
+        crate::model::Run::for_test(run_id, crate::model::ExperimentId::DEFAULT, "r", start_time)
     }
 
     #[test]

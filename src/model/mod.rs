@@ -209,6 +209,34 @@ pub fn now_millis() -> i64 {
 }
 
 #[cfg(test)]
+impl Run {
+    /// A running, active run named `name` with no params, tags or inputs
+    /// (for tests).
+    pub(crate) fn for_test(
+        run_id: RunId,
+        experiment_id: ExperimentId,
+        name: &str,
+        start_time: i64,
+    ) -> Run {
+        Run {
+            run_id,
+            experiment_id,
+            run_name: name.to_string(),
+            user_id: String::new(),
+            status: RunStatus::Running,
+            start_time,
+            end_time: None,
+            lifecycle_stage: LifecycleStage::Active,
+            deleted_time: None,
+            artifact_uri: String::new(),
+            params: StringMap::default(),
+            tags: StringMap::default(),
+            inputs: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -271,7 +271,7 @@ fn text_literal(expr: &Expr) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{LifecycleStage, Run, RunStatus, StringMap};
+    use crate::model::Run;
     use datafusion::datasource::MemTable;
     use datafusion::prelude::SessionContext;
 
@@ -279,21 +279,12 @@ mod tests {
         let mut state = CatalogState::new("file:///a", 1);
         for (experiment, count) in runs_per_experiment.iter().enumerate() {
             for n in 0..*count {
-                state.insert_run(Run {
-                    run_id: RunId::new_random(),
-                    experiment_id: ExperimentId::new(experiment as u64 + 1),
-                    run_name: format!("r{n}"),
-                    user_id: "u".to_string(),
-                    status: RunStatus::Finished,
-                    start_time: n as i64,
-                    end_time: None,
-                    lifecycle_stage: LifecycleStage::Active,
-                    deleted_time: None,
-                    artifact_uri: String::new(),
-                    params: StringMap::default(),
-                    tags: StringMap::default(),
-                    inputs: Vec::new(),
-                });
+                state.insert_run(Run::for_test(
+                    RunId::new_random(),
+                    ExperimentId::new(experiment as u64 + 1),
+                    &format!("r{n}"),
+                    n as i64,
+                ));
             }
         }
         Arc::new(state)
