@@ -67,7 +67,7 @@ impl Collector for SnapshotCollector {
         let uploads = &snapshot.uploads;
         let cache = &snapshot.cache;
         let replica = &snapshot.replica;
-        let counters: [(&str, &str, u64); 33] = [
+        let counters: [(&str, &str, u64); 37] = [
             (
                 "store_fetches",
                 "Fetches from the object store for reads (each gets the missing 1 MiB ranges of one read, concurrently)",
@@ -132,6 +132,26 @@ impl Collector for SnapshotCollector {
                 "store_deleted_files",
                 "Replaced metric files deleted from the object store since start",
                 uploads.deleted_files,
+            ),
+            (
+                "spill_files_written",
+                "Spill files written since start (small buffers of many runs moved out of memory together)",
+                snapshot.spill_files_written,
+            ),
+            (
+                "spill_bytes_written",
+                "Bytes of spill files written since start",
+                snapshot.spill_bytes_written,
+            ),
+            (
+                "points_spilled",
+                "Metric points moved from memory to spill files since start",
+                snapshot.points_spilled,
+            ),
+            (
+                "spill_member_reads",
+                "Reads of a run's spilled points back from a spill file since start",
+                snapshot.spill_member_reads,
             ),
             (
                 "gc_runs_purged",
@@ -240,7 +260,7 @@ impl Collector for SnapshotCollector {
                 encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric_encoder)?;
         }
-        let gauges: [(&str, &str, u64); 21] = [
+        let gauges: [(&str, &str, u64); 23] = [
             (
                 "runs_dormant",
                 "Finished runs held only by their key summaries (files loaded again when read)",
@@ -317,6 +337,16 @@ impl Collector for SnapshotCollector {
                 snapshot.buffer_bytes,
             ),
             (
+                "spill_files",
+                "Spill files on disk (each removed once its points are in their runs' files)",
+                snapshot.spill_files,
+            ),
+            (
+                "spill_bytes",
+                "Bytes of spill files on disk",
+                snapshot.spill_bytes,
+            ),
+            (
                 "buffer_bytes_peak",
                 "The most bytes metric buffers have held since start",
                 snapshot.buffer_bytes_peak,
@@ -363,6 +393,8 @@ mod tests {
             TelemetrySnapshot {
                 points_ingested: 42,
                 buffer_bytes: 7,
+                spill_bytes: 11,
+                points_spilled: 13,
                 footer_cache_bytes: 9,
                 footer_loads: 5,
                 ..TelemetrySnapshot::default()
@@ -380,6 +412,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("stepstore_buffer_bytes 7"), "{text}");
+        assert!(text.contains("stepstore_spill_bytes 11"), "{text}");
+        assert!(text.contains("stepstore_points_spilled_total 13"), "{text}");
         assert!(text.contains("stepstore_footer_cache_bytes 9"), "{text}");
         assert!(text.contains("stepstore_footer_loads_total 5"), "{text}");
         assert!(text.contains("stepstore_connections_open 2"), "{text}");

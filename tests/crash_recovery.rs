@@ -86,7 +86,7 @@ fn log_until_failure(
                             return;
                         }
                     }
-                    run = (run + 3) % RUNS;
+                    run = (run + 3) % run_ids.len();
                 }
             });
         }
@@ -175,6 +175,75 @@ fn acknowledged_points_survive_sigkill_exactly_once() {
         eprintln!(
             "round {round}: killed after {kill_after:?}, {acknowledged_requests} requests acknowledged so far, {stored} points stored"
         );
+    }
+    server.stop();
+}
+
+/// The `.spill` files in the data directory's spill directory.
+fn spill_files(data_dir: &std::path::Path) -> usize {
+    std::fs::read_dir(data_dir.join("spill"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "spill"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn spilled_points_survive_sigkill_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // A 1 MiB buffer budget: the runs' small buffers are spilled to
+    // shared spill files long before any is written to its own file.
+    let args = ["--buffer-budget-mb", "1"];
+    let mut server = TestServer::start(dir.path(), &args);
+    let run_ids: Vec<String> = (0..RUNS)
+        .map(|run| server.create_run("spill-crash", &format!("r{run}")))
+        .collect();
+    let ledger = Mutex::new(Ledger::default());
+    for round in 0..3 {
+        let stop = AtomicBool::new(false);
+        let base_url = server.base_url.clone();
+        let spilled = std::thread::scope(|scope| {
+            scope.spawn(|| log_until_failure(&base_url, &run_ids, &ledger, &stop));
+            // Killed once points of this process are spilled, at a random
+            // moment after.
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            let spilled = loop {
+                let spilled = server.metric("stepstore_points_spilled_total");
+                if spilled > 0.0 {
+                    break spilled;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "round {round}: nothing was spilled"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            std::thread::sleep(Duration::from_millis(rand::random_range(0..400)));
+            server.kill();
+            stop.store(true, Ordering::SeqCst);
+            spilled
+        });
+        server.start_again();
+        let ledger = ledger.lock().unwrap();
+        let stored = verify(&server, &run_ids, &ledger, round);
+        eprintln!(
+            "round {round}: {spilled} points spilled before the kill, {stored} points stored"
+        );
+        // The previous process's spill files are gone: what is left is
+        // what this one spilled (while it replayed the WAL) and tracks.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while server.metric("stepstore_spill_files") as usize != spill_files(dir.path()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: {} spill files on disk, {} tracked",
+                spill_files(dir.path()),
+                server.metric("stepstore_spill_files")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     server.stop();
 }

@@ -12,16 +12,19 @@ use super::{BenchConfig, Progress};
 use std::sync::atomic::Ordering;
 
 /// Counters of stepstore's `/metrics` whose change the report shows.
-const COUNTER_DELTAS: [&str; 5] = [
+const COUNTER_DELTAS: [&str; 7] = [
     "stepstore_points_ingested_total",
     "stepstore_wal_fsyncs_total",
     "stepstore_wal_bytes_written_total",
     "stepstore_bytes_persisted_total",
     "stepstore_files_persisted_total",
+    "stepstore_points_spilled_total",
+    "stepstore_spill_files_written_total",
 ];
 /// Gauges of stepstore's `/metrics` whose final value the report shows.
-const GAUGES: [&str; 3] = [
+const GAUGES: [&str; 4] = [
     "stepstore_buffer_bytes",
+    "stepstore_spill_bytes",
     "stepstore_wal_unpersisted_bytes",
     "stepstore_in_flight_bytes",
 ];

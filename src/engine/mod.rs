@@ -558,8 +558,12 @@ impl Engine {
             }),
             log: dormant_log,
         };
+        let mut ingest_config = config.ingest.clone();
+        if ingest_config.spill_dir.is_none() && replica_state.is_none() {
+            ingest_config.spill_dir = Some(data_dir.join(recovery::SPILL_DIR));
+        }
         let ingester = Arc::new(Ingester::start_recovering_with(
-            config.ingest.clone(),
+            ingest_config,
             layout,
             starting,
         )?);

@@ -32,6 +32,18 @@ pub struct TelemetrySnapshot {
     pub files_persisted: u64,
     /// Compactions since start.
     pub compactions: u64,
+    /// Spill files written since start.
+    pub spill_files_written: u64,
+    /// Bytes of spill files written since start.
+    pub spill_bytes_written: u64,
+    /// Points moved to spill files since start.
+    pub points_spilled: u64,
+    /// Spilled points read back since start (reads of members).
+    pub spill_member_reads: u64,
+    /// Spill files on disk now.
+    pub spill_files: u64,
+    /// Bytes of spill files on disk now.
+    pub spill_bytes: u64,
     /// Run manifests written since start.
     pub run_manifests_written: u64,
     /// Runs held only by their key summaries now (dormant).
@@ -137,6 +149,8 @@ impl Engine {
     /// Values for `/metrics`.
     pub fn telemetry(&self) -> TelemetrySnapshot {
         let ingest = self.ingester.stats();
+        let spill = self.ingester.spill_stats();
+        let spilled = |read: fn(&crate::storage::spill::SpillStats) -> u64| spill.map_or(0, read);
         let wal = self.wal.stats();
         let state = self.catalog.read();
         TelemetrySnapshot {
@@ -148,6 +162,12 @@ impl Engine {
             bytes_persisted: ingest.bytes_persisted(),
             files_persisted: ingest.files_persisted(),
             compactions: ingest.compactions(),
+            spill_files_written: spilled(|stats| stats.files_written()),
+            spill_bytes_written: spilled(|stats| stats.bytes_written()),
+            points_spilled: spilled(|stats| stats.points_spilled()),
+            spill_member_reads: spilled(|stats| stats.member_reads()),
+            spill_files: spilled(|stats| stats.files_live()),
+            spill_bytes: spilled(|stats| stats.bytes_live()),
             run_manifests_written: ingest.manifests_written(),
             runs_dormant: ingest.runs_dormant(),
             run_wakes: ingest.run_wakes(),

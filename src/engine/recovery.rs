@@ -31,6 +31,9 @@ pub(crate) const AUTH_DIR: &str = "auth";
 /// The local cache of the object store, unless `--cache-dir` says
 /// otherwise.
 pub(crate) const CACHE_DIR: &str = "cache";
+/// Where buffers of many runs are spilled together under memory pressure
+/// ([`crate::storage::spill`]); emptied at start.
+pub(crate) const SPILL_DIR: &str = "spill";
 /// Where damaged metric files are moved at start.
 pub(crate) const QUARANTINE_DIR: &str = "quarantine";
 const LOCK_FILE: &str = "LOCK";
@@ -102,7 +105,7 @@ pub(super) fn is_damage(error: &StorageError) -> bool {
         StorageError::Parquet { .. } | StorageError::Metadata { .. } | StorageError::Arrow(_) => {
             true
         }
-        StorageError::Panicked { .. } => false,
+        StorageError::Panicked { .. } | StorageError::Spill { .. } => false,
         StorageError::Io { source, .. } => matches!(
             source.kind(),
             std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData

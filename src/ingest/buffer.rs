@@ -11,7 +11,7 @@
 //! downsampled read need not visit every buffered point.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use arrow::array::{
@@ -25,7 +25,8 @@ use arrow::error::ArrowError;
 use crate::model::MetricSeries;
 use crate::storage::aggregates::BLOCK_ROWS;
 use crate::storage::schema::{TIMEZONE, metric_file_schema};
-use crate::storage::{BlockAggregate, LoggedRows, SortedColumns};
+use crate::storage::spill::SpillMember;
+use crate::storage::{BlockAggregate, LoggedRows, SortedColumns, StorageError};
 use crate::wal::Lsn;
 
 /// Bytes one buffered point takes at least (key id, step, timestamp,
@@ -77,6 +78,16 @@ impl Segment {
     /// Rows in the segment.
     pub fn rows(&self) -> usize {
         self.steps.len()
+    }
+
+    /// Its rows, column by column.
+    pub fn logged_rows(&self) -> LoggedRows<'_> {
+        LoggedRows {
+            key_ids: &self.key_ids,
+            steps: &self.steps,
+            timestamps: &self.timestamps,
+            values: &self.values,
+        }
     }
 
     /// Copies the points of run key `key_id` into `out`.
@@ -448,7 +459,7 @@ impl ActiveBuffer {
     /// moment.
     pub fn freeze(&mut self, chunk_id: u64, key_names: Arc<Vec<String>>) -> Option<FrozenChunk> {
         let first_lsn = self.first_lsn.take()?;
-        self.opened_at = None;
+        let opened_at = self.opened_at.take();
         // The chunk carries the memory count of everything the buffer held,
         // including room an empty tail had reserved, which goes now (an
         // idle run would otherwise keep it, counted, for good).
@@ -457,26 +468,40 @@ impl ActiveBuffer {
         let rows = std::mem::take(&mut self.sealed_rows);
         self.sealed_bytes = 0;
         self.tail = None;
+        let segments: Arc<[Arc<Segment>]> = std::mem::take(&mut self.sealed).into();
         Some(FrozenChunk {
             id: chunk_id,
             bytes,
             key_names,
-            segments: std::mem::take(&mut self.sealed),
             rows,
             lsn_range: (first_lsn, self.last_lsn),
+            opened_at: opened_at.unwrap_or_else(Instant::now),
+            data: Mutex::new(ChunkData::Memory(segments)),
         })
     }
 }
 
-/// A frozen buffer: immutable segments waiting to be written to a file.
+/// A frozen buffer: immutable segments waiting to be written to a file,
+/// in memory or moved to a spill file ([`crate::storage::spill`]) until
+/// then.
 #[derive(Debug)]
 pub struct FrozenChunk {
     id: u64,
     bytes: u64,
     key_names: Arc<Vec<String>>,
-    segments: Vec<Arc<Segment>>,
     rows: usize,
     lsn_range: (Lsn, Lsn),
+    opened_at: Instant,
+    data: Mutex<ChunkData>,
+}
+
+/// Where a frozen chunk's rows are.
+#[derive(Debug)]
+enum ChunkData {
+    /// In memory.
+    Memory(Arc<[Arc<Segment>]>),
+    /// In a spill file, read back for each use.
+    Spilled(SpillMember),
 }
 
 impl FrozenChunk {
@@ -491,7 +516,7 @@ impl FrozenChunk {
     }
 
     /// Bytes its columns hold allocated (what the active buffer held when
-    /// it was frozen).
+    /// it was frozen), in memory until the chunk is spilled.
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
@@ -501,23 +526,83 @@ impl FrozenChunk {
         self.lsn_range
     }
 
-    /// Its segments, oldest first.
-    pub fn segments(&self) -> &[Arc<Segment>] {
-        &self.segments
+    /// When its oldest point arrived.
+    pub fn opened_at(&self) -> Instant {
+        self.opened_at
     }
 
-    /// Copies the points of run key `key_id` into `out`.
-    pub fn collect_key(&self, key_id: u32, out: &mut MetricSeries) {
-        for segment in &self.segments {
+    /// The run's key dictionary when it was frozen (its key ids index it).
+    pub fn key_names(&self) -> &Arc<Vec<String>> {
+        &self.key_names
+    }
+
+    fn data(&self) -> std::sync::MutexGuard<'_, ChunkData> {
+        // The lock guards a swap of two values, which cannot panic halfway.
+        self.data
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether its rows are in a spill file, not in memory.
+    pub fn is_spilled(&self) -> bool {
+        matches!(*self.data(), ChunkData::Spilled(_))
+    }
+
+    /// Its segments when they are in memory.
+    pub fn in_memory_segments(&self) -> Option<Arc<[Arc<Segment>]>> {
+        match &*self.data() {
+            ChunkData::Memory(segments) => Some(Arc::clone(segments)),
+            ChunkData::Spilled(_) => None,
+        }
+    }
+
+    /// Lets go of the in-memory rows: from now on they are read from
+    /// `member`, which holds them (a reader that took the segments before
+    /// keeps its copy).
+    pub fn spilled_to(&self, member: SpillMember) {
+        *self.data() = ChunkData::Spilled(member);
+    }
+
+    /// Its segments, oldest first: shared when in memory, read back from
+    /// the spill file otherwise. Blocking.
+    pub fn segments(&self) -> Result<Vec<Arc<Segment>>, StorageError> {
+        let member = match &*self.data() {
+            ChunkData::Memory(segments) => return Ok(segments.to_vec()),
+            ChunkData::Spilled(member) => member.clone(),
+        };
+        let rows = member.read()?;
+        let count = rows.steps.len();
+        let key_ids = ScalarBuffer::from(rows.key_ids);
+        let steps = ScalarBuffer::from(rows.steps);
+        let timestamps = ScalarBuffer::from(rows.timestamps);
+        let values = ScalarBuffer::from(rows.values);
+        Ok((0..count)
+            .step_by(SEGMENT_ROWS)
+            .map(|start| {
+                let length = SEGMENT_ROWS.min(count - start);
+                Arc::new(Segment::new(
+                    key_ids.slice(start, length),
+                    steps.slice(start, length),
+                    timestamps.slice(start, length),
+                    values.slice(start, length),
+                ))
+            })
+            .collect())
+    }
+
+    /// Copies the points of run key `key_id` into `out`. Blocking.
+    pub fn collect_key(&self, key_id: u32, out: &mut MetricSeries) -> Result<(), StorageError> {
+        for segment in self.segments()? {
             segment.collect_key(key_id, out);
         }
+        Ok(())
     }
 
     /// The points, in logged order, as batches in the metric file schema
     /// ([`metric_file_schema`]), one per segment. Shares the chunk's step
-    /// and value buffers.
-    pub fn to_record_batches(&self) -> Result<Vec<RecordBatch>, ArrowError> {
-        self.segments
+    /// and value buffers. Blocking.
+    pub fn to_record_batches(&self) -> Result<Vec<RecordBatch>, StorageError> {
+        self.segments()?
             .iter()
             .map(|segment| {
                 points_batch(
@@ -527,23 +612,40 @@ impl FrozenChunk {
                     segment.timestamps.clone(),
                     segment.values.clone(),
                 )
+                .map_err(|error| StorageError::Arrow(error.to_string()))
             })
             .collect()
     }
 
-    /// The points in file order.
-    pub fn to_sorted_columns(&self) -> SortedColumns {
-        let segments: Vec<LoggedRows<'_>> = self
-            .segments
+    /// The points in file order. Blocking.
+    pub fn to_sorted_columns(&self) -> Result<SortedColumns, StorageError> {
+        let segments = self.segments()?;
+        let rows: Vec<LoggedRows<'_>> = segments
             .iter()
-            .map(|segment| LoggedRows {
-                key_ids: &segment.key_ids,
-                steps: &segment.steps,
-                timestamps: &segment.timestamps,
-                values: &segment.values,
-            })
+            .map(|segment| segment.logged_rows())
             .collect();
-        SortedColumns::from_logged_segments(&self.key_names, &segments)
+        Ok(SortedColumns::from_logged_segments(&self.key_names, &rows))
+    }
+
+    /// The points of `chunks` (in logged order, of one run, with no rewind
+    /// or fork between them) in file order, keyed by the newest chunk's
+    /// dictionary (a run's dictionary only grows). Blocking.
+    pub fn sorted_columns_of(chunks: &[Arc<FrozenChunk>]) -> Result<SortedColumns, StorageError> {
+        let Some(newest) = chunks.last() else {
+            return Ok(SortedColumns::default());
+        };
+        let mut segments = Vec::new();
+        for chunk in chunks {
+            segments.extend(chunk.segments()?);
+        }
+        let rows: Vec<LoggedRows<'_>> = segments
+            .iter()
+            .map(|segment| segment.logged_rows())
+            .collect();
+        Ok(SortedColumns::from_logged_segments(
+            &newest.key_names,
+            &rows,
+        ))
     }
 }
 
@@ -648,9 +750,9 @@ mod tests {
         let chunk = buffer
             .freeze(1, Arc::new(vec!["a".into(), "b".into()]))
             .unwrap();
-        assert_eq!(chunk.segments().len(), 2);
+        assert_eq!(chunk.segments().unwrap().len(), 2);
         assert_eq!(chunk.rows(), rows + 1);
-        assert_eq!(chunk.to_sorted_columns().len(), rows + 1);
+        assert_eq!(chunk.to_sorted_columns().unwrap().len(), rows + 1);
         assert_eq!(chunk.to_record_batches().unwrap().len(), 2);
     }
 
@@ -709,7 +811,7 @@ mod tests {
         assert_eq!(batches.len(), 1);
         assert_eq!(batches[0].num_rows(), 3);
         assert_eq!(batches[0].schema(), metric_file_schema());
-        let sorted = chunk.to_sorted_columns();
+        let sorted = chunk.to_sorted_columns().unwrap();
         assert_eq!(sorted.keys, vec!["acc", "loss"]);
         assert_eq!(sorted.steps, vec![1, 0, 1]);
     }

@@ -30,6 +30,7 @@ use tokio::sync::oneshot;
 
 use crate::error_kind::{Classify, ErrorKind};
 use crate::model::{ExperimentId, KeySummary, MetricBatch, RunId};
+use crate::storage::spill::{SpillDir, SpillStats};
 use crate::storage::{MetricsLayout, PersistedFile, StorageError};
 use crate::wal::{Lsn, WalError};
 
@@ -101,6 +102,10 @@ pub struct IngestConfig {
     /// long goes dormant: only its key summaries stay in memory, its files
     /// are loaded again when needed. `None`: runs stay loaded.
     pub idle_run_after: Option<Duration>,
+    /// Where the small buffers of many runs are spilled together under
+    /// memory pressure ([`crate::storage::spill`]); emptied at start.
+    /// `None`: each buffer is written to its run's own file instead.
+    pub spill_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for IngestConfig {
@@ -115,6 +120,7 @@ impl Default for IngestConfig {
             channel_capacity: 256,
             tick: Duration::from_millis(200),
             idle_run_after: None,
+            spill_dir: None,
         }
     }
 }
@@ -357,10 +363,17 @@ pub(crate) enum ControlMessage {
         reply: oneshot::Sender<Vec<RunSummaryView>>,
     },
     RunEnded(RunId),
+    /// A file write of a run's chunks ended.
     Persisted {
         run_id: RunId,
-        chunk_id: u64,
+        job_id: u64,
         outcome: Result<Arc<PersistedFile>, StorageError>,
+    },
+    /// A spill of chunks ended (on success each chunk now reads from
+    /// its spill file).
+    Spilled {
+        job_id: u64,
+        outcome: Result<(), StorageError>,
     },
     Compacted {
         run_id: RunId,
@@ -379,6 +392,8 @@ struct ShardHandle {
 pub struct Ingester {
     shards: Vec<ShardHandle>,
     persist_jobs: Mutex<Option<Sender<persister::PersistJob>>>,
+    /// Counters of the spill files (`None`: buffers are not spilled).
+    spill_stats: Option<Arc<SpillStats>>,
     stats: Arc<IngestStats>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     live: Arc<LiveHub>,
@@ -476,6 +491,12 @@ impl Ingester {
         for (run_id, run) in dormant {
             dormant_per_shard[run_id.shard(shard_count)].push((run_id, run));
         }
+        let spill = match &config.spill_dir {
+            Some(dir) => {
+                Some(SpillDir::open(dir, layout.io().clone()).map_err(IngestError::Storage)?)
+            }
+            None => None,
+        };
         let mut shards = Vec::with_capacity(shard_count);
         for (index, (runs, dormant)) in per_shard.into_iter().zip(dormant_per_shard).enumerate() {
             let (data_sender, data_receiver) = bounded(config.channel_capacity.max(1));
@@ -492,6 +513,7 @@ impl Ingester {
             .with_live(Arc::clone(&live))
             .with_removals(removal_sender.clone())
             .with_dormant(dormant, loader.clone(), log.clone())
+            .with_spill(spill.clone())
             .recovering(recovering);
             threads.push(spawn(format!("stepstore-shard-{index}"), move || {
                 shard.run(data_receiver, control_receiver)
@@ -504,6 +526,7 @@ impl Ingester {
         Ok(Ingester {
             shards,
             persist_jobs: Mutex::new(Some(job_sender)),
+            spill_stats: spill.map(|spill| Arc::clone(spill.stats())),
             stats,
             threads: Mutex::new(threads),
             live,
@@ -791,6 +814,11 @@ impl Ingester {
         Ok(())
     }
 
+    /// Counters of the spill files; `None` when buffers are not spilled.
+    pub fn spill_stats(&self) -> Option<&SpillStats> {
+        self.spill_stats.as_deref()
+    }
+
     /// Counters.
     pub fn stats(&self) -> &IngestStats {
         &self.stats
@@ -910,6 +938,98 @@ mod tests {
         let summaries = ingester.run_summaries(run_id).await.unwrap();
         assert_eq!(summaries[0].1.count, 80);
         assert_eq!(summaries[0].1.latest_step, 79);
+        ingester.shutdown();
+    }
+
+    /// Two keys, `loss` (the step) and `acc` (minus the step), each step's
+    /// timestamp ten times it.
+    fn two_keys(steps: std::ops::Range<i64>) -> MetricBatch {
+        let mut builder = MetricBatchBuilder::new();
+        for step in steps {
+            builder.push("loss", step, step * 10, step as f64);
+            builder.push("acc", step, step * 10, -(step as f64));
+        }
+        builder.finish()
+    }
+
+    #[tokio::test]
+    async fn small_buffers_of_many_runs_spill_together_and_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill_dir = dir.path().join("spill");
+        let config = IngestConfig {
+            shards: 1,
+            tick: Duration::from_millis(10),
+            buffer_budget_bytes: 2 << 20,
+            spill_dir: Some(spill_dir.clone()),
+            ..IngestConfig::default()
+        };
+        let ingester = start(dir.path(), config);
+        let runs: Vec<RunId> = (0..200).map(|_| RunId::new_random()).collect();
+        let experiment = ExperimentId::DEFAULT;
+        // 100,000 points (about 3 MB buffered) through a 2 MiB budget: a
+        // few spills, each run in a few of them.
+        let mut lsn = 0;
+        for round in 0..5 {
+            for &run_id in &runs {
+                lsn += 1;
+                let (applied, outcome) = oneshot::channel();
+                ingester.apply(
+                    run_id,
+                    experiment,
+                    lsn,
+                    two_keys(round * 50..(round + 1) * 50),
+                    Some(applied),
+                );
+                outcome.await.unwrap().unwrap();
+            }
+        }
+        let spill = ingester.spill_stats().unwrap();
+        wait_until("spills", || spill.files_written() > 0);
+        assert_eq!(
+            ingester.stats().files_persisted(),
+            0,
+            "small buffers are spilled, not written to files of their own"
+        );
+        let every_step: Vec<i64> = (0..250).collect();
+        let check = |series: MetricSeries, sign: f64| {
+            assert_eq!(series.steps, every_step);
+            assert_eq!(
+                series.timestamps,
+                every_step.iter().map(|step| step * 10).collect::<Vec<_>>()
+            );
+            assert_eq!(
+                series.values,
+                every_step
+                    .iter()
+                    .map(|&step| sign * step as f64)
+                    .collect::<Vec<_>>()
+            );
+        };
+        for &run_id in &runs {
+            check(read(&ingester, run_id, "loss").await, 1.0);
+            check(read(&ingester, run_id, "acc").await, -1.0);
+        }
+        assert!(spill.member_reads() > 0, "reads read spilled chunks back");
+        assert_eq!(
+            ingester.oldest_unpersisted_lsn().unwrap(),
+            Some(1),
+            "the WAL keeps what is spilled"
+        );
+
+        // A flush writes each run's chunks, spilled or not, as one file;
+        // the spill files go with their last chunk.
+        ingester.flush_all().unwrap();
+        assert_eq!(ingester.stats().files_persisted(), runs.len() as u64);
+        assert_eq!(ingester.oldest_unpersisted_lsn().unwrap(), None);
+        assert_eq!(ingester.stats().buffer_bytes(), 0);
+        wait_until("the spill files to go", || spill.files_live() == 0);
+        assert_eq!(std::fs::read_dir(&spill_dir).unwrap().count(), 0);
+        for &run_id in &runs {
+            check(read(&ingester, run_id, "loss").await, 1.0);
+            check(read(&ingester, run_id, "acc").await, -1.0);
+            let summaries = ingester.run_summaries(run_id).await.unwrap();
+            assert_eq!(summaries[1].1.count, 250);
+        }
         ingester.shutdown();
     }
 

@@ -11,16 +11,26 @@ use super::{ControlMessage, IngestStats};
 use crate::model::{ExperimentId, RunId};
 use crate::storage::compaction::{compact_files, remove_output};
 use crate::storage::run_manifest::{self, ManifestFile};
+use crate::storage::spill::SpillDir;
 use crate::storage::{MetricFileWriter, MetricsLayout, PersistedFile, StorageError};
 
 /// Work for a persister thread.
 pub(crate) enum PersistJob {
-    /// Write a frozen chunk as file `seq` of the run.
-    Chunk {
+    /// Write frozen chunks of one run (in logged order; in memory or
+    /// spilled) as file `seq` of the run.
+    Chunks {
+        job_id: u64,
         run_id: RunId,
         experiment_id: ExperimentId,
         seq: u64,
-        chunk: Arc<FrozenChunk>,
+        chunks: Vec<Arc<FrozenChunk>>,
+        reply: Sender<ControlMessage>,
+    },
+    /// Move in-memory frozen chunks of many runs to one spill file.
+    Spill {
+        job_id: u64,
+        spill: SpillDir,
+        chunks: Vec<Arc<FrozenChunk>>,
         reply: Sender<ControlMessage>,
     },
     /// Merge `inputs` into file `seq` of the run.
@@ -104,18 +114,19 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 pub(crate) fn run(jobs: Receiver<PersistJob>, layout: MetricsLayout, stats: Arc<IngestStats>) {
     for job in jobs {
         match job {
-            PersistJob::Chunk {
+            PersistJob::Chunks {
+                job_id,
                 run_id,
                 experiment_id,
                 seq,
-                chunk,
+                chunks,
                 reply,
             } => {
                 let path = layout.file_path(experiment_id, run_id, seq);
                 let outcome = contained("writing a metric file", &stats, || {
                     layout
                         .prepare_dir_of(&path)
-                        .and_then(|()| write_chunk(&chunk, &path, seq, &layout))
+                        .and_then(|()| write_chunks(&chunks, &path, seq, &layout))
                 });
                 match &outcome {
                     Ok(file) => layout.publish(file),
@@ -125,9 +136,24 @@ pub(crate) fn run(jobs: Receiver<PersistJob>, layout: MetricsLayout, stats: Arc<
                 }
                 let _ = reply.send(ControlMessage::Persisted {
                     run_id,
-                    chunk_id: chunk.id(),
+                    job_id,
                     outcome,
                 });
+            }
+            PersistJob::Spill {
+                job_id,
+                spill,
+                chunks,
+                reply,
+            } => {
+                let outcome = contained("writing a spill file", &stats, || {
+                    spill_chunks(&spill, &chunks)
+                });
+                if let Err(error) = &outcome {
+                    tracing::error!(chunks = chunks.len(), %error, "spilling buffers failed; they stay in memory and go to their runs' files");
+                }
+                drop(chunks);
+                let _ = reply.send(ControlMessage::Spilled { job_id, outcome });
             }
             PersistJob::Compact {
                 run_id,
@@ -221,17 +247,42 @@ fn write_manifest(
     Ok(true)
 }
 
-fn write_chunk(
-    chunk: &FrozenChunk,
+/// Writes the in-memory rows of `chunks` into one spill file and has each
+/// chunk read from it from then on. A chunk already spilled is left.
+fn spill_chunks(spill: &SpillDir, chunks: &[Arc<FrozenChunk>]) -> Result<(), StorageError> {
+    let held: Vec<(usize, Arc<[Arc<crate::ingest::Segment>]>)> = chunks
+        .iter()
+        .enumerate()
+        .filter_map(|(index, chunk)| chunk.in_memory_segments().map(|segments| (index, segments)))
+        .collect();
+    let members: Vec<Vec<crate::storage::LoggedRows<'_>>> = held
+        .iter()
+        .map(|(_, segments)| {
+            segments
+                .iter()
+                .map(|segment| segment.logged_rows())
+                .collect()
+        })
+        .collect();
+    let written = spill.write(&members)?;
+    for ((index, _), member) in held.iter().zip(written) {
+        chunks[*index].spilled_to(member);
+    }
+    Ok(())
+}
+
+/// Writes `chunks` (one run's, in logged order) as one metric file.
+fn write_chunks(
+    chunks: &[Arc<FrozenChunk>],
     path: &std::path::Path,
     seq: u64,
     layout: &MetricsLayout,
 ) -> Result<Arc<PersistedFile>, StorageError> {
-    let columns = chunk.to_sorted_columns();
+    let columns = FrozenChunk::sorted_columns_of(chunks)?;
     let mut writer = MetricFileWriter::create_with(path, layout.io())?;
     writer.write(columns)?;
-    let (first, last) = chunk.lsn_range();
-    let written = writer.finish(vec![(first, last)], Vec::new())?;
+    let ranges = chunks.iter().map(|chunk| chunk.lsn_range()).collect();
+    let written = writer.finish(ranges, Vec::new())?;
     let (file, _) = layout.open_file(seq, &written.path)?;
     Ok(Arc::new(file))
 }

@@ -49,6 +49,13 @@ impl RewindMarks {
         self.marks.is_empty()
     }
 
+    /// Whether a rewind's record lies after `after`, up to `through`.
+    pub fn any_within(&self, after: Lsn, through: Lsn) -> bool {
+        self.marks
+            .iter()
+            .any(|&(lsn, _)| after < lsn && lsn <= through)
+    }
+
     /// The LSN of the newest rewind.
     pub fn last_lsn(&self) -> Option<Lsn> {
         self.marks.last().map(|&(lsn, _)| lsn)

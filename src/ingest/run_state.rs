@@ -177,6 +177,16 @@ impl RunState {
         true
     }
 
+    /// Whether a rewind or a fork lies after WAL record `after`, up to
+    /// `through`: points on either side never share a file.
+    pub(crate) fn boundary_within(&self, after: Lsn, through: Lsn) -> bool {
+        self.rewinds.any_within(after, through)
+            || self
+                .fork_points
+                .iter()
+                .any(|&lsn| after < lsn && lsn <= through)
+    }
+
     /// Where the files logged after the newest rewind or fork start:
     /// compaction merges no file before it with one after it.
     pub(crate) fn first_file_after_boundaries(&self) -> usize {

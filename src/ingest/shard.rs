@@ -3,13 +3,14 @@
 //! run end, memory budget) and when runs are compacted, and answers reads
 //! with a consistent view of buffers and files.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::buffer::FrozenChunk;
 use super::dormant::{DormantRun, KeyNames, RunLoader};
 use super::live::LiveHub;
 use super::persister::{PersistJob, RunRemoval};
@@ -21,6 +22,7 @@ use super::{
 };
 use crate::model::RunId;
 use crate::storage::dormant_log::DormantLog;
+use crate::storage::spill::SpillDir;
 use crate::storage::{PersistedFile, StorageError};
 
 /// How long a failed file write or compaction waits before it is retried.
@@ -33,13 +35,33 @@ const MIN_SHED_BYTES: u64 = 1 << 20;
 /// the budget full and have to wait.
 const SHED_FROM_PERCENT: u64 = 75;
 
-/// A frozen chunk handed to the persister and not yet reported written.
-struct PendingChunk {
+/// Frozen chunks of one run handed to the persister as one file and not
+/// yet reported written.
+struct PendingWrite {
     run_id: RunId,
     seq: u64,
+    /// The chunks, in logged order.
+    chunk_ids: Vec<u64>,
+    /// Bytes of those still in memory (given back once written).
     bytes: u64,
     failed_at: Option<Instant>,
 }
+
+/// A chunk handed to the persister to be spilled.
+struct SpillingChunk {
+    run_id: RunId,
+    chunk_id: u64,
+    bytes: u64,
+}
+
+/// Under memory pressure, a run's buffer is spilled (with other runs')
+/// rather than written to a file of its own while the run's unwritten
+/// points stay under this many: a file of fewer is mostly footer.
+const SPILL_BELOW_ROWS: usize = 64 * 1024;
+
+/// ... and while it has fewer than this many chunks spilled (each is a
+/// read of the spill file for a read of the run).
+const MAX_SPILLED_CHUNKS: usize = 8;
 
 /// A compaction of a running run merges at least this many of its newest
 /// files, so that the file count always comes down.
@@ -156,10 +178,24 @@ pub(crate) struct Shard {
     loader: Option<Arc<dyn RunLoader>>,
     /// Records runs going dormant and dormant runs written to again.
     dormant_log: Option<Arc<DormantLog>>,
-    pending: HashMap<u64, PendingChunk>,
-    /// Bytes of this shard's frozen chunks not yet written.
+    /// File writes in flight, by job id.
+    pending: HashMap<u64, PendingWrite>,
+    /// Spills in flight, by job id.
+    spilling: HashMap<u64, Vec<SpillingChunk>>,
+    /// Per run: its chunks in spills in flight. A file write of the run
+    /// waits for them (its chunks go to files in logged order).
+    spilling_runs: HashMap<RunId, usize>,
+    /// Runs whose file write waits for a spill.
+    file_wanted: HashSet<RunId>,
+    /// Chunks in a file write or a spill in flight.
+    busy: HashSet<u64>,
+    /// Where small buffers are spilled together (`None`: never).
+    spill: Option<SpillDir>,
+    /// Bytes of this shard's frozen chunks still in memory and not yet
+    /// written or spilled.
     frozen_bytes: u64,
     next_chunk_id: u64,
+    next_job_id: u64,
     flush_waiters: Vec<Sender<Result<(), String>>>,
     last_tick: Instant,
     live: Arc<LiveHub>,
@@ -194,8 +230,14 @@ impl Shard {
             loader: None,
             dormant_log: None,
             pending: HashMap::new(),
+            spilling: HashMap::new(),
+            spilling_runs: HashMap::new(),
+            file_wanted: HashSet::new(),
+            busy: HashSet::new(),
+            spill: None,
             frozen_bytes: 0,
             next_chunk_id: 1,
+            next_job_id: 1,
             flush_waiters: Vec::new(),
             last_tick: Instant::now(),
             live: Arc::default(),
@@ -228,6 +270,13 @@ impl Shard {
         self.dormant.extend(dormant);
         self.loader = loader;
         self.dormant_log = log;
+        self
+    }
+
+    /// Spills small buffers of many runs together into `spill` under
+    /// memory pressure.
+    pub(crate) fn with_spill(mut self, spill: Option<SpillDir>) -> Self {
+        self.spill = spill;
         self
     }
 
@@ -332,7 +381,7 @@ impl Shard {
                 }
                 self.live.publish_points(run_id, lsn, &batch);
                 if full {
-                    self.freeze(run_id);
+                    self.write_run_file(run_id);
                 }
                 self.shed_if_over_budget();
             }
@@ -351,7 +400,7 @@ impl Shard {
                 // The points before the rewind go to a chunk of their own,
                 // also when the rewind is replayed and was known from the
                 // snapshot: the WAL replays the points around it.
-                self.freeze(run_id);
+                self.write_run_file(run_id);
                 if known {
                     return;
                 }
@@ -371,7 +420,7 @@ impl Shard {
                 // The points before the fork go to a chunk of their own
                 // (also when replayed: the WAL replays the points around
                 // it).
-                self.freeze(run_id);
+                self.write_run_file(run_id);
                 if let Some(run) = self.runs.get_mut(&run_id)
                     && run.add_fork_point(lsn)
                 {
@@ -400,7 +449,7 @@ impl Shard {
             DataMessage::FlushAll(reply) => {
                 let run_ids: Vec<RunId> = self.runs.keys().copied().collect();
                 for run_id in run_ids {
-                    self.freeze(run_id);
+                    self.write_run_file(run_id);
                 }
                 self.flush_waiters.push(reply);
                 self.answer_flush_waiters(None);
@@ -514,16 +563,17 @@ impl Shard {
             ControlMessage::RunEnded(run_id) => {
                 if let Some(run) = self.runs.get_mut(&run_id) {
                     run.ended = true;
-                    self.freeze(run_id);
+                    self.write_run_file(run_id);
                     self.maybe_compact(run_id);
                     self.write_manifest_if_settled(run_id);
                 }
             }
             ControlMessage::Persisted {
                 run_id,
-                chunk_id,
+                job_id,
                 outcome,
-            } => self.on_persisted(run_id, chunk_id, outcome),
+            } => self.on_persisted(run_id, job_id, outcome),
+            ControlMessage::Spilled { job_id, outcome } => self.on_spilled(job_id, outcome),
             ControlMessage::Compacted {
                 run_id,
                 replaced,
@@ -535,18 +585,23 @@ impl Shard {
 
     fn on_tick(&mut self) {
         self.last_tick = Instant::now();
+        let flush_age = self.config.flush_age;
+        let busy = &self.busy;
         let due: Vec<RunId> = self
             .runs
             .iter()
             .filter(|(_, run)| {
-                run.active
-                    .opened_at()
-                    .is_some_and(|opened| run.ended || opened.elapsed() >= self.config.flush_age)
+                let due = |opened: Instant| run.ended || opened.elapsed() >= flush_age;
+                run.active.opened_at().is_some_and(due)
+                    || run
+                        .frozen
+                        .iter()
+                        .any(|chunk| !busy.contains(&chunk.id()) && due(chunk.opened_at()))
             })
             .map(|(run_id, _)| *run_id)
             .collect();
         for run_id in due {
-            self.freeze(run_id);
+            self.write_run_file(run_id);
         }
         let retries: Vec<u64> = self
             .pending
@@ -556,10 +611,10 @@ impl Shard {
                     .failed_at
                     .is_some_and(|at| at.elapsed() >= RETRY_AFTER)
             })
-            .map(|(chunk_id, _)| *chunk_id)
+            .map(|(job_id, _)| *job_id)
             .collect();
-        for chunk_id in retries {
-            self.submit_chunk(chunk_id);
+        for job_id in retries {
+            self.submit_write(job_id);
         }
         let compactable: Vec<RunId> = self
             .runs
@@ -720,54 +775,103 @@ impl Shard {
         }
     }
 
-    /// Freezes the run's active buffer (if it holds points) and hands it to
-    /// the persister.
-    fn freeze(&mut self, run_id: RunId) {
-        let Some(run) = self.runs.get_mut(&run_id) else {
-            return;
-        };
+    /// Freezes the run's active buffer (if it holds points) into a chunk
+    /// that waits, in memory, to be written or spilled.
+    fn freeze_only(&mut self, run_id: RunId) -> Option<Arc<FrozenChunk>> {
+        let run = self.runs.get_mut(&run_id)?;
         if run.active.rows() == 0 {
-            return;
+            return None;
         }
         let chunk_id = self.next_chunk_id;
         let names = run.key_names();
-        let Some(chunk) = run.active.freeze(chunk_id, names) else {
-            return;
-        };
+        let chunk = Arc::new(run.active.freeze(chunk_id, names)?);
         self.next_chunk_id += 1;
-        let seq = run.next_seq;
-        run.next_seq += 1;
-        let bytes = chunk.bytes();
-        run.frozen.push(Arc::new(chunk));
-        self.frozen_bytes += bytes;
-        self.pending.insert(
-            chunk_id,
-            PendingChunk {
-                run_id,
-                seq,
-                bytes,
-                failed_at: None,
-            },
-        );
-        self.submit_chunk(chunk_id);
+        self.frozen_bytes += chunk.bytes();
+        run.frozen.push(Arc::clone(&chunk));
+        Some(chunk)
     }
 
-    fn submit_chunk(&mut self, chunk_id: u64) {
-        let Some(pending) = self.pending.get_mut(&chunk_id) else {
+    /// Freezes the run's active buffer and hands every chunk of the run
+    /// not yet on its way (in memory or spilled) to the persister, in
+    /// logged order, as one file (one per stretch between rewinds and
+    /// forks). While a spill of the run's chunks is in flight, the write
+    /// waits for it.
+    fn write_run_file(&mut self, run_id: RunId) {
+        self.freeze_only(run_id);
+        if self.spilling_runs.contains_key(&run_id) {
+            self.file_wanted.insert(run_id);
+            return;
+        }
+        let Some(run) = self.runs.get_mut(&run_id) else {
+            return;
+        };
+        let waiting: Vec<&Arc<FrozenChunk>> = run
+            .frozen
+            .iter()
+            .filter(|chunk| !self.busy.contains(&chunk.id()))
+            .collect();
+        let mut groups: Vec<Vec<Arc<FrozenChunk>>> = Vec::new();
+        for chunk in waiting {
+            let joins = groups
+                .last()
+                .and_then(|group| group.last())
+                .is_some_and(|last| !run.boundary_within(last.lsn_range().1, chunk.lsn_range().1));
+            if joins && let Some(group) = groups.last_mut() {
+                group.push(Arc::clone(chunk));
+            } else {
+                groups.push(vec![Arc::clone(chunk)]);
+            }
+        }
+        let numbered: Vec<(u64, Vec<Arc<FrozenChunk>>)> = groups
+            .into_iter()
+            .map(|group| {
+                run.next_seq += 1;
+                (run.next_seq - 1, group)
+            })
+            .collect();
+        for (seq, group) in numbered {
+            let job_id = self.next_job_id;
+            self.next_job_id += 1;
+            let bytes = group
+                .iter()
+                .filter(|chunk| !chunk.is_spilled())
+                .map(|chunk| chunk.bytes())
+                .sum();
+            self.busy.extend(group.iter().map(|chunk| chunk.id()));
+            self.pending.insert(
+                job_id,
+                PendingWrite {
+                    run_id,
+                    seq,
+                    chunk_ids: group.iter().map(|chunk| chunk.id()).collect(),
+                    bytes,
+                    failed_at: None,
+                },
+            );
+            self.submit_write(job_id);
+        }
+    }
+
+    fn submit_write(&mut self, job_id: u64) {
+        let Some(pending) = self.pending.get_mut(&job_id) else {
             return;
         };
         pending.failed_at = None;
         let Some(run) = self.runs.get(&pending.run_id) else {
             return;
         };
-        let Some(chunk) = run.frozen.iter().find(|chunk| chunk.id() == chunk_id) else {
-            return;
-        };
-        let job = PersistJob::Chunk {
+        let chunks: Vec<Arc<FrozenChunk>> = run
+            .frozen
+            .iter()
+            .filter(|chunk| pending.chunk_ids.contains(&chunk.id()))
+            .cloned()
+            .collect();
+        let job = PersistJob::Chunks {
+            job_id,
             run_id: pending.run_id,
             experiment_id: run.experiment_id,
             seq: pending.seq,
-            chunk: Arc::clone(chunk),
+            chunks,
             reply: self.replies.clone(),
         };
         if self.jobs.send(job).is_err() {
@@ -778,33 +882,120 @@ impl Shard {
         }
     }
 
+    /// Hands `chunks` (just frozen, in memory) to the persister to be
+    /// spilled together into one file.
+    fn submit_spill(&mut self, chunks: Vec<(RunId, Arc<FrozenChunk>)>) {
+        let Some(spill) = &self.spill else {
+            return;
+        };
+        let job_id = self.next_job_id;
+        self.next_job_id += 1;
+        let mut spilling = Vec::with_capacity(chunks.len());
+        for (run_id, chunk) in &chunks {
+            self.busy.insert(chunk.id());
+            *self.spilling_runs.entry(*run_id).or_default() += 1;
+            spilling.push(SpillingChunk {
+                run_id: *run_id,
+                chunk_id: chunk.id(),
+                bytes: chunk.bytes(),
+            });
+        }
+        self.spilling.insert(job_id, spilling);
+        let job = PersistJob::Spill {
+            job_id,
+            spill: spill.clone(),
+            chunks: chunks.into_iter().map(|(_, chunk)| chunk).collect(),
+            reply: self.replies.clone(),
+        };
+        if self.jobs.send(job).is_err() {
+            tracing::error!(
+                shard = self.index,
+                "persister pool is gone; buffers not spilled"
+            );
+        }
+    }
+
+    /// A spill ended: its chunks' memory comes back (on failure they stay
+    /// in memory and go to their runs' files), and the file writes that
+    /// waited for it go.
+    fn on_spilled(&mut self, job_id: u64, outcome: Result<(), StorageError>) {
+        let Some(chunks) = self.spilling.remove(&job_id) else {
+            return;
+        };
+        let failed = outcome.is_err();
+        let mut released = 0;
+        let mut runs = Vec::new();
+        for chunk in &chunks {
+            self.busy.remove(&chunk.chunk_id);
+            if let Some(count) = self.spilling_runs.get_mut(&chunk.run_id) {
+                *count -= 1;
+                if *count == 0 {
+                    self.spilling_runs.remove(&chunk.run_id);
+                }
+            }
+            if !failed {
+                released += chunk.bytes;
+            }
+            if runs.last() != Some(&chunk.run_id) {
+                runs.push(chunk.run_id);
+            }
+        }
+        if failed {
+            self.stats.persist_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        self.frozen_bytes = self.frozen_bytes.saturating_sub(released);
+        self.stats
+            .buffer_bytes
+            .fetch_sub(released.min(self.stats.buffer_bytes()), Ordering::Relaxed);
+        self.stats.memory_freed.notify_waiters();
+        for run_id in runs {
+            let wanted =
+                self.file_wanted.contains(&run_id) && !self.spilling_runs.contains_key(&run_id);
+            if failed || wanted {
+                self.file_wanted.remove(&run_id);
+                if self.runs.contains_key(&run_id) {
+                    self.write_run_file(run_id);
+                }
+            }
+        }
+        self.answer_flush_waiters(None);
+        self.shed_if_over_budget();
+    }
+
     fn on_persisted(
         &mut self,
         run_id: RunId,
-        chunk_id: u64,
+        job_id: u64,
         outcome: Result<Arc<PersistedFile>, StorageError>,
     ) {
         match outcome {
             Ok(file) => {
                 self.stats.set_persist_failing(None);
-                if let Some(pending) = self.pending.remove(&chunk_id) {
+                let written = self.pending.remove(&job_id);
+                if let Some(pending) = &written {
                     self.frozen_bytes = self.frozen_bytes.saturating_sub(pending.bytes);
-                    self.stats
-                        .buffer_bytes
-                        .fetch_sub(pending.bytes, Ordering::Relaxed);
+                    self.stats.buffer_bytes.fetch_sub(
+                        pending.bytes.min(self.stats.buffer_bytes()),
+                        Ordering::Relaxed,
+                    );
                     self.stats.memory_freed.notify_waiters();
+                    for chunk_id in &pending.chunk_ids {
+                        self.busy.remove(chunk_id);
+                    }
                 }
-                if let Some(run) = self.runs.get_mut(&run_id) {
-                    run.frozen.retain(|chunk| chunk.id() != chunk_id);
-                    self.stats.files_persisted.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .bytes_persisted
-                        .fetch_add(file.bytes(), Ordering::Relaxed);
-                    tracing::debug!(%run_id, seq = file.seq(), rows = file.rows(), bytes = file.bytes(), "persisted buffer");
-                    run.add_file(file);
-                } else {
+                match (self.runs.get_mut(&run_id), written) {
+                    (Some(run), Some(pending)) => {
+                        run.frozen
+                            .retain(|chunk| !pending.chunk_ids.contains(&chunk.id()));
+                        self.stats.files_persisted.fetch_add(1, Ordering::Relaxed);
+                        self.stats
+                            .bytes_persisted
+                            .fetch_add(file.bytes(), Ordering::Relaxed);
+                        tracing::debug!(%run_id, seq = file.seq(), rows = file.rows(), bytes = file.bytes(), chunks = pending.chunk_ids.len(), "persisted buffer");
+                        run.add_file(file);
+                    }
                     // The run was purged while its buffer was written.
-                    file.mark_obsolete();
+                    _ => file.mark_obsolete(),
                 }
                 self.maybe_compact(run_id);
                 self.write_manifest_if_settled(run_id);
@@ -814,7 +1005,7 @@ impl Shard {
             Err(error) => {
                 self.stats.persist_failures.fetch_add(1, Ordering::Relaxed);
                 self.stats.set_persist_failing(Some(error.to_string()));
-                if let Some(pending) = self.pending.get_mut(&chunk_id) {
+                if let Some(pending) = self.pending.get_mut(&job_id) {
                     pending.failed_at = Some(Instant::now());
                 }
                 self.answer_flush_waiters(Some(error.to_string()));
@@ -837,19 +1028,31 @@ impl Shard {
             return;
         };
         self.shrink_maps();
-        let chunks: Vec<u64> = self
+        let jobs: Vec<u64> = self
             .pending
             .iter()
             .filter(|(_, pending)| pending.run_id == run_id)
-            .map(|(chunk_id, _)| *chunk_id)
+            .map(|(job_id, _)| *job_id)
             .collect();
         let mut released = run.active.bytes();
-        for chunk_id in chunks {
-            if let Some(pending) = self.pending.remove(&chunk_id) {
+        for job_id in jobs {
+            if let Some(pending) = self.pending.remove(&job_id) {
                 self.frozen_bytes = self.frozen_bytes.saturating_sub(pending.bytes);
                 released += pending.bytes;
+                for chunk_id in &pending.chunk_ids {
+                    self.busy.remove(chunk_id);
+                }
             }
         }
+        // Chunks waiting in memory go now; those in a spill in flight are
+        // counted back when it ends; spilled ones hold no memory.
+        for chunk in &run.frozen {
+            if !self.busy.contains(&chunk.id()) && !chunk.is_spilled() {
+                self.frozen_bytes = self.frozen_bytes.saturating_sub(chunk.bytes());
+                released += chunk.bytes();
+            }
+        }
+        self.file_wanted.remove(&run_id);
         self.stats
             .buffer_bytes
             .fetch_sub(released.min(self.stats.buffer_bytes()), Ordering::Relaxed);
@@ -993,12 +1196,15 @@ impl Shard {
     }
 
     /// Once buffers fill [`SHED_FROM_PERCENT`] of the memory budget, keeps
-    /// this shard's share of frozen chunks on their way to files: freezes
-    /// its largest active buffers, largest first, until a quarter of its
-    /// share of the budget is frozen (with many small runs no single buffer
-    /// is large, so several go at once). Memory only comes back once a
-    /// chunk is written, so freezing more than the persisters can take
-    /// would only make smaller files.
+    /// this shard's share of frozen chunks on their way out of memory:
+    /// freezes its largest active buffers, largest first, until a quarter
+    /// of its share of the budget is frozen (with many small runs no
+    /// single buffer is large, so several go at once). A run with few
+    /// unwritten points is spilled, together with the others
+    /// ([`SPILL_BELOW_ROWS`]); a larger one is written to its own file.
+    /// Memory only comes back once a chunk is written or spilled, so
+    /// freezing more than the persisters can take would only make smaller
+    /// writes.
     fn shed_if_over_budget(&mut self) {
         let budget = self.config.buffer_budget_bytes;
         if self.stats.buffer_bytes.load(Ordering::Relaxed) <= budget / 100 * SHED_FROM_PERCENT {
@@ -1017,23 +1223,49 @@ impl Shard {
             .collect();
         candidates.sort_unstable_by(|a, b| b.cmp(a));
         let mut freed = 0;
-        let mut frozen = 0;
+        let mut written = 0;
+        let mut to_spill = Vec::new();
         for (bytes, run_id) in candidates {
             if freed >= target {
                 break;
             }
-            self.freeze(run_id);
             freed += bytes;
-            frozen += 1;
+            if self.spills(run_id) {
+                if let Some(chunk) = self.freeze_only(run_id) {
+                    to_spill.push((run_id, chunk));
+                }
+            } else {
+                self.write_run_file(run_id);
+                written += 1;
+            }
         }
-        if frozen > 0 {
+        let spilled = to_spill.len();
+        if spilled > 0 {
+            self.submit_spill(to_spill);
+        }
+        if spilled + written > 0 {
             tracing::debug!(
                 shard = self.index,
-                frozen,
+                spilled,
+                written,
                 freed,
-                "over the buffer budget: persisting the largest buffers"
+                "over the buffer budget: spilling or persisting the largest buffers"
             );
         }
+    }
+
+    /// Whether the run's buffer goes to a spill file under memory
+    /// pressure rather than to a file of its own.
+    fn spills(&self, run_id: RunId) -> bool {
+        let Some(run) = self.runs.get(&run_id) else {
+            return false;
+        };
+        let unwritten: usize =
+            run.active.rows() + run.frozen.iter().map(|chunk| chunk.rows()).sum::<usize>();
+        self.spill.is_some()
+            && unwritten < SPILL_BELOW_ROWS
+            && run.frozen.len() < MAX_SPILLED_CHUNKS
+            && !self.file_wanted.contains(&run_id)
     }
 
     /// Answers `FlushAll` waiters once nothing is pending (or with the
@@ -1044,7 +1276,12 @@ impl Shard {
         }
         let result = match failure {
             Some(message) => Err(message),
-            None if self.pending.is_empty() => Ok(()),
+            None if self.pending.is_empty()
+                && self.spilling.is_empty()
+                && self.file_wanted.is_empty() =>
+            {
+                Ok(())
+            }
             None => return,
         };
         for waiter in self.flush_waiters.drain(..) {

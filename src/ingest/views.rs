@@ -170,7 +170,7 @@ impl SeriesSources {
                 series.retain_steps_from(from, i64::MIN, cap);
             }
         }
-        let (parts, tail) = self.buffered_parts();
+        let (parts, tail) = self.buffered_parts()?;
         for part in &parts {
             series.extend(part);
         }
@@ -182,11 +182,11 @@ impl SeriesSources {
     /// The frozen chunks' and sealed segments' points of the key as copies
     /// (the chunks' hidden points dropped), in logged order, then the
     /// unsealed tail.
-    fn buffered_parts(self) -> (Vec<MetricSeries>, MetricSeries) {
+    fn buffered_parts(self) -> Result<(Vec<MetricSeries>, MetricSeries), StorageError> {
         let mut parts = Vec::new();
         for source in &self.frozen {
             let mut points = MetricSeries::default();
-            source.chunk.collect_key(source.key_id, &mut points);
+            source.chunk.collect_key(source.key_id, &mut points)?;
             if let Some(cap) = source.cap.shown {
                 points.retain_steps_from(0, i64::MIN, cap);
             }
@@ -199,7 +199,7 @@ impl SeriesSources {
                 parts.push(points);
             }
         }
-        (parts, self.active)
+        Ok((parts, self.active))
     }
 
     /// The highest WAL record applied to the run when the sources were
@@ -220,11 +220,11 @@ impl SeriesSources {
     /// The files (in sequence order) with their caps, and a copy of the
     /// key's buffered points that are shown (frozen chunks, then the
     /// active buffer; in logged order), for readers that stream the files
-    /// themselves. Blocking.
-    pub fn into_parts(self) -> (Vec<Arc<PersistedFile>>, Vec<Option<i64>>, MetricSeries) {
+    /// themselves. Blocking (a spilled chunk is read back).
+    pub fn into_parts(self) -> Result<SourceParts<MetricSeries>, StorageError> {
         let files = self.files.clone();
         let caps = self.shown_caps();
-        let (parts, tail) = self.buffered_parts();
+        let (parts, tail) = self.buffered_parts()?;
         let mut buffered = MetricSeries::default();
         for part in &parts {
             buffered.extend(part);
@@ -234,23 +234,23 @@ impl SeriesSources {
         } else {
             buffered.extend(&tail);
         }
-        (files, caps, buffered)
+        Ok((files, caps, buffered))
     }
 
     /// The files (in sequence order) with their caps, and the key's
     /// buffered points as shared segments plus a copy of the unsealed
     /// tail, without copying the segments (when a frozen chunk has hidden
     /// points or is inherited, every buffered point is copied into the
-    /// tail instead).
-    pub fn into_shared(self) -> (Vec<Arc<PersistedFile>>, Vec<Option<i64>>, BufferedKey) {
+    /// tail instead). Blocking (a spilled chunk is read back).
+    pub fn into_shared(self) -> Result<SourceParts<BufferedKey>, StorageError> {
         if self
             .frozen
             .iter()
             .any(|source| source.cap.shown.is_some() || Some(source.key_id) != self.key_id)
         {
             let key_id = self.key_id.unwrap_or(0);
-            let (files, caps, tail) = self.into_parts();
-            return (
+            let (files, caps, tail) = self.into_parts()?;
+            return Ok((
                 files,
                 caps,
                 BufferedKey {
@@ -258,19 +258,17 @@ impl SeriesSources {
                     segments: Vec::new(),
                     tail,
                 },
-            );
+            ));
         }
         let caps = self.shown_caps();
-        let segments = match self.key_id {
-            Some(_) => self
-                .frozen
-                .iter()
-                .flat_map(|source| source.chunk.segments().iter().cloned())
-                .chain(self.sealed)
-                .collect(),
-            None => Vec::new(),
-        };
-        (
+        let mut segments = Vec::new();
+        if self.key_id.is_some() {
+            for source in &self.frozen {
+                segments.extend(source.chunk.segments()?);
+            }
+            segments.extend(self.sealed);
+        }
+        Ok((
             self.files,
             caps,
             BufferedKey {
@@ -278,9 +276,13 @@ impl SeriesSources {
                 segments,
                 tail: self.active,
             },
-        )
+        ))
     }
 }
+
+/// A key's sources taken apart: the files (in sequence order), the
+/// greatest step each shows (`None`: every step) and the buffered points.
+pub type SourceParts<B> = (Vec<Arc<PersistedFile>>, Vec<Option<i64>>, B);
 
 /// One key's buffered points: shared segments (oldest first; they hold
 /// other keys' rows too) and the key's points in the active buffer's
@@ -330,7 +332,7 @@ impl RunPoints {
     pub fn take_buffered_batches(
         &mut self,
         rewound: rewinds::RewoundPoints,
-    ) -> Result<Vec<RecordBatch>, ArrowError> {
+    ) -> Result<Vec<RecordBatch>, StorageError> {
         let mut batches = Vec::with_capacity(self.frozen.len() + 1);
         let caps = std::mem::take(&mut self.frozen_caps);
         for (chunk, cap) in self.frozen.drain(..).zip(caps) {
@@ -339,7 +341,10 @@ impl RunPoints {
             };
             if chunk.rows() > 0 {
                 for batch in chunk.to_record_batches()? {
-                    batches.push(keep_steps(batch, low, high)?);
+                    batches.push(
+                        keep_steps(batch, low, high)
+                            .map_err(|error| StorageError::Arrow(error.to_string()))?,
+                    );
                 }
             }
         }
@@ -347,7 +352,11 @@ impl RunPoints {
             && active.rows() > 0
             && rewound.steps(SourceCap::default()).is_some()
         {
-            batches.push(active.into_record_batch()?);
+            batches.push(
+                active
+                    .into_record_batch()
+                    .map_err(|error| StorageError::Arrow(error.to_string()))?,
+            );
         }
         Ok(batches)
     }

@@ -306,7 +306,10 @@ fn buffered_partitions(
         }
         let experiment = run.experiment_id.to_string();
         let run_id = run.run_id.to_string();
-        for batch in run.take_buffered_batches(rewound)? {
+        for batch in run
+            .take_buffered_batches(rewound)
+            .map_err(|error| DataFusionError::External(Box::new(error)))?
+        {
             // The filters the scan applies exactly apply to buffers too.
             let batch = filter.filter_batch(batch, true, true)?;
             let mut offset = 0;

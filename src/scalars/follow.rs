@@ -145,7 +145,7 @@ async fn follow_inner(
             let sender = events.clone();
             let runtime = tokio::runtime::Handle::current();
             let (sent_max, open) = tokio::task::spawn_blocking(move || {
-                let (files, caps, buffered) = sources.into_parts();
+                let (files, caps, buffered) = sources.into_parts()?;
                 let snapshot = SeriesSnapshot::new(&key, files, buffered).with_file_caps(caps);
                 send_stored(&snapshot, lower, &|event| {
                     runtime.block_on(send(&sender, event))

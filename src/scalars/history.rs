@@ -36,14 +36,14 @@ pub async fn history(engine: &Engine, run_id: RunId, key: &str) -> Result<Histor
     let len = summary.map_or(0, |summary| summary.count as usize);
     let key = key.to_string();
     tokio::task::spawn_blocking(move || {
-        let (files, caps, buffered) = sources.into_shared();
-        History {
+        let (files, caps, buffered) = sources.into_shared()?;
+        Ok(History {
             snapshot: SeriesSnapshot::shared(&key, files, buffered).with_file_caps(caps),
             len,
-        }
+        })
     })
     .await
-    .map_err(|error| ScalarError::Task(error.to_string()))
+    .map_err(|error| ScalarError::Task(error.to_string()))?
 }
 
 /// MLflow's order of metric points: timestamp, then step, then value.

@@ -420,7 +420,7 @@ pub async fn read_series(
     let key = key.to_string();
     let params = *params;
     tokio::task::spawn_blocking(move || {
-        let (files, caps, buffered) = sources.into_shared();
+        let (files, caps, buffered) = sources.into_shared()?;
         let snapshot = SeriesSnapshot::shared(&key, files, buffered).with_file_caps(caps);
         read_snapshot(&snapshot, summary.as_ref(), &params)
     })
@@ -703,7 +703,7 @@ mod tests {
             active.collect_tail_key(0, &mut tail);
             let segments = chunks
                 .iter()
-                .flat_map(|chunk| chunk.segments().iter().cloned())
+                .flat_map(|chunk| chunk.segments().unwrap())
                 .chain(active.sealed().iter().cloned())
                 .collect();
             let buffered = BufferedKey {

@@ -18,6 +18,7 @@ pub(crate) mod row_plan;
 pub(crate) mod run_manifest;
 pub mod schema;
 pub mod source;
+pub mod spill;
 pub mod store;
 pub(crate) mod stored_file;
 pub mod upload;
@@ -78,6 +79,16 @@ pub enum StorageError {
         what: &'static str,
         /// The panic's message.
         message: String,
+    },
+    /// A member of a spill file cannot be written or read back.
+    #[error("spill file {path} at byte {offset}: {reason}")]
+    Spill {
+        /// The spill file.
+        path: PathBuf,
+        /// Where the member starts.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
     },
     /// A file's contents are not what stepstore writes.
     #[error("metric file {path} is not valid: {reason}")]
