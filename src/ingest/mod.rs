@@ -1034,6 +1034,85 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn spilled_chunks_never_share_a_file_across_a_rewind() {
+        // The same writes and rewinds go to a server that spills under a
+        // small budget and to one that never needs to: both show the same
+        // points, before and after every buffer is written.
+        let dir = tempfile::tempdir().unwrap();
+        let spilling = start(
+            &dir.path().join("a"),
+            IngestConfig {
+                shards: 1,
+                tick: Duration::from_millis(10),
+                buffer_budget_bytes: 2 << 20,
+                spill_dir: Some(dir.path().join("a/spill")),
+                ..IngestConfig::default()
+            },
+        );
+        let reference = start(&dir.path().join("b"), IngestConfig::default());
+        let runs: Vec<RunId> = (0..200).map(|_| RunId::new_random()).collect();
+        let experiment = ExperimentId::DEFAULT;
+        let mut lsn = 0;
+        let mut write = |lsn: Lsn, run_id: RunId, steps: std::ops::Range<i64>, bump: f64| {
+            let mut builder = MetricBatchBuilder::new();
+            for step in steps {
+                builder.push("loss", step, step * 10, step as f64 + bump);
+            }
+            let batch = builder.finish();
+            let (applied, outcome) = oneshot::channel();
+            spilling.apply(run_id, experiment, lsn, batch.clone(), Some(applied));
+            reference.apply(run_id, experiment, lsn, batch, None);
+            outcome
+        };
+        for round in 0..3 {
+            for &run_id in &runs {
+                lsn += 1;
+                write(lsn, run_id, round * 100..(round + 1) * 100, 0.0)
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+        }
+        for &run_id in &runs {
+            lsn += 1;
+            spilling.rewind(run_id, experiment, lsn, 120);
+            reference.rewind(run_id, experiment, lsn, 120);
+        }
+        for round in 0..3 {
+            for &run_id in &runs {
+                lsn += 1;
+                let steps = 120 + round * 100..120 + (round + 1) * 100;
+                write(lsn, run_id, steps, 0.5).await.unwrap().unwrap();
+            }
+        }
+        let spill = spilling.spill_stats().unwrap();
+        wait_until("spills", || spill.files_written() > 0);
+        for &run_id in &runs {
+            assert_eq!(
+                read(&spilling, run_id, "loss").await,
+                read(&reference, run_id, "loss").await
+            );
+        }
+        spilling.flush_all().unwrap();
+        reference.flush_all().unwrap();
+        for &run_id in &runs {
+            let shown = read(&spilling, run_id, "loss").await;
+            assert_eq!(shown, read(&reference, run_id, "loss").await);
+            assert_eq!(
+                shown.len(),
+                421,
+                "steps 0..=120 before the rewind, 120..420 after"
+            );
+        }
+        assert!(
+            spilling.stats().files_persisted() >= 2 * runs.len() as u64,
+            "a file on each side of every rewind"
+        );
+        spilling.shutdown();
+        reference.shutdown();
+    }
+
+    #[tokio::test]
     async fn an_idle_finished_run_goes_dormant_and_is_recorded_awake_before_a_write() {
         use crate::storage::dormant_log::{DormantLog, dormant_runs_in};
         let dir = tempfile::tempdir().unwrap();
