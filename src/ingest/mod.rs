@@ -1053,7 +1053,7 @@ mod tests {
         let runs: Vec<RunId> = (0..200).map(|_| RunId::new_random()).collect();
         let experiment = ExperimentId::DEFAULT;
         let mut lsn = 0;
-        let mut write = |lsn: Lsn, run_id: RunId, steps: std::ops::Range<i64>, bump: f64| {
+        let write = |lsn: Lsn, run_id: RunId, steps: std::ops::Range<i64>, bump: f64| {
             let mut builder = MetricBatchBuilder::new();
             for step in steps {
                 builder.push("loss", step, step * 10, step as f64 + bump);
