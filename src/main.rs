@@ -205,7 +205,9 @@ struct ServeArgs {
     #[arg(long, env = "STEPSTORE_IDLE_RUN_SECS", default_value_t = 60)]
     idle_run_secs: u64,
     /// Memory for buffers in MiB. From three quarters of it the largest
-    /// buffers are persisted; when it is full, metric writes wait for room.
+    /// buffers leave memory (small ones spilled together to a spill file,
+    /// large ones written to their runs' files); when it is full, metric
+    /// writes wait for room.
     #[arg(long, env = "STEPSTORE_BUFFER_BUDGET_MB", default_value_t = 512)]
     buffer_budget_mb: u64,
     /// Object store that metric files are uploaded to once written
