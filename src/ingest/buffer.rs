@@ -531,11 +531,6 @@ impl FrozenChunk {
         self.opened_at
     }
 
-    /// The run's key dictionary when it was frozen (its key ids index it).
-    pub fn key_names(&self) -> &Arc<Vec<String>> {
-        &self.key_names
-    }
-
     fn data(&self) -> std::sync::MutexGuard<'_, ChunkData> {
         // The lock guards a swap of two values, which cannot panic halfway.
         self.data
@@ -615,16 +610,6 @@ impl FrozenChunk {
                 .map_err(|error| StorageError::Arrow(error.to_string()))
             })
             .collect()
-    }
-
-    /// The points in file order. Blocking.
-    pub fn to_sorted_columns(&self) -> Result<SortedColumns, StorageError> {
-        let segments = self.segments()?;
-        let rows: Vec<LoggedRows<'_>> = segments
-            .iter()
-            .map(|segment| segment.logged_rows())
-            .collect();
-        Ok(SortedColumns::from_logged_segments(&self.key_names, &rows))
     }
 
     /// The points of `chunks` (in logged order, of one run, with no rewind
@@ -747,12 +732,15 @@ mod tests {
         buffer.collect_tail_key(0, &mut tail);
         assert!(tail.is_empty(), "everything was sealed");
         buffer.append(2, &[0], &[1], &[1], &[1.0]);
-        let chunk = buffer
-            .freeze(1, Arc::new(vec!["a".into(), "b".into()]))
-            .unwrap();
+        let chunk = Arc::new(
+            buffer
+                .freeze(1, Arc::new(vec!["a".into(), "b".into()]))
+                .unwrap(),
+        );
         assert_eq!(chunk.segments().unwrap().len(), 2);
         assert_eq!(chunk.rows(), rows + 1);
-        assert_eq!(chunk.to_sorted_columns().unwrap().len(), rows + 1);
+        let sorted = FrozenChunk::sorted_columns_of(std::slice::from_ref(&chunk)).unwrap();
+        assert_eq!(sorted.len(), rows + 1);
         assert_eq!(chunk.to_record_batches().unwrap().len(), 2);
     }
 
@@ -800,7 +788,7 @@ mod tests {
         let names = Arc::new(vec!["loss".to_string(), "acc".to_string()]);
         let held = buffer.bytes();
         assert!(held >= 3 * BYTES_PER_POINT, "{held} bytes for 3 points");
-        let chunk = buffer.freeze(1, names).unwrap();
+        let chunk = Arc::new(buffer.freeze(1, names).unwrap());
         assert_eq!(buffer.rows(), 0);
         assert_eq!(buffer.bytes(), 0, "a frozen buffer gives up its columns");
         assert_eq!(buffer.first_lsn(), None);
@@ -811,7 +799,7 @@ mod tests {
         assert_eq!(batches.len(), 1);
         assert_eq!(batches[0].num_rows(), 3);
         assert_eq!(batches[0].schema(), metric_file_schema());
-        let sorted = chunk.to_sorted_columns().unwrap();
+        let sorted = FrozenChunk::sorted_columns_of(&[chunk]).unwrap();
         assert_eq!(sorted.keys, vec!["acc", "loss"]);
         assert_eq!(sorted.steps, vec![1, 0, 1]);
     }

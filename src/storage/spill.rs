@@ -121,11 +121,6 @@ impl SpillDir {
         })
     }
 
-    /// The directory.
-    pub fn path(&self) -> &Path {
-        &self.dir
-    }
-
     /// Its counters.
     pub fn stats(&self) -> &Arc<SpillStats> {
         &self.stats
@@ -228,11 +223,6 @@ pub struct SpilledRows {
 }
 
 impl SpillMember {
-    /// Points in the member.
-    pub fn rows(&self) -> usize {
-        self.rows as usize
-    }
-
     /// Bytes the member takes in its file.
     pub fn bytes(&self) -> u64 {
         self.len as u64
